@@ -1,0 +1,78 @@
+"""``outpaint`` command line: validate, plan, run, report, ..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import pyarrow.parquet as pq
+
+from . import config as config_mod
+from . import manifest, storage
+from .config import ConfigError
+
+
+def _load(args) -> config_mod.Config:
+    return config_mod.load(args.config, args.set)
+
+
+def cmd_validate(args) -> int:
+    cfg = _load(args)
+    schema = manifest.read_schema(cfg)
+    fs, paths = manifest.files(cfg)
+    rows = sum(pq.read_metadata(p, filesystem=fs).num_rows for p in paths)
+    print(f"config ok: {args.config}")
+    print(f"manifest ok: {len(paths)} file(s), {rows:,} rows, columns: {', '.join(schema.names)}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .plan import format_summary, plan_manifest, summarise
+
+    cfg = _load(args)
+    manifest.read_schema(cfg)
+    table = manifest.read(cfg)
+    plan = plan_manifest(cfg, table)
+    summary = summarise(plan, cfg)
+    if args.out:
+        fs, path = storage.filesystem(args.out, cfg.output.storage_options)
+        fs.makedirs(path, exist_ok=True)
+        pq.write_table(plan, storage.join(path, "plan.parquet"), filesystem=fs)
+        with fs.open(storage.join(path, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"plan: {storage.join(args.out, 'plan.parquet')} ({plan.num_rows:,} rows)")
+    print(format_summary(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="outpaint", description="Batch outpainting of image catalogues on Ray Data.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_: str):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("config", help="YAML config (any fsspec URI)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set runtime.seed=7 (repeatable)")
+        return sp
+
+    sp = with_config("validate", "check the config and the manifest schema; nothing else")
+    sp.set_defaults(func=cmd_validate)
+    sp = with_config("plan", "dry run: geometry, status and code per row, and a summary")
+    sp.add_argument("--out", help="write plan.parquet and summary.json under this directory/URI")
+    sp.set_defaults(func=cmd_plan)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"outpaint: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Row outcome codes (a contract: scripts match on these strings).
+
+Codes are small integers inside the vectorised planner (index into ``CODES``) and
+strings everywhere a person or a script sees them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OK, REJECTED, FAILED = "ok", "rejected", "failed"
+
+# Index 0 = no error. Order within a group is not precedence: the planner applies
+# checks in DESIGN.md's order and keeps the first failure.
+CODES: tuple[str | None, ...] = (
+    None,
+    # request and geometry -> rejected
+    "invalid_request",
+    "invalid_id",
+    "duplicate_id",
+    "canvas_too_small",
+    "canvas_too_large",
+    "out_of_bounds",
+    "no_overlap",
+    "reference_too_small",
+    "reference_aspect",
+    "aligned_canvas_too_large",
+    # image -> failed
+    "image_not_found",
+    "image_unreadable",
+    "image_too_large",
+    "unsupported_image",
+    # runtime -> failed
+    "generation_failed",
+)
+CODE = {name: i for i, name in enumerate(CODES) if name}
+FAILED_CODES = frozenset(
+    {"image_not_found", "image_unreadable", "image_too_large", "unsupported_image", "generation_failed"}
+)
+IMAGE_CODES = frozenset({"image_not_found", "image_unreadable", "image_too_large", "unsupported_image"})
+
+
+def status_of(code: str | None) -> str:
+    if not code:
+        return OK
+    return FAILED if code in FAILED_CODES else REJECTED
+
+
+_STATUS_BY_INDEX = np.array([status_of(c) for c in CODES], dtype=object)
+_CODE_BY_INDEX = np.array(CODES, dtype=object)
+
+
+def statuses(code_idx: np.ndarray) -> np.ndarray:
+    return _STATUS_BY_INDEX[code_idx]
+
+
+def names(code_idx: np.ndarray) -> np.ndarray:
+    return _CODE_BY_INDEX[code_idx]

@@ -1,0 +1,126 @@
+"""A straightforward per-row implementation of the geometry contract.
+
+Written from DESIGN.md's text, branch by branch, independently of the vectorised
+``pipeline.geometry``: the property tests check the two agree on every row, and
+``benchmarks/plan_throughput.py`` uses this as the per-row baseline.
+"""
+
+from __future__ import annotations
+
+from .geometry import GRID, MAX_REF_ASPECT, MIN_SIDE, SCALE_DEN, SizingRules
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def _ceil16(v: int) -> int:
+    return _ceil_div(v, GRID) * GRID
+
+
+def _canvas_for_ratio(w: int, h: int, a: int, b: int) -> tuple[int, int]:
+    if w * b < h * a:  # w/h < a/b: keep the height, widen
+        return _ceil_div(h * a, b), h
+    return w, _ceil_div(w * b, a)  # keep the width, heighten
+
+
+def _fits(W: int, H: int, fast: bool, max_pixels: int) -> bool:
+    if W * H > max_pixels:
+        return False
+    if fast and _ceil16(W + 15) * _ceil16(H + 15) > max_pixels:
+        return False
+    return True
+
+
+def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
+    """``row`` keys: src_w, src_h, width, height, ratio (tuple a, b or None), offset_x,
+    offset_y (None = anchor), anchor ((h, v) each 0/1/2), auto_crop, fast, and
+    request_code / id_code / image_code (code names or None). Returns ``code``
+    (name or None) and, when geometry was computed, the geometry columns."""
+    MAX = rules.max_pixels
+    has_size = row.get("width") is not None or row.get("height") is not None
+    ratio = row.get("ratio")
+    if row.get("request_code"):
+        return {"code": "invalid_request"}
+    if has_size and ratio is not None:
+        return {"code": "invalid_request"}
+    if not has_size and ratio is None:
+        return {"code": "invalid_request"}
+    if has_size and (row.get("width") is None or row.get("height") is None):
+        return {"code": "invalid_request"}
+    if row.get("id_code"):
+        return {"code": row["id_code"]}
+    if row.get("image_code"):
+        return {"code": row["image_code"]}
+
+    w0, h0, fast = row["src_w"], row["src_h"], bool(row.get("fast"))
+    k = SCALE_DEN
+    code = None
+    if ratio is not None:
+        a, b = ratio
+        W, H = _canvas_for_ratio(w0, h0, a, b)
+        w, h = w0, h0
+        if not _fits(W, H, fast, MAX):
+            # binary search for the largest k/10000 < 1 whose canvas fits
+            lo, hi = 0, SCALE_DEN - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                ws, hs = w0 * mid // SCALE_DEN, h0 * mid // SCALE_DEN
+                if ws >= 1 and hs >= 1 and _fits(*_canvas_for_ratio(ws, hs, a, b), fast, MAX):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo == 0:
+                code = "canvas_too_large"
+                k = SCALE_DEN
+            else:
+                k = lo
+                w, h = w0 * k // SCALE_DEN, h0 * k // SCALE_DEN
+                W, H = _canvas_for_ratio(w, h, a, b)
+    else:
+        W, H = row["width"], row["height"]
+        w, h = w0, h0
+        if rules.fit_contain:
+            s = min(rules.fill_fraction * W / w0, rules.fill_fraction * H / h0)
+            k = int(s * SCALE_DEN + 1e-6)
+            if not rules.allow_upscale:
+                k = min(k, SCALE_DEN)
+            k = max(k, 1)
+            w, h = max(w0 * k // SCALE_DEN, 1), max(h0 * k // SCALE_DEN, 1)
+
+    ah, av = row.get("anchor", (1, 1))
+    x = row["offset_x"] if row.get("offset_x") is not None else [0, (W - w) // 2, W - w][ah]
+    y = row["offset_y"] if row.get("offset_y") is not None else [0, (H - h) // 2, H - h][av]
+
+    if W < MIN_SIDE or H < MIN_SIDE:
+        code = "canvas_too_small"
+    elif code is None and W * H > MAX:
+        code = "canvas_too_large"
+    vx0, vy0, vx1, vy1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+    inside = x >= 0 and y >= 0 and x + w <= W and y + h <= H
+    if code is None and not inside:
+        if not row.get("auto_crop"):
+            code = "out_of_bounds"
+        elif vx0 >= vx1 or vy0 >= vy1:
+            code = "no_overlap"
+    if vx0 >= vx1 or vy0 >= vy1:
+        vx0 = vy0 = vx1 = vy1 = 0
+    pad_left = (-vx0) % GRID if fast else 0
+    pad_top = (-vy0) % GRID if fast else 0
+    aw, ah_ = _ceil16(W + pad_left), _ceil16(H + pad_top)
+    if code is None and fast:
+        vw, vh = vx1 - vx0, vy1 - vy0
+        if min(vw, vh) < MIN_SIDE:
+            code = "reference_too_small"
+        elif max(vw, vh) > MAX_REF_ASPECT * min(vw, vh):
+            code = "reference_aspect"
+        elif aw * ah_ > MAX:
+            code = "aligned_canvas_too_large"
+    return {
+        "code": code,
+        "canvas_width": W, "canvas_height": H, "scale": k / SCALE_DEN,
+        "reference_width": w, "reference_height": h, "offset_x": x, "offset_y": y,
+        "visible_x0": vx0, "visible_y0": vy0, "visible_x1": vx1, "visible_y1": vy1,
+        "pad_left": pad_left, "pad_top": pad_top, "aligned_width": aw, "aligned_height": ah_,
+        "generated": code is None and not (vx0 == 0 and vy0 == 0 and vx1 == W and vy1 == H),
+    }

@@ -1,0 +1,305 @@
+"""The planning stage: manifest rows -> placements, statuses and reject codes.
+
+``PlanStage`` is a small typed stage: setup in ``__init__``, a pure
+``__call__(batch: pa.Table) -> pa.Table`` usable as a Ray Data ``map_batches``
+function or called directly (``outpaint plan`` does the latter).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from . import codes, headers
+from .codes import CODE
+from .config import Config
+from .geometry import MAX_REF_ASPECT, MIN_SIDE, GeometryInput, SizingRules, plan_geometry
+from .manifest import ROW_INDEX
+from .rows import normalise
+
+# Plan columns, in order (DESIGN.md metadata names). Passthrough columns follow.
+PLAN_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("status", pa.string()),
+    ("error_code", pa.string()),
+    ("error_message", pa.string()),
+    ("image", pa.string()),
+    ("source_width", pa.int64()),
+    ("source_height", pa.int64()),
+    ("canvas_width", pa.int64()),
+    ("canvas_height", pa.int64()),
+    ("scale", pa.float64()),
+    ("reference_width", pa.int64()),
+    ("reference_height", pa.int64()),
+    ("offset_x", pa.int64()),
+    ("offset_y", pa.int64()),
+    ("visible_x0", pa.int64()),
+    ("visible_y0", pa.int64()),
+    ("visible_x1", pa.int64()),
+    ("visible_y1", pa.int64()),
+    ("pad_left", pa.int64()),
+    ("pad_top", pa.int64()),
+    ("aligned_width", pa.int64()),
+    ("aligned_height", pa.int64()),
+    ("mode", pa.string()),
+    ("output_format", pa.string()),
+    ("anchor", pa.string()),
+    ("auto_crop", pa.bool_()),
+    ("generated", pa.bool_()),
+    ("seed", pa.int64()),
+    ("prompt", pa.string()),
+    ("steps", pa.int64()),
+    (ROW_INDEX, pa.int64()),
+])
+GEOMETRY_COLUMNS = [f.name for f in PLAN_SCHEMA][7:22]
+
+
+def duplicate_first_rows(ids, rows) -> dict[str, int]:
+    """Ids that occur more than once -> the manifest row of their first occurrence."""
+    arr = pa.array(list(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids, pa.string())
+    enc = arr.dictionary_encode() if isinstance(arr, pa.Array) else arr.combine_chunks().dictionary_encode()
+    idx = enc.indices.to_numpy(zero_copy_only=False)
+    counts = np.bincount(idx, minlength=len(enc.dictionary))
+    dup_codes = np.flatnonzero(counts > 1)
+    if not len(dup_codes):
+        return {}
+    rows = np.asarray(rows)
+    sel = np.isin(idx, dup_codes)
+    first: dict[str, int] = {}
+    names = enc.dictionary.to_pylist()
+    for c, r in sorted(zip(idx[sel].tolist(), rows[sel].tolist()), key=lambda t: (t[0], t[1])):
+        first.setdefault(names[c], r)
+    return first
+
+
+def _fmt_px(v: int) -> str:
+    return f"{v:,}"
+
+
+def geometry_message(code: str, i: int, out: dict, max_pixels: int) -> str:
+    """What went wrong for row ``i`` and what to change."""
+    W, H = int(out["canvas_width"][i]), int(out["canvas_height"][i])
+    w, h = int(out["reference_width"][i]), int(out["reference_height"][i])
+    x, y = int(out["offset_x"][i]), int(out["offset_y"][i])
+    vw = int(out["visible_x1"][i] - out["visible_x0"][i])
+    vh = int(out["visible_y1"][i] - out["visible_y0"][i])
+    if code == "canvas_too_small":
+        return f"canvas {W}×{H} is under the {MIN_SIDE} px minimum on a side; use a width and height of at least {MIN_SIDE}"
+    if code == "canvas_too_large":
+        if W * H <= max_pixels:
+            return (f"no scale of the {w}×{h} reference gives a canvas of this aspect ratio within "
+                    f"{_fmt_px(max_pixels)} px; use a less extreme aspect_ratio")
+        return (f"canvas {W}×{H} = {_fmt_px(W * H)} px exceeds the {_fmt_px(max_pixels)} px limit; "
+                "reduce width or height")
+    if code == "out_of_bounds":
+        return (f"reference {w}×{h} at ({x}, {y}) extends past the {W}×{H} canvas; "
+                "move it inside (reference_offset_x/y) or set auto_crop: true to crop it")
+    if code == "no_overlap":
+        return (f"reference {w}×{h} at ({x}, {y}) lies entirely outside the {W}×{H} canvas, "
+                "so nothing of the image would remain; fix reference_offset_x/y")
+    if code == "reference_too_small":
+        return (f"the visible reference is {vw}×{vh}, under the {MIN_SIDE} px per side that fast mode needs; "
+                "use mode: high or a larger source")
+    if code == "reference_aspect":
+        ratio = max(vw, vh) / max(1, min(vw, vh))
+        return (f"the visible reference is {vw}×{vh} ({ratio:.2f}:1), over fast mode's {MAX_REF_ASPECT}:1 limit; "
+                "use mode: high")
+    if code == "aligned_canvas_too_large":
+        aw, ah = int(out["aligned_width"][i]), int(out["aligned_height"][i])
+        return (f"fast mode aligns the reference to the 16 px latent grid, making the canvas {aw}×{ah} = "
+                f"{_fmt_px(aw * ah)} px, over the {_fmt_px(max_pixels)} px limit; place the reference at an "
+                "offset that is a multiple of 16, reduce the canvas, or use mode: high")
+    return code
+
+
+def id_message(code: str, row_id: str, first_row: int | None) -> str:
+    shown = repr(row_id if len(row_id) <= 60 else row_id[:57] + "...")
+    if code == "duplicate_id":
+        return f"id {shown} already appears in manifest row {first_row}; ids must be unique (only the first is processed)"
+    return (f"id {shown} is not allowed: use 1-200 characters of A-Z a-z 0-9 . _ - "
+            "not starting with '.' (the id names the output files)")
+
+
+class PlanStage:
+    """Plans a batch of manifest rows (a ``pa.Table`` with ``manifest_row``).
+
+    ``duplicates`` maps each id that occurs more than once in the whole manifest to
+    the row of its first occurrence (``duplicate_first_rows``): duplicates are a
+    property of the whole manifest, so they are found once, before batching.
+    ``read_headers=False`` leaves rows without known sizes for the loader to fill.
+    """
+
+    def __init__(self, cfg: Config, duplicates: dict[str, int] | None = None, read_headers: bool = True):
+        self.cfg = cfg
+        self.duplicates = duplicates or {}
+        self.read_headers = read_headers
+        self.rules = SizingRules(
+            max_pixels=cfg.sizing.max_pixels,
+            fit_contain=cfg.sizing.fit == "contain",
+            fill_fraction=cfg.sizing.fill_fraction,
+            allow_upscale=cfg.sizing.allow_upscale,
+        )
+        self.limits = headers.SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
+        self.passthrough = list(cfg.output.passthrough_columns)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if isinstance(batch, dict):  # Ray may hand a dict of columns
+            batch = pa.table(batch)
+        n = batch.num_rows
+        req = normalise(batch, self.cfg)
+        rows = (batch.column(ROW_INDEX).to_numpy() if ROW_INDEX in batch.column_names
+                else np.arange(n, dtype=np.int64))
+
+        request_code = np.where(req.problem != None, CODE["invalid_request"], 0).astype(np.int16)  # noqa: E711
+        id_code = np.zeros(n, np.int16)
+        id_msg = np.full(n, None, dtype=object)
+        for i in np.flatnonzero(req.bad_id):
+            id_code[i] = CODE["invalid_id"]
+            id_msg[i] = id_message("invalid_id", req.ids[i], None)
+        if self.duplicates:
+            for i, (rid, r) in enumerate(zip(req.ids.tolist(), rows.tolist())):
+                first = self.duplicates.get(rid)
+                if first is not None and r != first and id_code[i] == 0:
+                    id_code[i] = CODE["duplicate_id"]
+                    id_msg[i] = id_message("duplicate_id", rid, first)
+
+        src_w, src_h = req.src_w.copy(), req.src_h.copy()
+        image_code = np.zeros(n, np.int16)
+        image_msg = np.full(n, None, dtype=object)
+        # known sizes: the source-pixel limit applies without touching the image
+        over = req.has_src & (src_w * src_h > self.limits.max_source_pixels)
+        for i in np.flatnonzero(over):
+            image_code[i] = CODE["image_too_large"]
+            image_msg[i] = (f"source is {src_w[i]}×{src_h[i]} = {src_w[i] * src_h[i]:,} px (image_width/height), "
+                            f"over limits.max_source_pixels = {self.limits.max_source_pixels:,}")
+        need = ~req.has_src & (request_code == 0) & (id_code == 0)
+        if self.read_headers and need.any():
+            blobs = None
+            if req.has_bytes[need].any():
+                col = batch.column("image_bytes")
+                blobs = [col[int(i)].as_py() if need[i] and req.has_bytes[i] else None for i in range(n)]
+            uris = [req.image[i] if need[i] else None for i in range(n)]
+            hw, hh, hc, hm = headers.read_sizes(uris, blobs, self.cfg.input.storage_options, self.limits,
+                                                self.cfg.input.header_threads)
+            src_w = np.where(need, hw, src_w)
+            src_h = np.where(need, hh, src_h)
+            for i in np.flatnonzero(need & (hc != None)):  # noqa: E711
+                image_code[i] = CODE[hc[i]]
+                image_msg[i] = hm[i]
+        # rows still without a size (headers not read here) are planned by the loader
+
+        g = GeometryInput(
+            src_w=src_w, src_h=src_h, width=req.width, height=req.height,
+            has_width=req.has_width, has_height=req.has_height,
+            ratio_num=req.ratio_num, ratio_den=req.ratio_den, has_ratio=req.has_ratio,
+            offset_x=req.offset_x, offset_y=req.offset_y,
+            has_offset_x=req.has_offset_x, has_offset_y=req.has_offset_y,
+            anchor_h=req.anchor_h, anchor_v=req.anchor_v, auto_crop=req.auto_crop, fast=req.fast,
+            request_code=request_code, id_code=id_code, image_code=image_code,
+        )
+        out = plan_geometry(g, self.rules)
+        return self._table(batch, req, out, rows, src_w, src_h, id_msg, image_msg)
+
+    def _table(self, batch, req, out, rows, src_w, src_h, id_msg, image_msg) -> pa.Table:
+        n = batch.num_rows
+        code = out["code"]
+        names = codes.names(code)
+        msg = np.full(n, None, dtype=object)
+        for i in np.flatnonzero(code > 0):
+            c = names[i]
+            if c == "invalid_request":
+                msg[i] = req.problem[i] or "the request is invalid"
+            elif c in ("invalid_id", "duplicate_id"):
+                msg[i] = id_msg[i]
+            elif c in codes.IMAGE_CODES:
+                msg[i] = image_msg[i]
+            else:
+                msg[i] = geometry_message(c, i, out, self.rules.max_pixels)
+        valid = out["geometry_valid"]
+        known_src = valid | (src_w > 0)
+        steps = np.where(req.fast, self.cfg.model.steps_fast, self.cfg.model.steps)
+
+        def geo(name):
+            return pa.array(out[name], mask=~valid)
+
+        cols = {
+            "id": pa.array(req.ids.tolist(), pa.string()),
+            "status": pa.array(codes.statuses(code).tolist(), pa.string()),
+            "error_code": pa.array(names.tolist(), pa.string()),
+            "error_message": pa.array(msg.tolist(), pa.string()),
+            "image": pa.array(req.image.tolist(), pa.string()),
+            "source_width": pa.array(src_w, mask=~known_src),
+            "source_height": pa.array(src_h, mask=~known_src),
+            **{name: geo(name) for name in GEOMETRY_COLUMNS},
+            "mode": pa.array(req.mode.tolist(), pa.string()),
+            "output_format": pa.array(req.output_format.tolist(), pa.string()),
+            "anchor": pa.array(req.anchor.tolist(), pa.string()),
+            "auto_crop": pa.array(req.auto_crop),
+            "generated": pa.array(out["generated"]),
+            "seed": pa.array(req.seed),
+            "prompt": pa.array(req.prompt.tolist(), pa.string()),
+            "steps": pa.array(np.where(out["generated"], steps, 0).astype(np.int64)),
+            ROW_INDEX: pa.array(rows.astype(np.int64)),
+        }
+        table = pa.table(cols, schema=PLAN_SCHEMA)
+        for c in self.passthrough:
+            table = table.append_column(c, batch.column(c))
+        return table
+
+
+def plan_manifest(cfg: Config, table: pa.Table, batch_rows: int = 65_536) -> pa.Table:
+    """Plan a whole manifest table (dry run / small jobs), in row batches."""
+    stage = PlanStage(cfg, duplicate_first_rows(table.column("id").cast(pa.string()), table.column(ROW_INDEX)))
+    parts = [stage(table.slice(s, batch_rows)) for s in range(0, table.num_rows, batch_rows)]
+    if not parts:
+        return stage(table)
+    return pa.concat_tables(parts)
+
+
+def summarise(plan: pa.Table, cfg: Config) -> dict:
+    """Counts per status and code, output megapixels, and an estimate of GPU cost."""
+    status = plan.column("status").to_numpy(zero_copy_only=False)
+    code = plan.column("error_code").to_numpy(zero_copy_only=False)
+    ok = status == codes.OK
+    by_status = {s: int((status == s).sum()) for s in (codes.OK, codes.REJECTED, codes.FAILED)}
+    by_code: dict[str, int] = {}
+    for c in code[~ok]:
+        by_code[c] = by_code.get(c, 0) + 1
+    W = plan.column("canvas_width").fill_null(0).to_numpy()
+    H = plan.column("canvas_height").fill_null(0).to_numpy()
+    AW = plan.column("aligned_width").fill_null(0).to_numpy()
+    AH = plan.column("aligned_height").fill_null(0).to_numpy()
+    gen = plan.column("generated").to_numpy(zero_copy_only=False) & ok
+    steps = plan.column("steps").to_numpy()
+    fast = plan.column("mode").to_numpy(zero_copy_only=False) == "fast"
+    # Transformer cost grows with tokens (aligned area / 16^2); priced per step
+    # relative to a 1024x1024 canvas. Linear in tokens: attention's quadratic share
+    # makes this an underestimate above 1 MP and an overestimate below.
+    rel = (AW * AH) / (1024 * 1024)
+    gpu_s = float((steps * rel * cfg.plan.seconds_per_step_at_1mp)[gen].sum())
+    return {
+        "rows": int(plan.num_rows),
+        "by_status": by_status,
+        "by_code": dict(sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "output_megapixels": round(float((W * H)[ok].sum()) / 1e6, 3),
+        "generated": {"high": int((gen & ~fast).sum()), "fast": int((gen & fast).sum())},
+        "passthrough_ok": int((ok & ~gen).sum()),
+        "estimated_gpu_seconds": round(gpu_s, 1),
+        "estimate_basis": f"{cfg.plan.seconds_per_step_at_1mp} s per step at 1024x1024 (plan.seconds_per_step_at_1mp)",
+    }
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"rows: {s['rows']:,}"]
+    for k, v in s["by_status"].items():
+        lines.append(f"  {k:<10} {v:>10,}")
+    if s["by_code"]:
+        lines.append("by code:")
+        for k, v in s["by_code"].items():
+            lines.append(f"  {k:<26} {v:>10,}")
+    g = s["generated"]
+    lines.append(f"output: {s['output_megapixels']:,} MP; to generate: {g['high']:,} high + {g['fast']:,} fast; "
+                 f"{s['passthrough_ok']:,} need no generation")
+    hours = s["estimated_gpu_seconds"] / 3600
+    lines.append(f"estimated GPU time: {s['estimated_gpu_seconds']:,} s ({hours:,.2f} GPU-hours) at {s['estimate_basis']}")
+    return "\n".join(lines)
