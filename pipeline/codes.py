@@ -7,6 +7,7 @@ strings everywhere a person or a script sees them.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 
@@ -56,3 +57,12 @@ def statuses(code_idx: np.ndarray) -> np.ndarray:
 
 def names(code_idx: np.ndarray) -> np.ndarray:
     return _CODE_BY_INDEX[code_idx]
+
+
+def status_array(code_idx: np.ndarray) -> pa.Array:
+    """Code indices -> Arrow status strings, by a dictionary lookup (no per-row Python)."""
+    return pa.array([status_of(c) for c in CODES], pa.string()).take(pa.array(code_idx.astype(np.int32)))
+
+
+def code_array(code_idx: np.ndarray) -> pa.Array:
+    return pa.array(list(CODES), pa.string()).take(pa.array(code_idx.astype(np.int32)))

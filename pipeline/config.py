@@ -6,6 +6,7 @@ message names the key path and what is allowed, before any work is done.
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from typing import Any, Literal, Optional, Union
 
@@ -175,6 +176,27 @@ class Config(_Section):
 
 # --------------------------------------------------------------------------- loading
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1's base-60 numbers: ``aspect_ratio: 16:9`` must stay
+    the string "16:9", not the integer 969."""
+
+
+# PyYAML's int/float patterns with the sexagesimal alternatives removed.
+_INT = re.compile(r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""")
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"""
+                    r"""|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""")
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag not in _NUMBER_TAGS]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
@@ -224,7 +246,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"--set {key}: `{p}` is a value, not a section")
             node = child
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+            node[parts[-1]] = parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: value is not valid YAML ({e.problem})") from None
     return data
@@ -248,7 +270,7 @@ def load(uri: str, overrides: list[str] | None = None, storage_options: dict | N
     except FileNotFoundError:
         raise ConfigError(f"config {uri}: file not found") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -81,7 +81,7 @@ def ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def ceil16(a: np.ndarray) -> np.ndarray:
-    return ceil_div(a, GRID) * GRID
+    return (a + (GRID - 1)) & -GRID  # two's complement: exact ceil to a multiple of 16
 
 
 def area(w: np.ndarray, h: np.ndarray, limit: int) -> np.ndarray:
@@ -105,25 +105,52 @@ def fits(W, H, fast, max_pixels: int):
     return ok & (~fast | fast_ok)
 
 
+def _fits_at(k, w0, h0, a, b, fast, max_pixels: int):
+    w = w0 * k // SCALE_DEN
+    h = h0 * k // SCALE_DEN
+    W, H = aspect_canvas(w, h, a, b)
+    return fits(W, H, fast, max_pixels)
+
+
+def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int):
+    """Largest k in [lo, hi] that fits, given that lo fits or lo == 0 (none does)."""
+    while True:
+        active = np.flatnonzero(lo < hi)
+        if not len(active):
+            return lo
+        l, h_ = lo[active], hi[active]
+        mid = (l + h_ + 1) // 2
+        good = _fits_at(mid, w0[active], h0[active], a[active], b[active], fast[active], max_pixels)
+        lo[active] = np.where(good, mid, l)
+        hi[active] = np.where(good, h_, mid - 1)
+
+
 def _scale_to_budget(w0, h0, a, b, fast, max_pixels: int):
     """Largest k in [1, 9999] such that the canvas of floor(w0 k/1e4) x floor(h0 k/1e4) fits.
 
-    The canvas grows monotonically with k, so a vectorised binary search finds k
-    for every row in ~14 passes. Returns k, 0 where not even k = 1 fits.
+    The canvas grows monotonically with k, so a binary search is exact. To save
+    passes, each row's search starts from a bracket around the closed-form scale
+    (sW)(sH) = budget (fast: (sW + 23)(sH + 23), the mean alignment growth); a
+    bracket is used only where it is verified (its low end fits, one past its high
+    end does not), other rows search the whole range. Returns k, 0 where none fits.
     """
-    lo = np.zeros(len(w0), dtype=np.int64)
-    hi = np.full(len(w0), SCALE_DEN - 1, dtype=np.int64)
-    while True:
-        active = lo < hi
-        if not active.any():
-            return lo
-        mid = (lo + hi + 1) // 2
-        w = w0 * mid // SCALE_DEN
-        h = h0 * mid // SCALE_DEN
-        W, H = aspect_canvas(w, h, a, b)
-        good = fits(W, H, fast, max_pixels) & (w >= 1) & (h >= 1)
-        lo = np.where(active & good, mid, lo)
-        hi = np.where(active & ~good, mid - 1, hi)
+    top = SCALE_DEN - 1
+    Wc = np.maximum(w0, h0 * a / b)  # continuous canvas at scale 1
+    Hc = np.maximum(h0, w0 * b / a)
+    grow = np.where(fast, 23.0, 0.0)
+    # solve Wc Hc s^2 + grow (Wc + Hc) s + grow^2 - budget = 0 for s
+    qa, qb, qc = Wc * Hc, grow * (Wc + Hc), grow * grow - max_pixels
+    s = (-qb + np.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
+    k_est = np.floor(s * SCALE_DEN)
+    slack = np.ceil(SCALE_DEN * np.where(fast, 12.0, 3.0) / np.minimum(Wc, Hc)) + 2
+    lo = np.clip(k_est - slack, 1, top).astype(np.int64)
+    hi = np.clip(k_est + slack, 1, top).astype(np.int64)
+    ok_lo = _fits_at(lo, w0, h0, a, b, fast, max_pixels)
+    ok_hi = (hi == top) | ~_fits_at(np.minimum(hi + 1, top), w0, h0, a, b, fast, max_pixels)
+    bracketed = ok_lo & ok_hi
+    lo = np.where(bracketed, lo, 0)
+    hi = np.where(bracketed, hi, top)
+    return _bisect(lo, hi, w0, h0, a, b, fast, max_pixels)
 
 
 def _contain_scale(w0, h0, W, H, rules: SizingRules):
@@ -183,7 +210,8 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
     if need.any():
         idx = np.flatnonzero(need)
         ks = _scale_to_budget(w0[idx], h0[idx], a[idx], b[idx], g.fast[idx], MAX)
-        found = ks > 0
+        # none fits, or the largest that fits leaves the reference 0 px on a side
+        found = (ks > 0) & (w0[idx] * ks // SCALE_DEN >= 1) & (h0[idx] * ks // SCALE_DEN >= 1)
         k[idx[found]] = ks[found]
         unscalable[idx[~found]] = True
     if rules.fit_contain:

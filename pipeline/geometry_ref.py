@@ -66,12 +66,12 @@ def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 ws, hs = w0 * mid // SCALE_DEN, h0 * mid // SCALE_DEN
-                if ws >= 1 and hs >= 1 and _fits(*_canvas_for_ratio(ws, hs, a, b), fast, MAX):
+                if _fits(*_canvas_for_ratio(ws, hs, a, b), fast, MAX):
                     lo = mid
                 else:
                     hi = mid - 1
-            if lo == 0:
-                code = "canvas_too_large"
+            if lo == 0 or w0 * lo // SCALE_DEN == 0 or h0 * lo // SCALE_DEN == 0:
+                code = "canvas_too_large"  # nothing fits, or only a 0-px reference would
                 k = SCALE_DEN
             else:
                 k = lo
@@ -124,3 +124,37 @@ def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
         "pad_left": pad_left, "pad_top": pad_top, "aligned_width": aw, "aligned_height": ah_,
         "generated": code is None and not (vx0 == 0 and vy0 == 0 and vx1 == W and vy1 == H),
     }
+
+
+def columns_from_rows(rows: list[dict]):
+    """Per-row dicts (``plan_row``'s format) -> ``GeometryInput`` columns."""
+    import numpy as np
+
+    from .codes import CODE
+    from .geometry import GeometryInput
+
+    def ints(key, default=0):
+        return np.array([r.get(key) if r.get(key) is not None else default for r in rows], dtype=np.int64)
+
+    def has(key):
+        return np.array([r.get(key) is not None for r in rows], dtype=bool)
+
+    def code(key):
+        return np.array([CODE[r[key]] if r.get(key) else 0 for r in rows], dtype=np.int16)
+
+    ratio = [r.get("ratio") for r in rows]
+    anchor = [r.get("anchor", (1, 1)) for r in rows]
+    return GeometryInput(
+        src_w=ints("src_w", 1), src_h=ints("src_h", 1),
+        width=ints("width"), height=ints("height"), has_width=has("width"), has_height=has("height"),
+        ratio_num=np.array([q[0] if q else 1 for q in ratio], dtype=np.int64),
+        ratio_den=np.array([q[1] if q else 1 for q in ratio], dtype=np.int64),
+        has_ratio=np.array([q is not None for q in ratio], dtype=bool),
+        offset_x=ints("offset_x"), offset_y=ints("offset_y"),
+        has_offset_x=has("offset_x"), has_offset_y=has("offset_y"),
+        anchor_h=np.array([a[0] for a in anchor], dtype=np.int8),
+        anchor_v=np.array([a[1] for a in anchor], dtype=np.int8),
+        auto_crop=np.array([bool(r.get("auto_crop")) for r in rows]),
+        fast=np.array([bool(r.get("fast")) for r in rows]),
+        request_code=code("request_code"), id_code=code("id_code"), image_code=code("image_code"),
+    )

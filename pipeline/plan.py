@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import codes, headers
 from .codes import CODE
@@ -141,6 +142,7 @@ class PlanStage:
         )
         self.limits = headers.SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
         self.passthrough = list(cfg.output.passthrough_columns)
+        self._dup_keys = pa.array(list(self.duplicates), pa.string())
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if isinstance(batch, dict):  # Ray may hand a dict of columns
@@ -155,11 +157,13 @@ class PlanStage:
         id_msg = np.full(n, None, dtype=object)
         for i in np.flatnonzero(req.bad_id):
             id_code[i] = CODE["invalid_id"]
-            id_msg[i] = id_message("invalid_id", req.ids[i], None)
+            id_msg[i] = id_message("invalid_id", req.ids[i].as_py(), None)
         if self.duplicates:
-            for i, (rid, r) in enumerate(zip(req.ids.tolist(), rows.tolist())):
-                first = self.duplicates.get(rid)
-                if first is not None and r != first and id_code[i] == 0:
+            maybe = np.asarray(pc.is_in(req.ids, value_set=self._dup_keys).to_numpy(zero_copy_only=False), dtype=bool)
+            for i in np.flatnonzero(maybe & (id_code == 0)):
+                rid = req.ids[i].as_py()
+                first = self.duplicates[rid]
+                if rows[i] != first:
                     id_code[i] = CODE["duplicate_id"]
                     id_msg[i] = id_message("duplicate_id", rid, first)
 
@@ -174,18 +178,18 @@ class PlanStage:
                             f"over limits.max_source_pixels = {self.limits.max_source_pixels:,}")
         need = ~req.has_src & (request_code == 0) & (id_code == 0)
         if self.read_headers and need.any():
+            todo = np.flatnonzero(need)
+            images = req.image.take(pa.array(todo)).to_pylist()
             blobs = None
-            if req.has_bytes[need].any():
+            if req.has_bytes[todo].any():
                 col = batch.column("image_bytes")
-                blobs = [col[int(i)].as_py() if need[i] and req.has_bytes[i] else None for i in range(n)]
-            uris = [req.image[i] if need[i] else None for i in range(n)]
-            hw, hh, hc, hm = headers.read_sizes(uris, blobs, self.cfg.input.storage_options, self.limits,
+                blobs = [col[int(i)].as_py() if req.has_bytes[i] else None for i in todo]
+            hw, hh, hc, hm = headers.read_sizes(images, blobs, self.cfg.input.storage_options, self.limits,
                                                 self.cfg.input.header_threads)
-            src_w = np.where(need, hw, src_w)
-            src_h = np.where(need, hh, src_h)
-            for i in np.flatnonzero(need & (hc != None)):  # noqa: E711
-                image_code[i] = CODE[hc[i]]
-                image_msg[i] = hm[i]
+            src_w[todo], src_h[todo] = hw, hh
+            for j in np.flatnonzero(hc != None):  # noqa: E711
+                image_code[todo[j]] = CODE[hc[j]]
+                image_msg[todo[j]] = hm[j]
         # rows still without a size (headers not read here) are planned by the loader
 
         g = GeometryInput(
@@ -218,26 +222,22 @@ class PlanStage:
         valid = out["geometry_valid"]
         known_src = valid | (src_w > 0)
         steps = np.where(req.fast, self.cfg.model.steps_fast, self.cfg.model.steps)
-
-        def geo(name):
-            return pa.array(out[name], mask=~valid)
-
         cols = {
-            "id": pa.array(req.ids.tolist(), pa.string()),
-            "status": pa.array(codes.statuses(code).tolist(), pa.string()),
-            "error_code": pa.array(names.tolist(), pa.string()),
-            "error_message": pa.array(msg.tolist(), pa.string()),
-            "image": pa.array(req.image.tolist(), pa.string()),
+            "id": req.ids,
+            "status": codes.status_array(code),
+            "error_code": codes.code_array(code),
+            "error_message": pa.array(msg, pa.string()),
+            "image": req.image,
             "source_width": pa.array(src_w, mask=~known_src),
             "source_height": pa.array(src_h, mask=~known_src),
-            **{name: geo(name) for name in GEOMETRY_COLUMNS},
-            "mode": pa.array(req.mode.tolist(), pa.string()),
-            "output_format": pa.array(req.output_format.tolist(), pa.string()),
-            "anchor": pa.array(req.anchor.tolist(), pa.string()),
+            **{name: pa.array(out[name], mask=~valid) for name in GEOMETRY_COLUMNS},
+            "mode": req.mode,
+            "output_format": req.output_format,
+            "anchor": req.anchor,
             "auto_crop": pa.array(req.auto_crop),
             "generated": pa.array(out["generated"]),
             "seed": pa.array(req.seed),
-            "prompt": pa.array(req.prompt.tolist(), pa.string()),
+            "prompt": req.prompt,
             "steps": pa.array(np.where(out["generated"], steps, 0).astype(np.int64)),
             ROW_INDEX: pa.array(rows.astype(np.int64)),
         }

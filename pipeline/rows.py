@@ -1,21 +1,21 @@
 """Manifest rows -> typed request columns, with defaults applied.
 
-Vectorised over a pyarrow Table. Every row gets a value for every request field;
-a value that is missing or ill-typed marks the row ``invalid_request`` with a
-message naming the column, never an exception. Slow per-value parsing only runs
-for columns stored with an unexpected type (e.g. numbers written as strings).
+Vectorised over a pyarrow Table (Arrow compute kernels and NumPy; no per-row Python
+on the common path). Every row gets a value for every request field; a value that
+is missing or ill-typed marks the row ``invalid_request`` with a message naming the
+column, never an exception. Per-value parsing only runs for columns stored with an
+unexpected type (e.g. numbers written as strings) and messages are only formatted
+for the rows that have a problem.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
 from .config import ANCHORS, Config, parse_ratio
 from .geometry import ANCHOR_AXES
 
@@ -26,35 +26,42 @@ ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"
 
 
 class _Problems:
-    """The first problem per row, as a message; None where the row is fine."""
+    """The first problem per row, as a message; formatted only for rows that have one."""
 
     def __init__(self, n: int):
         self.msg = np.full(n, None, dtype=object)
+        self.any = np.zeros(n, dtype=bool)
 
     def add(self, bad: np.ndarray, text) -> None:
-        hit = np.flatnonzero(bad & (self.msg == None))  # noqa: E711 (elementwise)
-        for i in hit:
+        hit = bad & ~self.any
+        if not hit.any():
+            return
+        self.any |= hit
+        for i in np.flatnonzero(hit):
             self.msg[i] = text(i) if callable(text) else text
-
-    @property
-    def any(self) -> np.ndarray:
-        return self.msg != None  # noqa: E711
 
 
 def _column(table: pa.Table, name: str):
     if name not in table.column_names:
         return None
     col = table.column(name)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return None if pa.types.is_null(col.type) else col
+
+
+def _present(col, n: int) -> np.ndarray:
+    if col is None:
+        return np.zeros(n, bool)
+    return np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def int_column(table: pa.Table, name: str):
     """-> (values int64, present bool, bad bool). Integral floats and numeric strings pass."""
     n = table.num_rows
     col = _column(table, name)
-    if col is None or pa.types.is_null(col.type):
-        return np.zeros(n, np.int64), np.zeros(n, bool), np.zeros(n, bool)
-    present = ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    present = _present(col, n)
+    if col is None:
+        return np.zeros(n, np.int64), present, np.zeros(n, bool)
     t = col.type
     if pa.types.is_integer(t):
         return col.fill_null(0).to_numpy().astype(np.int64), present, np.zeros(n, bool)
@@ -64,13 +71,13 @@ def int_column(table: pa.Table, name: str):
         return np.where(ok, v, 0).astype(np.int64), present, present & ~ok
     vals = np.zeros(n, np.int64)
     bad = np.zeros(n, bool)
-    for i, v in enumerate(col.to_pylist()):
+    for i, v in enumerate(col.to_pylist()):  # unexpected storage type: slow path
         if v is None:
             continue
         try:
             if isinstance(v, bool):
                 raise ValueError
-            f = float(v) if not isinstance(v, int) else v
+            f = v if isinstance(v, int) else float(v)
             if f != int(f):
                 raise ValueError
             vals[i] = int(f)
@@ -82,7 +89,7 @@ def int_column(table: pa.Table, name: str):
 def bool_column(table: pa.Table, name: str, default: bool):
     n = table.num_rows
     col = _column(table, name)
-    if col is None or pa.types.is_null(col.type):
+    if col is None:
         return np.full(n, default), np.zeros(n, bool)
     if pa.types.is_boolean(col.type):
         return np.asarray(col.fill_null(default).to_numpy(zero_copy_only=False), dtype=bool), np.zeros(n, bool)
@@ -99,46 +106,110 @@ def bool_column(table: pa.Table, name: str, default: bool):
     return vals, bad
 
 
-def str_column(table: pa.Table, name: str, default: str | None):
-    """-> (object array of str or default, bad bool) — non-string values are bad."""
+def str_column(table: pa.Table, name: str, default: str | None, numbers_ok: bool = False):
+    """-> (pa.StringArray with nulls replaced by ``default``, bad bool).
+
+    Non-string storage is ill-typed (``bad``) unless ``numbers_ok`` (ids may be ints).
+    """
     n = table.num_rows
     col = _column(table, name)
-    if col is None or pa.types.is_null(col.type):
-        return np.full(n, default, dtype=object), np.zeros(n, bool)
-    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        vals = np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
-        return np.where(vals == None, default, vals), np.zeros(n, bool)  # noqa: E711
+    if col is None:
+        return pa.array([default] * n, pa.string()) if default is not None else pa.nulls(n, pa.string()), \
+            np.zeros(n, bool)
+    bad = np.zeros(n, bool)
     if pa.types.is_dictionary(col.type):
-        return str_column(pa.table({name: col.cast(col.type.value_type)}), name, default)
-    # numbers where strings are expected: ill-typed, unless it is the id (ints are fine ids)
-    vals = np.asarray(col.to_pylist(), dtype=object)
-    missing = vals == None  # noqa: E711
-    return np.where(missing, default, vals.astype(str)), ~missing & (name != "id")
+        col = col.cast(col.type.value_type)
+    if pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+    elif not pa.types.is_string(col.type):
+        is_num = pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+        if not (numbers_ok and is_num):
+            bad = _present(col, n)
+        try:
+            col = col.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            col = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
+    if default is not None:
+        col = col.fill_null(default)
+    return col, bad
 
 
-def enum_column(values: np.ndarray, allowed: tuple[str, ...], aliases: dict | None = None):
-    """Strings -> index into ``allowed`` (-1 = unknown), case-insensitive."""
+def enum_column(arr: pa.Array, allowed: tuple[str, ...], aliases: dict | None = None):
+    """Strings -> index into ``allowed`` (-1 = unknown), case- and space-insensitive.
+
+    Parses each distinct value once (a catalogue has a handful).
+    """
     lut = {a: i for i, a in enumerate(allowed)}
     for k, v in (aliases or {}).items():
         lut[k] = lut[v]
-    uniq, inv = np.unique(np.asarray([str(v).strip().lower() for v in values], dtype=object).astype(str),
-                          return_inverse=True) if len(values) else (np.array([]), np.array([], int))
-    codes = np.array([lut.get(u, -1) for u in uniq], dtype=np.int64)
-    return codes[inv] if len(values) else np.zeros(0, np.int64)
+    enc = pc.utf8_lower(pc.utf8_trim_whitespace(arr)).dictionary_encode()
+    codes = np.array([lut.get(u, -1) for u in enc.dictionary.to_pylist()] or [-1], dtype=np.int64)
+    return codes[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)] if len(arr) else np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------- seeds
+
+_M64 = (1 << 64) - 1
+_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
 
 
 def derive_seed(run_seed: int, row_id: str) -> int:
-    """Stable 63-bit seed from (run seed, id): same row, same seed, in any batch."""
-    h = hashlib.blake2b(f"{run_seed}\x1f{row_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & ((1 << 63) - 1)
+    """Stable 63-bit seed from (run seed, id): splitmix64(FNV-1a(id) ^ splitmix64(run seed)).
 
+    The same row gets the same seed in any batch, on any machine, in any run with the
+    same run seed. ``derive_seeds`` computes the same thing over a whole column.
+    """
+    h = _FNV_OFFSET
+    for byte in row_id.encode("utf-8"):
+        h = ((h ^ byte) * _FNV_PRIME) & _M64
+    return _splitmix64(h ^ _splitmix64(run_seed & _M64)) & ((1 << 63) - 1)
+
+
+def _splitmix64_np(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def derive_seeds(run_seed: int, ids: pa.StringArray) -> np.ndarray:
+    """``derive_seed`` over a string column: FNV-1a stepped over byte positions, so the
+    cost is (longest id) NumPy passes, not one Python call per row."""
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    ids = ids.fill_null("")
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset: ids.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if ids.buffers()[2] is not None else np.zeros(1, np.uint8)
+    lengths = np.diff(offsets)
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    prime = np.uint64(_FNV_PRIME)
+    with np.errstate(over="ignore"):
+        for pos in range(int(lengths.max(initial=0))):
+            live = np.flatnonzero(lengths > pos)
+            if len(live) == n:
+                h = (h ^ data[offsets[:-1] + pos]) * prime
+            else:
+                h[live] = (h[live] ^ data[offsets[live] + pos]) * prime
+        out = _splitmix64_np(h ^ np.uint64(_splitmix64(run_seed & _M64)))
+    return (out & np.uint64((1 << 63) - 1)).astype(np.int64)
+
+
+# ---------------------------------------------------------------- requests
 
 @dataclass
 class Requests:
     """Typed request columns for a batch of manifest rows (all length n)."""
 
-    ids: np.ndarray             # object str
-    image: np.ndarray           # object: resolved URI or None
+    ids: pa.StringArray
+    image: pa.StringArray       # resolved URI, null where the row has image_bytes
     has_bytes: np.ndarray       # bool
     width: np.ndarray
     height: np.ndarray
@@ -151,14 +222,14 @@ class Requests:
     offset_y: np.ndarray
     has_offset_x: np.ndarray
     has_offset_y: np.ndarray
-    anchor: np.ndarray          # object str
+    anchor: pa.StringArray      # canonical name (as given where unknown)
     anchor_h: np.ndarray
     anchor_v: np.ndarray
     auto_crop: np.ndarray
-    mode: np.ndarray            # object str ('high' where invalid)
+    mode: pa.StringArray
     fast: np.ndarray
-    output_format: np.ndarray   # object str
-    prompt: np.ndarray          # object str
+    output_format: pa.StringArray
+    prompt: pa.StringArray
     seed: np.ndarray            # int64
     src_w: np.ndarray           # from image_width/height, valid where has_src
     src_h: np.ndarray
@@ -170,26 +241,39 @@ class Requests:
 def _ratio_column(table: pa.Table, n: int):
     col = _column(table, "aspect_ratio")
     a, b = np.ones(n, np.int64), np.ones(n, np.int64)
-    present, bad = np.zeros(n, bool), np.zeros(n, bool)
-    if col is None or pa.types.is_null(col.type):
+    present, bad = _present(col, n), np.zeros(n, bool)
+    if col is None:
         return a, b, present, bad
     # few distinct ratios in a catalogue: parse each distinct value once
-    enc = col.dictionary_encode() if not pa.types.is_dictionary(col.type) else col
+    enc = col if pa.types.is_dictionary(col.type) else col.dictionary_encode()
     idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    present = ~np.asarray(enc.is_null().to_numpy(zero_copy_only=False), dtype=bool)
     parsed = []
     for v in enc.dictionary.to_pylist():
         try:
             r = parse_ratio(v)
-            parsed.append((r.numerator, r.denominator, False))
+            parsed.append((r.numerator, r.denominator, 0))
         except ValueError:
-            parsed.append((1, 1, True))
+            parsed.append((1, 1, 1))
     if parsed:
         lut = np.array(parsed, dtype=np.int64)
-        safe = np.where(present, idx, 0)
-        a, b = lut[safe, 0], lut[safe, 1]
-        bad = present & lut[safe, 2].astype(bool)
+        a, b = lut[idx, 0], lut[idx, 1]
+        bad = present & lut[idx, 2].astype(bool)
     return a, b, present, bad
+
+
+def _resolve_images(image: pa.StringArray, root: str | None) -> pa.StringArray:
+    """Relative ``image`` values under ``input.image_root`` (absolute URIs/paths kept)."""
+    if not root:
+        return image
+    absolute = pc.or_(pc.match_substring(image, "://"), pc.starts_with(image, "/"))
+    joined = pc.binary_join_element_wise(root.rstrip("/"), pc.utf8_ltrim(image, "/"), "/")
+    return pc.if_else(absolute, image, joined)
+
+
+def _choose(idx: np.ndarray, names: tuple[str, ...], given: pa.StringArray) -> pa.StringArray:
+    """Canonical names where known, the given text where not (for messages)."""
+    canon = pa.array(names, pa.string()).take(pa.array(np.maximum(idx, 0)))
+    return pc.if_else(pa.array(idx >= 0), canon, given)
 
 
 def normalise(table: pa.Table, cfg: Config) -> Requests:
@@ -198,34 +282,32 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     d = cfg.defaults
     p = _Problems(n)
 
-    ids, id_bad_type = str_column(table, "id", None)
-    missing_id = ids == None  # noqa: E711
-    ids = np.where(missing_id, "", ids)
+    ids, _ = str_column(table, "id", None, numbers_ok=True)
+    missing_id = ~_present(ids, n)
+    ids = ids.fill_null("")
     p.add(missing_id, "id is missing; every row needs an id")
 
     # --- source: exactly one of image / image_bytes
     image, image_bad = str_column(table, "image", None)
-    bcol = _column(table, "image_bytes")
-    has_bytes = (np.zeros(n, bool) if bcol is None or pa.types.is_null(bcol.type)
-                 else ~np.asarray(bcol.is_null().to_numpy(zero_copy_only=False), dtype=bool))
-    has_image = (image != None) & (image != "")  # noqa: E711
+    has_bytes = _present(_column(table, "image_bytes"), n)
+    has_image = _present(image, n) & np.asarray(pc.fill_null(pc.not_equal(image, ""), False), dtype=bool)
     p.add(image_bad, "image must be a string URI")
     p.add(has_image & has_bytes, "give either image or image_bytes, not both")
     p.add(~has_image & ~has_bytes, "no source image: set image (a URI) or image_bytes")
-    root = cfg.input.image_root
-    image = np.array([storage.resolve(v, root) if isinstance(v, str) and v else None for v in image],
-                     dtype=object) if n else image
+    image = _resolve_images(pc.if_else(pa.array(has_image), image, pa.scalar(None, pa.string())),
+                            cfg.input.image_root)
 
     # --- targets: row targets, as a group, override the defaults' targets
     width, has_w, bad_w = int_column(table, "width")
     height, has_h, bad_h = int_column(table, "height")
     ra, rb, has_r, bad_r = _ratio_column(table, n)
-    row_target = has_w | has_h | has_r | bad_w | bad_h | bad_r
+    row_target = has_w | has_h | has_r
     p.add(bad_w, "width must be an integer number of pixels")
     p.add(bad_h, "height must be an integer number of pixels")
     if bad_r.any():
-        raw = _column(table, "aspect_ratio").to_pylist()
-        p.add(bad_r, lambda i: f"aspect_ratio {raw[i]!r} is not a positive 'W:H' or number between 1:10000 and 10000:1")
+        raw = _column(table, "aspect_ratio")
+        p.add(bad_r, lambda i: f"aspect_ratio {raw[i].as_py()!r} is not a positive 'W:H' or number "
+                               "between 1:10000 and 10000:1")
     if d.aspect_ratio is not None:
         r = parse_ratio(d.aspect_ratio)
         use = ~row_target
@@ -244,28 +326,27 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     oy, has_oy, bad_oy = int_column(table, "reference_offset_y")
     p.add(bad_ox, "reference_offset_x must be an integer (pixels; may be negative)")
     p.add(bad_oy, "reference_offset_y must be an integer (pixels; may be negative)")
-    anchor, anchor_bad_t = str_column(table, "anchor", d.anchor)
+    anchor, anchor_bad = str_column(table, "anchor", d.anchor)
     anchor_idx = enum_column(anchor, ANCHORS)
-    p.add(anchor_bad_t | (anchor_idx < 0), lambda i: f"anchor {anchor[i]!r} is not one of {', '.join(ANCHORS)}")
+    p.add(anchor_bad | (anchor_idx < 0), lambda i: f"anchor {anchor[i].as_py()!r} is not one of {', '.join(ANCHORS)}")
     axes = np.array([ANCHOR_AXES[a] for a in ANCHORS], dtype=np.int8)
-    safe_anchor = np.where(anchor_idx < 0, 0, anchor_idx)
+    safe_anchor = np.maximum(anchor_idx, 0)
     auto_crop, bad_crop = bool_column(table, "auto_crop", d.auto_crop)
     p.add(bad_crop, "auto_crop must be true or false")
 
     # --- mode, format, prompt, seed
-    mode, mode_bad_t = str_column(table, "mode", d.mode)
+    mode, mode_bad = str_column(table, "mode", d.mode)
     mode_idx = enum_column(mode, MODES)
-    p.add(mode_bad_t | (mode_idx < 0), lambda i: f"mode {mode[i]!r} is not 'high' or 'fast'")
-    fmt, fmt_bad_t = str_column(table, "output_format", d.output_format)
+    p.add(mode_bad | (mode_idx < 0), lambda i: f"mode {mode[i].as_py()!r} is not 'high' or 'fast'")
+    fmt, fmt_bad = str_column(table, "output_format", d.output_format)
     fmt_idx = enum_column(fmt, FORMATS, FORMAT_ALIASES)
-    p.add(fmt_bad_t | (fmt_idx < 0), lambda i: f"output_format {fmt[i]!r} is not png, jpeg or webp")
+    p.add(fmt_bad | (fmt_idx < 0), lambda i: f"output_format {fmt[i].as_py()!r} is not png, jpeg or webp")
     prompt, prompt_bad = str_column(table, "prompt", d.prompt)
     p.add(prompt_bad, "prompt must be a string")
     seed, has_seed, bad_seed = int_column(table, "seed")
-    p.add(bad_seed | (has_seed & ((seed < 0))), "seed must be a non-negative integer")
-    run_seed = cfg.runtime.seed
-    seed = np.array([s if hs else derive_seed(run_seed, i) for s, hs, i in zip(seed.tolist(), has_seed, ids)],
-                    dtype=np.int64) if n else seed
+    p.add(bad_seed | (has_seed & (seed < 0)), "seed must be a non-negative integer")
+    if not has_seed.all():
+        seed = np.where(has_seed, seed, derive_seeds(cfg.runtime.seed, ids))
 
     # --- known source size
     sw, has_sw, bad_sw = int_column(table, "image_width")
@@ -274,22 +355,17 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     p.add(bad_sh | (has_sh & (sh <= 0)), "image_height must be a positive integer (or null to read it from the image)")
 
     # --- id rule (invalid_id is its own code, after invalid_request)
-    id_ok = (np.asarray(pc.match_substring_regex(pa.array(ids.tolist(), pa.string()), ID_PATTERN)
-                        .to_numpy(zero_copy_only=False), dtype=bool) if n else np.zeros(0, bool))
-    bad_id = ~id_ok & ~missing_id & ~id_bad_type
-
-    modes = np.array(MODES, dtype=object)
-    fmts = np.array(FORMATS, dtype=object)
+    id_ok = np.asarray(pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False), dtype=bool)
     return Requests(
         ids=ids, image=image, has_bytes=has_bytes,
         width=width, height=height, has_width=has_w, has_height=has_h,
         ratio_num=ra, ratio_den=rb, has_ratio=has_r,
         offset_x=ox, offset_y=oy, has_offset_x=has_ox, has_offset_y=has_oy,
-        anchor=np.where(anchor_idx < 0, anchor, np.array(ANCHORS, dtype=object)[safe_anchor]),
+        anchor=_choose(anchor_idx, ANCHORS, anchor),
         anchor_h=axes[safe_anchor, 0], anchor_v=axes[safe_anchor, 1], auto_crop=auto_crop,
-        mode=np.where(mode_idx < 0, mode, modes[np.maximum(mode_idx, 0)]), fast=mode_idx == 1,
-        output_format=np.where(fmt_idx < 0, fmt, fmts[np.maximum(fmt_idx, 0)]),
+        mode=_choose(mode_idx, MODES, mode), fast=mode_idx == 1,
+        output_format=_choose(fmt_idx, FORMATS, fmt),
         prompt=prompt, seed=seed,
         src_w=sw, src_h=sh, has_src=has_sw & has_sh & (sw > 0) & (sh > 0),
-        problem=p.msg, bad_id=bad_id,
+        problem=p.msg, bad_id=~id_ok & ~missing_id,
     )

@@ -1,0 +1,99 @@
+"""Shared fixtures: real photos, manifests, configs, a moto S3 server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline import config as config_mod
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, Path]:
+    """scikit-image's bundled photos (shipped in the wheel: no download)."""
+    import skimage
+
+    d = Path(skimage.__file__).parent / "data"
+    names = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
+             "camera": "camera.png", "rocket": "rocket.jpg", "retina": "retina.jpg"}
+    out = {k: d / v for k, v in names.items()}
+    assert all(p.exists() for p in out.values())
+    return out
+
+
+def write_manifest(path, rows: list[dict], schema: pa.Schema | None = None, filesystem=None) -> str:
+    """Rows (dicts; missing keys = null) -> Parquet; column order of first appearance."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    table = pa.table({c: [r.get(c) for r in rows] for c in cols}) if schema is None else \
+        pa.Table.from_pylist(rows, schema=schema)
+    pq.write_table(table, str(path), filesystem=filesystem)
+    return str(path)
+
+
+def make_config(tmp_path, manifest: str, **sections) -> config_mod.Config:
+    data = {"input": {"manifest": manifest}, "output": {"uri": str(tmp_path / "out")}}
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v)
+    return config_mod.from_dict(data)
+
+
+def write_config(path, data: dict) -> str:
+    Path(path).write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real moto S3 server process on 127.0.0.1; yields storage_options for s3fs."""
+    pytest.importorskip("s3fs")
+    port = _free_port()
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("moto server did not start")
+    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"}}
+    yield {"endpoint": endpoint, "storage_options": opts}
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket per test; yields (s3fs filesystem, bucket name, storage_options)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_server["storage_options"])
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    fs.mkdir(name)
+    fs.invalidate_cache()
+    yield fs, name, s3_server["storage_options"]
+    fs.rm(name, recursive=True)
