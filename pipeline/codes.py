@@ -38,6 +38,10 @@ CODE = {name: i for i, name in enumerate(CODES) if name}
 FAILED_CODES = frozenset(
     {"image_not_found", "image_unreadable", "image_too_large", "unsupported_image", "generation_failed"}
 )
+GEOMETRY_CODES = (
+    "canvas_too_small", "canvas_too_large", "out_of_bounds", "no_overlap",
+    "reference_too_small", "reference_aspect", "aligned_canvas_too_large",
+)
 IMAGE_CODES = frozenset({"image_not_found", "image_unreadable", "image_too_large", "unsupported_image"})
 
 

@@ -75,6 +75,9 @@ class GeometryInput:
     def __len__(self) -> int:
         return len(self.src_w)
 
+    def slice(self, start: int, stop: int) -> "GeometryInput":
+        return GeometryInput(**{f: getattr(self, f)[start:stop] for f in self.__dataclass_fields__})
+
 
 def ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return -((-a) // b)
@@ -125,31 +128,39 @@ def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int):
         hi[active] = np.where(good, h_, mid - 1)
 
 
+def _largest_root(qa, qb, qc):
+    """Largest root of qa s^2 + qb s + qc (qa > 0); -inf where there is none."""
+    disc = qb * qb - 4 * qa * qc
+    with np.errstate(invalid="ignore"):
+        return np.where(disc >= 0, (-qb + np.sqrt(np.maximum(disc, 0))) / (2 * qa), -np.inf)
+
+
 def _scale_to_budget(w0, h0, a, b, fast, max_pixels: int):
     """Largest k in [1, 9999] such that the canvas of floor(w0 k/1e4) x floor(h0 k/1e4) fits.
 
     The canvas grows monotonically with k, so a binary search is exact. To save
-    passes, each row's search starts from a bracket around the closed-form scale
-    (sW)(sH) = budget (fast: (sW + 23)(sH + 23), the mean alignment growth); a
-    bracket is used only where it is verified (its low end fits, one past its high
-    end does not), other rows search the whole range. Returns k, 0 where none fits.
+    passes it starts from a bracket that is provably right: at scale s each canvas
+    side lies in (s*Wc - max(1, r), s*Wc + 1), Wc the real-valued canvas at scale 1
+    (and fast alignment adds 15..30 px), so (s*Wc + 1 [+ 30])(s*Hc + 1 [+ 30]) <= budget
+    guarantees a fit and (s*Wc - max(1, r) [+ 15])(...) > budget guarantees none.
+    Returns k, 0 where none fits.
     """
     top = SCALE_DEN - 1
-    Wc = np.maximum(w0, h0 * a / b)  # continuous canvas at scale 1
-    Hc = np.maximum(h0, w0 * b / a)
-    grow = np.where(fast, 23.0, 0.0)
-    # solve Wc Hc s^2 + grow (Wc + Hc) s + grow^2 - budget = 0 for s
-    qa, qb, qc = Wc * Hc, grow * (Wc + Hc), grow * grow - max_pixels
-    s = (-qb + np.sqrt(qb * qb - 4 * qa * qc)) / (2 * qa)
-    k_est = np.floor(s * SCALE_DEN)
-    slack = np.ceil(SCALE_DEN * np.where(fast, 12.0, 3.0) / np.minimum(Wc, Hc)) + 2
-    lo = np.clip(k_est - slack, 1, top).astype(np.int64)
-    hi = np.clip(k_est + slack, 1, top).astype(np.int64)
-    ok_lo = _fits_at(lo, w0, h0, a, b, fast, max_pixels)
-    ok_hi = (hi == top) | ~_fits_at(np.minimum(hi + 1, top), w0, h0, a, b, fast, max_pixels)
-    bracketed = ok_lo & ok_hi
-    lo = np.where(bracketed, lo, 0)
-    hi = np.where(bracketed, hi, top)
+    r = a / b
+    Wc = np.maximum(w0, h0 * r)
+    Hc = np.maximum(h0, w0 / r)
+    grow_hi = np.where(fast, 31.0, 1.0)  # worst-case growth of a side: fits for sure below
+    gw = np.where(fast, 15.0, 0.0) - np.maximum(1.0, r)  # least growth: over budget for sure above
+    gh = np.where(fast, 15.0, 0.0) - np.maximum(1.0, 1.0 / r)
+    qa = Wc * Hc
+    s_fit = _largest_root(qa, grow_hi * (Wc + Hc), grow_hi * grow_hi - max_pixels)
+    s_over = _largest_root(qa, gw * Hc + gh * Wc, gw * gh - max_pixels)
+    # the over-budget bound only holds where both sides stay positive
+    s_over = np.where((s_over * Wc + gw > 0) & (s_over * Hc + gh > 0), s_over, np.inf)
+    # one unit of slack each way absorbs floating-point error in the roots
+    lo = np.clip(np.floor(s_fit * SCALE_DEN) - 1, 0, top).astype(np.int64)
+    hi = np.clip(np.ceil(np.minimum(s_over, 1.0) * SCALE_DEN) + 1, 0, top).astype(np.int64)
+    hi = np.maximum(hi, lo)
     return _bisect(lo, hi, w0, h0, a, b, fast, max_pixels)
 
 
@@ -273,3 +284,13 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
         "aligned_height": aligned_h,
         "generated": generated & alive & (code == 0),
     }
+
+
+def plan_geometry_threaded(g: GeometryInput, rules: SizingRules = SizingRules(),
+                           chunk: int = 131_072, threads: int | None = None) -> dict[str, np.ndarray]:
+    """``plan_geometry`` over cache-sized chunks on a thread pool (NumPy releases the
+    GIL in its kernels), for planning large manifests on several cores."""
+    from .parallel import map_chunks
+
+    parts = map_chunks(lambda s, e: plan_geometry(g.slice(s, e), rules), len(g), chunk, threads)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

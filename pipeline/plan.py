@@ -14,8 +14,10 @@ import pyarrow.compute as pc
 from . import codes, headers
 from .codes import CODE
 from .config import Config
-from .geometry import MAX_REF_ASPECT, MIN_SIDE, GeometryInput, SizingRules, plan_geometry
+from .geometry import GeometryInput, SizingRules, plan_geometry
 from .manifest import ROW_INDEX
+from .messages import geometry_messages, id_message
+from .parallel import map_chunks
 from .rows import normalise
 
 # Plan columns, in order (DESIGN.md metadata names). Passthrough columns follow.
@@ -71,54 +73,6 @@ def duplicate_first_rows(ids, rows) -> dict[str, int]:
     for c, r in sorted(zip(idx[sel].tolist(), rows[sel].tolist()), key=lambda t: (t[0], t[1])):
         first.setdefault(names[c], r)
     return first
-
-
-def _fmt_px(v: int) -> str:
-    return f"{v:,}"
-
-
-def geometry_message(code: str, i: int, out: dict, max_pixels: int) -> str:
-    """What went wrong for row ``i`` and what to change."""
-    W, H = int(out["canvas_width"][i]), int(out["canvas_height"][i])
-    w, h = int(out["reference_width"][i]), int(out["reference_height"][i])
-    x, y = int(out["offset_x"][i]), int(out["offset_y"][i])
-    vw = int(out["visible_x1"][i] - out["visible_x0"][i])
-    vh = int(out["visible_y1"][i] - out["visible_y0"][i])
-    if code == "canvas_too_small":
-        return f"canvas {W}×{H} is under the {MIN_SIDE} px minimum on a side; use a width and height of at least {MIN_SIDE}"
-    if code == "canvas_too_large":
-        if W * H <= max_pixels:
-            return (f"no scale of the {w}×{h} reference gives a canvas of this aspect ratio within "
-                    f"{_fmt_px(max_pixels)} px; use a less extreme aspect_ratio")
-        return (f"canvas {W}×{H} = {_fmt_px(W * H)} px exceeds the {_fmt_px(max_pixels)} px limit; "
-                "reduce width or height")
-    if code == "out_of_bounds":
-        return (f"reference {w}×{h} at ({x}, {y}) extends past the {W}×{H} canvas; "
-                "move it inside (reference_offset_x/y) or set auto_crop: true to crop it")
-    if code == "no_overlap":
-        return (f"reference {w}×{h} at ({x}, {y}) lies entirely outside the {W}×{H} canvas, "
-                "so nothing of the image would remain; fix reference_offset_x/y")
-    if code == "reference_too_small":
-        return (f"the visible reference is {vw}×{vh}, under the {MIN_SIDE} px per side that fast mode needs; "
-                "use mode: high or a larger source")
-    if code == "reference_aspect":
-        ratio = max(vw, vh) / max(1, min(vw, vh))
-        return (f"the visible reference is {vw}×{vh} ({ratio:.2f}:1), over fast mode's {MAX_REF_ASPECT}:1 limit; "
-                "use mode: high")
-    if code == "aligned_canvas_too_large":
-        aw, ah = int(out["aligned_width"][i]), int(out["aligned_height"][i])
-        return (f"fast mode aligns the reference to the 16 px latent grid, making the canvas {aw}×{ah} = "
-                f"{_fmt_px(aw * ah)} px, over the {_fmt_px(max_pixels)} px limit; place the reference at an "
-                "offset that is a multiple of 16, reduce the canvas, or use mode: high")
-    return code
-
-
-def id_message(code: str, row_id: str, first_row: int | None) -> str:
-    shown = repr(row_id if len(row_id) <= 60 else row_id[:57] + "...")
-    if code == "duplicate_id":
-        return f"id {shown} already appears in manifest row {first_row}; ids must be unique (only the first is processed)"
-    return (f"id {shown} is not allowed: use 1-200 characters of A-Z a-z 0-9 . _ - "
-            "not starting with '.' (the id names the output files)")
 
 
 class PlanStage:
@@ -207,18 +161,24 @@ class PlanStage:
     def _table(self, batch, req, out, rows, src_w, src_h, id_msg, image_msg) -> pa.Table:
         n = batch.num_rows
         code = out["code"]
-        names = codes.names(code)
-        msg = np.full(n, None, dtype=object)
-        for i in np.flatnonzero(code > 0):
-            c = names[i]
-            if c == "invalid_request":
-                msg[i] = req.problem[i] or "the request is invalid"
-            elif c in ("invalid_id", "duplicate_id"):
-                msg[i] = id_msg[i]
-            elif c in codes.IMAGE_CODES:
-                msg[i] = image_msg[i]
-            else:
-                msg[i] = geometry_message(c, i, out, self.rules.max_pixels)
+        # messages: one Arrow piece per source, gathered into row order with one take
+        pieces, where = [], []
+        sparse = ((req.problem, code == CODE["invalid_request"]),
+                  (id_msg, (code == CODE["invalid_id"]) | (code == CODE["duplicate_id"])),
+                  (image_msg, np.isin(code, [CODE[c] for c in codes.IMAGE_CODES])))
+        for texts, mask in sparse:
+            idx = np.flatnonzero(mask)
+            pieces.append(pa.array(texts[idx], pa.string()))
+            where.append(idx)
+        for c in codes.GEOMETRY_CODES:
+            idx = np.flatnonzero(code == CODE[c])
+            if len(idx):
+                pieces.append(geometry_messages(c, out, idx, self.rules.max_pixels))
+                where.append(idx)
+        total = sum(len(p) for p in pieces)
+        order = np.full(n, total, dtype=np.int64)  # -> the trailing null
+        order[np.concatenate(where)] = np.arange(total)
+        msg = pa.concat_arrays(pieces + [pa.nulls(1, pa.string())]).take(pa.array(order))
         valid = out["geometry_valid"]
         known_src = valid | (src_w > 0)
         steps = np.where(req.fast, self.cfg.model.steps_fast, self.cfg.model.steps)
@@ -226,7 +186,7 @@ class PlanStage:
             "id": req.ids,
             "status": codes.status_array(code),
             "error_code": codes.code_array(code),
-            "error_message": pa.array(msg, pa.string()),
+            "error_message": msg,
             "image": req.image,
             "source_width": pa.array(src_w, mask=~known_src),
             "source_height": pa.array(src_h, mask=~known_src),
@@ -247,12 +207,11 @@ class PlanStage:
         return table
 
 
-def plan_manifest(cfg: Config, table: pa.Table, batch_rows: int = 65_536) -> pa.Table:
-    """Plan a whole manifest table (dry run / small jobs), in row batches."""
+def plan_manifest(cfg: Config, table: pa.Table, batch_rows: int = 131_072, threads: int | None = None) -> pa.Table:
+    """Plan a whole manifest table (dry run / driver-side planning): batches of rows
+    on a thread pool, results in manifest order."""
     stage = PlanStage(cfg, duplicate_first_rows(table.column("id").cast(pa.string()), table.column(ROW_INDEX)))
-    parts = [stage(table.slice(s, batch_rows)) for s in range(0, table.num_rows, batch_rows)]
-    if not parts:
-        return stage(table)
+    parts = map_chunks(lambda s, e: stage(table.slice(s, e - s)), table.num_rows, batch_rows, threads)
     return pa.concat_tables(parts)
 
 
