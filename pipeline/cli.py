@@ -46,6 +46,19 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from .runner import run
+
+    cfg = _load(args)
+    result = run(cfg, quiet=args.quiet)
+    bad = result["manifest"]["by_status"].get("rejected", 0) + result["manifest"]["by_status"].get("failed", 0)
+    if args.strict and bad:
+        print(f"outpaint: --strict: {bad:,} rows were rejected or failed (see metadata/ and run.json)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="outpaint", description="Batch outpainting of image catalogues on Ray Data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -62,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config("plan", "dry run: geometry, status and code per row, and a summary")
     sp.add_argument("--out", help="write plan.parquet and summary.json under this directory/URI")
     sp.set_defaults(func=cmd_plan)
+    sp = with_config("run", "run the job: outpaint every row, write images + metadata (resumes by default)")
+    sp.add_argument("--strict", action="store_true", help="exit 1 if any row was rejected or failed")
+    sp.add_argument("--quiet", action="store_true", help="no progress lines or summary table")
+    sp.set_defaults(func=cmd_run)
     return p
 
 

@@ -121,6 +121,19 @@ class ModelConfig(_Section):
     fast_steps: Optional[int] = Field(None, ge=1, le=1000, description="default: a third of steps")
     guidance: float = Field(30.0, ge=0)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # solid backend: constant colour, or the reference's edges extended and blurred
+    solid_mode: Literal["edge", "color"] = "edge"
+    solid_color: tuple[int, int, int] = (255, 255, 255)
+    solid_blur: float = Field(0.0, ge=0, le=256)
+    # classical backend: grain matched to the border noise (0 = none, 1 = matched)
+    classical_grain: float = Field(1.0, ge=0, le=4)
+
+    @field_validator("solid_color")
+    @classmethod
+    def _rgb(cls, v):
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError("colour components must be 0..255")
+        return v
 
     @property
     def steps_fast(self) -> int:
@@ -146,15 +159,24 @@ class OutputConfig(_Section):
     passthrough_columns: list[str] = Field(default_factory=list)
     mode: Literal["resume", "overwrite", "error_if_exists"] = "resume"
     encoding: ImageEncoding = Field(default_factory=ImageEncoding)
+    # sources with transparency: flatten onto `background`, or keep alpha (png/webp;
+    # jpeg always flattens). The generated area is opaque.
+    alpha: Literal["flatten", "preserve"] = "flatten"
+    background: tuple[int, int, int] = (255, 255, 255)
+    metadata_part_rows: int = Field(10_000, ge=1, description="rows per metadata part file while running")
 
 
 class RuntimeConfig(_Section):
     seed: int = Field(0, ge=0, lt=1 << 63)
-    ray_address: Optional[str] = None
-    num_actors: int = Field(1, ge=1)
-    batch_size: int = Field(4, ge=1)
+    ray_address: Optional[str] = Field(None, description="existing cluster; default: start a local Ray")
+    num_cpus: Optional[int] = Field(None, ge=1, description="local Ray only: CPUs to use (default all)")
+    num_actors: int = Field(1, ge=1, description="model actors (actor backends, e.g. flux-fill)")
+    batch_size: int = Field(4, ge=1, description="rows per model call")
     num_gpus_per_actor: float = Field(0.0, ge=0)
     num_cpus_per_actor: float = Field(1.0, gt=0)
+    block_rows: int = Field(16, ge=1, description="rows per Ray block through the CPU stages")
+    progress_interval_s: float = Field(5.0, gt=0)
+    ray_progress_bars: bool = False
 
 
 class PlanConfig(_Section):

@@ -7,6 +7,7 @@ displayed size: EXIF orientations 5-8 swap width and height, as the loader will.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ class Header:
     nbytes: int = 0
     code: str | None = None
     message: str | None = None
+    identity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,31 @@ def inspect(fileobj, nbytes: int, uri: str | None, limits: SourceLimits) -> Head
     return Header(width=w, height=h, format=fmt, nbytes=nbytes)
 
 
-def read_header(uri: str, storage_options: dict, limits: SourceLimits) -> Header:
+def identity_of(info: dict) -> str:
+    """A string that changes when the object changes: size plus ETag / generation / mtime."""
+    parts = [f"size={info.get('size')}"]
+    for key in ("ETag", "etag", "md5Hash", "generation", "VersionId", "mtime", "LastModified", "last_modified"):
+        v = info.get(key)
+        if v is not None:
+            parts.append(f"{key}={v}")
+            break
+    return ";".join(parts)
+
+
+def probe(uri: str, storage_options: dict, limits: SourceLimits, want_header: bool = True) -> Header:
+    """Identity (always) and header (if asked) of one source URI."""
     try:
         fs, path = storage.filesystem(uri, storage_options)
+        info = fs.info(path)
+        if info.get("type") == "directory":
+            return Header(code="image_not_found", message=f"{uri} is a directory, not an image file")
+        ident = identity_of(info)
+        if not want_header:
+            return Header(nbytes=int(info.get("size") or 0), identity=ident)
         with fs.open(path, "rb", block_size=HEADER_BLOCK) as f:
-            size = getattr(f, "size", None)
-            if size is None:
-                size = fs.size(path)
-            return inspect(f, int(size), uri, limits)
+            hd = inspect(f, int(info.get("size") or 0), uri, limits)
+        hd.identity = ident
+        return hd
     except FileNotFoundError:
         return Header(code="image_not_found", message=f"{uri} does not exist; check the path and input.image_root")
     except IsADirectoryError:
@@ -110,30 +129,33 @@ def read_header(uri: str, storage_options: dict, limits: SourceLimits) -> Header
         return Header(code="image_not_found", message=f"{uri} cannot be read: permission denied ({e})")
 
 
-def read_header_bytes(data: bytes, limits: SourceLimits) -> Header:
-    return inspect(io.BytesIO(data), len(data), None, limits)
+def probe_bytes(data: bytes, limits: SourceLimits, want_header: bool = True) -> Header:
+    ident = "sha256=" + hashlib.sha256(data).hexdigest()
+    hd = inspect(io.BytesIO(data), len(data), None, limits) if want_header else Header(nbytes=len(data))
+    hd.identity = ident
+    return hd
 
 
-def read_sizes(uris, blobs, storage_options: dict, limits: SourceLimits, threads: int = 32):
-    """Headers for rows that need them: ``uris[i]`` or ``blobs[i]`` (bytes), or None to skip.
+def probe_many(uris, blobs, want_header, storage_options: dict, limits: SourceLimits, threads: int = 32):
+    """Probe rows in parallel (I/O bound): ``uris[i]`` or ``blobs[i]``; None = skip.
 
-    Returns (width, height, code, message) arrays; code/message None where fine.
+    Returns (width, height, code, message, identity) arrays.
     """
     n = len(uris)
     w = np.zeros(n, np.int64)
     h = np.zeros(n, np.int64)
     code = np.full(n, None, dtype=object)
     msg = np.full(n, None, dtype=object)
+    ident = np.full(n, None, dtype=object)
 
     def one(i):
         if blobs is not None and blobs[i] is not None:
-            return i, read_header_bytes(blobs[i], limits)
-        return i, read_header(uris[i], storage_options, limits)
+            return i, probe_bytes(blobs[i], limits, bool(want_header[i]))
+        return i, probe(uris[i], storage_options, limits, bool(want_header[i]))
 
     todo = [i for i in range(n) if uris[i] is not None or (blobs is not None and blobs[i] is not None)]
-    if not todo:
-        return w, h, code, msg
-    with ThreadPoolExecutor(max_workers=min(threads, len(todo))) as pool:
-        for i, hd in pool.map(one, todo):
-            w[i], h[i], code[i], msg[i] = hd.width, hd.height, hd.code, hd.message
-    return w, h, code, msg
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(threads, len(todo))) as pool:
+            for i, hd in pool.map(one, todo):
+                w[i], h[i], code[i], msg[i], ident[i] = hd.width, hd.height, hd.code, hd.message, hd.identity
+    return w, h, code, msg, ident

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from . import codes, headers
 from .codes import CODE
 from .config import Config
+from .hashing import request_hashes
 from .geometry import GeometryInput, SizingRules, plan_geometry
 from .manifest import ROW_INDEX
 from .messages import geometry_messages, id_message
@@ -81,13 +82,14 @@ class PlanStage:
     ``duplicates`` maps each id that occurs more than once in the whole manifest to
     the row of its first occurrence (``duplicate_first_rows``): duplicates are a
     property of the whole manifest, so they are found once, before batching.
-    ``read_headers=False`` leaves rows without known sizes for the loader to fill.
+    ``identify=True`` (runs, not dry runs) also fetches each source's identity
+    (size + ETag/mtime, or a digest of inline bytes) and adds ``request_hash``.
     """
 
-    def __init__(self, cfg: Config, duplicates: dict[str, int] | None = None, read_headers: bool = True):
+    def __init__(self, cfg: Config, duplicates: dict[str, int] | None = None, identify: bool = False):
         self.cfg = cfg
         self.duplicates = duplicates or {}
-        self.read_headers = read_headers
+        self.identify = identify
         self.rules = SizingRules(
             max_pixels=cfg.sizing.max_pixels,
             fit_contain=cfg.sizing.fit == "contain",
@@ -130,21 +132,25 @@ class PlanStage:
             image_code[i] = CODE["image_too_large"]
             image_msg[i] = (f"source is {src_w[i]}×{src_h[i]} = {src_w[i] * src_h[i]:,} px (image_width/height), "
                             f"over limits.max_source_pixels = {self.limits.max_source_pixels:,}")
-        need = ~req.has_src & (request_code == 0) & (id_code == 0)
-        if self.read_headers and need.any():
+        usable = (request_code == 0) & (id_code == 0) & (image_code == 0)
+        need_header = usable & ~req.has_src
+        need = need_header | (usable if self.identify else False)
+        identity = np.full(n, None, dtype=object)
+        if need.any():
             todo = np.flatnonzero(need)
             images = req.image.take(pa.array(todo)).to_pylist()
             blobs = None
             if req.has_bytes[todo].any():
                 col = batch.column("image_bytes")
                 blobs = [col[int(i)].as_py() if req.has_bytes[i] else None for i in todo]
-            hw, hh, hc, hm = headers.read_sizes(images, blobs, self.cfg.input.storage_options, self.limits,
-                                                self.cfg.input.header_threads)
-            src_w[todo], src_h[todo] = hw, hh
+            hw, hh, hc, hm, hid = headers.probe_many(images, blobs, need_header[todo], self.cfg.input.storage_options,
+                                                     self.limits, self.cfg.input.header_threads)
+            got = need_header[todo]
+            src_w[todo[got]], src_h[todo[got]] = hw[got], hh[got]
+            identity[todo] = hid
             for j in np.flatnonzero(hc != None):  # noqa: E711
                 image_code[todo[j]] = CODE[hc[j]]
                 image_msg[todo[j]] = hm[j]
-        # rows still without a size (headers not read here) are planned by the loader
 
         g = GeometryInput(
             src_w=src_w, src_h=src_h, width=req.width, height=req.height,
@@ -156,7 +162,12 @@ class PlanStage:
             request_code=request_code, id_code=id_code, image_code=image_code,
         )
         out = plan_geometry(g, self.rules)
-        return self._table(batch, req, out, rows, src_w, src_h, id_msg, image_msg)
+        table = self._table(batch, req, out, rows, src_w, src_h, id_msg, image_msg)
+        if self.identify:
+            table = table.append_column("request_hash", request_hashes(table, identity, self.cfg))
+            if "image_bytes" in batch.column_names:  # the loader needs them
+                table = table.append_column("image_bytes", batch.column("image_bytes").cast(pa.large_binary()))
+        return table
 
     def _table(self, batch, req, out, rows, src_w, src_h, id_msg, image_msg) -> pa.Table:
         n = batch.num_rows

@@ -1,0 +1,215 @@
+"""``outpaint run``: where the stages run (Ray Data), kept apart from what they do.
+
+Driver: validate, read the manifest (global row numbers, for the duplicate rule),
+read the previous state, build the streaming dataset, then consume metadata rows
+as they complete: progress, metadata parts, and finally compaction, run.json and
+the summary. Workers: plan, load, outpaint and write images straight to storage.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from . import codes, manifest
+from .backends import needs_actor
+from .config import Config, ConfigError, dump
+from .outputs import OutputStore, new_run_id
+from .plan import PlanStage, duplicate_first_rows
+from .stages import SKIP, LoadStage, OutpaintStage, ResumeFilter, WriteStage
+
+log = logging.getLogger("outpaint")
+
+VERSIONED = ("outpaint", "ray", "torch", "diffusers", "transformers", "pyarrow", "numpy", "pillow",
+             "fsspec", "s3fs", "opencv-python-headless", "pydantic")
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def ensure_ray(cfg: Config):
+    import ray
+
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        if cfg.runtime.ray_address:
+            ray.init(address=cfg.runtime.ray_address, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=cfg.runtime.num_cpus, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.runtime.ray_progress_bars
+    ctx.print_on_execution_start = cfg.runtime.ray_progress_bars
+    return ray
+
+
+def _fmt_duration(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@dataclass
+class Tally:
+    total: int
+    started: float = field(default_factory=time.time)
+    done: int = 0
+    skipped: int = 0
+    by_status: dict = field(default_factory=dict)
+    by_code: dict = field(default_factory=dict)
+    megapixels: float = 0.0
+    images: int = 0
+
+    def add(self, batch: pa.Table) -> None:
+        status = batch.column("status").to_pylist()
+        code = batch.column("error_code").to_pylist()
+        W = batch.column("canvas_width").to_pylist()
+        H = batch.column("canvas_height").to_pylist()
+        uris = batch.column("output_uri").to_pylist()
+        for s, c, w, h, u in zip(status, code, W, H, uris):
+            self.by_status[s] = self.by_status.get(s, 0) + 1
+            if c:
+                self.by_code[c] = self.by_code.get(c, 0) + 1
+            if s == codes.OK and u:
+                self.images += 1
+                self.megapixels += (w * h) / 1e6
+        self.done += batch.num_rows
+
+    def line(self) -> str:
+        el = max(time.time() - self.started, 1e-9)
+        finished = self.done + self.skipped
+        rate = self.done / el
+        eta = (self.total - finished) / rate if rate > 0 else float("inf")
+        pct = 100.0 * finished / max(self.total, 1)
+        parts = [f"{finished:,}/{self.total:,} rows ({pct:.1f}%)"]
+        parts += [f"{k} {v:,}" for k, v in sorted(self.by_status.items())]
+        if self.skipped:
+            parts.append(f"skipped {self.skipped:,}")
+        parts += [f"{rate:.2f} rows/s", f"ETA {_fmt_duration(eta) if finished < self.total else '0m00s'}"]
+        return "[outpaint] " + " · ".join(parts)
+
+
+def summary_table(result: dict) -> str:
+    c = result["counts"]
+    lines = ["", "outpaint run summary", "-" * 44]
+    lines.append(f"{'manifest rows':<30}{result['rows']:>14,}")
+    lines.append(f"{'processed this run':<30}{c['processed']:>14,}")
+    lines.append(f"{'skipped (already done)':<30}{c['skipped']:>14,}")
+    for k in (codes.OK, codes.REJECTED, codes.FAILED):
+        lines.append(f"  {k:<28}{c['by_status'].get(k, 0):>14,}")
+    for k, v in sorted(c["by_code"].items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"    {k:<26}{v:>14,}")
+    lines.append(f"{'images written':<30}{result['images_written']:>14,}")
+    lines.append(f"{'output megapixels':<30}{result['output_megapixels']:>14,.2f}")
+    lines.append(f"{'wall time (s)':<30}{result['wall_s']:>14,.1f}")
+    lines.append(f"{'images/s':<30}{result['images_per_s']:>14,.3f}")
+    lines.append("-" * 44)
+    return "\n".join(lines)
+
+
+def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
+    return [table.slice(s, rows) for s in range(0, table.num_rows, rows)] or [table]
+
+
+def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
+    """Run the job; returns the run summary (also written to ``run.json``)."""
+    t_start = time.time()
+    run_id = new_run_id()
+    store = OutputStore(cfg.output.uri, cfg.output.storage_options)
+    manifest.read_schema(cfg)  # schema problems fail before any work
+    store.check_writable()
+    if cfg.output.mode == "error_if_exists" and store.has_outputs():
+        raise ConfigError(f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
+                          "use resume (skip finished rows) or overwrite, or another output.uri")
+    table = manifest.read(cfg)
+    done = store.done_keys() if cfg.output.mode == "resume" else pa.array([], pa.string())
+    dups = duplicate_first_rows(table.column("id").cast(pa.string()), table.column(manifest.ROW_INDEX))
+
+    ray = ensure_ray(cfg)
+    ds = ray.data.from_arrow(_blocks(table, cfg.runtime.block_rows))
+    ds = ds.map_batches(PlanStage(cfg, dups, identify=True), batch_format="pyarrow", batch_size=None)
+    ds = ds.map_batches(ResumeFilter(done), batch_format="pyarrow", batch_size=None)
+    ds = ds.map_batches(LoadStage(cfg), batch_format="pyarrow", batch_size=None)
+    if needs_actor(cfg.model):
+        ds = ds.map_batches(
+            OutpaintStage, fn_constructor_args=(cfg,), batch_format="pyarrow",
+            batch_size=cfg.runtime.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=cfg.runtime.num_actors),
+            num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
+        )
+    else:  # light CPU backends: fused into the same tasks, pixels never leave the worker
+        ds = ds.map_batches(OutpaintStage(cfg), batch_format="pyarrow", batch_size=None)
+    ds = ds.map_batches(WriteStage(cfg, store, run_id), batch_format="pyarrow", batch_size=None)
+
+    tally = Tally(total=table.num_rows, started=t_start)
+    pending: list[pa.Table] = []
+    pending_rows, part = 0, 0
+    last_print = 0.0
+
+    def flush():
+        nonlocal pending, pending_rows, part
+        if pending_rows:
+            store.write_metadata_part(pa.concat_tables(pending, promote_options="permissive"),
+                                      f"{run_id}-{part:05d}")
+            part += 1
+        pending, pending_rows = [], 0
+
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        skip = np.asarray(batch.column(SKIP).to_numpy(zero_copy_only=False), dtype=bool)
+        tally.skipped += int(skip.sum())
+        batch = batch.filter(pa.array(~skip)).drop_columns([SKIP])
+        if batch.num_rows:
+            tally.add(batch)
+            pending.append(batch)
+            pending_rows += batch.num_rows
+        if pending_rows >= cfg.output.metadata_part_rows:
+            flush()
+        now = time.time()
+        if not quiet and now - last_print >= cfg.runtime.progress_interval_s:
+            print(tally.line(), file=out, flush=True)
+            last_print = now
+    flush()
+    rows_kept = store.compact(f"{run_id}-c")
+    final = store.read_metadata(["id", "status", "error_code"])
+    wall = time.time() - t_start
+
+    in_manifest = final.filter(pa.compute.is_in(final.column("id"), value_set=table.column("id").cast(pa.string())))
+    st = in_manifest.column("status").to_pylist()
+    cd = in_manifest.column("error_code").to_pylist()
+    result = {
+        "run_id": run_id,
+        "started_at": t_start,
+        "finished_at": time.time(),
+        "wall_s": round(wall, 3),
+        "rows": table.num_rows,
+        "manifest": {"by_status": {k: st.count(k) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
+                     "by_code": {k: cd.count(k) for k in sorted(set(c for c in cd if c))}},
+        "counts": {"processed": tally.done, "skipped": tally.skipped,
+                   "by_status": tally.by_status, "by_code": tally.by_code},
+        "images_written": tally.images,
+        "output_megapixels": round(tally.megapixels, 3),
+        "images_per_s": round(tally.images / wall, 4) if wall > 0 else 0.0,
+        "megapixels_per_s": round(tally.megapixels / wall, 4) if wall > 0 else 0.0,
+        "metadata_rows": rows_kept,
+        "config": dump(cfg),
+        "versions": package_versions(),
+    }
+    store.write_json("run.json", result)
+    if not quiet:
+        print(tally.line(), file=out)
+        print(summary_table(result), file=out)
+    return result

@@ -1,0 +1,271 @@
+"""The per-row stages after planning. Each is a small class: setup in ``__init__``,
+a pure ``__call__(batch: pa.Table) -> pa.Table`` that Ray Data maps over blocks and
+tests call directly. Rows that are not ``ok`` pass through untouched, so every
+manifest row reaches the metadata; a row's failure never raises out of a stage.
+
+Between stages, pixels travel as raw RGB bytes (``large_binary``) with their
+sizes implied by the plan's geometry columns.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import codes, storage
+from .backends import make_backend
+from .compose import compose, crop_box, extend_alpha, flatten_alpha, paste_back
+from .config import Config
+from .hashing import model_name
+from .headers import SourceLimits
+from .imageio import ImageError, decode, encode, resize
+from .outputs import OutputStore, image_name
+
+PIXELS = pa.large_binary()
+SKIP = "resume_skip"  # True: already done in an earlier run; not reprocessed or rewritten
+
+# Final metadata columns added after planning (DESIGN.md, Outputs), in order.
+OUTPUT_FIELDS = [
+    ("request_hash", pa.string()),
+    ("output_uri", pa.string()),
+    ("output_bytes", pa.int64()),
+    ("fill_color", pa.string()),
+    ("feather_px", pa.int64()),
+    ("model", pa.string()),
+    ("load_ms", pa.float64()),
+    ("generate_ms", pa.float64()),
+    ("encode_ms", pa.float64()),
+    ("write_ms", pa.float64()),
+    ("run_id", pa.string()),
+    ("completed_at", pa.float64()),
+]
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+def _fail(row: dict, code: str, message: str) -> None:
+    row["status"] = codes.status_of(code)
+    row["error_code"] = code
+    row["error_message"] = message
+    row["generated"] = False
+    row["steps"] = 0
+
+
+def _todo(row: dict) -> bool:
+    return row["status"] == codes.OK and not row.get(SKIP)
+
+
+def _with(batch: pa.Table, rows: list[dict], added: Sequence[tuple[str, pa.DataType]] = (),
+          dropped: Sequence[str] = ()) -> pa.Table:
+    fields = [f for f in batch.schema if f.name not in dropped and f.name not in dict(added)]
+    schema = pa.schema(fields + [pa.field(n, t) for n, t in added])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def visible_crop(row: dict) -> tuple[int, int, int, int]:
+    return crop_box(row["offset_x"], row["offset_y"], row["visible_x0"], row["visible_y0"],
+                    row["visible_x1"], row["visible_y1"])
+
+
+class ResumeFilter:
+    """Marks rows whose (id, request_hash) already has an ok output (``done_keys``)."""
+
+    def __init__(self, done_keys: pa.Array):
+        self.done = done_keys
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if len(self.done) and "request_hash" in batch.column_names:
+            key = pc.binary_join_element_wise(batch.column("id"), batch.column("request_hash"), "\x1f")
+            skip = pc.fill_null(pc.and_(pc.is_in(key, value_set=self.done), pc.equal(batch.column("status"), "ok")),
+                                False)
+        else:
+            skip = pa.array(np.zeros(batch.num_rows, dtype=bool))
+        return batch.append_column(SKIP, skip)
+
+
+class LoadStage:
+    """Fetch + decode + orient + scale + crop: the visible reference as RGB bytes."""
+
+    ADDS = [("ref_pixels", PIXELS), ("ref_alpha", PIXELS), ("load_ms", pa.float64())]
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.limits = SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
+
+    def _fetch(self, row: dict) -> bytes:
+        if row.get("image_bytes") is not None:
+            return row["image_bytes"]
+        uri = row["image"]
+        try:
+            fs, path = storage.filesystem(uri, self.cfg.input.storage_options)
+            return fs.cat_file(path)
+        except FileNotFoundError:
+            raise ImageError("image_not_found", f"{uri} does not exist (it did when planning)") from None
+
+    def load(self, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        what = row["image"] or "image_bytes"
+        img = decode(self._fetch(row), self.limits, what)
+        h0, w0 = img.rgb.shape[:2]
+        if (w0, h0) != (row["source_width"], row["source_height"]):
+            raise ImageError("image_unreadable", f"{what} decodes to {w0}×{h0} but its header said "
+                                                 f"{row['source_width']}×{row['source_height']}; re-export it")
+        rgb, alpha = img.rgb, img.alpha
+        fmt = row["output_format"]
+        if alpha is not None and (self.cfg.output.alpha == "flatten" or fmt == "jpeg"):
+            rgb, alpha = flatten_alpha(rgb, alpha, self.cfg.output.background), None
+        w, h = row["reference_width"], row["reference_height"]
+        rgb = resize(rgb, w, h)
+        if alpha is not None:
+            alpha = resize(alpha, w, h)
+        x0, y0, x1, y1 = visible_crop(row)
+        rgb = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        alpha = None if alpha is None else np.ascontiguousarray(alpha[y0:y1, x0:x1])
+        return rgb, alpha
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            row["ref_pixels"] = row["ref_alpha"] = row["load_ms"] = None
+            if not _todo(row):
+                continue
+            t0 = time.perf_counter()
+            try:
+                rgb, alpha = self.load(row)
+                row["ref_pixels"] = rgb.tobytes()
+                row["ref_alpha"] = None if alpha is None else alpha.tobytes()
+            except ImageError as e:
+                _fail(row, e.code, e.message)
+            except MemoryError:
+                _fail(row, "image_too_large", f"{row['image']}: out of memory while decoding")
+            row["load_ms"] = _ms(t0)
+        return _with(batch, rows, self.ADDS)
+
+
+def reference_array(row: dict) -> np.ndarray:
+    vw = row["visible_x1"] - row["visible_x0"]
+    vh = row["visible_y1"] - row["visible_y0"]
+    return np.frombuffer(row["ref_pixels"], dtype=np.uint8).reshape(vh, vw, 3)
+
+
+class OutpaintStage:
+    """Compose canvases, run the backend in batches, paste the reference back exactly.
+
+    Heavy setup (the backend, weights) once per instance: as a Ray actor for backends
+    that need one, otherwise inside fused CPU tasks.
+    """
+
+    ADDS = [("out_pixels", PIXELS), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
+            ("model", pa.string())]
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.backend = make_backend(cfg.model)
+        self.batch_size = cfg.runtime.batch_size
+        self.model = model_name(cfg)
+        self.fill = getattr(self.backend, "fill_label", "none")
+
+    def _run(self, items: list[dict]) -> list[np.ndarray | Exception]:
+        canvases, masks = [], []
+        for row in items:
+            canvas, mask = compose(reference_array(row), row["canvas_width"], row["canvas_height"],
+                                   row["visible_x0"], row["visible_y0"])
+            canvases.append(canvas)
+            masks.append(mask)
+        seeds = [row["seed"] for row in items]
+        prompts = [row["prompt"] or "" for row in items]
+        try:
+            return list(self.backend.outpaint(canvases, masks, seeds, prompts))
+        except Exception as e:  # noqa: BLE001 - isolate the failing rows below
+            if len(items) == 1:
+                return [e]
+            # one bad row must not fail its batch: retry singly
+            return [r for row in items for r in self._run([row])]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        gen = []
+        for row in rows:
+            row["out_pixels"] = row["generate_ms"] = None
+            row["fill_color"] = row["model"] = None
+            if not _todo(row):
+                continue
+            row["model"] = self.model
+            if row["generated"]:
+                gen.append(row)
+            else:  # nothing to outpaint: the output is the reference
+                row["out_pixels"] = row["ref_pixels"]
+                row["generate_ms"] = 0.0
+        for start in range(0, len(gen), self.batch_size):
+            items = gen[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            results = self._run(items)
+            per_row = _ms(t0) / len(items)
+            for row, res in zip(items, results):
+                row["generate_ms"] = per_row
+                if isinstance(res, Exception):
+                    _fail(row, "generation_failed", f"the {self.cfg.model.backend} backend failed on this row: "
+                                                    f"{type(res).__name__}: {res}")
+                    continue
+                out = paste_back(res, reference_array(row), row["visible_x0"], row["visible_y0"])
+                assert out.shape == (row["canvas_height"], row["canvas_width"], 3)
+                row["out_pixels"] = out.tobytes()
+                row["fill_color"] = self.fill
+        return _with(batch, rows, self.ADDS)
+
+
+class WriteStage:
+    """Encode (png/jpeg/webp) and write each ok row's image; emit its metadata row.
+
+    Runs in CPU tasks after the model stage, so the GPU never waits on compression.
+    """
+
+    DROPS = ("ref_pixels", "ref_alpha", "out_pixels", "image_bytes")
+
+    def __init__(self, cfg: Config, store: OutputStore, run_id: str):
+        self.cfg = cfg
+        self.store = store
+        self.run_id = run_id
+        self.enc = cfg.output.encoding
+
+    def write(self, row: dict) -> None:
+        W, H = row["canvas_width"], row["canvas_height"]
+        rgb = np.frombuffer(row["out_pixels"], dtype=np.uint8).reshape(H, W, 3)
+        alpha = None
+        if row.get("ref_alpha") is not None:
+            vw = row["visible_x1"] - row["visible_x0"]
+            vh = row["visible_y1"] - row["visible_y0"]
+            ref_alpha = np.frombuffer(row["ref_alpha"], dtype=np.uint8).reshape(vh, vw)
+            alpha = extend_alpha(ref_alpha, W, H, row["visible_x0"], row["visible_y0"])
+        t0 = time.perf_counter()
+        data = encode(rgb, row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
+                      webp_quality=self.enc.webp_quality, webp_lossless=self.enc.webp_lossless,
+                      png_compress_level=self.enc.png_compress_level)
+        row["encode_ms"] = _ms(t0)
+        t0 = time.perf_counter()
+        row["output_uri"] = self.store.write_image(image_name(row["id"], row["output_format"]), data)
+        row["write_ms"] = _ms(t0)
+        row["output_bytes"] = len(data)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            for name, _ in OUTPUT_FIELDS:
+                row.setdefault(name, None)
+            row["feather_px"] = 0
+            if _todo(row):
+                self.write(row)
+            # metadata after the image: this row's metadata only exists once it is written
+            row["run_id"] = self.run_id
+            row["completed_at"] = time.time()
+        for row in rows:
+            for k in self.DROPS:
+                row.pop(k, None)
+        keep = [f for f in batch.schema if f.name not in self.DROPS and f.name not in dict(OUTPUT_FIELDS)]
+        schema = pa.schema(keep + [pa.field(n, t) for n, t in OUTPUT_FIELDS])
+        return pa.Table.from_pylist(rows, schema=schema)
