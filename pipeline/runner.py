@@ -210,6 +210,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     }
     store.write_json("run.json", result)
     if not quiet:
-        print(tally.line(), file=out)
+        if time.time() - last_print > 0.5:
+            print(tally.line(), file=out)
         print(summary_table(result), file=out)
     return result

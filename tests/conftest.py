@@ -97,3 +97,21 @@ def s3_bucket(s3_server, request):
     fs.invalidate_cache()
     yield fs, name, s3_server["storage_options"]
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray for the whole test session (2 CPUs, like CI)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def read_png(path) -> "np.ndarray":
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))

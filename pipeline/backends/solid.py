@@ -27,6 +27,8 @@ class SolidBackend:
         self.mode = model_cfg.solid_mode
         self.color = tuple(model_cfg.solid_color)
         self.blur = model_cfg.solid_blur
+        # what the unknown area held: recorded per row as fill_color
+        self.fill_label = ("#%02x%02x%02x" % self.color) if self.mode == "color" else "edge"
 
     def identity(self) -> dict:
         return {"backend": self.name, "version": self.version, "mode": self.mode,
