@@ -2,9 +2,13 @@
 
 Multi-scale smooth extension (push-pull over a Gaussian pyramid, i.e. normalised
 convolution at every scale): the unknown area is filled from ever coarser averages
-of the known pixels, so gradients and vignettes continue smoothly without streaks.
-Then grain matched to the noise of the reference's border is added (seeded), so
-the fill does not look flatter than the photo it extends.
+of the known pixels, so it continues smoothly without streaks. Where the
+reference's border is a studio backdrop (well explained by a plane: light
+gradients, fall-off), that planar trend is extrapolated and push-pull fills only
+the residual, so gradients keep going instead of flattening out; on busy borders
+the trend is faded out (it would extrapolate noise). Then grain matched to the
+noise of the reference's border is added (seeded), so the fill does not look
+flatter than the photo it extends.
 """
 
 from __future__ import annotations
@@ -47,6 +51,42 @@ def border_noise_sigma(ref: np.ndarray, band: int = 8) -> float:
     return float(np.median(ring) / 0.6745 / np.sqrt(20.0))
 
 
+def planar_trend(canvas: np.ndarray, known: np.ndarray, band: int = 12) -> tuple[np.ndarray, float]:
+    """Least-squares plane per channel over the reference's outer band.
+
+    Returns (the plane over the whole canvas, float32 H x W x 3; the band's residual
+    std, i.e. how far from a plain backdrop the border is).
+    """
+    ys, xs = np.nonzero(known)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    ring = np.zeros_like(known)
+    ring[y0:y1, x0:x1] = True
+    b = max(1, min(band, (y1 - y0) // 3, (x1 - x0) // 3))
+    ring[y0 + b:y1 - b, x0 + b:x1 - b] = False
+    ring &= known
+    ry, rx = np.nonzero(ring)
+    A = np.stack([np.ones(len(rx)), rx, ry], 1)
+    vals = canvas[ry, rx].astype(np.float64)
+    coef, *_ = np.linalg.lstsq(A, vals, rcond=None)  # 3 x 3: one plane per channel
+    resid = float(np.std(vals - A @ coef))
+    H, W = known.shape
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    plane = coef[0][None, None, :] + xx[:, :, None] * coef[1] + yy[:, :, None] * coef[2]
+    return plane.astype(np.float32), resid
+
+
+def smooth_extend(canvas: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Push-pull, with the border's planar trend extrapolated where it is a backdrop."""
+    img = canvas.astype(np.float32)
+    plane, resid = planar_trend(canvas, known)
+    # full trend below 4 grey levels of residual, none above 12 (photos measure 18+)
+    w = float(np.clip((12.0 - resid) / 8.0, 0.0, 1.0))
+    if w == 0.0:
+        return push_pull(img, known)
+    trend = np.clip(plane + push_pull(img - plane, known), 0, 255)
+    return trend if w == 1.0 else w * trend + (1.0 - w) * push_pull(img, known)
+
+
 class ClassicalBackend:
     name = "classical"
     needs_actor = False
@@ -62,7 +102,7 @@ class ClassicalBackend:
         out = []
         for canvas, mask, seed in zip(canvases, masks, seeds):
             known = ~mask
-            filled = push_pull(canvas.astype(np.float32), known)
+            filled = smooth_extend(canvas, known)
             if self.grain > 0:
                 ys, xs = np.nonzero(known)
                 ref = canvas[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
