@@ -128,29 +128,37 @@ class LoadStage:
         alpha = None if alpha is None else np.ascontiguousarray(alpha[y0:y1, x0:x1])
         return rgb, alpha
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def load_rows(self, rows: list[dict]) -> None:
+        """Sets ``_ref`` / ``_ref_alpha`` (arrays) and ``load_ms`` on each row to do."""
         for row in rows:
-            row["ref_pixels"] = row["ref_alpha"] = row["load_ms"] = None
+            row["_ref"] = row["_ref_alpha"] = row["load_ms"] = None
             if not _todo(row):
                 continue
             t0 = time.perf_counter()
             try:
-                rgb, alpha = self.load(row)
-                row["ref_pixels"] = rgb.tobytes()
-                row["ref_alpha"] = None if alpha is None else alpha.tobytes()
+                row["_ref"], row["_ref_alpha"] = self.load(row)
             except ImageError as e:
                 _fail(row, e.code, e.message)
             except MemoryError:
                 _fail(row, "image_too_large", f"{row['image']}: out of memory while decoding")
             row["load_ms"] = _ms(t0)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        self.load_rows(rows)
+        for row in rows:
+            ref, alpha = row.pop("_ref"), row.pop("_ref_alpha")
+            row["ref_pixels"] = None if ref is None else ref.tobytes()
+            row["ref_alpha"] = None if alpha is None else alpha.tobytes()
         return _with(batch, rows, self.ADDS)
 
 
-def reference_array(row: dict) -> np.ndarray:
-    vw = row["visible_x1"] - row["visible_x0"]
-    vh = row["visible_y1"] - row["visible_y0"]
-    return np.frombuffer(row["ref_pixels"], dtype=np.uint8).reshape(vh, vw, 3)
+def _visible_shape(row: dict) -> tuple[int, int]:
+    return row["visible_y1"] - row["visible_y0"], row["visible_x1"] - row["visible_x0"]
+
+
+def _from_bytes(data: bytes | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    return None if data is None else np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 class OutpaintStage:
@@ -173,7 +181,7 @@ class OutpaintStage:
     def _run(self, items: list[dict]) -> list[np.ndarray | Exception]:
         canvases, masks = [], []
         for row in items:
-            canvas, mask = compose(reference_array(row), row["canvas_width"], row["canvas_height"],
+            canvas, mask = compose(row["_ref"], row["canvas_width"], row["canvas_height"],
                                    row["visible_x0"], row["visible_y0"])
             canvases.append(canvas)
             masks.append(mask)
@@ -187,19 +195,18 @@ class OutpaintStage:
             # one bad row must not fail its batch: retry singly
             return [r for row in items for r in self._run([row])]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def outpaint_rows(self, rows: list[dict]) -> None:
+        """Sets ``_out`` (H x W x 3 array), ``generate_ms``, ``fill_color``, ``model``."""
         gen = []
         for row in rows:
-            row["out_pixels"] = row["generate_ms"] = None
-            row["fill_color"] = row["model"] = None
+            row["_out"] = row["generate_ms"] = row["fill_color"] = row["model"] = None
             if not _todo(row):
                 continue
             row["model"] = self.model
             if row["generated"]:
                 gen.append(row)
             else:  # nothing to outpaint: the output is the reference
-                row["out_pixels"] = row["ref_pixels"]
+                row["_out"] = row["_ref"]
                 row["generate_ms"] = 0.0
         for start in range(0, len(gen), self.batch_size):
             items = gen[start:start + self.batch_size]
@@ -212,10 +219,21 @@ class OutpaintStage:
                     _fail(row, "generation_failed", f"the {self.cfg.model.backend} backend failed on this row: "
                                                     f"{type(res).__name__}: {res}")
                     continue
-                out = paste_back(res, reference_array(row), row["visible_x0"], row["visible_y0"])
+                out = paste_back(res, row["_ref"], row["visible_x0"], row["visible_y0"])
                 assert out.shape == (row["canvas_height"], row["canvas_width"], 3)
-                row["out_pixels"] = out.tobytes()
+                row["_out"] = out
                 row["fill_color"] = self.fill
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            row["_ref"] = None if row["ref_pixels"] is None else _from_bytes(row["ref_pixels"],
+                                                                             (*_visible_shape(row), 3))
+        self.outpaint_rows(rows)
+        for row in rows:
+            out = row.pop("_out")
+            row.pop("_ref")
+            row["out_pixels"] = None if out is None else out.tobytes()
         return _with(batch, rows, self.ADDS)
 
 
@@ -235,15 +253,9 @@ class WriteStage:
 
     def write(self, row: dict) -> None:
         W, H = row["canvas_width"], row["canvas_height"]
-        rgb = np.frombuffer(row["out_pixels"], dtype=np.uint8).reshape(H, W, 3)
-        alpha = None
-        if row.get("ref_alpha") is not None:
-            vw = row["visible_x1"] - row["visible_x0"]
-            vh = row["visible_y1"] - row["visible_y0"]
-            ref_alpha = np.frombuffer(row["ref_alpha"], dtype=np.uint8).reshape(vh, vw)
-            alpha = extend_alpha(ref_alpha, W, H, row["visible_x0"], row["visible_y0"])
+        alpha = extend_alpha(row.get("_ref_alpha"), W, H, row["visible_x0"], row["visible_y0"])
         t0 = time.perf_counter()
-        data = encode(rgb, row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
+        data = encode(row["_out"], row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
                       webp_quality=self.enc.webp_quality, webp_lossless=self.enc.webp_lossless,
                       png_compress_level=self.enc.png_compress_level)
         row["encode_ms"] = _ms(t0)
@@ -252,8 +264,8 @@ class WriteStage:
         row["write_ms"] = _ms(t0)
         row["output_bytes"] = len(data)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def write_rows(self, rows: list[dict], schema: pa.Schema) -> pa.Table:
+        """Write each ok row's image, then return the metadata rows (no pixels)."""
         for row in rows:
             for name, _ in OUTPUT_FIELDS:
                 row.setdefault(name, None)
@@ -263,9 +275,34 @@ class WriteStage:
             # metadata after the image: this row's metadata only exists once it is written
             row["run_id"] = self.run_id
             row["completed_at"] = time.time()
+        keep = [f for f in schema if f.name not in self.DROPS and f.name not in dict(OUTPUT_FIELDS)]
+        out = pa.schema(keep + [pa.field(n, t) for n, t in OUTPUT_FIELDS])
+        return pa.Table.from_pylist([{k: r.get(k) for k in out.names} for r in rows], schema=out)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
         for row in rows:
-            for k in self.DROPS:
-                row.pop(k, None)
-        keep = [f for f in batch.schema if f.name not in self.DROPS and f.name not in dict(OUTPUT_FIELDS)]
-        schema = pa.schema(keep + [pa.field(n, t) for n, t in OUTPUT_FIELDS])
-        return pa.Table.from_pylist(rows, schema=schema)
+            has_out, has_alpha = row.get("out_pixels") is not None, row.get("ref_alpha") is not None
+            row["_out"] = _from_bytes(row["out_pixels"], (row["canvas_height"], row["canvas_width"], 3)) \
+                if has_out else None
+            row["_ref_alpha"] = _from_bytes(row["ref_alpha"], _visible_shape(row)) if has_alpha else None
+        return self.write_rows(rows, batch.schema)
+
+
+class ProcessStage:
+    """Load -> outpaint -> write in one step, pixels kept as arrays in memory.
+
+    For backends that run in plain CPU tasks: the stages would be fused into one
+    Ray task anyway, so passing pixels through Arrow between them is pure copying.
+    """
+
+    def __init__(self, cfg: Config, store: OutputStore, run_id: str):
+        self.load = LoadStage(cfg)
+        self.outpaint = OutpaintStage(cfg)
+        self.write = WriteStage(cfg, store, run_id)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        self.load.load_rows(rows)
+        self.outpaint.outpaint_rows(rows)
+        return self.write.write_rows(rows, batch.schema)

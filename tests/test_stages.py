@@ -157,3 +157,22 @@ def test_solid_edge_extends_border_pixels(tmp_path):
     out = SolidBackend(cfg.model).outpaint([canvas], [mask], [0], [""])[0]
     assert np.array_equal(out[0, 5:15], ref[0]) and np.array_equal(out[15, 5:15], ref[-1])
     assert np.array_equal(out[2:14, 0], ref[:, 0]) and np.array_equal(out[0, 0], ref[0, 0])
+
+
+def test_separate_stages_equal_fused(tmp_path, photos):
+    """Through Arrow between stages (actor pipelines) == in memory (ProcessStage)."""
+    from pipeline.stages import ProcessStage
+
+    rows = [{"id": "a", "image": str(photos["coffee"]), "width": 700, "height": 500},
+            {"id": "b", "image": str(photos["camera"]), "aspect_ratio": "1:1", "output_format": "webp"},
+            {"id": "c", "image": str(tmp_path / "gone.png"), "aspect_ratio": "1:1"}]
+    m = write_manifest(tmp_path / "m.parquet", rows)
+    cfg = make_config(tmp_path, m)
+    planned = ResumeFilter(pa.array([], pa.string()))(PlanStage(cfg, identify=True)(manifest.read(cfg)))
+    sep = pipeline_once(cfg, manifest.read(cfg), run_id="x")
+    sep_bytes = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in ("a.png", "b.webp")}
+    fused_cfg = make_config(tmp_path, m, output={"uri": str(tmp_path / "fused")})
+    fused = ProcessStage(fused_cfg, OutputStore(fused_cfg.output.uri), "x")(planned)
+    assert fused.column_names == sep.column_names
+    assert fused.column("status").to_pylist() == sep.column("status").to_pylist() == ["ok", "ok", "failed"]
+    assert {p: (tmp_path / "fused" / "images" / p).read_bytes() for p in ("a.png", "b.webp")} == sep_bytes
