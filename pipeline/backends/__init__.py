@@ -1,5 +1,8 @@
 """Outpainting backends behind one small interface.
 
+What identifies a backend's output for resume (name, version, settings) is derived
+from the config in ``pipeline.hashing``, so the driver never has to build one.
+
 A backend takes a batch of canvases (reference placed, unknown area arbitrary),
 masks (True = generate), per-row seeds and prompts, and returns one RGB image per
 canvas, same size. Backends never see storage, Arrow or Ray: stages do that.
@@ -18,8 +21,8 @@ class Backend(Protocol):
     # pixels through the object store); True -> a long-lived actor pool (weights).
     needs_actor: bool
 
-    def identity(self) -> dict:
-        """What changes the output, for the request hash (name, version, settings)."""
+    # Shown per row as ``fill_color``: what the unknown area held before generation.
+    fill_label: str
 
     def outpaint(self, canvases: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                  seeds: Sequence[int], prompts: Sequence[str]) -> list[np.ndarray]:

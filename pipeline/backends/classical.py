@@ -90,13 +90,12 @@ def smooth_extend(canvas: np.ndarray, known: np.ndarray) -> np.ndarray:
 class ClassicalBackend:
     name = "classical"
     needs_actor = False
-    version = "1"
+
+    fill_label = "none"  # no fill: the unknown area is computed, not painted
 
     def __init__(self, model_cfg):
         self.grain = model_cfg.classical_grain
 
-    def identity(self) -> dict:
-        return {"backend": self.name, "version": self.version, "grain": self.grain}
 
     def outpaint(self, canvases, masks, seeds, prompts):
         out = []

@@ -21,7 +21,6 @@ def nearest_edge_fill(canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class SolidBackend:
     name = "solid"
     needs_actor = False
-    version = "1"
 
     def __init__(self, model_cfg):
         self.mode = model_cfg.solid_mode
@@ -30,9 +29,6 @@ class SolidBackend:
         # what the unknown area held: recorded per row as fill_color
         self.fill_label = ("#%02x%02x%02x" % self.color) if self.mode == "color" else "edge"
 
-    def identity(self) -> dict:
-        return {"backend": self.name, "version": self.version, "mode": self.mode,
-                "color": list(self.color), "blur": self.blur}
 
     def outpaint(self, canvases, masks, seeds, prompts):
         out = []
