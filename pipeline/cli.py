@@ -59,6 +59,15 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_make_test_model(args) -> int:
+    from .testmodel import make_test_model
+
+    out = make_test_model(args.dir, seed=args.seed, fill=args.fill)
+    print(f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "
+          f"model.path: {out}, model.dtype: float32 on CPU")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="outpaint", description="Batch outpainting of image catalogues on Ray Data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -79,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strict", action="store_true", help="exit 1 if any row was rejected or failed")
     sp.add_argument("--quiet", action="store_true", help="no progress lines or summary table")
     sp.set_defaults(func=cmd_run)
+    sp = sub.add_parser("make-test-model", help="write a tiny FLUX Fill pipeline with random weights (tests, trials)")
+    sp.add_argument("dir", help="output directory")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--fill", choices=["grey", "contrast", "green", "blue", "magenta"],
+                    help="record the fill this 'checkpoint' was trained on (outpaint_profile.json)")
+    sp.set_defaults(func=cmd_make_test_model)
     return p
 
 

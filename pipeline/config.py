@@ -121,6 +121,12 @@ class ModelConfig(_Section):
     fast_steps: Optional[int] = Field(None, ge=1, le=1000, description="default: a third of steps")
     guidance: float = Field(30.0, ge=0)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # flux-fill
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    mask_grow_px: int = Field(0, ge=0, le=64, description="grow the mask into the reference (blending)")
+    max_sequence_length: int = Field(512, ge=1, le=512)
+    free_text_encoders: bool = Field(True, description="drop the text encoders once every prompt is embedded")
+    cache_dir: Optional[str] = Field(None, description="where object-storage model URIs are synced (per node)")
     # solid backend: constant colour, or the reference's edges extended and blurred
     solid_mode: Literal["edge", "color"] = "edge"
     solid_color: tuple[int, int, int] = (255, 255, 255)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from . import codes, manifest
 from .backends import needs_actor
@@ -121,6 +122,16 @@ def summary_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def distinct_prompts(cfg: Config, table: pa.Table, limit: int = 1024) -> list[str] | None:
+    """Every prompt the run can meet (so actors embed them once and may drop the text
+    encoders); None when there are too many to embed up front."""
+    if "prompt" not in table.column_names:
+        return [cfg.defaults.prompt]
+    col = table.column("prompt").cast(pa.string()).fill_null(cfg.defaults.prompt)
+    uniq = pa.compute.unique(col).to_pylist()
+    return uniq if len(uniq) <= limit else None
+
+
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
     return [table.slice(s, rows) for s in range(0, table.num_rows, rows)] or [table]
 
@@ -150,7 +161,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     if needs_actor(cfg.model):
         ds = ds.map_batches(LoadStage(cfg), batch_format="pyarrow", batch_size=None)
         ds = ds.map_batches(
-            OutpaintStage, fn_constructor_args=(cfg,), batch_format="pyarrow",
+            OutpaintStage, fn_constructor_args=(cfg, distinct_prompts(cfg, table)), batch_format="pyarrow",
             batch_size=cfg.runtime.batch_size,
             compute=ray.data.ActorPoolStrategy(size=cfg.runtime.num_actors),
             num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,

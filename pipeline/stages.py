@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import codes, storage
-from .backends import make_backend
-from .compose import compose, crop_box, extend_alpha, flatten_alpha, paste_back
+from .backends import Job, make_backend
+from .compose import crop_box, extend_alpha, flatten_alpha, paste_back
 from .config import Config
 from .hashing import model_name
 from .headers import SourceLimits
@@ -171,24 +171,22 @@ class OutpaintStage:
     ADDS = [("out_pixels", PIXELS), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
             ("model", pa.string())]
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, prompts: list[str] | None = None):
         self.cfg = cfg
-        self.backend = make_backend(cfg.model)
+        self.backend = make_backend(cfg.model, prompts=prompts)
         self.batch_size = cfg.runtime.batch_size
         self.model = model_name(cfg)
-        self.fill = getattr(self.backend, "fill_label", "none")
 
     def _run(self, items: list[dict]) -> list[np.ndarray | Exception]:
-        canvases, masks = [], []
-        for row in items:
-            canvas, mask = compose(row["_ref"], row["canvas_width"], row["canvas_height"],
-                                   row["visible_x0"], row["visible_y0"])
-            canvases.append(canvas)
-            masks.append(mask)
-        seeds = [row["seed"] for row in items]
-        prompts = [row["prompt"] or "" for row in items]
+        jobs = [Job(ref=row["_ref"], width=row["canvas_width"], height=row["canvas_height"],
+                    x0=row["visible_x0"], y0=row["visible_y0"], seed=row["seed"], prompt=row["prompt"] or "",
+                    mode=row["mode"], steps=row["steps"], pad_left=row["pad_left"], pad_top=row["pad_top"])
+                for row in items]
         try:
-            return list(self.backend.outpaint(canvases, masks, seeds, prompts))
+            images = list(self.backend.outpaint(jobs))
+            for row, job in zip(items, jobs):
+                row["fill_color"] = job.fill_color
+            return images
         except Exception as e:  # noqa: BLE001 - isolate the failing rows below
             if len(items) == 1:
                 return [e]
@@ -222,7 +220,6 @@ class OutpaintStage:
                 out = paste_back(res, row["_ref"], row["visible_x0"], row["visible_y0"])
                 assert out.shape == (row["canvas_height"], row["canvas_width"], 3)
                 row["_out"] = out
-                row["fill_color"] = self.fill
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

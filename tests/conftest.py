@@ -115,3 +115,12 @@ def read_png(path) -> "np.ndarray":
 
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory):
+    """A tiny FLUX Fill pipeline with random weights, saved with save_pretrained."""
+    pytest.importorskip("diffusers")
+    from pipeline.testmodel import make_test_model
+
+    return make_test_model(str(tmp_path_factory.mktemp("models") / "tiny-flux"))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline import manifest
+from pipeline.backends import Job
 from pipeline.backends.classical import ClassicalBackend, push_pull
 from pipeline.backends.solid import SolidBackend
 from pipeline.compose import compose
@@ -116,7 +117,7 @@ def test_classical_continues_a_studio_backdrop(tmp_path):
     ref = truth[40:200, 60:300]
     canvas, mask = compose(ref, 360, 240, 60, 40)
     cfg = make_config(tmp_path, "m")  # model defaults
-    out = ClassicalBackend(cfg.model).outpaint([canvas], [mask], [1], [""])[0]
+    out = ClassicalBackend(cfg.model).outpaint([Job(ref, 360, 240, 60, 40, seed=1)])[0]
     err = np.abs(out.astype(int) - truth.astype(int))[mask].mean()
     flat = np.abs(np.full_like(truth, int(ref.mean())).astype(int) - truth.astype(int))[mask].mean()
     assert err < 8.0 and err < 0.5 * flat, (err, flat)
@@ -129,12 +130,11 @@ def test_classical_continues_a_studio_backdrop(tmp_path):
 
 def test_classical_deterministic_per_seed(tmp_path):
     ref = studio_gradient()[50:150, 50:150]
-    canvas, mask = compose(ref, 256, 200, 60, 40)
     cfg = make_config(tmp_path, "m")
     b = ClassicalBackend(cfg.model)
-    one = b.outpaint([canvas], [mask], [7], [""])[0]
-    assert np.array_equal(one, b.outpaint([canvas], [mask], [7], [""])[0])
-    assert not np.array_equal(one, b.outpaint([canvas], [mask], [8], [""])[0])
+    one = b.outpaint([Job(ref, 256, 200, 60, 40, seed=7)])[0]
+    assert np.array_equal(one, b.outpaint([Job(ref, 256, 200, 60, 40, seed=7)])[0])
+    assert not np.array_equal(one, b.outpaint([Job(ref, 256, 200, 60, 40, seed=8)])[0])
 
 
 def test_push_pull_fills_everything_smoothly():
@@ -152,9 +152,8 @@ def test_push_pull_fills_everything_smoothly():
 
 def test_solid_edge_extends_border_pixels(tmp_path):
     ref = np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3)
-    canvas, mask = compose(ref, 20, 16, 5, 2)
     cfg = make_config(tmp_path, "m", model={"backend": "solid"})
-    out = SolidBackend(cfg.model).outpaint([canvas], [mask], [0], [""])[0]
+    out = SolidBackend(cfg.model).outpaint([Job(ref, 20, 16, 5, 2, seed=0)])[0]
     assert np.array_equal(out[0, 5:15], ref[0]) and np.array_equal(out[15, 5:15], ref[-1])
     assert np.array_equal(out[2:14, 0], ref[:, 0]) and np.array_equal(out[0, 0], ref[0, 0])
 

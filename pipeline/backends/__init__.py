@@ -10,9 +10,34 @@ canvas, same size. Backends never see storage, Arrow or Ray: stages do that.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
+
+from ..compose import compose
+
+
+@dataclass
+class Job:
+    """One row's outpainting request, as a backend sees it."""
+
+    ref: np.ndarray          # the visible reference, vh x vw x 3 uint8 (scaled, cropped)
+    width: int               # canvas W x H
+    height: int
+    x0: int                  # reference top-left on the canvas
+    y0: int
+    seed: int
+    prompt: str = ""
+    mode: str = "high"       # high | fast
+    steps: int = 0
+    pad_left: int = 0        # fast mode: canvas offset inside the 16-aligned canvas
+    pad_top: int = 0
+    fill_color: str | None = None   # set by the backend: what the unknown area held
+
+    def canvas(self, fill=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+        """(canvas H x W x 3 with the reference placed, mask True = to generate)."""
+        return compose(self.ref, self.width, self.height, self.x0, self.y0, fill)
 
 
 class Backend(Protocol):
@@ -21,15 +46,11 @@ class Backend(Protocol):
     # pixels through the object store); True -> a long-lived actor pool (weights).
     needs_actor: bool
 
-    # Shown per row as ``fill_color``: what the unknown area held before generation.
-    fill_label: str
-
-    def outpaint(self, canvases: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                 seeds: Sequence[int], prompts: Sequence[str]) -> list[np.ndarray]:
-        """Images H x W x 3 uint8, one per canvas."""
+    def outpaint(self, jobs: Sequence[Job]) -> list[np.ndarray]:
+        """Images H x W x 3 uint8, one per job (any order of shapes and modes)."""
 
 
-def make_backend(model_cfg) -> Backend:
+def make_backend(model_cfg, prompts: Sequence[str] | None = None) -> Backend:
     name = model_cfg.backend
     if name == "solid":
         from .solid import SolidBackend
@@ -40,9 +61,9 @@ def make_backend(model_cfg) -> Backend:
 
         return ClassicalBackend(model_cfg)
     if name == "flux-fill":
-        from .flux import FluxFillBackend  # noqa: F401  (issue: FLUX backend)
+        from .flux import FluxFillBackend
 
-        return FluxFillBackend(model_cfg)
+        return FluxFillBackend(model_cfg, prompts=prompts)
     raise ValueError(f"unknown model.backend {name!r}")
 
 

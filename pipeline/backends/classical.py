@@ -97,9 +97,12 @@ class ClassicalBackend:
         self.grain = model_cfg.classical_grain
 
 
-    def outpaint(self, canvases, masks, seeds, prompts):
+    def outpaint(self, jobs):
         out = []
-        for canvas, mask, seed in zip(canvases, masks, seeds):
+        for job in jobs:
+            canvas, mask = job.canvas()
+            seed = job.seed
+            job.fill_color = self.fill_label
             known = ~mask
             filled = smooth_extend(canvas, known)
             if self.grain > 0:

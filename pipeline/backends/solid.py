@@ -30,9 +30,11 @@ class SolidBackend:
         self.fill_label = ("#%02x%02x%02x" % self.color) if self.mode == "color" else "edge"
 
 
-    def outpaint(self, canvases, masks, seeds, prompts):
+    def outpaint(self, jobs):
         out = []
-        for canvas, mask in zip(canvases, masks):
+        for job in jobs:
+            canvas, mask = job.canvas()
+            job.fill_color = self.fill_label
             if self.mode == "color":
                 img = canvas.copy()
                 img[mask] = self.color

@@ -1,0 +1,295 @@
+"""``flux-fill``: FLUX.1 Fill (diffusers ``FluxFillPipeline`` components) on GPU actors.
+
+Loaded once per actor. The denoising loop is the pipeline's own maths (flow-matching
+Euler, FLUX Fill's channel layout: noisy latents ++ masked-image latents ++ mask) with
+what a batch job needs on top:
+
+- rows grouped by (mode, aligned shape, steps): one batched transformer call per step;
+- noise from a per-row CPU ``torch.Generator`` seeded with the row seed, so a row's
+  output does not depend on what it was batched with;
+- ``high``: the whole canvas, padded right/bottom to the 16-px grid (never resized),
+  unknown area filled per the fill rule, VAE-encoded;
+- ``fast``: only the reference is VAE-encoded; the masked-image latents are those
+  reference latents placed on a canvas of constant fill latents (the fill's latent,
+  computed once per actor) and the mask is built at latent resolution — the full
+  canvas never goes through the encoder;
+- prompt embeddings computed once per distinct prompt; with every prompt known up
+  front the text encoders are then dropped (``model.free_text_encoders``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from ..compose import FILL_COLORS, contrast_fill
+from ..testmodel import PROFILE_FILE
+from . import Job
+
+VAE_SCALE = 8  # pixels per latent cell
+GRID = 16      # VAE x8, then 2x2 packing
+
+
+# ---------------------------------------------------------------- model location
+
+def resolve_model_path(path: str, storage_options: dict | None = None, cache_dir: str | None = None) -> str:
+    """A local directory for ``model.path``: a directory as is; an object-storage URI
+    synced once per node into the cache (a lock, then a completion marker); otherwise a
+    Hugging Face id resolved from the local cache only (never a download)."""
+    from .. import storage
+
+    if storage.has_scheme(path) and not path.startswith("file://"):
+        return _sync_uri(path, storage_options or {}, cache_dir)
+    local = path[len("file://"):] if path.startswith("file://") else path
+    if os.path.isdir(local):
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(local, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means: not available offline
+        raise FileNotFoundError(
+            f"model.path {path!r} is neither a local directory, an object-storage URI, nor a Hugging Face id "
+            f"in the local cache (no downloads at run time): {type(e).__name__}: {e}") from None
+
+
+def _sync_uri(uri: str, storage_options: dict, cache_dir: str | None) -> str:
+    import fcntl
+
+    from .. import storage
+
+    root = cache_dir or os.environ.get("OUTPAINT_MODEL_CACHE") or os.path.expanduser("~/.cache/outpaint/models")
+    local = os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16])
+    done = os.path.join(local, ".outpaint-complete")
+    if os.path.exists(done):
+        return local
+    os.makedirs(root, exist_ok=True)
+    with open(local + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one copy per node, however many actors start
+        if not os.path.exists(done):
+            fs, path = storage.filesystem(uri, storage_options)
+            tmp = local + ".partial"
+            fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+            if os.path.exists(local):
+                import shutil
+
+                shutil.rmtree(local)
+            os.replace(tmp, local)
+            with open(done, "w") as f:
+                f.write(uri)
+    return local
+
+
+def profile_fill(model_dir: str) -> str:
+    """The fill a checkpoint was trained on: ``outpaint_profile.json`` beside the weights,
+    else FLUX.1-Fill-dev's convention (masked pixels zeroed = grey)."""
+    p = os.path.join(model_dir, PROFILE_FILE)
+    if os.path.exists(p):
+        with open(p) as f:
+            return json.load(f).get("fill", "grey")
+    return "grey"
+
+
+# ---------------------------------------------------------------- backend
+
+class FluxFillBackend:
+    name = "flux-fill"
+    needs_actor = True
+
+    def __init__(self, model_cfg, prompts: Sequence[str] | None = None):
+        import torch
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+
+        self.torch = torch
+        self.cfg = model_cfg
+        path = resolve_model_path(model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir)
+        want = model_cfg.device
+        self.device = torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available())
+                                   else "cpu")
+        self.dtype = getattr(torch, model_cfg.dtype)
+        self.pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=self.dtype, local_files_only=True)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe.to(self.device)
+        self.vae = self.pipe.vae
+        self.transformer = self.pipe.transformer
+        self.scheduler_cls = FlowMatchEulerDiscreteScheduler
+        self.fill = model_cfg.fill or profile_fill(path)
+        self._prompt_cache: dict[str, tuple] = {}
+        self._fill_latents: dict[str, object] = {}
+        if prompts is not None:
+            for p in dict.fromkeys(prompts):
+                self._embed(p)
+            if model_cfg.free_text_encoders:
+                # every prompt is embedded: the encoders (T5 is ~9 GB in bf16) can go
+                self.pipe.text_encoder = self.pipe.text_encoder_2 = None
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    # -------------------------------------------------------------- pieces
+    def _embed(self, prompt: str):
+        if prompt not in self._prompt_cache:
+            if self.pipe.text_encoder is None:
+                raise RuntimeError(f"prompt {prompt!r} was not known when the text encoders were freed")
+            with self.torch.no_grad():
+                emb, pooled, text_ids = self.pipe.encode_prompt(
+                    prompt=prompt, prompt_2=None, device=self.device,
+                    max_sequence_length=self.cfg.max_sequence_length)
+            self._prompt_cache[prompt] = (emb[0], pooled[0], text_ids)
+        return self._prompt_cache[prompt]
+
+    def _fill_name(self, job: Job) -> str:
+        return contrast_fill(job.ref) if self.fill == "contrast" else self.fill
+
+    @staticmethod
+    def _to_unit(rgb: np.ndarray):
+        """uint8 H x W x 3 -> float [-1, 1], 3 x H x W (the VAE's input range)."""
+        return rgb.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+
+    def _fill_value(self, name: str) -> np.ndarray:
+        # grey is FLUX.1-Fill-dev's masked pixel exactly: 0 in [-1, 1]
+        if name == "grey":
+            return np.zeros(3, np.float32)
+        return np.asarray(FILL_COLORS[name], np.float32) / 127.5 - 1.0
+
+    def _encode(self, images: np.ndarray):
+        """B x 3 x H x W in [-1, 1] -> normalised latents (distribution mode: deterministic)."""
+        torch = self.torch
+        x = torch.from_numpy(images).to(self.device, self.dtype)
+        lat = self.vae.encode(x).latent_dist.mode()
+        return (lat - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def _fill_latent(self, name: str):
+        """The fill colour's latent vector, once per actor (a flat 64 x 64 patch, centre cell)."""
+        if name not in self._fill_latents:
+            patch = np.broadcast_to(self._fill_value(name)[:, None, None], (3, 64, 64))[None].copy()
+            lat = self._encode(patch)
+            self._fill_latents[name] = lat[0, :, 4, 4].clone()
+        return self._fill_latents[name]
+
+    def _pack(self, t, channels: int):
+        b, _, h, w = t.shape
+        t = t.view(b, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+        return t.reshape(b, (h // 2) * (w // 2), channels * 4)
+
+    def _unpack(self, t, h: int, w: int):
+        b, _, c = t.shape
+        t = t.view(b, h // 2, w // 2, c // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return t.reshape(b, c // 4, h, w)
+
+    def _mask_channels(self, mask_px):
+        """Pixel mask B x H x W (1 = generate) -> FLUX Fill's 64 channels per latent cell."""
+        b, H, W = mask_px.shape
+        h, w = H // VAE_SCALE, W // VAE_SCALE
+        m = mask_px.view(b, h, VAE_SCALE, w, VAE_SCALE).permute(0, 2, 4, 1, 3)
+        return m.reshape(b, VAE_SCALE * VAE_SCALE, h, w)
+
+    # -------------------------------------------------------------- conditioning
+    def _high(self, jobs: Sequence[Job], AW: int, AH: int):
+        """Whole aligned canvas (padding right/bottom), fill in the unknown area, encoded."""
+        torch = self.torch
+        imgs, masks = [], []
+        for job in jobs:
+            name = self._fill_name(job)
+            job.fill_color = name
+            canvas = np.empty((3, AH, AW), np.float32)
+            canvas[:] = self._fill_value(name)[:, None, None]
+            h, w = job.ref.shape[:2]
+            canvas[:, job.y0:job.y0 + h, job.x0:job.x0 + w] = self._to_unit(job.ref)
+            mask = np.ones((AH, AW), np.float32)
+            g = self.cfg.mask_grow_px
+            mask[job.y0 + g:job.y0 + h - g, job.x0 + g:job.x0 + w - g] = 0.0
+            imgs.append(canvas)
+            masks.append(mask)
+        cond = self._encode(np.stack(imgs))
+        mask = self._mask_channels(torch.from_numpy(np.stack(masks)).to(self.device, self.dtype))
+        return cond, mask
+
+    def _fast(self, jobs: Sequence[Job], AW: int, AH: int):
+        """Reference-only encoding, placed on constant fill latents; mask at latent resolution."""
+        torch = self.torch
+        h, w = AH // VAE_SCALE, AW // VAE_SCALE
+        conds, masks = [], []
+        for job in jobs:
+            name = self._fill_name(job)
+            job.fill_color = name
+            rh, rw = job.ref.shape[:2]
+            ph, pw = -(-rh // GRID) * GRID, -(-rw // GRID) * GRID
+            ref = np.empty((3, ph, pw), np.float32)
+            ref[:] = self._fill_value(name)[:, None, None]
+            ref[:, :rh, :rw] = self._to_unit(job.ref)
+            ref_lat = self._encode(ref[None])[0]  # only the reference is encoded
+            cond = self._fill_latent(name)[:, None, None].expand(-1, h, w).clone()
+            ly, lx = (job.y0 + job.pad_top) // VAE_SCALE, (job.x0 + job.pad_left) // VAE_SCALE
+            lh, lw = min(ref_lat.shape[1], h - ly), min(ref_lat.shape[2], w - lx)
+            cond[:, ly:ly + lh, lx:lx + lw] = ref_lat[:, :lh, :lw]
+            # known = latent cells wholly inside the reference (less the grown margin)
+            g = self.cfg.mask_grow_px
+            m = torch.ones((h, w), device=self.device, dtype=self.dtype)
+            ky0, kx0 = -(-(job.y0 + job.pad_top + g) // VAE_SCALE), -(-(job.x0 + job.pad_left + g) // VAE_SCALE)
+            ky1, kx1 = (job.y0 + job.pad_top + rh - g) // VAE_SCALE, (job.x0 + job.pad_left + rw - g) // VAE_SCALE
+            m[ky0:ky1, kx0:kx1] = 0.0
+            conds.append(cond)
+            masks.append(m[None].expand(VAE_SCALE * VAE_SCALE, -1, -1))
+        return torch.stack(conds), torch.stack(masks)
+
+    # -------------------------------------------------------------- denoising
+    def _denoise(self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int) -> list[np.ndarray]:
+        torch = self.torch
+        from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift
+
+        b = len(jobs)
+        h, w = AH // VAE_SCALE, AW // VAE_SCALE
+        cond, mask = (self._fast if fast else self._high)(jobs, AW, AH)
+        cond = torch.cat([self._pack(cond, 16), self._pack(mask, VAE_SCALE * VAE_SCALE)], dim=2)
+        # per-row CPU generators: a row's noise is the same whatever its batch
+        noise = torch.stack([torch.randn((16, h, w), generator=torch.Generator("cpu").manual_seed(int(j.seed)),
+                                         dtype=torch.float32) for j in jobs])
+        latents = self._pack(noise.to(self.device, self.dtype), 16)
+        embeds = [self._embed(j.prompt) for j in jobs]
+        prompt_embeds = torch.stack([e[0] for e in embeds])
+        pooled = torch.stack([e[1] for e in embeds])
+        text_ids = embeds[0][2]
+        img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype)
+        sched = self.scheduler_cls.from_config(self.pipe.scheduler.config)
+        cfgs = sched.config
+        mu = calculate_shift((h // 2) * (w // 2), cfgs.get("base_image_seq_len", 256),
+                             cfgs.get("max_image_seq_len", 4096), cfgs.get("base_shift", 0.5),
+                             cfgs.get("max_shift", 1.15))
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=self.device)
+        guidance = (torch.full((b,), self.cfg.guidance, device=self.device, dtype=torch.float32)
+                    if self.transformer.config.guidance_embeds else None)
+        with torch.no_grad():
+            for t in sched.timesteps:
+                noise_pred = self.transformer(
+                    hidden_states=torch.cat((latents, cond), dim=2),
+                    timestep=t.expand(b).to(latents.dtype) / 1000, guidance=guidance,
+                    pooled_projections=pooled, encoder_hidden_states=prompt_embeds,
+                    txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
+                latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
+            lat = self._unpack(latents, h, w) / self.vae.config.scaling_factor + self.vae.config.shift_factor
+            img = self.vae.decode(lat, return_dict=False)[0]
+        img = ((img.float().clamp(-1, 1) + 1.0) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = []
+        for job, im in zip(jobs, img):
+            oy, ox = (job.pad_top, job.pad_left) if fast else (0, 0)
+            out.append(np.ascontiguousarray(im[oy:oy + job.height, ox:ox + job.width]))
+        return out
+
+    def outpaint(self, jobs: Sequence[Job]) -> list[np.ndarray]:
+        """Group by (mode, aligned shape, steps); one batched call per group and step."""
+        groups: dict[tuple, list[int]] = {}
+        for i, j in enumerate(jobs):
+            fast = j.mode == "fast"
+            AW = -(-(j.width + (j.pad_left if fast else 0)) // GRID) * GRID
+            AH = -(-(j.height + (j.pad_top if fast else 0)) // GRID) * GRID
+            steps = j.steps or (self.cfg.steps_fast if fast else self.cfg.steps)
+            groups.setdefault((fast, AW, AH, steps), []).append(i)
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        for (fast, AW, AH, steps), idx in groups.items():
+            for i, im in zip(idx, self._denoise([jobs[i] for i in idx], AW, AH, fast, steps)):
+                out[i] = im
+        return out  # type: ignore[return-value]

@@ -1,0 +1,170 @@
+"""The FLUX Fill backend on CPU with a tiny pipeline of random weights (real diffusers
+classes, loaded by the same code as real weights)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import config as config_mod
+from pipeline.backends import Job
+from pipeline.compose import contrast_fill
+
+from .conftest import read_png, write_manifest
+
+torch = pytest.importorskip("torch")
+
+
+def flux_cfg(path, **model):
+    return config_mod.from_dict({"input": {"manifest": "m"}, "output": {"uri": "o"},
+                                 "model": {"backend": "flux-fill", "path": path, "dtype": "float32",
+                                           "steps": 3, "fast_steps": 2, **model}})
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_flux):
+    from pipeline.backends.flux import FluxFillBackend
+
+    return FluxFillBackend(flux_cfg(tiny_flux).model, prompts=["", "a red cup"])
+
+
+@pytest.fixture
+def ref(photos):
+    return read_png(photos["coffee"])[:150, :200]
+
+
+def test_fast_mode_never_encodes_the_full_canvas(backend, ref):
+    shapes = []
+    hook = backend.vae.encoder.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape[-2:])))
+    try:
+        # canvas 333 x 250, reference at (60, 50): pad_left = (-60) % 16 = 4, pad_top = 14
+        out = backend.outpaint([Job(ref, 333, 250, 60, 50, seed=1, mode="fast", steps=2, pad_left=4, pad_top=14)])
+    finally:
+        hook.remove()
+    assert out[0].shape == (250, 333, 3)
+    assert (256, 336) not in shapes and (264, 352) not in shapes  # neither the canvas nor its aligned form
+    assert (160, 208) in shapes  # the reference, padded to the 16 grid
+    assert all(h * w <= 160 * 208 for h, w in shapes)
+
+
+def test_high_mode_encodes_the_aligned_canvas_never_resized(backend, ref):
+    shapes = []
+    hook = backend.vae.encoder.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
+    try:
+        out = backend.outpaint([Job(ref, 333, 250, 60, 50, seed=1, mode="high", steps=2),
+                                Job(ref, 333, 250, 10, 20, seed=2, mode="high", steps=2)])
+    finally:
+        hook.remove()
+    assert shapes == [(2, 3, 256, 336)]  # one batched encode, padded right/bottom
+    assert [o.shape for o in out] == [(250, 333, 3)] * 2
+
+
+def test_deterministic_and_batch_equals_single(backend, ref):
+    jobs = lambda: [Job(ref, 240, 200, 20, 30, seed=s, mode=m, steps=2, pad_left=(-20) % 16, pad_top=(-30) % 16)
+                    for s, m in ((5, "high"), (6, "high"), (7, "fast"))]
+    a = backend.outpaint(jobs())
+    b = backend.outpaint(jobs())
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))  # same seed, same output
+    assert not np.array_equal(a[0], a[1])  # other seed, other output
+    for k, job in enumerate(jobs()):
+        single = backend.outpaint([job])[0]
+        # batched float32 GEMMs may round differently: at most 1 level of 255
+        assert np.abs(single.astype(int) - a[k].astype(int)).max() <= 1
+
+
+def test_prompts_embedded_once_and_encoders_freed(backend, ref):
+    assert backend.pipe.text_encoder is None and backend.pipe.text_encoder_2 is None
+    assert set(backend._prompt_cache) == {"", "a red cup"}
+    out = backend.outpaint([Job(ref, 240, 200, 20, 30, seed=5, prompt="a red cup", steps=2)])[0]
+    plain = backend.outpaint([Job(ref, 240, 200, 20, 30, seed=5, prompt="", steps=2)])[0]
+    assert not np.array_equal(out, plain)  # the prompt reaches the transformer
+    with pytest.raises(RuntimeError, match="not known"):
+        backend.outpaint([Job(ref, 240, 200, 20, 30, seed=5, prompt="unseen", steps=2)])
+
+
+def test_fill_rule_per_checkpoint(tiny_flux, tmp_path, ref):
+    from pipeline.backends.flux import FluxFillBackend
+
+    assert FluxFillBackend(flux_cfg(tiny_flux).model, prompts=[""]).fill == "grey"  # Fill-dev's convention
+    contrast_model = tmp_path / "contrast-model"
+    shutil.copytree(tiny_flux, contrast_model)
+    (contrast_model / "outpaint_profile.json").write_text('{"fill": "contrast"}')
+    b = FluxFillBackend(flux_cfg(str(contrast_model)).model, prompts=[""])
+    assert b.fill == "contrast"
+    green_border = np.zeros((100, 100, 3), np.uint8)
+    green_border[:] = (20, 230, 40)
+    jobs = [Job(green_border, 160, 128, 30, 14, seed=1, steps=1), Job(ref, 240, 200, 20, 30, seed=1, steps=1)]
+    b.outpaint(jobs)
+    assert jobs[0].fill_color != "green" and jobs[0].fill_color == contrast_fill(green_border)
+    assert FluxFillBackend(flux_cfg(tiny_flux, fill="blue").model, prompts=[""]).fill == "blue"  # config wins
+
+
+def test_contrast_fill_rule():
+    for colour, avoid in (((0, 255, 0), "green"), ((0, 0, 255), "blue"), ((255, 0, 255), "magenta")):
+        img = np.zeros((50, 50, 3), np.uint8)
+        img[:] = colour
+        assert contrast_fill(img) != avoid
+
+
+def test_model_path_errors_and_s3_sync(tiny_flux, tmp_path, s3_bucket):
+    from pipeline.backends.flux import resolve_model_path
+
+    with pytest.raises(FileNotFoundError, match="local cache"):
+        resolve_model_path("black-forest-labs/not-here-xyz")
+    fs, bucket, opts = s3_bucket
+    fs.put(tiny_flux.rstrip("/") + "/", f"{bucket}/models/tiny/", recursive=True)
+    cache = tmp_path / "cache"
+    local = resolve_model_path(f"s3://{bucket}/models/tiny", opts, str(cache))
+    assert os.path.exists(os.path.join(local, "transformer", "config.json"))
+    assert os.path.exists(os.path.join(local, ".outpaint-complete"))
+    fs.rm(f"{bucket}/models/tiny", recursive=True)  # a second actor on the node: no new download
+    assert resolve_model_path(f"s3://{bucket}/models/tiny", opts, str(cache)) == local
+
+
+@pytest.mark.ray
+def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s3_bucket):
+    fs, bucket, opts = s3_bucket
+    fs.put(tiny_flux.rstrip("/") + "/", f"{bucket}/models/tiny/", recursive=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in ("coffee", "chelsea", "camera"):
+        shutil.copy(photos[n], src / f"{n}.png")
+    rows = [
+        {"id": "odd-high", "image": "coffee.png", "width": 777, "height": 555},
+        {"id": "odd-fast", "image": "coffee.png", "width": 701, "height": 433, "mode": "fast"},
+        {"id": "cat-169", "image": "chelsea.png", "aspect_ratio": "16:9", "prompt": "a cat"},
+        {"id": "cam-fast", "image": "camera.png", "width": 640, "height": 640, "mode": "fast"},
+        {"id": "cam-same", "image": "camera.png", "width": 512, "height": 512},
+        {"id": "cam-high-2", "image": "camera.png", "width": 640, "height": 640},
+    ]
+    m = write_manifest(tmp_path / "m.parquet", rows)
+    data = {"input": {"manifest": m, "image_root": str(src)}, "output": {"uri": str(tmp_path / "out")},
+            "model": {"backend": "flux-fill", "path": f"s3://{bucket}/models/tiny", "storage_options": opts,
+                      "dtype": "float32", "steps": 2, "fast_steps": 1, "cache_dir": str(tmp_path / "cache")},
+            "runtime": {"batch_size": 4, "num_actors": 1, "num_cpus_per_actor": 1, "block_rows": 3}}
+    from pipeline.runner import run
+
+    result = run(config_mod.from_dict(data), quiet=True)
+    assert result["manifest"]["by_status"] == {"ok": 6, "rejected": 0, "failed": 0}, result["counts"]
+    meta = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "metadata").to_pylist()}
+    for rid, row in meta.items():
+        got = read_png(tmp_path / "out" / "images" / f"{rid}.png")
+        assert got.shape == (row["canvas_height"], row["canvas_width"], 3), rid
+        src_img = read_png(src / os.path.basename(row["image"]))
+        ref = np.asarray(Image.fromarray(src_img).resize((row["reference_width"], row["reference_height"]),
+                                                         Image.LANCZOS)) if row["scale"] != 1 else src_img
+        y, x = row["visible_y0"], row["visible_x0"]
+        assert np.array_equal(got[y:y + ref.shape[0], x:x + ref.shape[1]], ref), rid  # original untouched
+        assert row["model"].startswith("flux-fill:") and row["fill_color"] == ("grey" if row["generated"] else None)
+    assert meta["odd-fast"]["steps"] == 1 and meta["odd-high"]["steps"] == 2
+    assert meta["cam-same"]["generated"] is False
+    first = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
+    data["output"]["mode"] = "overwrite"
+    run(config_mod.from_dict(data), quiet=True)
+    again = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
+    assert again == first  # deterministic per seed, across runs and actor batching
