@@ -168,3 +168,15 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
     run(config_mod.from_dict(data), quiet=True)
     again = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
     assert again == first  # deterministic per seed, across runs and actor batching
+
+
+def test_gpu_benchmark_smoke_on_cpu():
+    """benchmarks/gpu_throughput.py runs end to end at tiny size without a GPU."""
+    import subprocess
+    import sys
+
+    bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_throughput.py")
+    r = subprocess.run([sys.executable, bench, "--tiny"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for line in ("naive high", "ours high", "ours fast", "ours high / naive high"):
+        assert line in r.stdout

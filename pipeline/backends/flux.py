@@ -100,24 +100,29 @@ class FluxFillBackend:
     name = "flux-fill"
     needs_actor = True
 
-    def __init__(self, model_cfg, prompts: Sequence[str] | None = None):
+    def __init__(self, model_cfg, prompts: Sequence[str] | None = None, pipe=None):
+        """``pipe``: an already built pipeline (benchmarks); default: load ``model.path``."""
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
 
         self.torch = torch
         self.cfg = model_cfg
-        path = resolve_model_path(model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir)
         want = model_cfg.device
         self.device = torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available())
                                    else "cpu")
         self.dtype = getattr(torch, model_cfg.dtype)
-        self.pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=self.dtype, local_files_only=True)
+        if pipe is None:
+            path = resolve_model_path(model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir)
+            pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=self.dtype, local_files_only=True)
+            pipe.to(self.device)
+            self.fill = model_cfg.fill or profile_fill(path)
+        else:
+            self.fill = model_cfg.fill or "grey"
+        self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
-        self.pipe.to(self.device)
         self.vae = self.pipe.vae
         self.transformer = self.pipe.transformer
         self.scheduler_cls = FlowMatchEulerDiscreteScheduler
-        self.fill = model_cfg.fill or profile_fill(path)
         self._prompt_cache: dict[str, tuple] = {}
         self._fill_latents: dict[str, object] = {}
         if prompts is not None:
@@ -130,6 +135,10 @@ class FluxFillBackend:
                     torch.cuda.empty_cache()
 
     # -------------------------------------------------------------- pieces
+    def set_prompt_embeddings(self, prompt: str, embeds, pooled, text_ids) -> None:
+        """Precomputed embeddings (e.g. from a separate text-encoding job)."""
+        self._prompt_cache[prompt] = (embeds, pooled, text_ids)
+
     def _embed(self, prompt: str):
         if prompt not in self._prompt_cache:
             if self.pipe.text_encoder is None:
