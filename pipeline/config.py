@@ -78,6 +78,7 @@ class Defaults(_Section):
     auto_crop: bool = False
     anchor: Anchor = "center"
     prompt: str = ""
+    num_variants: int = Field(1, ge=1, le=16, description="outputs per row: {id}-{k} when more than one")
     # Targets: a row with any target of its own ignores these (never "both targets").
     width: Optional[int] = None
     height: Optional[int] = None

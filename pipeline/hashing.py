@@ -39,7 +39,7 @@ def run_constant(cfg: Config) -> str:
 
 
 _ROW_FIELDS = ("canvas_width", "canvas_height", "scale", "offset_x", "offset_y", "visible_x0", "visible_y0",
-               "visible_x1", "visible_y1", "mode", "steps", "seed", "prompt", "output_format")
+               "visible_x1", "visible_y1", "mode", "steps", "seed", "num_variants", "prompt", "output_format")
 
 
 def request_hashes(plan: pa.Table, identity: np.ndarray, cfg: Config) -> pa.Array:

@@ -32,6 +32,7 @@ COLUMNS: dict[str, str] = {
     "output_format": "'png' | 'jpeg' | 'webp'",
     "prompt": "string",
     "seed": "int",
+    "num_variants": "int",
     "image_width": "int",
     "image_height": "int",
 }

@@ -155,13 +155,16 @@ class OutputStore:
 
     def done_keys(self) -> pa.Array:
         """``id \\x1f request_hash`` of rows already ok whose image exists: skipped on resume."""
-        prev = self.read_metadata(["id", "status", "request_hash", "output_uri"])
+        prev = self.read_metadata(["id", "status", "request_hash", "output_uri", "output_uris"])
         if prev is None or "request_hash" not in prev.column_names:
             return pa.array([], pa.string())
         ok = prev.filter(pc.and_(pc.equal(prev.column("status"), "ok"), pc.is_valid(prev.column("request_hash"))))
         names = self.existing_images()
-        base = [None if u is None else posixpath.basename(u) for u in ok.column("output_uri").to_pylist()]
-        exists = np.array([b is not None and b in names for b in base], dtype=bool)
+        many = (ok.column("output_uris").to_pylist() if "output_uris" in ok.column_names
+                else [None] * ok.num_rows)
+        exists = np.array([
+            bool(uris or one) and all(posixpath.basename(u) in names for u in (uris or [one]))
+            for one, uris in zip(ok.column("output_uri").to_pylist(), many)], dtype=bool)
         ok = ok.filter(pa.array(exists)) if len(exists) else ok
         return pc.binary_join_element_wise(ok.column("id"), ok.column("request_hash"), "\x1f")
 

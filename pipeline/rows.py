@@ -231,6 +231,7 @@ class Requests:
     output_format: pa.StringArray
     prompt: pa.StringArray
     seed: np.ndarray            # int64
+    num_variants: np.ndarray    # int64 >= 1
     src_w: np.ndarray           # from image_width/height, valid where has_src
     src_h: np.ndarray
     has_src: np.ndarray
@@ -347,6 +348,9 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     p.add(bad_seed | (has_seed & (seed < 0)), "seed must be a non-negative integer")
     if not has_seed.all():
         seed = np.where(has_seed, seed, derive_seeds(cfg.runtime.seed, ids))
+    nv, has_nv, bad_nv = int_column(table, "num_variants")
+    p.add(bad_nv | (has_nv & ((nv < 1) | (nv > 16))), "num_variants must be an integer from 1 to 16")
+    nv = np.where(has_nv & ~bad_nv & (nv >= 1) & (nv <= 16), nv, d.num_variants)
 
     # --- known source size
     sw, has_sw, bad_sw = int_column(table, "image_width")
@@ -365,7 +369,7 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
         anchor_h=axes[safe_anchor, 0], anchor_v=axes[safe_anchor, 1], auto_crop=auto_crop,
         mode=_choose(mode_idx, MODES, mode), fast=mode_idx == 1,
         output_format=_choose(fmt_idx, FORMATS, fmt),
-        prompt=prompt, seed=seed,
+        prompt=prompt, seed=seed, num_variants=nv,
         src_w=sw, src_h=sh, has_src=has_sw & has_sh & (sw > 0) & (sh > 0),
         problem=p.msg, bad_id=~id_ok & ~missing_id,
     )

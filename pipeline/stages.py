@@ -32,6 +32,7 @@ SKIP = "resume_skip"  # True: already done in an earlier run; not reprocessed or
 OUTPUT_FIELDS = [
     ("request_hash", pa.string()),
     ("output_uri", pa.string()),
+    ("output_uris", pa.list_(pa.string())),
     ("output_bytes", pa.int64()),
     ("fill_color", pa.string()),
     ("feather_px", pa.int64()),
@@ -168,7 +169,7 @@ class OutpaintStage:
     that need one, otherwise inside fused CPU tasks.
     """
 
-    ADDS = [("out_pixels", PIXELS), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
+    ADDS = [("out_pixels", pa.list_(PIXELS)), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
             ("model", pa.string())]
 
     def __init__(self, cfg: Config, prompts: list[str] | None = None):
@@ -177,49 +178,57 @@ class OutpaintStage:
         self.batch_size = cfg.runtime.batch_size
         self.model = model_name(cfg)
 
-    def _run(self, items: list[dict]) -> list[np.ndarray | Exception]:
+    def _run(self, items: list[tuple[dict, int]]) -> list[np.ndarray | Exception]:
+        """Outpaint (row, variant) pairs in one backend call; isolate failures."""
         jobs = [Job(ref=row["_ref"], width=row["canvas_width"], height=row["canvas_height"],
-                    x0=row["visible_x0"], y0=row["visible_y0"], seed=row["seed"], prompt=row["prompt"] or "",
-                    mode=row["mode"], steps=row["steps"], pad_left=row["pad_left"], pad_top=row["pad_top"])
-                for row in items]
+                    x0=row["visible_x0"], y0=row["visible_y0"], seed=variant_seed(row["seed"], k),
+                    prompt=row["prompt"] or "", mode=row["mode"], steps=row["steps"],
+                    pad_left=row["pad_left"], pad_top=row["pad_top"])
+                for row, k in items]
         try:
             images = list(self.backend.outpaint(jobs))
-            for row, job in zip(items, jobs):
+            for (row, _), job in zip(items, jobs):
                 row["fill_color"] = job.fill_color
             return images
         except Exception as e:  # noqa: BLE001 - isolate the failing rows below
             if len(items) == 1:
                 return [e]
             # one bad row must not fail its batch: retry singly
-            return [r for row in items for r in self._run([row])]
+            return [r for item in items for r in self._run([item])]
 
     def outpaint_rows(self, rows: list[dict]) -> None:
-        """Sets ``_out`` (H x W x 3 array), ``generate_ms``, ``fill_color``, ``model``."""
-        gen = []
+        """Sets ``_out`` (one H x W x 3 array per variant), ``generate_ms``, ``fill_color``, ``model``."""
+        work: list[tuple[dict, int]] = []
         for row in rows:
             row["_out"] = row["generate_ms"] = row["fill_color"] = row["model"] = None
             if not _todo(row):
                 continue
             row["model"] = self.model
+            n = row.get("num_variants") or 1
             if row["generated"]:
-                gen.append(row)
-            else:  # nothing to outpaint: the output is the reference
-                row["_out"] = row["_ref"]
+                row["_out"] = [None] * n
                 row["generate_ms"] = 0.0
-        for start in range(0, len(gen), self.batch_size):
-            items = gen[start:start + self.batch_size]
+                work += [(row, k) for k in range(n)]
+            else:  # nothing to outpaint: the output is the reference
+                row["_out"] = [row["_ref"]] * n
+                row["generate_ms"] = 0.0
+        for start in range(0, len(work), self.batch_size):
+            items = work[start:start + self.batch_size]
             t0 = time.perf_counter()
             results = self._run(items)
-            per_row = _ms(t0) / len(items)
-            for row, res in zip(items, results):
-                row["generate_ms"] = per_row
+            per_item = _ms(t0) / len(items)
+            for (row, k), res in zip(items, results):
+                row["generate_ms"] += per_item
+                if row["status"] != codes.OK:
+                    continue
                 if isinstance(res, Exception):
                     _fail(row, "generation_failed", f"the {self.cfg.model.backend} backend failed on this row: "
                                                     f"{type(res).__name__}: {res}")
+                    row["_out"] = None
                     continue
                 out = paste_back(res, row["_ref"], row["visible_x0"], row["visible_y0"])
                 assert out.shape == (row["canvas_height"], row["canvas_width"], 3)
-                row["_out"] = out
+                row["_out"][k] = out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -230,8 +239,13 @@ class OutpaintStage:
         for row in rows:
             out = row.pop("_out")
             row.pop("_ref")
-            row["out_pixels"] = None if out is None else out.tobytes()
+            row["out_pixels"] = None if out is None else [o.tobytes() for o in out]
         return _with(batch, rows, self.ADDS)
+
+
+def variant_seed(seed: int, k: int) -> int:
+    """Variant k of a row: seed + k (variant 0 is the row's own seed)."""
+    return (int(seed) + k) % (1 << 63)
 
 
 class WriteStage:
@@ -251,15 +265,23 @@ class WriteStage:
     def write(self, row: dict) -> None:
         W, H = row["canvas_width"], row["canvas_height"]
         alpha = extend_alpha(row.get("_ref_alpha"), W, H, row["visible_x0"], row["visible_y0"])
-        t0 = time.perf_counter()
-        data = encode(row["_out"], row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
-                      webp_quality=self.enc.webp_quality, webp_lossless=self.enc.webp_lossless,
-                      png_compress_level=self.enc.png_compress_level)
-        row["encode_ms"] = _ms(t0)
-        t0 = time.perf_counter()
-        row["output_uri"] = self.store.write_image(image_name(row["id"], row["output_format"]), data)
-        row["write_ms"] = _ms(t0)
-        row["output_bytes"] = len(data)
+        outs = row["_out"]
+        names = ([image_name(row["id"], row["output_format"])] if len(outs) == 1 else
+                 [image_name(row["id"], row["output_format"], k) for k in range(len(outs))])
+        row["encode_ms"] = row["write_ms"] = 0.0
+        row["output_bytes"] = 0
+        uris = []
+        for name, rgb in zip(names, outs):
+            t0 = time.perf_counter()
+            data = encode(rgb, row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
+                          webp_quality=self.enc.webp_quality, webp_lossless=self.enc.webp_lossless,
+                          png_compress_level=self.enc.png_compress_level)
+            row["encode_ms"] += _ms(t0)
+            t0 = time.perf_counter()
+            uris.append(self.store.write_image(name, data))
+            row["write_ms"] += _ms(t0)
+            row["output_bytes"] += len(data)
+        row["output_uri"], row["output_uris"] = uris[0], uris
 
     def write_rows(self, rows: list[dict], schema: pa.Schema) -> pa.Table:
         """Write each ok row's image, then return the metadata rows (no pixels)."""
@@ -280,8 +302,8 @@ class WriteStage:
         rows = batch.to_pylist()
         for row in rows:
             has_out, has_alpha = row.get("out_pixels") is not None, row.get("ref_alpha") is not None
-            row["_out"] = _from_bytes(row["out_pixels"], (row["canvas_height"], row["canvas_width"], 3)) \
-                if has_out else None
+            shape = (row["canvas_height"], row["canvas_width"], 3)
+            row["_out"] = [_from_bytes(b, shape) for b in row["out_pixels"]] if has_out else None
             row["_ref_alpha"] = _from_bytes(row["ref_alpha"], _visible_shape(row)) if has_alpha else None
         return self.write_rows(rows, batch.schema)
 

@@ -137,7 +137,7 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
     rows = [
         {"id": "odd-high", "image": "coffee.png", "width": 777, "height": 555},
         {"id": "odd-fast", "image": "coffee.png", "width": 701, "height": 433, "mode": "fast"},
-        {"id": "cat-169", "image": "chelsea.png", "aspect_ratio": "16:9", "prompt": "a cat"},
+        {"id": "cat-169", "image": "chelsea.png", "aspect_ratio": "16:9", "prompt": "a cat", "num_variants": 2},
         {"id": "cam-fast", "image": "camera.png", "width": 640, "height": 640, "mode": "fast"},
         {"id": "cam-same", "image": "camera.png", "width": 512, "height": 512},
         {"id": "cam-high-2", "image": "camera.png", "width": 640, "height": 640},
@@ -152,8 +152,11 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
     result = run(config_mod.from_dict(data), quiet=True)
     assert result["manifest"]["by_status"] == {"ok": 6, "rejected": 0, "failed": 0}, result["counts"]
     meta = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "metadata").to_pylist()}
+    assert [os.path.basename(u) for u in meta["cat-169"]["output_uris"]] == ["cat-169-0.png", "cat-169-1.png"]
+    assert not np.array_equal(read_png(tmp_path / "out" / "images" / "cat-169-0.png"),
+                              read_png(tmp_path / "out" / "images" / "cat-169-1.png"))
     for rid, row in meta.items():
-        got = read_png(tmp_path / "out" / "images" / f"{rid}.png")
+        got = read_png(tmp_path / "out" / "images" / os.path.basename(row["output_uri"]))
         assert got.shape == (row["canvas_height"], row["canvas_width"], 3), rid
         src_img = read_png(src / os.path.basename(row["image"]))
         ref = np.asarray(Image.fromarray(src_img).resize((row["reference_width"], row["reference_height"]),

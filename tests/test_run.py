@@ -240,3 +240,30 @@ def test_cli_run_strict_and_bad_config(tmp_path, photo_dir):
     r = subprocess.run([sys.executable, "-m", "pipeline", "run", c, "--set", "output.mode=sometimes"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "output.mode" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_variants(tmp_path, photo_dir, ray_local):
+    out = tmp_path / "out"
+    m = write_manifest(tmp_path / "m.parquet", [
+        {"id": "v3", "image": "coffee.png", "width": 700, "height": 500, "num_variants": 3, "seed": 42},
+        {"id": "v1", "image": "coffee.png", "width": 700, "height": 500, "seed": 42},
+        {"id": "bad", "image": "coffee.png", "width": 700, "height": 500, "num_variants": 0}])
+    cfg = config_mod.from_dict({"input": {"manifest": m, "image_root": str(photo_dir)},
+                                "output": {"uri": str(out)}})
+    r = run(cfg, quiet=True)
+    assert r["manifest"]["by_status"] == {"ok": 2, "rejected": 1, "failed": 0}
+    assert sorted(os.listdir(out / "images")) == ["v1.png", "v3-0.png", "v3-1.png", "v3-2.png"]
+    meta = metadata(out)
+    assert len(meta) == 3 and meta["bad"]["error_code"] == "invalid_request"
+    assert [os.path.basename(u) for u in meta["v3"]["output_uris"]] == ["v3-0.png", "v3-1.png", "v3-2.png"]
+    assert meta["v3"]["output_uri"].endswith("v3-0.png") and meta["v1"]["output_uris"][0].endswith("v1.png")
+    imgs = [read_png(out / "images" / f"v3-{k}.png") for k in range(3)]
+    src = read_png(photo_dir / "coffee.png")
+    for im in imgs:  # every variant keeps the original pixels
+        assert np.array_equal(im[50:450, 50:650], src)
+    assert not np.array_equal(imgs[0], imgs[1])  # seeds differ per variant
+    assert np.array_equal(imgs[0], read_png(out / "images" / "v1.png"))  # variant 0 = the row's own seed
+    os.remove(out / "images" / "v3-1.png")
+    r = run(cfg, quiet=True)
+    assert r["images_written"] == 1 and r["counts"]["skipped"] == 1
+    assert np.array_equal(read_png(out / "images" / "v3-1.png"), imgs[1])
