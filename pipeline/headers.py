@@ -111,14 +111,17 @@ def probe(uri: str, storage_options: dict, limits: SourceLimits, want_header: bo
     """Identity (always) and header (if asked) of one source URI."""
     try:
         fs, path = storage.filesystem(uri, storage_options)
-        info = fs.info(path)
+        info = storage.retry(fs.info, path)
         if info.get("type") == "directory":
             return Header(code="image_not_found", message=f"{uri} is a directory, not an image file")
         ident = identity_of(info)
         if not want_header:
             return Header(nbytes=int(info.get("size") or 0), identity=ident)
-        with fs.open(path, "rb", block_size=HEADER_BLOCK) as f:
-            hd = inspect(f, int(info.get("size") or 0), uri, limits)
+        def header():
+            with fs.open(path, "rb", block_size=HEADER_BLOCK) as f:
+                return inspect(f, int(info.get("size") or 0), uri, limits)
+
+        hd = storage.retry(header)
         hd.identity = ident
         return hd
     except FileNotFoundError:
@@ -127,6 +130,9 @@ def probe(uri: str, storage_options: dict, limits: SourceLimits, want_header: bo
         return Header(code="image_not_found", message=f"{uri} is a directory, not an image file")
     except PermissionError as e:
         return Header(code="image_not_found", message=f"{uri} cannot be read: permission denied ({e})")
+    except Exception as e:  # noqa: BLE001 - storage still failing after retries: this row only
+        return Header(code="image_not_found", message=f"{uri} could not be read after retries: "
+                                                      f"{type(e).__name__}: {e}")
 
 
 def probe_bytes(data: bytes, limits: SourceLimits, want_header: bool = True) -> Header:

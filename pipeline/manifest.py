@@ -93,9 +93,12 @@ def check_schema(schema: pa.Schema, cfg: Config, source: str = "") -> None:
 
 def files(cfg: Config):
     try:
-        return storage.expand(cfg.input.manifest, cfg.input.storage_options)
+        return storage.retry(storage.expand, cfg.input.manifest, cfg.input.storage_options, attempts=3)
     except FileNotFoundError as e:
         raise ConfigError(f"input.manifest: {e}") from None
+    except Exception as e:  # noqa: BLE001 - credentials, network, permissions: stop before any work
+        raise ConfigError(f"input.manifest {cfg.input.manifest} cannot be read: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def read_schema(cfg: Config) -> pa.Schema:

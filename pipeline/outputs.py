@@ -87,7 +87,7 @@ class OutputStore:
             self.fs.mv(tmp, final)
         else:
             # object stores: one PUT (or a multipart upload) is atomic at the key
-            self.fs.pipe_file(final, data)
+            storage.retry(self.fs.pipe_file, final, data)
         return self.uri_of(IMAGES, name)
 
     def existing_images(self) -> set[str]:
@@ -116,7 +116,7 @@ class OutputStore:
             pq.write_table(table, tmp, filesystem=self.fs)
             self.fs.mv(tmp, path)
         else:
-            pq.write_table(table, path, filesystem=self.fs)
+            storage.retry(pq.write_table, table, path, filesystem=self.fs)
         return path
 
     def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:
@@ -127,7 +127,7 @@ class OutputStore:
         want = None if columns is None else list(dict.fromkeys(list(columns) + list(_DEDUPE_KEYS)))
         tables = []
         for f in files:
-            t = pq.read_table(f, filesystem=self.fs)
+            t = storage.retry(pq.read_table, f, filesystem=self.fs)
             if want is not None:
                 t = t.select([c for c in want if c in t.column_names])
             tables.append(t)
@@ -170,7 +170,7 @@ class OutputStore:
 
     # ---------------------------------------------------------------- files
     def write_json(self, name: str, obj) -> None:
-        self.fs.pipe_file(self.path(name), json.dumps(obj, indent=2, default=str).encode())
+        storage.retry(self.fs.pipe_file, self.path(name), json.dumps(obj, indent=2, default=str).encode())
 
     def read_json(self, name: str):
         with self.fs.open(self.path(name), "rb") as f:

@@ -105,7 +105,7 @@ class LoadStage:
         uri = row["image"]
         try:
             fs, path = storage.filesystem(uri, self.cfg.input.storage_options)
-            return fs.cat_file(path)
+            return storage.retry(fs.cat_file, path)
         except FileNotFoundError:
             raise ImageError("image_not_found", f"{uri} does not exist (it did when planning)") from None
 

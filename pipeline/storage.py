@@ -7,7 +7,10 @@ storage option set once in the config reaches every access.
 
 from __future__ import annotations
 
+import errno
 import posixpath
+import random
+import time
 from typing import Any, Mapping
 
 from fsspec.core import url_to_fs
@@ -69,3 +72,49 @@ def expand(uri: str, storage_options: Mapping[str, Any] | None = None, suffix: s
     if not paths:
         raise FileNotFoundError(f"{uri}: matched no {suffix} files")
     return fs, sorted(paths)
+
+
+# --------------------------------------------------------------------------- retries
+
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
+                    "ThrottlingException", "RequestTimeTooSkewed", "503", "500", "502", "504"}
+_TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED,
+                    errno.EAGAIN, errno.EIO}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: timeouts, resets, 5xx/SlowDown. Not: missing keys, 403, bad requests."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    name = type(exc).__name__
+    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                "ServerDisconnectedError", "ClientConnectionError", "ClientOSError", "ClientPayloadError",
+                "ResponseStreamingError", "IncompleteReadError", "ProtocolError"):
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error", {})
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return err.get("Code") in _TRANSIENT_CODES or (isinstance(status, int) and status >= 500)
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO:
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and is_transient(cause)
+
+
+def retry(fn, *args, attempts: int = 6, base: float = 0.2, cap: float = 5.0, **kwargs):
+    """Call ``fn`` with capped exponential backoff and full jitter on transient errors.
+
+    The one retry layer for storage: sources, outputs and metadata all go through it.
+    Permanent errors (missing object, access denied) raise at once.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - classified below
+            if attempt == attempts - 1 or not is_transient(e):
+                raise
+            time.sleep(random.uniform(0, min(cap, base * (2 ** attempt))))
+    raise AssertionError("unreachable")

@@ -183,3 +183,25 @@ def test_gpu_benchmark_smoke_on_cpu():
     assert r.returncode == 0, r.stderr[-2000:]
     for line in ("naive high", "ours high", "ours fast", "ours high / naive high"):
         assert line in r.stdout
+
+
+def test_failing_row_in_a_batch_fails_alone(tiny_flux, tmp_path, photos):
+    """A backend exception for one row: the batch is retried row by row and only that row
+    ends generation_failed (here: a prompt not embedded before the encoders were freed)."""
+    import pyarrow as pa
+
+    from pipeline import manifest
+    from pipeline.plan import PlanStage
+    from pipeline.stages import LoadStage, OutpaintStage, ResumeFilter
+
+    rows = [{"id": f"r{i}", "image": str(photos["coffee"]), "width": 640, "height": 448,
+             "prompt": "unseen" if i == 1 else ""} for i in range(3)]
+    m = write_manifest(tmp_path / "m.parquet", rows)
+    cfg = config_mod.from_dict({"input": {"manifest": m}, "output": {"uri": str(tmp_path / "o")},
+                                "model": {"backend": "flux-fill", "path": tiny_flux, "dtype": "float32",
+                                          "steps": 1}, "runtime": {"batch_size": 3}})
+    planned = LoadStage(cfg)(ResumeFilter(pa.array([], pa.string()))(PlanStage(cfg, identify=True)(manifest.read(cfg))))
+    out = OutpaintStage(cfg, prompts=[""])(planned).to_pylist()
+    assert [r["status"] for r in out] == ["ok", "failed", "ok"]
+    assert out[1]["error_code"] == "generation_failed" and "unseen" in out[1]["error_message"]
+    assert out[1]["out_pixels"] is None and all(len(r["out_pixels"]) == 1 for r in (out[0], out[2]))
