@@ -165,6 +165,10 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
             batch_size=cfg.runtime.batch_size,
             compute=ray.data.ActorPoolStrategy(size=cfg.runtime.num_actors),
             num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
+            # A dead actor (killed, OOM) is restarted and its batch redone. Stating these
+            # (Ray's defaults) also makes the actor's remote args differ from the CPU
+            # stages', so Ray never fuses decoding into the model actor, GPU or not.
+            max_restarts=-1, max_task_retries=-1,
         )
         ds = ds.map_batches(WriteStage(cfg, store, run_id), batch_format="pyarrow", batch_size=None)
     else:  # light CPU backends: one fused task, pixels stay arrays in the worker

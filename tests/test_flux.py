@@ -205,3 +205,64 @@ def test_failing_row_in_a_batch_fails_alone(tiny_flux, tmp_path, photos):
     assert [r["status"] for r in out] == ["ok", "failed", "ok"]
     assert out[1]["error_code"] == "generation_failed" and "unseen" in out[1]["error_message"]
     assert out[1]["out_pixels"] is None and all(len(r["out_pixels"]) == 1 for r in (out[0], out[2]))
+
+
+def _actor_pids() -> list[int]:
+    """Ray's Data actor processes (their process titles name the map worker)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if "MapWorker" in cmd and "OutpaintStage" in cmd:
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_actor_is_restarted_and_its_rows_redone(tiny_flux, tmp_path, photos, ray_local):
+    import signal
+    import threading
+    import time
+
+    from pipeline.runner import run
+
+    rows = [{"id": f"k{i:02d}", "image": str(photos["coffee"]), "width": 640 + 16 * (i % 3), "height": 448}
+            for i in range(12)]
+    m = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    cfg = config_mod.from_dict({
+        "input": {"manifest": m}, "output": {"uri": str(out)},
+        "model": {"backend": "flux-fill", "path": tiny_flux, "dtype": "float32", "steps": 2},
+        "runtime": {"batch_size": 1, "block_rows": 1, "num_actors": 1}})
+    killed, titles = [], []
+
+    def killer():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            imgs = os.listdir(out / "images") if (out / "images").exists() else []
+            pids = _actor_pids()
+            if len(imgs) >= 2 and pids:
+                for pid in pids:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        titles.append(f.read().decode(errors="replace"))
+                    os.kill(pid, signal.SIGKILL)  # the actor dies mid-run, as on an OOM kill
+                killed.extend(pids)
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    result = run(cfg, quiet=True)
+    t.join(5)
+    assert killed, "no actor process was found to kill"
+    # the model actor does model work only: decoding and planning run in CPU tasks before it
+    assert all("LoadStage" not in t and "PlanStage" not in t for t in titles), titles
+    assert result["manifest"]["by_status"] == {"ok": 12, "rejected": 0, "failed": 0}
+    meta = pq.read_table(out / "metadata")
+    assert sorted(meta.column("id").to_pylist()) == [f"k{i:02d}" for i in range(12)]
+    assert sorted(os.listdir(out / "images")) == [f"k{i:02d}.png" for i in range(12)]
