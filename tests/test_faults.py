@@ -84,10 +84,11 @@ class FaultProxy:
     connection without an answer, every ``delay``-th waits 0.2 s. Bounded: it serves only
     this test and stops with it."""
 
-    def __init__(self, target: str, slowdown=5, reset=11, delay=7):
+    def __init__(self, target: str, slowdown=5, reset=11, delay=7, deny=()):
         host, port = target.replace("http://", "").split(":")
         self.count = 0
         self.faults = {"503": 0, "reset": 0, "delay": 0}
+        self.denied: list[str] = []  # requests answered 403 (paths containing a `deny` entry; "*" = all)
         lock = threading.Lock()
         proxy = self
 
@@ -102,6 +103,17 @@ class FaultProxy:
                 with lock:
                     proxy.count += 1
                     n = proxy.count
+                if any(d == "*" or d in self.path for d in deny):
+                    proxy.denied.append(self.path)
+                    msg = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                           b"<Message>Access Denied</Message></Error>")
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(msg)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(msg)
+                    return
                 if n % reset == 0:
                     proxy.faults["reset"] += 1
                     self.close_connection = True
@@ -191,6 +203,49 @@ def test_run_through_faulty_storage_matches_clean_run(tmp_path, photos, s3_serve
     meta = pq.read_table(f"{bucket}/faulty/metadata", filesystem=fs)
     assert meta.num_rows == 13 and sorted(meta.column("id").to_pylist()) == sorted(
         [f"r{i}" for i in range(12)] + ["gone"])
+
+
+@pytest.mark.ray
+def test_access_denied_source_fails_its_row_without_retries(tmp_path, photos, s3_server, s3_bucket, ray_local):
+    from pipeline.runner import run
+
+    fs, bucket, opts = s3_bucket
+    fs.put_file(str(photos["coffee"]), f"{bucket}/images/secret.png")
+    proxy = FaultProxy(s3_server["endpoint"], slowdown=10**9, reset=10**9, delay=10**9, deny=("secret.png",))
+    try:
+        popts = {**opts, "client_kwargs": {**opts["client_kwargs"], "endpoint_url": proxy.endpoint},
+                 "skip_instance_cache": True}
+        cfg = _s3_job(tmp_path, fs, bucket, popts, photos, "out")
+        m = write_manifest(tmp_path / "m2.parquet", [
+            {"id": "open", "image": "coffee.png", "width": 640, "height": 480},
+            {"id": "closed", "image": "secret.png", "width": 640, "height": 480}])
+        fs.put_file(m, f"{bucket}/manifests2/m.parquet")
+        cfg = config_mod.from_dict({**config_mod.dump(cfg), "input": {**config_mod.dump(cfg)["input"],
+                                                                      "manifest": f"s3://{bucket}/manifests2/"}})
+        r = run(cfg, quiet=True)
+    finally:
+        proxy.close()
+    assert r["manifest"]["by_status"] == {"ok": 1, "rejected": 0, "failed": 1}
+    meta = {x["id"]: x for x in pq.read_table(f"{bucket}/out/metadata", filesystem=fs).to_pylist()}
+    assert meta["closed"]["error_code"] == "image_not_found"
+    assert "permission denied" in meta["closed"]["error_message"].lower()
+    assert len(proxy.denied) <= 2  # a 403 is permanent: asked once (plus the SDK's own probe), never retried
+
+
+def test_wrong_credentials_fail_at_start_in_one_line(tmp_path, s3_server):
+    proxy = FaultProxy(s3_server["endpoint"], deny=("*",))  # every request: 403 AccessDenied
+    try:
+        opts = {"key": "wrong", "secret": "wrong",
+                "client_kwargs": {"endpoint_url": proxy.endpoint, "region_name": "eu-west-1"}}
+        c = write_config(tmp_path / "c.yaml", {"input": {"manifest": "s3://catalogue/m/", "storage_options": opts},
+                                               "output": {"uri": str(tmp_path / "out")}})
+        r = subprocess.run([sys.executable, "-m", "pipeline", "run", c], capture_output=True, text=True,
+                           timeout=120, env=dict(os.environ, RAY_ADDRESS=""))
+    finally:
+        proxy.close()
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-1500:]
+    assert "input.manifest s3://catalogue/m/ cannot be read" in r.stderr and "Permission" in r.stderr
+    assert not (tmp_path / "out").exists()  # stopped before any work, nothing written
 
 
 def test_unreachable_manifest_storage_fails_at_start_in_one_line(tmp_path):
@@ -316,3 +371,73 @@ def test_sigkill_mid_run_then_rerun_completes_exactly_once(tmp_path, photos):
     # work recorded before the kills was kept; rows whose image landed but whose metadata
     # had not (metadata follows the image) were redone, and every row is counted once
     assert rj["counts"]["skipped"] > 0 and rj["counts"]["skipped"] + rj["counts"]["processed"] == 30
+
+
+# ------------------------------------------------------------------ the corpus, end to end
+
+def make_corpus(d, photos) -> dict[str, tuple[str, str | None]]:
+    """Every kind of file a catalogue holds, made here (nothing downloaded):
+    name -> (expected status, expected code)."""
+    import io
+
+    d.mkdir()
+    coffee = Image.open(photos["coffee"]).convert("RGB")  # 600 x 400
+    coffee.save(d / "plain.png")
+    coffee.save(d / "plain.jpg", quality=92)
+    coffee.convert("CMYK").save(d / "cmyk.jpg", quality=92)
+    Image.fromarray((np.asarray(coffee.convert("L")).astype(np.uint16) * 257)).save(d / "grey16.png")
+    pal = coffee.convert("P", palette=Image.ADAPTIVE, colors=64)
+    pal.info["transparency"] = 0
+    pal.save(d / "palette_alpha.png", transparency=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    coffee.save(d / "rotated.jpg", exif=exif, quality=92)
+    frames = [coffee.resize((300, 200)), coffee.resize((300, 200)).transpose(Image.FLIP_LEFT_RIGHT)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(d / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
+    coffee.save(d / "png_named.jpg", format="PNG")
+    (d / "empty.png").write_bytes(b"")
+    buf = io.BytesIO()
+    coffee.save(buf, format="JPEG", quality=92)
+    (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (d / "text.png").write_text("not an image\n" * 20)
+    (d / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    (d / "bomb.png").write_bytes(png_bomb(50_000, 50_000))
+    return {
+        "plain.png": ("ok", None), "plain.jpg": ("ok", None), "cmyk.jpg": ("ok", None),
+        "grey16.png": ("ok", None), "palette_alpha.png": ("ok", None), "rotated.jpg": ("ok", None),
+        "anim.gif": ("ok", None), "anim.webp": ("ok", None), "png_named.jpg": ("ok", None),
+        "empty.png": ("failed", "image_unreadable"), "truncated.jpg": ("failed", "image_unreadable"),
+        "text.png": ("failed", "image_unreadable"), "photo.heic": ("failed", "unsupported_image"),
+        "bomb.png": ("failed", "image_too_large"), "missing.png": ("failed", "image_not_found"),
+    }
+
+
+@pytest.mark.ray
+def test_hostile_corpus_through_outpaint_run(tmp_path, photos, ray_local):
+    from pipeline.runner import run
+
+    expect = make_corpus(tmp_path / "corpus", photos)
+    rows = [{"id": name.replace(".", "_"), "image": name, "width": 800, "height": 800, "auto_crop": True}
+            for name in expect]
+    rows += [{"id": bad, "image": "plain.png", "aspect_ratio": "1:1"} for bad in ("../up", "a/b", ".dot")]
+    m = write_manifest(tmp_path / "m.parquet", rows)
+    out = tmp_path / "out"
+    r = run(config_mod.from_dict({"input": {"manifest": m, "image_root": str(tmp_path / "corpus")},
+                                  "output": {"uri": str(out)}}), quiet=True)
+    meta = {x["id"]: x for x in pq.read_table(out / "metadata").to_pylist()}
+    assert len(meta) == len(rows)
+    for name, (status, code) in expect.items():
+        row = meta[name.replace(".", "_")]
+        assert (row["status"], row["error_code"]) == (status, code), (name, row["error_message"])
+        assert (row["error_message"] is None) == (code is None)
+        if status == "ok":
+            with Image.open(row["output_uri"]) as im:
+                assert im.size == (800, 800)
+    for bad in ("../up", "a/b", ".dot"):
+        assert meta[bad]["error_code"] == "invalid_id" and meta[bad]["output_uri"] is None
+    assert sorted(os.listdir(out / "images")) == sorted(n.replace(".", "_") + ".png"
+                                                        for n, (s, _) in expect.items() if s == "ok")
+    assert meta["rotated_jpg"]["source_width"] == 400 and meta["rotated_jpg"]["source_height"] == 600
+    assert r["manifest"]["by_code"] == {"image_unreadable": 3, "unsupported_image": 1, "image_too_large": 1,
+                                        "image_not_found": 1, "invalid_id": 3}
