@@ -14,7 +14,7 @@ from .config import ConfigError
 
 
 def _load(args) -> config_mod.Config:
-    return config_mod.load(args.config, args.set)
+    return config_mod.load(args.config, getattr(args, "set", []))
 
 
 def cmd_validate(args) -> int:
@@ -59,6 +59,26 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from . import report
+    from .outputs import OutputStore
+
+    out_opts, src_opts = {}, None
+    if args.config:
+        cfg = _load(args)
+        out_opts, src_opts = cfg.output.storage_options, cfg.input.storage_options
+    try:
+        uri, summary = report.write(OutputStore(args.output_uri, out_opts), src_opts)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+    print(f"report: {uri}")
+    print(f"rows: {summary['rows']:,}  " + "  ".join(f"{k} {v:,}" for k, v in summary["by_status"].items())
+          + f"  output {summary['output_megapixels']:,} MP")
+    for k, v in summary["by_code"].items():
+        print(f"  {k:<26} {v:>10,}")
+    return 0
+
+
 def cmd_make_test_model(args) -> int:
     from .testmodel import make_test_model
 
@@ -88,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strict", action="store_true", help="exit 1 if any row was rejected or failed")
     sp.add_argument("--quiet", action="store_true", help="no progress lines or summary table")
     sp.set_defaults(func=cmd_run)
+    sp = sub.add_parser("report", help="rebuild report.html of an output and print its summary")
+    sp.add_argument("output_uri", help="the run's output.uri")
+    sp.add_argument("--config", help="take storage options from this config (remote outputs)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    sp.set_defaults(func=cmd_report)
     sp = sub.add_parser("make-test-model", help="write a tiny FLUX Fill pipeline with random weights (tests, trials)")
     sp.add_argument("dir", help="output directory")
     sp.add_argument("--seed", type=int, default=0)

@@ -171,6 +171,11 @@ class OutputConfig(_Section):
     alpha: Literal["flatten", "preserve"] = "flatten"
     background: tuple[int, int, int] = (255, 255, 255)
     metadata_part_rows: int = Field(10_000, ge=1, description="rows per metadata part file while running")
+    # seams: blend the reference into the generated area over this many px, on generated
+    # sides only (never where the reference touches the canvas edge); 0 = exact paste
+    feather_px: int = Field(8, ge=0, le=128)
+    color_match: bool = Field(False, description="match the generated area's colours to the reference border")
+    report_sample: int = Field(24, ge=0, le=500, description="rows in the review page's before/after gallery")
 
 
 class RuntimeConfig(_Section):

@@ -35,7 +35,8 @@ def run_constant(cfg: Config) -> str:
     """Everything outside the row that changes its output bytes."""
     o = cfg.output
     return json.dumps({"model": model_identity(cfg), "encoding": o.encoding.model_dump(mode="json"),
-                       "alpha": o.alpha, "background": list(o.background)}, sort_keys=True)
+                       "alpha": o.alpha, "background": list(o.background), "feather_px": o.feather_px,
+                       "color_match": o.color_match}, sort_keys=True)
 
 
 _ROW_FIELDS = ("canvas_width", "canvas_height", "scale", "offset_x", "offset_y", "visible_x0", "visible_y0",

@@ -228,6 +228,12 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         "versions": package_versions(),
     }
     store.write_json("run.json", result)
+    try:
+        from . import report
+
+        report.write(store, cfg.input.storage_options, sample=cfg.output.report_sample)
+    except Exception as e:  # noqa: BLE001 - the review page must never fail a finished run
+        print(f"[outpaint] report.html not written: {type(e).__name__}: {e}", file=out)
     if not quiet:
         if time.time() - last_print > 0.5:
             print(tally.line(), file=out)

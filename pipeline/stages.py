@@ -18,7 +18,9 @@ import pyarrow.compute as pc
 
 from . import codes, storage
 from .backends import Job, make_backend
-from .compose import crop_box, extend_alpha, flatten_alpha, paste_back
+from .compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha, generated_sides,
+                      match_colors)
+from . import quality
 from .config import Config
 from .hashing import model_name
 from .headers import SourceLimits
@@ -36,6 +38,11 @@ OUTPUT_FIELDS = [
     ("output_bytes", pa.int64()),
     ("fill_color", pa.string()),
     ("feather_px", pa.int64()),
+    ("seam_score", pa.float64()),
+    ("ref_max_abs_diff", pa.int64()),
+    ("ref_mean_abs_diff", pa.float64()),
+    ("fill_leakage", pa.float64()),
+    ("fill_leak_flag", pa.bool_()),
     ("model", pa.string()),
     ("load_ms", pa.float64()),
     ("generate_ms", pa.float64()),
@@ -196,6 +203,16 @@ class OutpaintStage:
             # one bad row must not fail its batch: retry singly
             return [r for item in items for r in self._run([item])]
 
+    def composite(self, row: dict, generated: np.ndarray) -> np.ndarray:
+        """The generated canvas with the reference back in: exact, apart from the feather band."""
+        assert generated.shape == (row["canvas_height"], row["canvas_width"], 3)
+        sides = generated_sides(row["canvas_width"], row["canvas_height"], row["visible_x0"], row["visible_y0"],
+                                row["visible_x1"], row["visible_y1"])
+        if self.cfg.output.color_match:
+            generated = match_colors(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides)
+        return feathered_paste(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides,
+                               self.cfg.output.feather_px)
+
     def outpaint_rows(self, rows: list[dict]) -> None:
         """Sets ``_out`` (one H x W x 3 array per variant), ``generate_ms``, ``fill_color``, ``model``."""
         work: list[tuple[dict, int]] = []
@@ -226,9 +243,7 @@ class OutpaintStage:
                                                     f"{type(res).__name__}: {res}")
                     row["_out"] = None
                     continue
-                out = paste_back(res, row["_ref"], row["visible_x0"], row["visible_y0"])
-                assert out.shape == (row["canvas_height"], row["canvas_width"], 3)
-                row["_out"][k] = out
+                row["_out"][k] = self.composite(row, res)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -271,6 +286,7 @@ class WriteStage:
         row["encode_ms"] = row["write_ms"] = 0.0
         row["output_bytes"] = 0
         uris = []
+        first_encoded = None
         for name, rgb in zip(names, outs):
             t0 = time.perf_counter()
             data = encode(rgb, row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
@@ -281,14 +297,31 @@ class WriteStage:
             uris.append(self.store.write_image(name, data))
             row["write_ms"] += _ms(t0)
             row["output_bytes"] += len(data)
+            first_encoded = first_encoded if first_encoded is not None else data
         row["output_uri"], row["output_uris"] = uris[0], uris
+        self.measure(row, first_encoded)
+
+    def measure(self, row: dict, encoded: bytes) -> None:
+        """Quality metrics of what was written (lossy formats: measured after decoding)."""
+        out = row["_out"][0]
+        if row["output_format"] != "png":
+            out = decode(encoded, SourceLimits(1 << 40, 1 << 40)).rgb
+        vx0, vy0, vx1, vy1 = row["visible_x0"], row["visible_y0"], row["visible_x1"], row["visible_y1"]
+        sides = generated_sides(row["canvas_width"], row["canvas_height"], vx0, vy0, vx1, vy1)
+        feather = effective_feather(self.cfg.output.feather_px, vy1 - vy0, vx1 - vx0) if row["generated"] else 0
+        row["feather_px"] = feather
+        row["seam_score"] = quality.seam_score(out, vx0, vy0, vx1, vy1, sides) if row["generated"] else None
+        row["ref_max_abs_diff"], row["ref_mean_abs_diff"] = quality.fidelity(out, row["_ref"], vx0, vy0, sides, feather)
+        leak = quality.fill_leakage(out, vx0, vy0, vx1, vy1, row.get("fill_color")) if row["generated"] else None
+        row["fill_leakage"] = leak
+        row["fill_leak_flag"] = None if leak is None else leak > quality.LEAK_FLAG
 
     def write_rows(self, rows: list[dict], schema: pa.Schema) -> pa.Table:
         """Write each ok row's image, then return the metadata rows (no pixels)."""
         for row in rows:
             for name, _ in OUTPUT_FIELDS:
                 row.setdefault(name, None)
-            row["feather_px"] = 0
+            row["feather_px"] = None
             if _todo(row):
                 self.write(row)
             # metadata after the image: this row's metadata only exists once it is written
@@ -305,6 +338,8 @@ class WriteStage:
             shape = (row["canvas_height"], row["canvas_width"], 3)
             row["_out"] = [_from_bytes(b, shape) for b in row["out_pixels"]] if has_out else None
             row["_ref_alpha"] = _from_bytes(row["ref_alpha"], _visible_shape(row)) if has_alpha else None
+            row["_ref"] = (_from_bytes(row["ref_pixels"], (*_visible_shape(row), 3))
+                           if row.get("ref_pixels") is not None else None)
         return self.write_rows(rows, batch.schema)
 
 

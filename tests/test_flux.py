@@ -13,7 +13,8 @@ from PIL import Image
 
 from pipeline import config as config_mod
 from pipeline.backends import Job
-from pipeline.compose import contrast_fill
+from pipeline.compose import contrast_fill, generated_sides
+from pipeline.quality import untouched
 
 from .conftest import read_png, write_manifest
 
@@ -162,7 +163,15 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
         ref = np.asarray(Image.fromarray(src_img).resize((row["reference_width"], row["reference_height"]),
                                                          Image.LANCZOS)) if row["scale"] != 1 else src_img
         y, x = row["visible_y0"], row["visible_x0"]
-        assert np.array_equal(got[y:y + ref.shape[0], x:x + ref.shape[1]], ref), rid  # original untouched
+        sides = generated_sides(row["canvas_width"], row["canvas_height"], x, y, row["visible_x1"], row["visible_y1"])
+        f = row["feather_px"]
+        y0, y1, x0, x1 = untouched(ref.shape[0], ref.shape[1], sides, f)
+        # original untouched outside the feather band; the band only on generated sides
+        assert np.array_equal(got[y + y0:y + y1, x + x0:x + x1], ref[y0:y1, x0:x1]), rid
+        assert row["ref_max_abs_diff"] == 0
+        if row["generated"]:
+            assert f == min(8, ref.shape[0] // 4, ref.shape[1] // 4)
+            assert not np.array_equal(got[y:y + ref.shape[0], x:x + ref.shape[1]], ref)  # the band blends
         assert row["model"].startswith("flux-fill:") and row["fill_color"] == ("grey" if row["generated"] else None)
     assert meta["odd-fast"]["steps"] == 1 and meta["odd-high"]["steps"] == 2
     assert meta["cam-same"]["generated"] is False

@@ -102,7 +102,12 @@ def test_local_run_end_to_end(tmp_path, photo_dir, ray_local):
         with Image.open(path) as im:
             assert im.size == (row["canvas_width"], row["canvas_height"]), rid  # exactly the size asked
         assert row["output_bytes"] == path.stat().st_size and row["request_hash"]
-        assert row["model"] == "classical" and row["feather_px"] == 0
+        vw, vh = row["visible_x1"] - row["visible_x0"], row["visible_y1"] - row["visible_y0"]
+        assert row["model"] == "classical"
+        assert row["feather_px"] == (min(8, vh // 4, vw // 4) if row["generated"] else 0)
+        assert (row["seam_score"] is not None) == row["generated"]
+        if row["output_format"] == "png":
+            assert row["ref_max_abs_diff"] == 0 and row["ref_mean_abs_diff"] == 0.0
         if row["output_format"] != "png":
             continue
         got = read_png(path)
