@@ -8,13 +8,17 @@ gradients, fall-off), that planar trend is extrapolated and push-pull fills only
 the residual, so gradients keep going instead of flattening out; on busy borders
 the trend is faded out (it would extrapolate noise). Then grain matched to the
 noise of the reference's border is added (seeded), so the fill does not look
-flatter than the photo it extends.
+flatter than the photo it extends. The first few generated pixels lean on the nearest
+reference pixel (weight decaying over ~3 px) and the grain fades in from the boundary,
+so there is no step at the seam.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from .solid import nearest_edge_fill
 
 
 def push_pull(img: np.ndarray, known: np.ndarray, min_size: int = 2) -> np.ndarray:
@@ -87,6 +91,20 @@ def smooth_extend(canvas: np.ndarray, known: np.ndarray) -> np.ndarray:
     return trend if w == 1.0 else w * trend + (1.0 - w) * push_pull(img, known)
 
 
+def boundary_blend(canvas: np.ndarray, mask: np.ndarray, tau: float = 3.0) -> np.ndarray:
+    """Weight (H x W) of the nearest reference pixel for each generated pixel: 1 at the
+    reference, decaying as exp(-d / tau) with the distance d from it, so the first generated
+    pixels lean on the reference's boundary values (a smaller step at the seam) without
+    copying them."""
+    rows = np.flatnonzero(~mask.all(axis=1))
+    cols = np.flatnonzero(~mask.all(axis=0))
+    H, W = mask.shape
+    dy = np.maximum(np.maximum(rows[0] - np.arange(H), np.arange(H) - rows[-1]), 0).astype(np.float32)
+    dx = np.maximum(np.maximum(cols[0] - np.arange(W), np.arange(W) - cols[-1]), 0).astype(np.float32)
+    d = np.hypot(dy[:, None], dx[None, :])
+    return np.where(mask, np.exp(-d / tau), 1.0).astype(np.float32)
+
+
 class ClassicalBackend:
     name = "classical"
     needs_actor = False
@@ -105,6 +123,8 @@ class ClassicalBackend:
             job.fill_color = self.fill_label
             known = ~mask
             filled = smooth_extend(canvas, known)
+            w = boundary_blend(canvas, mask)[:, :, None]
+            filled = w * nearest_edge_fill(canvas, mask).astype(np.float32) + (1.0 - w) * filled
             if self.grain > 0:
                 ys, xs = np.nonzero(known)
                 ref = canvas[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
@@ -112,7 +132,7 @@ class ClassicalBackend:
                 if sigma > 0.05:
                     rng = np.random.default_rng(seed)
                     noise = rng.standard_normal(mask.shape, dtype=np.float32) * sigma
-                    filled = filled + (noise * mask)[:, :, None]
+                    filled = filled + (noise * mask)[:, :, None] * (1.0 - w)  # grain fades in from the seam
             img = np.clip(filled + 0.5, 0, 255).astype(np.uint8)
             img[known] = canvas[known]
             out.append(img)
