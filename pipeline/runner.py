@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from . import codes, manifest
+from . import codes, manifest, storage
 from .backends import needs_actor
 from .config import Config, ConfigError, dump
 from .outputs import OutputStore, new_run_id
@@ -140,6 +140,10 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     """Run the job; returns the run summary (also written to ``run.json``)."""
     t_start = time.time()
     run_id = new_run_id()
+    if cfg.runtime.ray_address and storage.is_local(cfg.output.uri):
+        raise ConfigError(
+            f"output.uri {cfg.output.uri} is a local path but runtime.ray_address points at a cluster: workers "
+            "on other nodes would write to their own disks; use object storage (s3://, gs://, az://)")
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     manifest.read_schema(cfg)  # schema problems fail before any work
     store.check_writable()

@@ -272,3 +272,38 @@ def test_variants(tmp_path, photo_dir, ray_local):
     r = run(cfg, quiet=True)
     assert r["images_written"] == 1 and r["counts"]["skipped"] == 1
     assert np.array_equal(read_png(out / "images" / "v3-1.png"), imgs[1])
+
+
+def test_local_output_with_a_cluster_address_fails_at_start(tmp_path):
+    cfg = config_mod.from_dict({"input": {"manifest": str(tmp_path / "m.parquet")},
+                                "output": {"uri": str(tmp_path / "out")},
+                                "runtime": {"ray_address": "ray://head:10001"}})
+    with pytest.raises(ConfigError, match="local path but runtime.ray_address"):
+        run(cfg, quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_incremental_daily_manifests_share_one_output(tmp_path, photo_dir, ray_local):
+    """Scheduled jobs: manifests partitioned by date, one output; the metadata is the state."""
+    root = tmp_path / "manifests"
+    (root / "day=2026-11-20").mkdir(parents=True)
+    (root / "day=2026-11-21").mkdir(parents=True)
+    day1 = [{"id": f"d1-{i}", "image": n, "aspect_ratio": "1:1"}
+            for i, n in enumerate(("coffee.png", "chelsea.png", "camera.png"))]
+    day2 = [{"id": f"d2-{i}", "image": n, "aspect_ratio": "4:5"} for i, n in enumerate(("coffee.png", "rocket.jpg"))]
+    write_manifest(root / "day=2026-11-20" / "part-0.parquet", day1)
+    cfg = config_mod.from_dict({"input": {"manifest": str(root / "day=*" / "*.parquet"),
+                                          "image_root": str(photo_dir)},
+                                "output": {"uri": str(tmp_path / "out")}})
+    r1 = run(cfg, quiet=True)
+    assert r1["images_written"] == 3
+    write_manifest(root / "day=2026-11-21" / "part-0.parquet", day2)
+    r2 = run(cfg, quiet=True)  # day 1 + day 2: only day 2 is processed
+    assert r2["images_written"] == 2 and r2["counts"]["skipped"] == 3
+    Image.open(photo_dir / "chelsea.png").rotate(180).save(photo_dir / "chelsea.png")  # a day-1 image changes
+    before = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
+    r3 = run(cfg, quiet=True)
+    assert r3["images_written"] == 1 and r3["counts"]["skipped"] == 4
+    after = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
+    assert [p for p in after if after[p] != before[p]] == ["d1-1.png"]  # only that row redone
+    assert len(metadata(tmp_path / "out")) == 5
