@@ -86,7 +86,8 @@ def main(argv=None) -> int:
                        work / "manifest.parquet")
         cfg = config_mod.from_dict({
             "input": {"manifest": str(work / "manifest.parquet")},
-            "output": {"uri": str(work / "pipeline"), "mode": "overwrite"},
+            # the review page is a fixed per-run cost (~1 s of thumbnails) the loop does not have
+            "output": {"uri": str(work / "pipeline"), "mode": "overwrite", "report": False},
             "model": {"backend": "solid", "solid_mode": "edge"},
             "runtime": {"num_cpus": args.cpus, "block_rows": args.block_rows},
         })

@@ -59,6 +59,15 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from .submit import submit
+
+    cfg = _load(args)
+    manifest.read_schema(cfg)  # a bad manifest fails here, not on the cluster
+    _, status = submit(cfg, args.address, wait=not args.no_wait, timeout_s=args.timeout, strict=args.strict)
+    return 0 if status in ("SUCCEEDED", "PENDING") else 1
+
+
 def cmd_report(args) -> int:
     from . import report
     from .outputs import OutputStore
@@ -108,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strict", action="store_true", help="exit 1 if any row was rejected or failed")
     sp.add_argument("--quiet", action="store_true", help="no progress lines or summary table")
     sp.set_defaults(func=cmd_run)
+    sp = with_config("submit", "run the config as a job on a Ray cluster (Job Submission API)")
+    sp.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    sp.add_argument("--no-wait", action="store_true", help="return once submitted")
+    sp.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the job")
+    sp.add_argument("--strict", action="store_true", help="the job fails if any row was rejected or failed")
+    sp.set_defaults(func=cmd_submit)
     sp = sub.add_parser("report", help="rebuild report.html of an output and print its summary")
     sp.add_argument("output_uri", help="the run's output.uri")
     sp.add_argument("--config", help="take storage options from this config (remote outputs)")

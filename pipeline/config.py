@@ -175,14 +175,24 @@ class OutputConfig(_Section):
     # sides only (never where the reference touches the canvas edge); 0 = exact paste
     feather_px: int = Field(8, ge=0, le=128)
     color_match: bool = Field(False, description="match the generated area's colours to the reference border")
+    report: bool = Field(True, description="write report.html at the end of the run")
     report_sample: int = Field(24, ge=0, le=500, description="rows in the review page's before/after gallery")
 
 
 class RuntimeConfig(_Section):
+    @model_validator(mode="after")
+    def _actors(self):
+        if self.min_actors is not None and self.min_actors > self.num_actors:
+            raise ValueError("min_actors must not exceed num_actors (the autoscaling range is min..num)")
+        return self
+
     seed: int = Field(0, ge=0, lt=1 << 63)
     ray_address: Optional[str] = Field(None, description="existing cluster; default: start a local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="local Ray only: CPUs to use (default all)")
-    num_actors: int = Field(1, ge=1, description="model actors (actor backends, e.g. flux-fill)")
+    num_actors: int = Field(1, ge=1, description="model actors (actor backends, e.g. flux-fill): the most")
+    min_actors: Optional[int] = Field(None, ge=1, description="autoscaling range: min_actors .. num_actors")
+    object_store_memory: Optional[int] = Field(None, ge=78_643_200, description="local Ray only: bytes")
+    actor_restarts: int = Field(-1, ge=-1, description="restarts of a dead model actor (-1: always)")
     batch_size: int = Field(4, ge=1, description="rows per model call")
     num_gpus_per_actor: float = Field(0.0, ge=0)
     num_cpus_per_actor: float = Field(1.0, gt=0)

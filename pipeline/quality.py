@@ -18,9 +18,14 @@ def seam_score(out: np.ndarray, vx0: int, vy0: int, vx1: int, vy1: int, sides) -
     ~1: the boundary is no sharper than the photo itself; >> 1: a visible seam. Measured
     on generated sides only; None when nothing borders the reference.
     """
-    img = out.astype(np.float32).mean(axis=2)
     left, top, right, bottom = sides
     cross, inside = [], []
+
+    class _Grey:  # grey values of just the lines asked for, not of the whole canvas
+        def __getitem__(self, key):
+            return out[key].astype(np.float32).mean(axis=-1)
+
+    img = _Grey()
 
     def pair(a, b):
         return np.abs(a - b).mean()

@@ -12,6 +12,7 @@ import hashlib
 import html
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 from PIL import Image, ImageOps
@@ -94,13 +95,17 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
                      f'seam {seam:.2f}' if seam is not None else f'{r["canvas_width"]}×{r["canvas_height"]}')
         return f'<div class="card"><h3>{esc(r["id"])}</h3><p>{meta_line}{esc(note)}</p><div class="pair">{imgs}</div></div>'
 
-    gallery = "".join(card(r) for r in _pick_sample(rows, sample))
     seamed = sorted((r for r in rows if r["status"] == codes.OK and r.get("seam_score") is not None),
                     key=lambda r: -r["seam_score"])[:worst]
-    worst_html = "".join(card(r) for r in seamed)
-    leaks = [r for r in rows if r.get("fill_leak_flag")]
-    leak_html = "".join(card(r, f' · fill {r.get("fill_color")} left in {100 * (r.get("fill_leakage") or 0):.1f}% of '
-                                f'the generated area') for r in leaks)
+    leaks = [r for r in rows if r.get("fill_leak_flag")][:200]
+    picked = _pick_sample(rows, sample)
+    # thumbnails are I/O and decoding: build the cards on a few threads
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        gallery = "".join(pool.map(card, picked))
+        worst_html = "".join(pool.map(card, seamed))
+        leak_html = "".join(pool.map(lambda r: card(r, f' · fill {r.get("fill_color")} left in '
+                                                       f'{100 * (r.get("fill_leakage") or 0):.1f}% of the generated '
+                                                       'area'), leaks))
     bad = sorted((r for r in rows if r["status"] != codes.OK), key=lambda r: (r["error_code"] or "", r["id"]))
     bad_rows = "".join(f'<tr class="{esc(r["status"])}"><td>{esc(r["id"])}</td><td>{esc(r["status"])}</td>'
                        f'<td><code>{esc(r["error_code"] or "")}</code></td><td>{esc(r["error_message"] or "")}</td>'

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import math
 import sys
 import time
@@ -47,10 +48,13 @@ def ensure_ray(cfg: Config):
 
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-        if cfg.runtime.ray_address:
-            ray.init(address=cfg.runtime.ray_address, **kwargs)
+        # inside a Ray job (outpaint submit) RAY_ADDRESS names the cluster it runs on
+        address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         else:
-            ray.init(address="local", num_cpus=cfg.runtime.num_cpus, **kwargs)
+            ray.init(address="local", num_cpus=cfg.runtime.num_cpus,
+                     object_store_memory=cfg.runtime.object_store_memory, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.runtime.ray_progress_bars
     ctx.print_on_execution_start = cfg.runtime.ray_progress_bars
@@ -160,23 +164,25 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     # ran ~1.1 tasks at a time). Actor pipelines keep it, so no stage starves.
     ray.data.DataContext.get_current().op_resource_reservation_enabled = needs_actor(cfg.model)
     ds = ray.data.from_arrow(_blocks(table, cfg.runtime.block_rows))
-    ds = ds.map_batches(PlanStage(cfg, dups, identify=True), batch_format="pyarrow", batch_size=None)
-    ds = ds.map_batches(ResumeFilter(done), batch_format="pyarrow", batch_size=None)
+    task = dict(batch_format="pyarrow", batch_size=None)
+    ds = ds.map_batches(PlanStage(cfg, dups, identify=True), **task)
+    ds = ds.map_batches(ResumeFilter(done), **task)
     if needs_actor(cfg.model):
-        ds = ds.map_batches(LoadStage(cfg), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(LoadStage(cfg), **task)
         ds = ds.map_batches(
             OutpaintStage, fn_constructor_args=(cfg, distinct_prompts(cfg, table)), batch_format="pyarrow",
             batch_size=cfg.runtime.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=cfg.runtime.num_actors),
+            compute=ray.data.ActorPoolStrategy(min_size=cfg.runtime.min_actors or cfg.runtime.num_actors,
+                                               max_size=cfg.runtime.num_actors),
             num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
             # A dead actor (killed, OOM) is restarted and its batch redone. Stating these
             # (Ray's defaults) also makes the actor's remote args differ from the CPU
             # stages', so Ray never fuses decoding into the model actor, GPU or not.
-            max_restarts=-1, max_task_retries=-1,
+            max_restarts=cfg.runtime.actor_restarts, max_task_retries=-1,
         )
-        ds = ds.map_batches(WriteStage(cfg, store, run_id), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(WriteStage(cfg, store, run_id), **task)
     else:  # light CPU backends: one fused task, pixels stay arrays in the worker
-        ds = ds.map_batches(ProcessStage(cfg, store, run_id), batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(ProcessStage(cfg, store, run_id), **task)
 
     tally = Tally(total=table.num_rows, started=t_start)
     pending: list[pa.Table] = []
@@ -233,9 +239,10 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     }
     store.write_json("run.json", result)
     try:
-        from . import report
+        if cfg.output.report:
+            from . import report
 
-        report.write(store, cfg.input.storage_options, sample=cfg.output.report_sample)
+            report.write(store, cfg.input.storage_options, sample=cfg.output.report_sample)
     except Exception as e:  # noqa: BLE001 - the review page must never fail a finished run
         print(f"[outpaint] report.html not written: {type(e).__name__}: {e}", file=out)
     if not quiet:

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from . import codes, storage
 from .backends import Job, make_backend
 from .compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha, generated_sides,
-                      match_colors)
+                      match_colors, paste_back)
 from . import quality
 from .config import Config
 from .hashing import model_name
@@ -49,8 +49,19 @@ OUTPUT_FIELDS = [
     ("encode_ms", pa.float64()),
     ("write_ms", pa.float64()),
     ("run_id", pa.string()),
+    ("worker_node", pa.string()),
     ("completed_at", pa.float64()),
 ]
+
+
+def _node_id() -> str | None:
+    """The Ray node this row was written on (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _ms(t0: float) -> float:
@@ -210,6 +221,8 @@ class OutpaintStage:
                                 row["visible_x1"], row["visible_y1"])
         if self.cfg.output.color_match:
             generated = match_colors(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides)
+        if getattr(self.backend, "keeps_reference", False):  # blending V with itself: skip the work
+            return paste_back(generated, row["_ref"], row["visible_x0"], row["visible_y0"])
         return feathered_paste(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides,
                                self.cfg.output.feather_px)
 
@@ -318,7 +331,9 @@ class WriteStage:
 
     def write_rows(self, rows: list[dict], schema: pa.Schema) -> pa.Table:
         """Write each ok row's image, then return the metadata rows (no pixels)."""
+        node = _node_id()
         for row in rows:
+            row["worker_node"] = node
             for name, _ in OUTPUT_FIELDS:
                 row.setdefault(name, None)
             row["feather_px"] = None
