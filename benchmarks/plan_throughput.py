@@ -144,7 +144,7 @@ def bench(args, mix: str) -> None:
     print(f"geometry, per-row plan_row (1 thread)     {ref_rps:>12,.0f} rows/s")
     print(f"geometry, vectorised (1 thread)           {vec_rps:>12,.0f} rows/s  {vec_rps / ref_rps:6.1f}x per-row")
     print(f"geometry, vectorised ({cpus} threads, chunks)  {thr_rps:>12,.0f} rows/s  {thr_rps / ref_rps:6.1f}x per-row")
-    print(f"full PlanStage, 1 thread (parse, ids, seeds, messages, Arrow out)")
+    print("full PlanStage, 1 thread (parse, ids, seeds, messages, Arrow out)")
     print(f"                                          {stage_rps:>12,.0f} rows/s  {stage_rps / ref_rps:6.1f}x per-row geometry")
     print(f"plan_manifest, {cpus} threads (outpaint plan) {man_rps:>12,.0f} rows/s  {man_rps / ref_rps:6.1f}x per-row geometry")
 

@@ -51,18 +51,6 @@ def status_of(code: str | None) -> str:
     return FAILED if code in FAILED_CODES else REJECTED
 
 
-_STATUS_BY_INDEX = np.array([status_of(c) for c in CODES], dtype=object)
-_CODE_BY_INDEX = np.array(CODES, dtype=object)
-
-
-def statuses(code_idx: np.ndarray) -> np.ndarray:
-    return _STATUS_BY_INDEX[code_idx]
-
-
-def names(code_idx: np.ndarray) -> np.ndarray:
-    return _CODE_BY_INDEX[code_idx]
-
-
 def status_array(code_idx: np.ndarray) -> pa.Array:
     """Code indices -> Arrow status strings, by a dictionary lookup (no per-row Python)."""
     return pa.array([status_of(c) for c in CODES], pa.string()).take(pa.array(code_idx.astype(np.int32)))

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 from . import codes, manifest, storage
 from .backends import needs_actor
@@ -132,7 +132,7 @@ def distinct_prompts(cfg: Config, table: pa.Table, limit: int = 1024) -> list[st
     if "prompt" not in table.column_names:
         return [cfg.defaults.prompt]
     col = table.column("prompt").cast(pa.string()).fill_null(cfg.defaults.prompt)
-    uniq = pa.compute.unique(col).to_pylist()
+    uniq = pc.unique(col).to_pylist()
     return uniq if len(uniq) <= limit else None
 
 
@@ -216,7 +216,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     final = store.read_metadata(["id", "status", "error_code"])
     wall = time.time() - t_start
 
-    in_manifest = final.filter(pa.compute.is_in(final.column("id"), value_set=table.column("id").cast(pa.string())))
+    in_manifest = final.filter(pc.is_in(final.column("id"), value_set=table.column("id").cast(pa.string())))
     st = in_manifest.column("status").to_pylist()
     cd = in_manifest.column("error_code").to_pylist()
     result = {

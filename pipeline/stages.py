@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import codes, storage
-from .backends import Job, make_backend
+from .backends import Job, keeps_reference, make_backend
+from . import quality
 from .compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha, generated_sides,
                       match_colors, paste_back)
-from . import quality
 from .config import Config
 from .hashing import model_name
 from .headers import SourceLimits
@@ -80,11 +80,12 @@ def _todo(row: dict) -> bool:
     return row["status"] == codes.OK and not row.get(SKIP)
 
 
-def _with(batch: pa.Table, rows: list[dict], added: Sequence[tuple[str, pa.DataType]] = (),
+def _with(schema: pa.Schema, rows: list[dict], added: Sequence[tuple[str, pa.DataType]] = (),
           dropped: Sequence[str] = ()) -> pa.Table:
-    fields = [f for f in batch.schema if f.name not in dropped and f.name not in dict(added)]
-    schema = pa.schema(fields + [pa.field(n, t) for n, t in added])
-    return pa.Table.from_pylist(rows, schema=schema)
+    """Rows back to Arrow: the input schema, less ``dropped``, plus ``added`` (in that order).
+    Keys not in the schema (in-memory arrays like ``_ref``) are left out."""
+    fields = [f for f in schema if f.name not in dropped and f.name not in dict(added)]
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields + [pa.field(n, t) for n, t in added]))
 
 
 def visible_crop(row: dict) -> tuple[int, int, int, int]:
@@ -169,7 +170,7 @@ class LoadStage:
             ref, alpha = row.pop("_ref"), row.pop("_ref_alpha")
             row["ref_pixels"] = None if ref is None else ref.tobytes()
             row["ref_alpha"] = None if alpha is None else alpha.tobytes()
-        return _with(batch, rows, self.ADDS)
+        return _with(batch.schema, rows, self.ADDS)
 
 
 def _visible_shape(row: dict) -> tuple[int, int]:
@@ -181,7 +182,8 @@ def _from_bytes(data: bytes | None, shape: tuple[int, ...]) -> np.ndarray | None
 
 
 class OutpaintStage:
-    """Compose canvases, run the backend in batches, paste the reference back exactly.
+    """Run the backend in batches: one generated canvas per row and variant. Pasting
+    the reference back happens after, in the write stage's CPU tasks.
 
     Heavy setup (the backend, weights) once per instance: as a Ray actor for backends
     that need one, otherwise inside fused CPU tasks.
@@ -214,18 +216,6 @@ class OutpaintStage:
             # one bad row must not fail its batch: retry singly
             return [r for item in items for r in self._run([item])]
 
-    def composite(self, row: dict, generated: np.ndarray) -> np.ndarray:
-        """The generated canvas with the reference back in: exact, apart from the feather band."""
-        assert generated.shape == (row["canvas_height"], row["canvas_width"], 3)
-        sides = generated_sides(row["canvas_width"], row["canvas_height"], row["visible_x0"], row["visible_y0"],
-                                row["visible_x1"], row["visible_y1"])
-        if self.cfg.output.color_match:
-            generated = match_colors(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides)
-        if getattr(self.backend, "keeps_reference", False):  # blending V with itself: skip the work
-            return paste_back(generated, row["_ref"], row["visible_x0"], row["visible_y0"])
-        return feathered_paste(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides,
-                               self.cfg.output.feather_px)
-
     def outpaint_rows(self, rows: list[dict]) -> None:
         """Sets ``_out`` (one H x W x 3 array per variant), ``generate_ms``, ``fill_color``, ``model``."""
         work: list[tuple[dict, int]] = []
@@ -239,7 +229,7 @@ class OutpaintStage:
                 row["_out"] = [None] * n
                 row["generate_ms"] = 0.0
                 work += [(row, k) for k in range(n)]
-            else:  # nothing to outpaint: the output is the reference
+            else:  # nothing to outpaint: the output is the reference (pasted at 0, 0)
                 row["_out"] = [row["_ref"]] * n
                 row["generate_ms"] = 0.0
         for start in range(0, len(work), self.batch_size):
@@ -256,7 +246,8 @@ class OutpaintStage:
                                                     f"{type(res).__name__}: {res}")
                     row["_out"] = None
                     continue
-                row["_out"][k] = self.composite(row, res)
+                assert res.shape == (row["canvas_height"], row["canvas_width"], 3)
+                row["_out"][k] = res
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -268,7 +259,7 @@ class OutpaintStage:
             out = row.pop("_out")
             row.pop("_ref")
             row["out_pixels"] = None if out is None else [o.tobytes() for o in out]
-        return _with(batch, rows, self.ADDS)
+        return _with(batch.schema, rows, self.ADDS)
 
 
 def variant_seed(seed: int, k: int) -> int:
@@ -289,10 +280,24 @@ class WriteStage:
         self.store = store
         self.run_id = run_id
         self.enc = cfg.output.encoding
+        self.keeps_reference = keeps_reference(cfg.model)
+
+    def composite(self, row: dict, generated: np.ndarray) -> np.ndarray:
+        """The generated canvas with the reference back in: exact, apart from the feather band."""
+        sides = generated_sides(row["canvas_width"], row["canvas_height"], row["visible_x0"], row["visible_y0"],
+                                row["visible_x1"], row["visible_y1"])
+        if self.cfg.output.color_match:
+            generated = match_colors(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides)
+        if self.keeps_reference:  # blending V with itself: skip the work
+            return paste_back(generated, row["_ref"], row["visible_x0"], row["visible_y0"])
+        return feathered_paste(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides,
+                               self.cfg.output.feather_px)
 
     def write(self, row: dict) -> None:
         W, H = row["canvas_width"], row["canvas_height"]
         alpha = extend_alpha(row.get("_ref_alpha"), W, H, row["visible_x0"], row["visible_y0"])
+        if row["generated"]:
+            row["_out"] = [self.composite(row, g) for g in row["_out"]]
         outs = row["_out"]
         names = ([image_name(row["id"], row["output_format"])] if len(outs) == 1 else
                  [image_name(row["id"], row["output_format"], k) for k in range(len(outs))])
@@ -342,9 +347,7 @@ class WriteStage:
             # metadata after the image: this row's metadata only exists once it is written
             row["run_id"] = self.run_id
             row["completed_at"] = time.time()
-        keep = [f for f in schema if f.name not in self.DROPS and f.name not in dict(OUTPUT_FIELDS)]
-        out = pa.schema(keep + [pa.field(n, t) for n, t in OUTPUT_FIELDS])
-        return pa.Table.from_pylist([{k: r.get(k) for k in out.names} for r in rows], schema=out)
+        return _with(schema, rows, OUTPUT_FIELDS, dropped=self.DROPS)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

@@ -41,13 +41,6 @@ def join(root: str, *parts: str) -> str:
     return out
 
 
-def resolve(uri: str, root: str | None) -> str:
-    """A manifest ``image`` value: absolute URIs and paths as given, others under ``root``."""
-    if has_scheme(uri) or posixpath.isabs(uri) or not root:
-        return uri
-    return join(root, uri)
-
-
 def unstrip(fs, path: str) -> str:
     """Turn a filesystem-relative path back into a full URI for messages and metadata."""
     return fs.unstrip_protocol(path)

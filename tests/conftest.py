@@ -109,7 +109,8 @@ def ray_local():
     ray.shutdown()
 
 
-def read_png(path) -> "np.ndarray":
+def read_png(path):
+    """Any image file as an H x W x 3 uint8 array."""
     import numpy as np
     from PIL import Image
 

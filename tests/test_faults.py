@@ -263,7 +263,7 @@ def test_unreachable_manifest_storage_fails_at_start_in_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-1500:]
     assert "input.manifest s3://nowhere/m/ cannot be read" in r.stderr
     assert time.time() - t0 < 90
-    cfg = config_mod.from_dict({"input": {"manifest": "x"}, "output": {"uri": f"s3://nowhere/out",
+    cfg = config_mod.from_dict({"input": {"manifest": "x"}, "output": {"uri": "s3://nowhere/out",
                                                                        "storage_options": opts}})
     from pipeline.outputs import OutputStore
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 import pyarrow as pa
-import pytest
 from PIL import Image
 
 from pipeline import manifest

@@ -70,3 +70,9 @@ def make_backend(model_cfg, prompts: Sequence[str] | None = None) -> Backend:
 def needs_actor(model_cfg) -> bool:
     """Without building the backend (the driver must not load weights)."""
     return model_cfg.backend == "flux-fill"
+
+
+def keeps_reference(model_cfg) -> bool:
+    """The backend returns the reference itself inside V (only the unknown area is
+    computed), so a feather blend there would be the identity and is skipped."""
+    return model_cfg.backend in ("classical", "solid")

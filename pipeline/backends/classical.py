@@ -108,7 +108,6 @@ def boundary_blend(canvas: np.ndarray, mask: np.ndarray, tau: float = 3.0) -> np
 class ClassicalBackend:
     name = "classical"
     needs_actor = False
-    keeps_reference = True  # returns the reference itself inside V: feathering would be the identity
 
     fill_label = "none"  # no fill: the unknown area is computed, not painted
 

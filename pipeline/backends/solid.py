@@ -21,7 +21,6 @@ def nearest_edge_fill(canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class SolidBackend:
     name = "solid"
     needs_actor = False
-    keeps_reference = True  # returns the reference itself inside V: feathering would be the identity
 
     def __init__(self, model_cfg):
         self.mode = model_cfg.solid_mode
