@@ -88,6 +88,30 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    m = config_mod.SHAPE.match(text)
+    if not m or int(m[1]) * int(m[2]) > config_mod.MAX_PIXELS_CEILING or 0 in (int(m[1]), int(m[2])):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WxH with at most {config_mod.MAX_PIXELS_CEILING:,} pixels")
+    return int(m[1]), int(m[2])
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, format_result
+
+    cfg = _load(args)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in ("high", "fast")]
+    if bad or not modes:
+        raise ConfigError(f"--modes {args.modes!r}: give high, fast or high,fast")
+    result = bench(cfg, size=args.size, images=args.images, modes=modes, ref_fraction=args.ref_fraction)
+    print(format_result(result))
+    if args.json:
+        fs, path = storage.filesystem(args.json, cfg.output.storage_options)
+        with fs.open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def cmd_make_test_model(args) -> int:
     from .testmodel import make_test_model
 
@@ -123,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the job")
     sp.add_argument("--strict", action="store_true", help="the job fails if any row was rejected or failed")
     sp.set_defaults(func=cmd_submit)
+    sp = with_config("bench", "time the configured model on synthetic canvases: s/image, images/hour, MFU, memory")
+    sp.add_argument("--size", type=_size, help="canvas WxH (default: the defaults' width x height, else 1024x1024)")
+    sp.add_argument("--images", type=int, default=8, help="images timed per mode (after warm-up)")
+    sp.add_argument("--modes", default="high,fast", help="high, fast or high,fast")
+    sp.add_argument("--ref-fraction", type=float, default=0.75, help="reference size as a fraction of each side")
+    sp.add_argument("--json", help="also write the figures as JSON here (any fsspec URI)")
+    sp.set_defaults(func=cmd_bench)
     sp = sub.add_parser("report", help="rebuild report.html of an output and print its summary")
     sp.add_argument("output_uri", help="the run's output.uri")
     sp.add_argument("--config", help="take storage options from this config (remote outputs)")

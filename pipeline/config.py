@@ -113,6 +113,60 @@ class LimitsConfig(_Section):
     max_source_bytes: int = Field(256 * 1024 * 1024, gt=0)
 
 
+SHAPE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+# attention backends that need no download (diffusers' *_hub ones fetch kernels)
+ATTENTION_BACKENDS = ("native", "_native_flash", "_native_cudnn", "_native_efficient", "flash", "_flash_3", "sage")
+
+
+class OptimizeConfig(_Section):
+    """How the model runs on the GPU (flux-fill). ``auto`` turns a setting on on CUDA
+    and off on CPU. Only ``fp8`` and ``bucket_px`` change outputs (and so the rows'
+    request hash); the rest are numerically near-identical (see benchmarks/RESULTS.md)."""
+
+    compile: Literal["auto", "none", "blocks", "full"] = Field(
+        "auto", description="torch.compile the transformer's repeated blocks (short compile) or all of it")
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"] = "default"
+    cuda_graphs: bool = Field(False, description="CUDA graphs for the compiled blocks (pays off at small canvases)")
+    fuse_qkv: bool = Field(True, description="one QKV projection GEMM per attention instead of three")
+    channels_last_vae: Literal["auto", "on", "off"] = "auto"
+    attention: str = Field("native", description="diffusers attention backend: " + ", ".join(ATTENTION_BACKENDS))
+    fp8: bool = Field(False, description="torchao dynamic float8 (rowwise) transformer linears; CUDA >= 8.9")
+    bucket_px: int = Field(16, ge=16, le=1024, description="canvases are generated at multiples of this "
+                           "(then cropped): fewer distinct shapes -> bigger batches, fewer compilations")
+    max_shapes: int = Field(16, ge=1, le=256, description="compiled shapes kept per actor (torch recompile limit)")
+    warmup: list[str] = Field(default_factory=list, description="canvas sizes 'WxH' compiled at actor start "
+                              "(the defaults' width x height is added)")
+    pipelining: bool = Field(True, description="prepare (upload, VAE encode) and decode outside the GPU lock, "
+                             "so concurrent calls overlap the denoising loop")
+
+    @field_validator("attention")
+    @classmethod
+    def _attention(cls, v):
+        if v not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention backend {v!r} is not one of {', '.join(ATTENTION_BACKENDS)} "
+                             "(hub-downloaded kernels are not allowed)")
+        return v
+
+    @field_validator("bucket_px")
+    @classmethod
+    def _bucket(cls, v):
+        if v % GRID:
+            raise ValueError(f"bucket_px must be a multiple of {GRID} (the latent grid)")
+        return v
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup(cls, v):
+        for item in v:
+            m = SHAPE.match(str(item))
+            if not m or not (0 < int(m[1]) * int(m[2]) <= MAX_PIXELS_CEILING):
+                raise ValueError(f"warmup size {item!r} must be 'WxH' with W*H <= {MAX_PIXELS_CEILING}")
+        return v
+
+    def shapes(self) -> list[tuple[int, int]]:
+        return [(int(m[1]), int(m[2])) for m in (SHAPE.match(str(s)) for s in self.warmup)]
+
+
 class ModelConfig(_Section):
     backend: Literal["classical", "solid", "flux-fill"] = "classical"
     path: Optional[str] = None
@@ -128,6 +182,7 @@ class ModelConfig(_Section):
     max_sequence_length: int = Field(512, ge=1, le=512)
     free_text_encoders: bool = Field(True, description="drop the text encoders once every prompt is embedded")
     cache_dir: Optional[str] = Field(None, description="where object-storage model URIs are synced (per node)")
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
     # solid backend: constant colour, or the reference's edges extended and blurred
     solid_mode: Literal["edge", "color"] = "edge"
     solid_color: tuple[int, int, int] = (255, 255, 255)
@@ -150,6 +205,9 @@ class ModelConfig(_Section):
     def _path(self):
         if self.backend == "flux-fill" and not self.path:
             raise ValueError("backend flux-fill needs model.path (a diffusers directory, HF id or URI)")
+        if self.optimize.fp8 and (self.device == "cpu" or self.dtype != "bfloat16"):
+            raise ValueError("optimize.fp8 needs a CUDA GPU (compute capability >= 8.9) and dtype bfloat16; "
+                             "set model.optimize.fp8: false")
         return self
 
 
@@ -196,6 +254,11 @@ class RuntimeConfig(_Section):
     batch_size: int = Field(4, ge=1, description="rows per model call")
     num_gpus_per_actor: float = Field(0.0, ge=0)
     num_cpus_per_actor: float = Field(1.0, gt=0)
+    # Two calls in flight per model actor: while one runs the denoising loop the other
+    # uploads and VAE-encodes the next batch (model.optimize.pipelining), and Ray
+    # prefetches further batches' inputs (actor_tasks_in_flight).
+    actor_concurrency: int = Field(2, ge=1, le=8, description="concurrent calls per model actor")
+    actor_tasks_in_flight: Optional[int] = Field(None, ge=1, le=64, description="default 2 x actor_concurrency")
     block_rows: int = Field(16, ge=1, description="rows per Ray block through the CPU stages")
     progress_interval_s: float = Field(5.0, gt=0)
     ray_progress_bars: bool = False

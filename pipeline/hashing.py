@@ -24,6 +24,11 @@ def model_identity(cfg: Config) -> dict:
         ident.update(grain=m.classical_grain)
     else:
         ident.update(path=m.path, fill=m.fill, guidance=m.guidance, dtype=m.dtype)
+        # the optimisations that change pixels (compile and fused QKV do not, to ~1e-3)
+        if m.optimize.fp8:
+            ident.update(fp8=True)
+        if m.optimize.bucket_px != 16:
+            ident.update(bucket_px=m.optimize.bucket_px)
     return ident
 
 

@@ -136,6 +136,18 @@ def distinct_prompts(cfg: Config, table: pa.Table, limit: int = 1024) -> list[st
     return uniq if len(uniq) <= limit else None
 
 
+def actor_pool(ray, cfg: Config):
+    """The model actors: an autoscaling range; ``actor_concurrency`` calls run at once
+    in each (one in the GPU loop, the next preparing), with more batches' inputs
+    already fetched to the actor (``actor_tasks_in_flight``) so the GPU never waits."""
+    rt = cfg.runtime
+    n = rt.actor_concurrency
+    return ray.data.ActorPoolStrategy(
+        min_size=rt.min_actors or rt.num_actors, max_size=rt.num_actors,
+        max_concurrent_calls_per_actor=n, enable_true_multi_threading=n > 1,
+        max_tasks_in_flight_per_actor=rt.actor_tasks_in_flight or 2 * n)
+
+
 def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
     return [table.slice(s, rows) for s in range(0, table.num_rows, rows)] or [table]
 
@@ -172,8 +184,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         ds = ds.map_batches(
             OutpaintStage, fn_constructor_args=(cfg, distinct_prompts(cfg, table)), batch_format="pyarrow",
             batch_size=cfg.runtime.batch_size,
-            compute=ray.data.ActorPoolStrategy(min_size=cfg.runtime.min_actors or cfg.runtime.num_actors,
-                                               max_size=cfg.runtime.num_actors),
+            compute=actor_pool(ray, cfg),
             num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
             # A dead actor (killed, OOM) is restarted and its batch redone. Stating these
             # (Ray's defaults) also makes the actor's remote args differ from the CPU

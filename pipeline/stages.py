@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import codes, storage
-from .backends import Job, keeps_reference, make_backend
+from .backends import Job, keeps_reference, make_backend, warmup_shapes
 from . import quality
 from .compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha, generated_sides,
                       match_colors, paste_back)
@@ -192,9 +192,11 @@ class OutpaintStage:
     ADDS = [("out_pixels", pa.list_(PIXELS)), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
             ("model", pa.string())]
 
-    def __init__(self, cfg: Config, prompts: list[str] | None = None):
+    def __init__(self, cfg: Config, prompts: list[str] | None = None, backend=None):
+        """``backend``: an already built one (benchmarks); default: built from ``cfg.model``."""
         self.cfg = cfg
-        self.backend = make_backend(cfg.model, prompts=prompts)
+        self.backend = backend or make_backend(cfg.model, prompts=prompts, warmup=warmup_shapes(cfg),
+                                               batch_size=cfg.runtime.batch_size)
         self.batch_size = cfg.runtime.batch_size
         self.model = model_name(cfg)
 

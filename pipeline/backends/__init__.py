@@ -50,7 +50,9 @@ class Backend(Protocol):
         """Images H x W x 3 uint8, one per job (any order of shapes and modes)."""
 
 
-def make_backend(model_cfg, prompts: Sequence[str] | None = None) -> Backend:
+def make_backend(model_cfg, prompts: Sequence[str] | None = None, warmup: Sequence[tuple[int, int, str]] = (),
+                 batch_size: int = 1) -> Backend:
+    """``warmup``/``batch_size``: canvases a GPU backend compiles before its first batch."""
     name = model_cfg.backend
     if name == "solid":
         from .solid import SolidBackend
@@ -63,7 +65,7 @@ def make_backend(model_cfg, prompts: Sequence[str] | None = None) -> Backend:
     if name == "flux-fill":
         from .flux import FluxFillBackend
 
-        return FluxFillBackend(model_cfg, prompts=prompts)
+        return FluxFillBackend(model_cfg, prompts=prompts, warmup=warmup, batch_size=batch_size)
     raise ValueError(f"unknown model.backend {name!r}")
 
 
@@ -76,3 +78,12 @@ def keeps_reference(model_cfg) -> bool:
     """The backend returns the reference itself inside V (only the unknown area is
     computed), so a feather blend there would be the identity and is skipped."""
     return model_cfg.backend in ("classical", "solid")
+
+
+def warmup_shapes(cfg) -> list[tuple[int, int, str]]:
+    """Canvases worth compiling at actor start: ``model.optimize.warmup`` plus the
+    defaults' fixed width x height (the usual catalogue job: every SKU to one size)."""
+    shapes = cfg.model.optimize.shapes()
+    if cfg.defaults.width and cfg.defaults.height:
+        shapes.append((cfg.defaults.width, cfg.defaults.height))
+    return [(w, h, cfg.defaults.mode) for w, h in dict.fromkeys(shapes)]

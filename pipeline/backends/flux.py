@@ -14,7 +14,12 @@ what a batch job needs on top:
   computed once per actor) and the mask is built at latent resolution — the full
   canvas never goes through the encoder;
 - prompt embeddings computed once per distinct prompt; with every prompt known up
-  front the text encoders are then dropped (``model.free_text_encoders``).
+  front the text encoders are then dropped (``model.free_text_encoders``);
+- speed (``model.optimize``, see ``accel``): fused QKV, compiled blocks, optional FP8,
+  canvases bucketed so compiled shapes stay few, warm-up at actor start;
+- pipelining: a call prepares (upload from pinned memory, VAE encode) and decodes
+  outside the GPU lock on its own CUDA stream, so with two concurrent calls per actor
+  (``runtime.actor_concurrency``) the next batch is ready when the loop ends.
 """
 
 from __future__ import annotations
@@ -100,10 +105,16 @@ class FluxFillBackend:
     name = "flux-fill"
     needs_actor = True
 
-    def __init__(self, model_cfg, prompts: Sequence[str] | None = None, pipe=None):
-        """``pipe``: an already built pipeline (benchmarks); default: load ``model.path``."""
+    def __init__(self, model_cfg, prompts: Sequence[str] | None = None, pipe=None,
+                 warmup: Sequence[tuple[int, int, str]] = (), batch_size: int = 1):
+        """``pipe``: an already built pipeline (benchmarks); default: load ``model.path``.
+        ``warmup``: (width, height, mode) canvases compiled now, at ``batch_size`` rows."""
+        import threading
+
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+
+        from . import accel
 
         self.torch = torch
         self.cfg = model_cfg
@@ -111,6 +122,8 @@ class FluxFillBackend:
         self.device = torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available())
                                    else "cpu")
         self.dtype = getattr(torch, model_cfg.dtype)
+        if model_cfg.optimize.fp8:  # before loading ~24 GB of weights
+            accel.check_fp8(torch, self.device)
         if pipe is None:
             path = resolve_model_path(model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir)
             pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=self.dtype, local_files_only=True)
@@ -120,11 +133,14 @@ class FluxFillBackend:
             self.fill = model_cfg.fill or "grey"
         self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
-        self.vae = self.pipe.vae
-        self.transformer = self.pipe.transformer
         self.scheduler_cls = FlowMatchEulerDiscreteScheduler
         self._prompt_cache: dict[str, tuple] = {}
         self._fill_latents: dict[str, object] = {}
+        # One denoising loop at a time per GPU; preparing and decoding happen outside
+        # it (on a per-thread CUDA stream), so a second concurrent call overlaps them.
+        self._gpu_lock = threading.Lock()
+        self._local = threading.local()
+        self.pipelining = model_cfg.optimize.pipelining
         if prompts is not None:
             for p in dict.fromkeys(prompts):
                 self._embed(p)
@@ -133,6 +149,33 @@ class FluxFillBackend:
                 self.pipe.text_encoder = self.pipe.text_encoder_2 = None
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
+        self.optimizations = accel.apply(self.pipe, model_cfg.optimize, self.device)
+        self.bucket = self.optimizations["bucket_px"]
+        self.vae = self.pipe.vae
+        self.transformer = self.pipe.transformer
+        # compiled graphs are built on first use: do it now, not on the first real batch
+        compiled = self.optimizations["compile"] != "none"
+        self.warmup_s = self.warmup(warmup, batch_size) if warmup and compiled else 0.0
+
+    def warmup(self, shapes: Sequence[tuple[int, int, str]], batch_size: int = 1) -> float:
+        """Compile (and autotune) each canvas shape once, before real rows: one step at
+        ``batch_size`` rows per (width, height, mode). Returns the seconds it took."""
+        import time
+
+        if not self._prompt_cache and self.pipe.text_encoder is None:
+            return 0.0  # no embedding to warm up with
+        prompt = next(iter(self._prompt_cache), "")
+        t0 = time.perf_counter()
+        ref = np.full((GRID, GRID, 3), 128, np.uint8)
+        for W, H, mode in dict.fromkeys(shapes):
+            jobs = [Job(ref, W, H, 0, 0, seed=i, prompt=prompt, mode=mode, steps=1) for i in range(batch_size)]
+            self.outpaint(jobs)
+        self.sync()
+        return time.perf_counter() - t0
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
 
     # -------------------------------------------------------------- pieces
     def set_prompt_embeddings(self, prompt: str, embeds, pooled, text_ids) -> None:
@@ -164,10 +207,18 @@ class FluxFillBackend:
             return np.zeros(3, np.float32)
         return np.asarray(FILL_COLORS[name], np.float32) / 127.5 - 1.0
 
+    def _upload(self, array: np.ndarray):
+        """Host -> device; from pinned memory, asynchronously, when on CUDA."""
+        t = self.torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":
+            t = t.pin_memory()
+        return t.to(self.device, self.dtype, non_blocking=True)
+
     def _encode(self, images: np.ndarray):
         """B x 3 x H x W in [-1, 1] -> normalised latents (distribution mode: deterministic)."""
-        torch = self.torch
-        x = torch.from_numpy(images).to(self.device, self.dtype)
+        x = self._upload(images)
+        if self.optimizations["channels_last_vae"]:
+            x = x.contiguous(memory_format=self.torch.channels_last)
         lat = self.vae.encode(x).latent_dist.mode()
         return (lat - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
@@ -214,7 +265,7 @@ class FluxFillBackend:
             imgs.append(canvas)
             masks.append(mask)
         cond = self._encode(np.stack(imgs))
-        mask = self._mask_channels(torch.from_numpy(np.stack(masks)).to(self.device, self.dtype))
+        mask = self._mask_channels(self._upload(np.stack(masks)))
         return cond, mask
 
     def _fast(self, jobs: Sequence[Job], AW: int, AH: int):
@@ -246,7 +297,8 @@ class FluxFillBackend:
         return torch.stack(conds), torch.stack(masks)
 
     # -------------------------------------------------------------- denoising
-    def _denoise(self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int) -> list[np.ndarray]:
+    def _prepare(self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int) -> dict:
+        """Everything the loop needs, on the device: conditioning, noise, embeddings, schedule."""
         torch = self.torch
         from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift
 
@@ -257,30 +309,40 @@ class FluxFillBackend:
         # per-row CPU generators: a row's noise is the same whatever its batch
         noise = torch.stack([torch.randn((16, h, w), generator=torch.Generator("cpu").manual_seed(int(j.seed)),
                                          dtype=torch.float32) for j in jobs])
-        latents = self._pack(noise.to(self.device, self.dtype), 16)
+        latents = self._pack(self._upload(noise.numpy()), 16)
         embeds = [self._embed(j.prompt) for j in jobs]
-        prompt_embeds = torch.stack([e[0] for e in embeds])
-        pooled = torch.stack([e[1] for e in embeds])
-        text_ids = embeds[0][2]
-        img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype)
         sched = self.scheduler_cls.from_config(self.pipe.scheduler.config)
         cfgs = sched.config
         mu = calculate_shift((h // 2) * (w // 2), cfgs.get("base_image_seq_len", 256),
                              cfgs.get("max_image_seq_len", 4096), cfgs.get("base_shift", 0.5),
                              cfgs.get("max_shift", 1.15))
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=self.device)
-        guidance = (torch.full((b,), self.cfg.guidance, device=self.device, dtype=torch.float32)
-                    if self.transformer.config.guidance_embeds else None)
-        with torch.no_grad():
-            for t in sched.timesteps:
-                noise_pred = self.transformer(
-                    hidden_states=torch.cat((latents, cond), dim=2),
-                    timestep=t.expand(b).to(latents.dtype) / 1000, guidance=guidance,
-                    pooled_projections=pooled, encoder_hidden_states=prompt_embeds,
-                    txt_ids=text_ids, img_ids=img_ids, return_dict=False)[0]
-                latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
-            lat = self._unpack(latents, h, w) / self.vae.config.scaling_factor + self.vae.config.shift_factor
-            img = self.vae.decode(lat, return_dict=False)[0]
+        return {
+            "h": h, "w": w, "latents": latents, "cond": cond, "sched": sched,
+            "prompt_embeds": torch.stack([e[0] for e in embeds]), "pooled": torch.stack([e[1] for e in embeds]),
+            "text_ids": embeds[0][2],
+            "img_ids": self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype),
+            "guidance": (torch.full((b,), self.cfg.guidance, device=self.device, dtype=torch.float32)
+                         if self.transformer.config.guidance_embeds else None),
+        }
+
+    def _loop(self, p: dict):
+        """The flow-matching loop: one batched transformer call per step."""
+        latents, cond, sched = p["latents"], p["cond"], p["sched"]
+        b = latents.shape[0]
+        for t in sched.timesteps:
+            noise_pred = self.transformer(
+                hidden_states=self.torch.cat((latents, cond), dim=2),
+                timestep=t.expand(b).to(latents.dtype) / 1000, guidance=p["guidance"],
+                pooled_projections=p["pooled"], encoder_hidden_states=p["prompt_embeds"],
+                txt_ids=p["text_ids"], img_ids=p["img_ids"], return_dict=False)[0]
+            latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
+        return latents
+
+    def _decode(self, latents, jobs: Sequence[Job], h: int, w: int, fast: bool) -> list[np.ndarray]:
+        torch = self.torch
+        lat = self._unpack(latents, h, w) / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        img = self.vae.decode(lat, return_dict=False)[0]
         img = ((img.float().clamp(-1, 1) + 1.0) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         out = []
         for job, im in zip(jobs, img):
@@ -288,15 +350,54 @@ class FluxFillBackend:
             out.append(np.ascontiguousarray(im[oy:oy + job.height, ox:ox + job.width]))
         return out
 
+    def _side_stream(self):
+        """This thread's CUDA stream for preparing and decoding (None: the current one)."""
+        if self.device.type != "cuda" or not self.pipelining:
+            return None
+        s = getattr(self._local, "stream", None)
+        if s is None:
+            s = self._local.stream = self.torch.cuda.Stream(self.device)
+        return s
+
+    def _denoise(self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int) -> list[np.ndarray]:
+        """prepare -> loop (under the GPU lock) -> decode. On CUDA, preparing and decoding
+        run on this thread's side stream, so another thread's loop keeps the GPU busy."""
+        import contextlib
+
+        torch = self.torch
+        side = self._side_stream()
+        on_side = (lambda: torch.cuda.stream(side)) if side is not None else contextlib.nullcontext
+        with torch.no_grad():
+            with on_side():
+                p = self._prepare(jobs, AW, AH, fast, steps)
+            with self._gpu_lock:
+                if side is not None:  # the loop (current stream) waits for the upload/encode
+                    main = torch.cuda.current_stream(self.device)
+                    main.wait_stream(side)
+                    for v in p.values():
+                        if isinstance(v, torch.Tensor):
+                            v.record_stream(main)
+                latents = self._loop(p)
+                if side is not None:
+                    side.wait_stream(main)
+                    latents.record_stream(side)
+            with on_side():
+                return self._decode(latents, jobs, p["h"], p["w"], fast)
+
+    def shape_key(self, job: Job) -> tuple[bool, int, int, int]:
+        """(fast, generated width, height, steps): the canvas padded right/bottom to the
+        16-px grid, then up to ``bucket_px`` so nearby sizes share a batch and a compiled graph."""
+        fast = job.mode == "fast"
+        b = self.bucket
+        AW = -(-(job.width + (job.pad_left if fast else 0)) // b) * b
+        AH = -(-(job.height + (job.pad_top if fast else 0)) // b) * b
+        return fast, AW, AH, job.steps or (self.cfg.steps_fast if fast else self.cfg.steps)
+
     def outpaint(self, jobs: Sequence[Job]) -> list[np.ndarray]:
-        """Group by (mode, aligned shape, steps); one batched call per group and step."""
+        """Group by (mode, generated shape, steps); one batched call per group and step."""
         groups: dict[tuple, list[int]] = {}
         for i, j in enumerate(jobs):
-            fast = j.mode == "fast"
-            AW = -(-(j.width + (j.pad_left if fast else 0)) // GRID) * GRID
-            AH = -(-(j.height + (j.pad_top if fast else 0)) // GRID) * GRID
-            steps = j.steps or (self.cfg.steps_fast if fast else self.cfg.steps)
-            groups.setdefault((fast, AW, AH, steps), []).append(i)
+            groups.setdefault(self.shape_key(j), []).append(i)
         out: list[np.ndarray | None] = [None] * len(jobs)
         for (fast, AW, AH, steps), idx in groups.items():
             for i, im in zip(idx, self._denoise([jobs[i] for i in idx], AW, AH, fast, steps)):
