@@ -192,6 +192,8 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
         with UtilSampler(torch, device) as util:
             s = time_backend(backend, jobs, batch, backend.sync)
         result["modes"][mode] = {"steps": steps, "generated": [AW, AH], "s_per_image": s,
+                                 # what `outpaint plan` should assume for this setup
+                                 "seconds_per_step_at_1mp": s / steps / (AW * AH / 1024 ** 2),
                                  "images_per_hour": 3600 / s, "tflop_per_image": flop / 1e12,
                                  "achieved_tflops": flop / s / 1e12, "gpu_util": util.mean}
     result["peak_memory_gib"] = _peak_memory_gib(torch, device)
@@ -224,6 +226,9 @@ def format_result(r: dict) -> str:
     if "matmul_tflops" in r:
         lines.append(f"peak memory {r['peak_memory_gib']:.2f} GiB; {r['dtype']} matmul measured at "
                      f"{r['matmul_tflops']:.3g} TFLOP/s (the MFU denominator)")
+    if "high" in r["modes"] and "seconds_per_step_at_1mp" in r["modes"]["high"]:
+        lines.append(f"for `outpaint plan` estimates here: plan.seconds_per_step_at_1mp: "
+                     f"{r['modes']['high']['seconds_per_step_at_1mp']:.4g}")
     if "high" in r["modes"] and "fast" in r["modes"]:
         lines.append(f"fast / high time: {r['modes']['fast']['s_per_image'] / r['modes']['high']['s_per_image']:.2f}")
     return "\n".join(lines)

@@ -247,8 +247,15 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     # Transformer cost grows with tokens (aligned area / 16^2); priced per step
     # relative to a 1024x1024 canvas. Linear in tokens: attention's quadratic share
     # makes this an underestimate above 1 MP and an overestimate below.
-    rel = (AW * AH) / (1024 * 1024)
+    # what the model generates: the aligned canvas rounded up to model.optimize.bucket_px
+    b = cfg.model.optimize.bucket_px
+    BW, BH = -(-AW // b) * b, -(-AH // b) * b
+    rel = (BW * BH) / (1024 * 1024)
     gpu_s = float((steps * rel * cfg.plan.seconds_per_step_at_1mp)[gen].sum())
+    shapes: dict[str, int] = {}
+    for f, w, h in zip(fast[gen], BW[gen], BH[gen]):
+        key = f"{w}x{h} {'fast' if f else 'high'}"
+        shapes[key] = shapes.get(key, 0) + 1
     return {
         "rows": int(plan.num_rows),
         "by_status": by_status,
@@ -256,6 +263,9 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
         "output_megapixels": round(float((W * H)[ok].sum()) / 1e6, 3),
         "generated": {"high": int((gen & ~fast).sum()), "fast": int((gen & fast).sum())},
         "passthrough_ok": int((ok & ~gen).sum()),
+        "generated_shapes": len(shapes),
+        "top_generated_shapes": dict(sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
+        "max_shapes": cfg.model.optimize.max_shapes,
         "estimated_gpu_seconds": round(gpu_s, 1),
         "estimate_basis": f"{cfg.plan.seconds_per_step_at_1mp} s per step at 1024x1024 (plan.seconds_per_step_at_1mp)",
     }
@@ -272,6 +282,12 @@ def format_summary(s: dict) -> str:
     g = s["generated"]
     lines.append(f"output: {s['output_megapixels']:,} MP; to generate: {g['high']:,} high + {g['fast']:,} fast; "
                  f"{s['passthrough_ok']:,} need no generation")
+    if s["generated_shapes"]:
+        top = ", ".join(f"{k} ({v:,})" for k, v in s["top_generated_shapes"].items())
+        lines.append(f"generated shapes: {s['generated_shapes']:,} (most rows: {top})")
+        if s["generated_shapes"] > s["max_shapes"]:
+            lines.append(f"  more shapes than model.optimize.max_shapes ({s['max_shapes']}): compiled models "
+                         "fall back to dynamic shapes; a larger model.optimize.bucket_px (64, 128) groups them")
     hours = s["estimated_gpu_seconds"] / 3600
     lines.append(f"estimated GPU time: {s['estimated_gpu_seconds']:,} s ({hours:,.2f} GPU-hours) at {s['estimate_basis']}")
     return "\n".join(lines)

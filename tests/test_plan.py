@@ -204,6 +204,28 @@ def test_summary_counts_and_cost(tmp_path):
     assert s["generated"] == {"high": 1, "fast": 1} and s["passthrough_ok"] == 1
     assert s["output_megapixels"] == round((2 * 1024 * 1024 + 1024 * 512) / 1e6, 3)
     assert s["estimated_gpu_seconds"] == round((50 + 17) * cfg.plan.seconds_per_step_at_1mp, 1)
+    # fast: the reference (1024 x 512 at y=256) is on the grid, so both generate 1024 x 1024
+    assert s["generated_shapes"] == 2
+    assert s["top_generated_shapes"] == {"1024x1024 fast": 1, "1024x1024 high": 1}
+
+
+def test_summary_counts_generated_shapes_after_bucketing(tmp_path):
+    """The compiled-shape count `outpaint plan` reports: 16-px grid by default, fewer
+    with model.optimize.bucket_px; the cost estimate prices the bucketed canvas."""
+    base = {"image": "n.png", "image_width": 300, "image_height": 300}
+    rows = [{"id": f"r{i}", **base, "width": 1000 + 8 * i, "height": 1000} for i in range(6)]
+    _, plan, cfg = run_plan(tmp_path, rows)
+    s = summarise(plan, cfg)
+    assert s["generated_shapes"] == 3  # widths 1000..1040 on the 16 grid: 1008, 1024, 1040 (two each)
+    assert set(s["top_generated_shapes"]) == {"1008x1008 high", "1024x1008 high", "1040x1008 high"}
+    cfg64 = cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"optimize": cfg.model.optimize.model_copy(update={"bucket_px": 64, "max_shapes": 1})})})
+    s64 = summarise(plan, cfg64)
+    assert s64["top_generated_shapes"] == {"1024x1024 high": 4, "1088x1024 high": 2}
+    assert s64["estimated_gpu_seconds"] > s["estimated_gpu_seconds"]  # padded canvases cost more
+    from pipeline.plan import format_summary
+
+    assert "more shapes than model.optimize.max_shapes (1)" in format_summary(s64)
 
 
 # ------------------------------------------------------------------ CLI
