@@ -129,6 +129,21 @@ def test_concurrent_calls_equal_sequential(eager, ref):
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
+def test_auto_settings_follow_the_device(tiny_flux):
+    from pipeline.backends.accel import resolve
+
+    opt = flux_cfg(tiny_flux).model.optimize
+    cpu, cuda = resolve(opt, torch.device("cpu")), resolve(opt, torch.device("cuda"))
+    assert (cpu["compile"], cpu["channels_last_vae"]) == ("none", False)
+    assert (cuda["compile"], cuda["channels_last_vae"], cuda["compile_mode"]) == ("blocks", True, "default")
+    graphs = resolve(flux_cfg(tiny_flux, {"cuda_graphs": True}).model.optimize, torch.device("cuda"))
+    assert graphs["compile_mode"] == "reduce-overhead"
+    tuned = flux_cfg(tiny_flux, {"cuda_graphs": True, "compile_mode": "max-autotune-no-cudagraphs"}).model.optimize
+    assert resolve(tuned, torch.device("cuda"))["compile_mode"] == "max-autotune"
+    assert resolve(flux_cfg(tiny_flux, {"cuda_graphs": True, "compile": "none"}).model.optimize,
+                   torch.device("cuda"))["compile_mode"] == "default"  # nothing compiled, no graphs
+
+
 def test_fp8_refused_where_it_cannot_run(tiny_flux):
     from pipeline.backends.accel import OptimizeError
     from pipeline.backends.flux import FluxFillBackend

@@ -190,8 +190,14 @@ class FluxFillBackend:
                 emb, pooled, text_ids = self.pipe.encode_prompt(
                     prompt=prompt, prompt_2=None, device=self.device,
                     max_sequence_length=self.cfg.max_sequence_length)
+            self._stream_done()
             self._prompt_cache[prompt] = (emb[0], pooled[0], text_ids)
         return self._prompt_cache[prompt]
+
+    def _stream_done(self) -> None:
+        """Wait for this thread's current CUDA stream: for tensors cached across threads."""
+        if self.device.type == "cuda":
+            self.torch.cuda.current_stream(self.device).synchronize()
 
     def _fill_name(self, job: Job) -> str:
         return contrast_fill(job.ref) if self.fill == "contrast" else self.fill
@@ -226,8 +232,9 @@ class FluxFillBackend:
         """The fill colour's latent vector, once per actor (a flat 64 x 64 patch, centre cell)."""
         if name not in self._fill_latents:
             patch = np.broadcast_to(self._fill_value(name)[:, None, None], (3, 64, 64))[None].copy()
-            lat = self._encode(patch)
-            self._fill_latents[name] = lat[0, :, 4, 4].clone()
+            lat = self._encode(patch)[0, :, 4, 4].clone()
+            self._stream_done()  # other threads' streams will read it: finish it first
+            self._fill_latents[name] = lat
         return self._fill_latents[name]
 
     def _pack(self, t, channels: int):
