@@ -38,23 +38,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def build_real_pipe(torch, device, dtype, seed: int = 0):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
-
-    torch.manual_seed(seed)  # the same random weights each time it is built
-    with torch.device(device):
-        transformer = FluxTransformer2DModel(in_channels=384, out_channels=64, guidance_embeds=True).to(dtype)
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611,
-            shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False).to(dtype)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-    return FluxFillPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
-                            text_encoder_2=None, tokenizer_2=None, transformer=transformer)
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
@@ -108,6 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=64, help="rows in the end-to-end run (0: skip)")
     ap.add_argument("--no-fp8", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke test with the tiny test model")
+    ap.add_argument("--json", help="also write every figure here (for benchmarks/RESULTS.md)")
     args = ap.parse_args(argv)
 
     import torch
@@ -115,7 +99,7 @@ def main(argv=None) -> int:
 
     from pipeline import config as config_mod
     from pipeline.backends.flux import FluxFillBackend
-    from pipeline.bench import FLUX1_CONFIG, UtilSampler, matmul_tflops, synthetic_jobs, transformer_flops
+    from pipeline.bench import UtilSampler, matmul_tflops, random_flux_pipe, synthetic_jobs, transformer_flops
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
@@ -135,7 +119,7 @@ def main(argv=None) -> int:
         txt_len, txt_dim, pooled_dim = 16, 32, 32
     else:
         def new_pipe():
-            return build_real_pipe(torch, device, dtype)
+            return random_flux_pipe(device, dtype)
         txt_len, txt_dim, pooled_dim = 512, 4096, 768
 
     g = torch.Generator("cpu").manual_seed(0)
@@ -218,6 +202,7 @@ def main(argv=None) -> int:
     if not args.no_fp8:
         if cuda and torch.cuda.get_device_capability() >= (8, 9):
             del pipe, eager, opt
+            torch._dynamo.reset()  # compiled code holds the old modules
             gc.collect()
             torch.cuda.empty_cache()
             try:
@@ -242,14 +227,26 @@ def main(argv=None) -> int:
     print(f"ours fast / ours high:  {res['optimised fast'] / res['optimised high']:.2f} of the time")
     print(f"transformer {tflop_img:.3g} TFLOP/image; {str(dtype).split('.')[1]} matmul measured at "
           f"{peak_tf:.3g} TFLOP/s; peak GPU memory {peak:.1f} GiB")
+    # numerical distance from eager bf16 on the same seeds, in uint8 image values
+    vs_eager = {}
     for k in ("optimised", "fp8"):
         if k in images:
             d = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(images[k], images["eager"])]
-            print(f"{k} vs eager (same seeds): PSNR {min(psnr(a, b) for a, b in zip(images[k], images['eager'])):.1f} "
-                  f"dB (worst image), max |diff| {max(x.max() for x in d)}, mean |diff| "
-                  f"{np.mean([x.mean() for x in d]):.2f} (uint8)")
+            vs_eager[k] = {"psnr_worst": min(psnr(a, b) for a, b in zip(images[k], images["eager"])),
+                           "max_abs": int(max(x.max() for x in d)), "mean_abs": float(np.mean([x.mean() for x in d]))}
+            v = vs_eager[k]
+            print(f"{k} vs eager (same seeds): PSNR {v['psnr_worst']:.1f} dB (worst image), max |diff| "
+                  f"{v['max_abs']}, mean |diff| {v['mean_abs']:.2f} (uint8)")
     if fp8_note:
         print(f"fp8: {fp8_note}")
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "s_per_image": res,
+                       "warmup_s": warmup_s, "tflop_per_image": tflop_img, "matmul_tflops": peak_tf,
+                       "peak_gib": peak, "fp8": fp8_note, "e2e": util_e2e,
+                       "vs_eager": vs_eager}, f, indent=2, default=str)
     if util_e2e:
         u = util_e2e["gpu_util"]
         print(f"end to end: {util_e2e['ok']}/{util_e2e['rows']} rows ok in {util_e2e['wall_s']:.1f} s "

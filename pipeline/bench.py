@@ -17,13 +17,59 @@ from typing import Sequence
 import numpy as np
 
 from .backends import Job, make_backend
-from .config import GRID, Config
+from .config import GRID, Config, ConfigError
 
 
 # FLUX.1 [dev] / Fill [dev] transformer (the Fill variant takes 384 input channels)
 FLUX1_CONFIG = dict(num_attention_heads=24, attention_head_dim=128, num_layers=19, num_single_layers=38,
                     patch_size=1, in_channels=384, out_channels=64, joint_attention_dim=4096,
                     pooled_projection_dim=768, guidance_embeds=True)
+
+
+def random_flux_pipe(device, dtype, seed: int = 0, transformer_config: dict | None = None):
+    """FLUX.1-Fill-dev's transformer and VAE at full size with random weights, built on
+    ``device`` (no download): the same kernels and FLOP as the checkpoint, so the same
+    speed, for sizing hardware before the weights are there. No text encoders: prompt
+    embeddings are set directly (``FluxFillBackend.set_prompt_embeddings``)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)  # the same random weights each time it is built
+    with torch.device(device):
+        transformer = FluxTransformer2DModel(**(transformer_config or FLUX1_CONFIG)).to(dtype)
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611,
+            shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False).to(dtype)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxFillPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                            text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+
+
+def random_weights_backend(cfg: Config, prompt: str, warmup, batch_size: int, transformer_config=None):
+    """The configured backend on :func:`random_flux_pipe` (``outpaint bench --random-weights``)."""
+    import torch
+
+    from .backends.flux import FluxFillBackend
+
+    cuda = cfg.model.device == "cuda" or (cfg.model.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = getattr(torch, cfg.model.dtype)
+    tc = transformer_config or FLUX1_CONFIG
+    b = FluxFillBackend(cfg.model, pipe=random_flux_pipe(device, dtype, transformer_config=tc))
+    g = torch.Generator("cpu").manual_seed(0)
+    # T5 (512 x 4096) and CLIP pooled (768) for FLUX.1: what the real encoders produce
+    b.set_prompt_embeddings(prompt, torch.randn(cfg.model.max_sequence_length, tc["joint_attention_dim"],
+                                                generator=g).to(device, dtype),
+                            torch.randn(tc["pooled_projection_dim"], generator=g).to(device, dtype),
+                            torch.zeros(cfg.model.max_sequence_length, 3, device=device, dtype=dtype))
+    t0 = time.perf_counter()
+    if warmup:
+        b.warmup(warmup, batch_size)
+    b.warmup_s = time.perf_counter() - t0
+    return b
 
 
 def transformer_flops(tcfg, img_tokens: int, txt_tokens: int, batch: int = 1) -> float:
@@ -153,19 +199,25 @@ def time_backend(backend, jobs: Sequence[Job], batch: int, sync=lambda: None) ->
 
 
 def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
-          modes: Sequence[str] = ("high", "fast"), ref_fraction: float = 0.75, backend=None) -> dict:
-    """Measure the configured backend; ``backend``: an already built one (benchmarks)."""
+          modes: Sequence[str] = ("high", "fast"), ref_fraction: float = 0.75, backend=None,
+          random_weights: bool = False) -> dict:
+    """Measure the configured backend; ``backend``: an already built one (benchmarks);
+    ``random_weights``: FLUX.1 Fill's architecture at full size, no weights needed."""
     W, H = canvas_size(cfg, size)
     batch = cfg.runtime.batch_size
     flux = cfg.model.backend == "flux-fill"
     prompt = cfg.defaults.prompt
     images = max(images, batch)
     t0 = time.perf_counter()
-    if backend is None:
-        warm = [(W, H, m) for m in modes] if flux else []
+    warm = [(W, H, m) for m in modes] if flux else []
+    if backend is None and random_weights:
+        if not flux:
+            raise ConfigError("--random-weights times FLUX Fill: set model.backend: flux-fill")
+        backend = random_weights_backend(cfg, prompt, warm, batch)
+    elif backend is None:
         backend = make_backend(cfg.model, prompts=[prompt], warmup=warm, batch_size=batch)
     load_s = time.perf_counter() - t0
-    result: dict = {"backend": cfg.model.backend, "canvas": [W, H], "ref_fraction": ref_fraction,
+    result: dict = {"backend": cfg.model.backend + (" (random weights)" if random_weights else ""), "canvas": [W, H], "ref_fraction": ref_fraction,
                     "batch_size": batch, "images": images, "load_s": round(load_s, 2), "modes": {}}
     if not flux:
         for mode in modes:

@@ -103,7 +103,8 @@ def cmd_bench(args) -> int:
     bad = [m for m in modes if m not in ("high", "fast")]
     if bad or not modes:
         raise ConfigError(f"--modes {args.modes!r}: give high, fast or high,fast")
-    result = bench(cfg, size=args.size, images=args.images, modes=modes, ref_fraction=args.ref_fraction)
+    result = bench(cfg, size=args.size, images=args.images, modes=modes, ref_fraction=args.ref_fraction,
+                   random_weights=args.random_weights)
     print(format_result(result))
     if args.json:
         fs, path = storage.filesystem(args.json, cfg.output.storage_options)
@@ -153,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--modes", default="high,fast", help="high, fast or high,fast")
     sp.add_argument("--ref-fraction", type=float, default=0.75, help="reference size as a fraction of each side")
     sp.add_argument("--json", help="also write the figures as JSON here (any fsspec URI)")
+    sp.add_argument("--random-weights", action="store_true",
+                    help="flux-fill: FLUX.1 Fill's full-size architecture with random weights (same speed; "
+                         "size hardware before the weights are there)")
     sp.set_defaults(func=cmd_bench)
     sp = sub.add_parser("report", help="rebuild report.html of an output and print its summary")
     sp.add_argument("output_uri", help="the run's output.uri")

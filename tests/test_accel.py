@@ -206,6 +206,31 @@ def test_bench_command(tiny_flux, tmp_path, capsys):
     assert "classical" in capsys.readouterr().out
 
 
+def test_random_weights_architecture_is_flux1_fill():
+    """`outpaint bench --random-weights` builds FLUX.1 Fill at full size (on the meta
+    device here: shapes without memory): 11.9 B transformer parameters, 384 channels in."""
+    from pipeline.bench import random_flux_pipe
+
+    pipe = random_flux_pipe("meta", torch.bfloat16)
+    n = sum(p.numel() for p in pipe.transformer.parameters())
+    assert 11.8e9 < n < 12.0e9
+    assert pipe.transformer.x_embedder.in_features == 384 and pipe.vae.config.latent_channels == 16
+
+
+def test_random_weights_bench_runs_the_actor_code(tiny_flux, capsys):
+    from pipeline.bench import format_result, random_weights_backend
+
+    small = dict(FLUX1_CONFIG, num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
+                 joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+    cfg = flux_cfg(tiny_flux, model={"max_sequence_length": 8})
+    b = random_weights_backend(cfg, "", [(64, 64, "high")], 1, transformer_config=small)
+    r = bench(cfg, size=(64, 64), images=1, modes=["high"], backend=b)
+    assert r["modes"]["high"]["generated"] == [64, 64] and r["modes"]["high"]["s_per_image"] > 0
+    assert "64x64" in format_result(r)
+    assert cli_main(["bench", "configs/example.yaml", "--random-weights"]) == 2
+    assert "set model.backend: flux-fill" in capsys.readouterr().err
+
+
 def test_synthetic_jobs_follow_the_planner_geometry():
     jobs = synthetic_jobs(1000, 600, "fast", 3, 0.75)
     j = jobs[0]

@@ -3,6 +3,7 @@ classes, loaded by the same code as real weights)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -184,14 +185,20 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
     assert again == first  # deterministic per seed, across runs, batching and actor concurrency
 
 
-def test_gpu_benchmark_smoke_on_cpu():
+def test_gpu_benchmark_smoke_on_cpu(tmp_path):
     """benchmarks/gpu_throughput.py runs end to end at tiny size without a GPU."""
     import subprocess
     import sys
 
     bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_throughput.py")
-    r = subprocess.run([sys.executable, bench, "--tiny"], capture_output=True, text=True, timeout=300)
+    out = os.path.join(tmp_path, "gpu.json")
+    r = subprocess.run([sys.executable, bench, "--tiny", "--json", out], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    with open(out) as f:
+        figures = json.load(f)
+    assert figures["e2e"]["ok"] == figures["e2e"]["rows"] == 8
+    assert figures["vs_eager"]["optimised"]["max_abs"] <= 1  # on CPU: fused QKV, the same sums
+    assert set(figures["s_per_image"]) == {"naive high", "eager high", "optimised high", "optimised fast"}
     for line in ("naive high", "eager high", "optimised high", "optimised fast", "ours fast / ours high",
                  "optimised vs eager (same seeds)", "end to end: 8/8 rows ok"):
         assert line in r.stdout, line
