@@ -70,6 +70,9 @@ def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dic
     plan = ResumeFilter(pa.array([], pa.string()))(PlanStage(cfg, identify=True)(manifest.read(cfg)))
     bs = cfg.runtime.batch_size
     load, model, write = LoadStage(cfg), OutpaintStage(cfg, backend=backend), WriteStage(cfg, store, "bench")
+    from pipeline.backends.flux import BusyClock
+
+    backend.busy = BusyClock()
     t0 = time.perf_counter()
     with util, ThreadPoolExecutor(4) as cpu, ThreadPoolExecutor(cfg.runtime.actor_concurrency) as gpu:
         loaded = [cpu.submit(load, plan.slice(s, bs)) for s in range(0, rows, bs)]
@@ -78,7 +81,9 @@ def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dic
         out = pa.concat_tables([f.result() for f in done])
     wall = time.perf_counter() - t0
     ok = out.column("status").to_pylist().count("ok")
-    return {"rows": rows, "ok": ok, "wall_s": wall, "s_per_image": wall / rows, "gpu_util": util.mean}
+    loop_s, actor_s = backend.busy.snapshot()
+    return {"rows": rows, "ok": ok, "wall_s": wall, "s_per_image": wall / rows, "gpu_util": util.mean,
+            "model_busy": loop_s / actor_s}
 
 
 def main(argv=None) -> int:
@@ -251,7 +256,8 @@ def main(argv=None) -> int:
         u = util_e2e["gpu_util"]
         print(f"end to end: {util_e2e['ok']}/{util_e2e['rows']} rows ok in {util_e2e['wall_s']:.1f} s "
               f"({util_e2e['s_per_image']:.3f} s/image); GPU busy "
-              f"{'n/a (no GPU)' if u is None else f'{u:.0f}% (mean of samples every 0.1 s)'}")
+              f"{'n/a (no GPU)' if u is None else f'{u:.0f}% (mean of samples every 0.1 s)'}; model busy "
+              f"(denoising loop / actor time, as `outpaint run` reports it) {100 * util_e2e['model_busy']:.0f}%")
     return 0
 
 

@@ -78,6 +78,17 @@ class Tally:
     by_code: dict = field(default_factory=dict)
     megapixels: float = 0.0
     images: int = 0
+    actors: dict = field(default_factory=dict)  # model actor -> (loop s, wall s), latest
+
+    def busy(self) -> dict | None:
+        """Denoising-loop time over actor time, per model actor and overall (None: no GPU backend)."""
+        if not self.actors:
+            return None
+        loop = sum(v[0] for v in self.actors.values())
+        wall = sum(v[1] for v in self.actors.values())
+        return {"fraction": round(loop / wall, 4) if wall > 0 else None, "loop_s": round(loop, 3),
+                "actor_s": round(wall, 3),
+                "actors": {k: round(v[0] / v[1], 4) if v[1] > 0 else None for k, v in sorted(self.actors.items())}}
 
     def add(self, batch: pa.Table) -> None:
         status = batch.column("status").to_pylist()
@@ -93,6 +104,11 @@ class Tally:
                 self.images += 1
                 self.megapixels += (w * h) / 1e6
         self.done += batch.num_rows
+        if "model_actor" in batch.column_names:
+            for a, lp, wl in zip(*(batch.column(c).to_pylist() for c in ("model_actor", "model_loop_s",
+                                                                          "model_wall_s"))):
+                if a is not None and wl >= self.actors.get(a, (0.0, -1.0))[1]:
+                    self.actors[a] = (lp, wl)
 
     def line(self) -> str:
         el = max(time.time() - self.started, 1e-9)
@@ -122,6 +138,9 @@ def summary_table(result: dict) -> str:
     lines.append(f"{'output megapixels':<30}{result['output_megapixels']:>14,.2f}")
     lines.append(f"{'wall time (s)':<30}{result['wall_s']:>14,.1f}")
     lines.append(f"{'images/s':<30}{result['images_per_s']:>14,.3f}")
+    busy = result.get("model_busy")
+    if busy and busy["fraction"] is not None:
+        lines.append(f"{'model busy (loop / actor time)':<30}{100 * busy['fraction']:>13,.1f}%")
     lines.append("-" * 44)
     return "\n".join(lines)
 
@@ -240,6 +259,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
                      "by_code": {k: cd.count(k) for k in sorted(set(c for c in cd if c))}},
         "counts": {"processed": tally.done, "skipped": tally.skipped,
                    "by_status": tally.by_status, "by_code": tally.by_code},
+        "model_busy": tally.busy(),
         "images_written": tally.images,
         "output_megapixels": round(tally.megapixels, 3),
         "images_per_s": round(tally.images / wall, 4) if wall > 0 else 0.0,

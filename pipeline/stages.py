@@ -9,6 +9,8 @@ sizes implied by the plan's geometry columns.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Sequence
 
@@ -51,7 +53,13 @@ OUTPUT_FIELDS = [
     ("run_id", pa.string()),
     ("worker_node", pa.string()),
     ("completed_at", pa.float64()),
+    # GPU backends: the model actor (host:pid) and its cumulative busy clock when this
+    # row's batch finished; the run reports loop / wall per actor ("GPUs busy")
+    ("model_actor", pa.string()),
+    ("model_loop_s", pa.float64()),
+    ("model_wall_s", pa.float64()),
 ]
+BUSY_FIELDS = OUTPUT_FIELDS[-3:]
 
 
 def _node_id() -> str | None:
@@ -190,7 +198,7 @@ class OutpaintStage:
     """
 
     ADDS = [("out_pixels", pa.list_(PIXELS)), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
-            ("model", pa.string())]
+            ("model", pa.string()), *BUSY_FIELDS]
 
     def __init__(self, cfg: Config, prompts: list[str] | None = None, backend=None):
         """``backend``: an already built one (benchmarks); default: built from ``cfg.model``."""
@@ -199,6 +207,7 @@ class OutpaintStage:
                                                batch_size=cfg.runtime.batch_size)
         self.batch_size = cfg.runtime.batch_size
         self.model = model_name(cfg)
+        self.actor = f"{socket.gethostname()}:{os.getpid()}"
 
     def _run(self, items: list[tuple[dict, int]]) -> list[np.ndarray | Exception]:
         """Outpaint (row, variant) pairs in one backend call; isolate failures."""
@@ -223,6 +232,7 @@ class OutpaintStage:
         work: list[tuple[dict, int]] = []
         for row in rows:
             row["_out"] = row["generate_ms"] = row["fill_color"] = row["model"] = None
+            row["model_actor"] = row["model_loop_s"] = row["model_wall_s"] = None
             if not _todo(row):
                 continue
             row["model"] = self.model
@@ -250,6 +260,11 @@ class OutpaintStage:
                     continue
                 assert res.shape == (row["canvas_height"], row["canvas_width"], 3)
                 row["_out"][k] = res
+        busy = getattr(self.backend, "busy", None)
+        if busy is not None and work:
+            loop_s, wall_s = busy.snapshot()
+            for row, _ in work:
+                row["model_actor"], row["model_loop_s"], row["model_wall_s"] = self.actor, loop_s, wall_s
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

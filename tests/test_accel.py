@@ -144,6 +144,19 @@ def test_auto_settings_follow_the_device(tiny_flux):
                    torch.device("cuda"))["compile_mode"] == "default"  # nothing compiled, no graphs
 
 
+def test_busy_clock_counts_only_the_loop(eager, ref):
+    """loop seconds grow with each batch and never exceed the time since the first call."""
+    from pipeline.backends.flux import BusyClock
+
+    eager.busy = BusyClock()
+    assert eager.busy.snapshot() == (0.0, 0.0)
+    eager.outpaint([Job(ref, 160, 128, 20, 16, seed=1, steps=3)])
+    loop1, wall1 = eager.busy.snapshot()
+    eager.outpaint([Job(ref, 160, 128, 20, 16, seed=1, steps=3)] * 2)
+    loop2, wall2 = eager.busy.snapshot()
+    assert 0 < loop1 <= wall1 and loop1 < loop2 <= wall2
+
+
 def test_fp8_refused_where_it_cannot_run(tiny_flux):
     from pipeline.backends.accel import OptimizeError
     from pipeline.backends.flux import FluxFillBackend

@@ -176,6 +176,12 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
         assert row["model"].startswith("flux-fill:") and row["fill_color"] == ("grey" if row["generated"] else None)
     assert meta["odd-fast"]["steps"] == 1 and meta["odd-high"]["steps"] == 2
     assert meta["cam-same"]["generated"] is False
+    # the model actor's busy clock: recorded on generated rows, reported per actor
+    actors = {r["model_actor"] for r in meta.values() if r["generated"]}
+    assert len(actors) == 1 and None not in actors and meta["cam-same"]["model_actor"] is None
+    busy = result["model_busy"]
+    assert list(busy["actors"]) == list(actors) and 0 < busy["fraction"] <= 1
+    assert 0 < busy["loop_s"] <= busy["actor_s"]
     first = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
     data["output"]["mode"] = "overwrite"
     # one call at a time per actor, smaller batches: the same bytes

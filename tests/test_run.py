@@ -83,6 +83,7 @@ def test_local_run_end_to_end(tmp_path, photo_dir, ray_local):
     result = run(cfg, quiet=True)
     meta = metadata(out)
     assert len(meta) == 11 == result["metadata_rows"]  # one row per manifest row, whatever its fate
+    assert result["model_busy"] is None and all(r["model_actor"] is None for r in meta.values())  # CPU backend
     assert {k: v["status"] for k, v in meta.items() if v["status"] != "ok"} == {
         "nope": "failed", "../evil": "rejected", "too-big": "rejected"}
     assert meta["nope"]["error_code"] == "image_not_found"

@@ -27,6 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -101,6 +103,31 @@ def profile_fill(model_dir: str) -> str:
 
 # ---------------------------------------------------------------- backend
 
+class BusyClock:
+    """How busy the model was: denoising-loop seconds over the seconds since the first
+    call began. Near 1 means the GPU never waited for input (the ``GPUs busy`` figure a
+    run reports per actor); well below means the stages around it starve it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.first: float | None = None
+        self.loop_s = 0.0
+
+    def start(self) -> None:
+        with self._lock:
+            if self.first is None:
+                self.first = time.time()
+
+    def add(self, loop_s: float) -> None:
+        with self._lock:
+            self.loop_s += loop_s
+
+    def snapshot(self) -> tuple[float, float]:
+        """(loop seconds, seconds since the first call), cumulative."""
+        with self._lock:
+            return self.loop_s, (time.time() - self.first) if self.first is not None else 0.0
+
+
 class FluxFillBackend:
     name = "flux-fill"
     needs_actor = True
@@ -109,8 +136,6 @@ class FluxFillBackend:
                  warmup: Sequence[tuple[int, int, str]] = (), batch_size: int = 1):
         """``pipe``: an already built pipeline (benchmarks); default: load ``model.path``.
         ``warmup``: (width, height, mode) canvases compiled now, at ``batch_size`` rows."""
-        import threading
-
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
 
@@ -141,6 +166,7 @@ class FluxFillBackend:
         self._gpu_lock = threading.Lock()
         self._local = threading.local()
         self.pipelining = model_cfg.optimize.pipelining
+        self.busy = BusyClock()
         if prompts is not None:
             for p in dict.fromkeys(prompts):
                 self._embed(p)
@@ -156,12 +182,11 @@ class FluxFillBackend:
         # compiled graphs are built on first use: do it now, not on the first real batch
         compiled = self.optimizations["compile"] != "none"
         self.warmup_s = self.warmup(warmup, batch_size) if warmup and compiled else 0.0
+        self.busy = BusyClock()  # from the first real batch
 
     def warmup(self, shapes: Sequence[tuple[int, int, str]], batch_size: int = 1) -> float:
         """Compile (and autotune) each canvas shape once, before real rows: one step at
         ``batch_size`` rows per (width, height, mode). Returns the seconds it took."""
-        import time
-
         if not self._prompt_cache and self.pipe.text_encoder is None:
             return 0.0  # no embedding to warm up with
         prompt = next(iter(self._prompt_cache), "")
@@ -374,22 +399,35 @@ class FluxFillBackend:
         torch = self.torch
         side = self._side_stream()
         on_side = (lambda: torch.cuda.stream(side)) if side is not None else contextlib.nullcontext
+        cuda = self.device.type == "cuda"
+        self.busy.start()
         with torch.no_grad():
             with on_side():
                 p = self._prepare(jobs, AW, AH, fast, steps)
             with self._gpu_lock:
+                main = torch.cuda.current_stream(self.device) if cuda else None
                 if side is not None:  # the loop (current stream) waits for the upload/encode
-                    main = torch.cuda.current_stream(self.device)
                     main.wait_stream(side)
                     for v in p.values():
                         if isinstance(v, torch.Tensor):
                             v.record_stream(main)
+                # the loop's own duration: GPU events on CUDA (the host does not wait for it)
+                t0 = time.perf_counter()
+                if cuda:
+                    ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                    ev[0].record(main)
                 latents = self._loop(p)
+                if cuda:
+                    ev[1].record(main)
+                else:
+                    loop_s = time.perf_counter() - t0
                 if side is not None:
                     side.wait_stream(main)
                     latents.record_stream(side)
             with on_side():
-                return self._decode(latents, jobs, p["h"], p["w"], fast)
+                out = self._decode(latents, jobs, p["h"], p["w"], fast)  # waits for the loop
+        self.busy.add(ev[0].elapsed_time(ev[1]) / 1000 if cuda else loop_s)
+        return out
 
     def shape_key(self, job: Job) -> tuple[bool, int, int, int]:
         """(fast, generated width, height, steps): the canvas padded right/bottom to the
