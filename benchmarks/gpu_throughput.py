@@ -104,7 +104,8 @@ def main(argv=None) -> int:
 
     from pipeline import config as config_mod
     from pipeline.backends.flux import FluxFillBackend
-    from pipeline.bench import UtilSampler, matmul_tflops, random_flux_pipe, synthetic_jobs, transformer_flops
+    from pipeline.bench import UtilSampler, matmul_tflops, random_flux_pipe, synthetic_jobs
+    from pipeline.flops import transformer_flops
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")

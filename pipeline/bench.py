@@ -18,12 +18,7 @@ import numpy as np
 
 from .backends import Job, make_backend
 from .config import GRID, Config, ConfigError
-
-
-# FLUX.1 [dev] / Fill [dev] transformer (the Fill variant takes 384 input channels)
-FLUX1_CONFIG = dict(num_attention_heads=24, attention_head_dim=128, num_layers=19, num_single_layers=38,
-                    patch_size=1, in_channels=384, out_channels=64, joint_attention_dim=4096,
-                    pooled_projection_dim=768, guidance_embeds=True)
+from .flops import FLUX1_CONFIG, transformer_flops
 
 
 def random_flux_pipe(device, dtype, seed: int = 0, transformer_config: dict | None = None):
@@ -70,29 +65,6 @@ def random_weights_backend(cfg: Config, prompt: str, warmup, batch_size: int, tr
         b.warmup(warmup, batch_size)
     b.warmup_s = time.perf_counter() - t0
     return b
-
-
-def transformer_flops(tcfg, img_tokens: int, txt_tokens: int, batch: int = 1) -> float:
-    """FLOP of one FLUX transformer forward (multiply-add = 2): every linear layer on its
-    tokens, plus the joint attention's QK^T and AV. FLUX.1 at 1024² (4096 + 512 tokens):
-    ≈74.4 TFLOP, the figure the issue quotes; tests check it against torch's counter."""
-    D = tcfg["num_attention_heads"] * tcfg["attention_head_dim"]
-    n_double, n_single = tcfg["num_layers"], tcfg["num_single_layers"]
-    p = tcfg.get("patch_size", 1)
-    N = img_tokens + txt_tokens
-    per_token = (
-        2 * n_double * 12 * D * D * N                       # double blocks: QKV + out + 4x MLP, both streams
-        + 2 * n_single * (3 * D * D + 4 * D * D + 5 * D * D) * N   # single: QKV, MLP in, fused out (5D -> D)
-        + 4 * (n_double + n_single) * N * N * D             # attention scores + weighted sum
-        + 2 * img_tokens * tcfg["in_channels"] * D           # x_embedder
-        + 2 * txt_tokens * tcfg["joint_attention_dim"] * D   # context_embedder
-        + 2 * img_tokens * D * p * p * tcfg["out_channels"]  # proj_out
-    )
-    # per-sample modulation (AdaLN) and embedders: small, counted for exactness
-    per_sample = 2 * D * (n_double * 2 * 6 * D + n_single * 3 * D + 2 * D)
-    per_sample += 2 * (256 * D + D * D) * (2 if tcfg.get("guidance_embeds") else 1)
-    per_sample += 2 * (tcfg["pooled_projection_dim"] * D + D * D)
-    return float(batch * (per_token + per_sample))
 
 
 def matmul_tflops(torch, device, dtype, n: int | None = None, seconds: float = 1.0) -> float:
@@ -244,8 +216,9 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
         with UtilSampler(torch, device) as util:
             s = time_backend(backend, jobs, batch, backend.sync)
         result["modes"][mode] = {"steps": steps, "generated": [AW, AH], "s_per_image": s,
-                                 # what `outpaint plan` should assume for this setup
-                                 "seconds_per_step_at_1mp": s / steps / (AW * AH / 1024 ** 2),
+                                 # what `outpaint plan` should assume here (it prices canvases by FLOP)
+                                 "seconds_per_step_at_1mp": s / steps * transformer_flops(tcfg, 4096, txt_tokens)
+                                 / transformer_flops(tcfg, img_tokens, txt_tokens),
                                  "images_per_hour": 3600 / s, "tflop_per_image": flop / 1e12,
                                  "achieved_tflops": flop / s / 1e12, "gpu_util": util.mean}
     result["peak_memory_gib"] = _peak_memory_gib(torch, device)

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from . import codes, headers
 from .codes import CODE
 from .config import Config
+from .flops import FLUX1_CONFIG, transformer_flops
 from .hashing import request_hashes
 from .geometry import GeometryInput, SizingRules, plan_geometry
 from .manifest import ROW_INDEX
@@ -244,13 +245,13 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     gen = plan.column("generated").to_numpy(zero_copy_only=False) & ok
     steps = plan.column("steps").to_numpy()
     fast = plan.column("mode").to_numpy(zero_copy_only=False) == "fast"
-    # Transformer cost grows with tokens (aligned area / 16^2); priced per step
-    # relative to a 1024x1024 canvas. Linear in tokens: attention's quadratic share
-    # makes this an underestimate above 1 MP and an overestimate below.
-    # what the model generates: the aligned canvas rounded up to model.optimize.bucket_px
+    # What the model generates: the aligned canvas rounded up to model.optimize.bucket_px,
+    # priced per step relative to a 1024x1024 canvas by FLUX.1's FLOP count (attention's
+    # quadratic share makes a 4 MP canvas cost 5.6x a 1 MP one, not 4x).
     b = cfg.model.optimize.bucket_px
     BW, BH = -(-AW // b) * b, -(-AH // b) * b
-    rel = (BW * BH) / (1024 * 1024)
+    txt = cfg.model.max_sequence_length
+    rel = transformer_flops(FLUX1_CONFIG, (BW * BH / 256.0), txt) / transformer_flops(FLUX1_CONFIG, 4096, txt)
     gpu_s = float((steps * rel * cfg.plan.seconds_per_step_at_1mp)[gen].sum())
     shapes: dict[str, int] = {}
     for f, w, h in zip(fast[gen], BW[gen], BH[gen]):

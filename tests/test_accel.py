@@ -12,7 +12,8 @@ import pytest
 from pipeline import config as config_mod
 from pipeline import hashing
 from pipeline.backends import Job, warmup_shapes
-from pipeline.bench import FLUX1_CONFIG, bench, synthetic_jobs, transformer_flops
+from pipeline.bench import bench, synthetic_jobs
+from pipeline.flops import FLUX1_CONFIG, transformer_flops
 from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError
 
@@ -200,6 +201,9 @@ def test_bench_reports_figures_that_add_up(tiny_flux, eager):
         assert (AW, AH) == ((128, 96) if mode == "high" else (128, 112))
         assert m["tflop_per_image"] * 1e12 == pytest.approx(transformer_flops(tcfg, AW * AH // 256, txt) * steps)
         assert 0 < m["mfu"] == pytest.approx(m["achieved_tflops"] / r["matmul_tflops"])
+        # the figure to give `outpaint plan`: priced back at this canvas, it is the measured time
+        rel = transformer_flops(tcfg, AW * AH // 256, txt) / transformer_flops(tcfg, 4096, txt)
+        assert m["seconds_per_step_at_1mp"] * steps * rel == pytest.approx(m["s_per_image"])
     assert r["peak_memory_gib"] > 0
 
 

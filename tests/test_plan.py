@@ -209,6 +209,19 @@ def test_summary_counts_and_cost(tmp_path):
     assert s["top_generated_shapes"] == {"1024x1024 fast": 1, "1024x1024 high": 1}
 
 
+def test_gpu_estimate_prices_attention_quadratically(tmp_path):
+    """A 2048^2 canvas costs FLUX.1's FLOP ratio (5.62x) of a 1024^2 one, not 4x."""
+    from pipeline.flops import FLUX1_CONFIG, transformer_flops
+
+    ratio = transformer_flops(FLUX1_CONFIG, 16384, 512) / transformer_flops(FLUX1_CONFIG, 4096, 512)
+    assert ratio == pytest.approx(5.62, abs=0.01)
+    base = {"image": "n.png", "image_width": 512, "image_height": 512}
+    rows = [{"id": "a", **base, "width": 1024, "height": 1024}, {"id": "b", **base, "width": 2048, "height": 2048}]
+    _, plan, cfg = run_plan(tmp_path, rows)
+    spp = cfg.plan.seconds_per_step_at_1mp
+    assert summarise(plan, cfg)["estimated_gpu_seconds"] == round(50 * spp * (1 + ratio), 1)
+
+
 def test_summary_counts_generated_shapes_after_bucketing(tmp_path):
     """The compiled-shape count `outpaint plan` reports: 16-px grid by default, fewer
     with model.optimize.bucket_px; the cost estimate prices the bucketed canvas."""
