@@ -127,7 +127,7 @@ class OptimizeConfig(_Section):
         "auto", description="torch.compile the transformer's repeated blocks (short compile) or all of it")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"] = "default"
     cuda_graphs: bool = Field(False, description="CUDA graphs for the compiled blocks (pays off at small "
-                              "canvases; not yet measured here, try with runtime.actor_concurrency: 1)")
+                              "canvases; not yet measured here); runs one call at a time per actor")
     fuse_qkv: bool = Field(True, description="one QKV projection GEMM per attention instead of three")
     channels_last_vae: Literal["auto", "on", "off"] = "auto"
     attention: str = Field("native", description="diffusers attention backend: " + ", ".join(ATTENTION_BACKENDS))

@@ -160,7 +160,8 @@ def actor_pool(ray, cfg: Config):
     in each (one in the GPU loop, the next preparing), with more batches' inputs
     already fetched to the actor (``actor_tasks_in_flight``) so the GPU never waits."""
     rt = cfg.runtime
-    n = rt.actor_concurrency
+    # CUDA graph trees are recorded per thread: one caller thread, or they are recorded twice
+    n = 1 if cfg.model.optimize.cuda_graphs else rt.actor_concurrency
     return ray.data.ActorPoolStrategy(
         min_size=rt.min_actors or rt.num_actors, max_size=rt.num_actors,
         max_concurrent_calls_per_actor=n, enable_true_multi_threading=n > 1,

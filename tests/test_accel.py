@@ -158,6 +158,23 @@ def test_busy_clock_counts_only_the_loop(eager, ref):
     assert 0 < loop1 <= wall1 and loop1 < loop2 <= wall2
 
 
+def test_actor_pool_settings(tiny_flux):
+    """Two concurrent calls per actor (pipelining), four batches in flight; CUDA graphs
+    force one caller thread; explicit settings win."""
+    ray = pytest.importorskip("ray")
+    from pipeline.runner import actor_pool
+
+    def pool(optimize=None, **runtime):
+        a = actor_pool(ray, flux_cfg(tiny_flux, optimize, runtime=runtime))
+        return a.max_concurrent_calls_per_actor, a.enable_true_multi_threading, a.max_tasks_in_flight_per_actor
+
+    assert pool() == (2, True, 4)
+    assert pool({"cuda_graphs": True}) == (1, False, 2)
+    assert pool(actor_concurrency=3, actor_tasks_in_flight=5) == (3, True, 5)
+    a = actor_pool(ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 2}))
+    assert (a.min_size, a.max_size) == (2, 4)
+
+
 def test_fp8_refused_where_it_cannot_run(tiny_flux):
     from pipeline.backends.accel import OptimizeError
     from pipeline.backends.flux import FluxFillBackend

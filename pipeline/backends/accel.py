@@ -84,9 +84,8 @@ def apply(pipe, opt, device) -> dict:
 
         cfg = torch._dynamo.config
         # bounded compilation: past this many shapes torch stops specialising
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(cfg, name):
-                setattr(cfg, name, max(getattr(cfg, name), s["max_shapes"]))
+        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+        setattr(cfg, name, max(getattr(cfg, name), s["max_shapes"]))
         kwargs = {"mode": None if s["compile_mode"] == "default" else s["compile_mode"]}
         if s["compile"] == "blocks":
             tr.compile_repeated_blocks(fullgraph=True, **kwargs)
