@@ -172,9 +172,10 @@ def time_backend(backend, jobs: Sequence[Job], batch: int, sync=lambda: None) ->
 
 def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
           modes: Sequence[str] = ("high", "fast"), ref_fraction: float = 0.75, backend=None,
-          random_weights: bool = False) -> dict:
+          random_weights: bool = False, batch_sizes: Sequence[int] = ()) -> dict:
     """Measure the configured backend; ``backend``: an already built one (benchmarks);
-    ``random_weights``: FLUX.1 Fill's architecture at full size, no weights needed."""
+    ``random_weights``: FLUX.1 Fill's architecture at full size, no weights needed;
+    ``batch_sizes``: also time the first mode at these batch sizes (s/image, peak memory)."""
     W, H = canvas_size(cfg, size)
     batch = cfg.runtime.batch_size
     flux = cfg.model.backend == "flux-fill"
@@ -189,8 +190,9 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
     elif backend is None:
         backend = make_backend(cfg.model, prompts=[prompt], warmup=warm, batch_size=batch)
     load_s = time.perf_counter() - t0
-    result: dict = {"backend": cfg.model.backend + (" (random weights)" if random_weights else ""), "canvas": [W, H], "ref_fraction": ref_fraction,
-                    "batch_size": batch, "images": images, "load_s": round(load_s, 2), "modes": {}}
+    result: dict = {"backend": cfg.model.backend + (" (random weights)" if random_weights else ""),
+                    "canvas": [W, H], "ref_fraction": ref_fraction, "batch_size": batch, "images": images,
+                    "load_s": round(load_s, 2), "modes": {}}
     if not flux:
         for mode in modes:
             s = time_backend(backend, synthetic_jobs(W, H, mode, images, ref_fraction, prompt), batch)
@@ -222,6 +224,16 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
                                  "images_per_hour": 3600 / s, "tflop_per_image": flop / 1e12,
                                  "achieved_tflops": flop / s / 1e12, "gpu_util": util.mean}
     result["peak_memory_gib"] = _peak_memory_gib(torch, device)
+    sweep = []
+    for b in batch_sizes:  # what runtime.batch_size buys (compute bound: little beyond 2-4)
+        steps = cfg.model.steps_fast if modes[0] == "fast" else cfg.model.steps
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        s = time_backend(backend, synthetic_jobs(W, H, modes[0], max(images, b), ref_fraction, prompt, steps),
+                         b, backend.sync)
+        sweep.append({"batch_size": b, "s_per_image": s, "peak_memory_gib": _peak_memory_gib(torch, device)})
+    if sweep:
+        result["batch_sweep"] = {"mode": modes[0], "results": sweep}
     result["matmul_tflops"] = matmul_tflops(torch, device, backend.dtype)
     for m in result["modes"].values():
         m["mfu"] = m["achieved_tflops"] / result["matmul_tflops"]
@@ -251,6 +263,10 @@ def format_result(r: dict) -> str:
     if "matmul_tflops" in r:
         lines.append(f"peak memory {r['peak_memory_gib']:.2f} GiB; {r['dtype']} matmul measured at "
                      f"{r['matmul_tflops']:.3g} TFLOP/s (the MFU denominator)")
+    if "batch_sweep" in r:
+        lines.append(f"batch sizes ({r['batch_sweep']['mode']}): " + "; ".join(
+            f"{x['batch_size']}: {x['s_per_image']:.3f} s/image, peak {x['peak_memory_gib']:.1f} GiB"
+            for x in r["batch_sweep"]["results"]))
     if "high" in r["modes"] and "seconds_per_step_at_1mp" in r["modes"]["high"]:
         lines.append(f"for `outpaint plan` estimates here: plan.seconds_per_step_at_1mp: "
                      f"{r['modes']['high']['seconds_per_step_at_1mp']:.4g}")

@@ -103,8 +103,14 @@ def cmd_bench(args) -> int:
     bad = [m for m in modes if m not in ("high", "fast")]
     if bad or not modes:
         raise ConfigError(f"--modes {args.modes!r}: give high, fast or high,fast")
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()] if args.batch_sizes else []
+    except ValueError:
+        sizes = [0]
+    if any(b < 1 for b in sizes):
+        raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,2,4")
     result = bench(cfg, size=args.size, images=args.images, modes=modes, ref_fraction=args.ref_fraction,
-                   random_weights=args.random_weights)
+                   random_weights=args.random_weights, batch_sizes=sizes)
     print(format_result(result))
     if args.json:
         fs, path = storage.filesystem(args.json, cfg.output.storage_options)
@@ -154,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--modes", default="high,fast", help="high, fast or high,fast")
     sp.add_argument("--ref-fraction", type=float, default=0.75, help="reference size as a fraction of each side")
     sp.add_argument("--json", help="also write the figures as JSON here (any fsspec URI)")
+    sp.add_argument("--batch-sizes", help="flux-fill: also time these batch sizes, e.g. 1,2,4 (for runtime.batch_size)")
     sp.add_argument("--random-weights", action="store_true",
                     help="flux-fill: FLUX.1 Fill's full-size architecture with random weights (same speed; "
                          "size hardware before the weights are there)")

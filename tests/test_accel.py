@@ -230,12 +230,16 @@ def test_bench_command(tiny_flux, tmp_path, capsys):
                    f"defaults: {{width: 112, height: 80}}\n"
                    f"model: {{backend: flux-fill, path: {tiny_flux}, dtype: float32, steps: 2}}\n")
     out = tmp_path / "r.json"
-    assert cli_main(["bench", str(cfg), "--images", "2", "--modes", "high", "--json", str(out)]) == 0
+    assert cli_main(["bench", str(cfg), "--images", "2", "--modes", "high", "--json", str(out),
+                     "--batch-sizes", "1,3"]) == 0
     text = capsys.readouterr().out
-    assert "canvas 112x80" in text and "images/h/worker" in text and "MFU" in text
+    assert "canvas 112x80" in text and "images/h/worker" in text and "MFU" in text and "batch sizes (high): 1:" in text
     r = json.loads(out.read_text())
     assert list(r["modes"]) == ["high"] and r["modes"]["high"]["generated"] == [112, 80]
+    assert [x["batch_size"] for x in r["batch_sweep"]["results"]] == [1, 3]
+    assert all(x["s_per_image"] > 0 for x in r["batch_sweep"]["results"])
     assert cli_main(["bench", str(cfg), "--modes", "slow"]) == 2
+    assert cli_main(["bench", str(cfg), "--batch-sizes", "0,x"]) == 2
     assert cli_main(["bench", "configs/example.yaml", "--images", "2", "--size", "256x192"]) == 0
     assert "classical" in capsys.readouterr().out
 
