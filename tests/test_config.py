@@ -110,3 +110,27 @@ def test_parse_ratio_exact(value, ratio):
 def test_parse_ratio_rejects(value):
     with pytest.raises(ValueError):
         C.parse_ratio(value)
+
+
+def test_reference_config_lists_every_key_with_its_default():
+    """configs/reference.yaml is the documentation of every key: it must load, name each
+    key the model has (no more, no fewer) and give each its default."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "reference.yaml")
+    with open(path) as f:
+        raw = C.parse_yaml(f.read())
+    ref = C.dump(C.from_dict(raw))
+    defaults = C.dump(C.from_dict(with_(output={"uri": ref["output"]["uri"]},
+                                        input={"manifest": ref["input"]["manifest"]})))
+    assert ref == defaults
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and v and k not in ("storage_options",):
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    assert keys(raw) == keys(defaults)
