@@ -119,11 +119,8 @@ class OutputStore:
             storage.retry(pq.write_table, table, path, filesystem=self.fs)
         return path
 
-    def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:
-        """All parts, latest row per id (by ``completed_at``); None when there are none."""
-        files = self.metadata_files()
-        if not files:
-            return None
+    def _read_parts(self, files: list[str], columns: list[str] | None = None) -> pa.Table:
+        """Every row of every part (superseded ones too)."""
         want = None if columns is None else list(dict.fromkeys(list(columns) + list(_DEDUPE_KEYS)))
         tables = []
         for f in files:
@@ -131,7 +128,14 @@ class OutputStore:
             if want is not None:
                 t = t.select([c for c in want if c in t.column_names])
             tables.append(t)
-        t = latest_per_id(pa.concat_tables(tables, promote_options="permissive"))
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:
+        """All parts, latest row per id (by ``completed_at``); None when there are none."""
+        files = self.metadata_files()
+        if not files:
+            return None
+        t = latest_per_id(self._read_parts(files, columns))
         return t if columns is None else t.select([c for c in columns if c in t.column_names])
 
     def compact(self, shard_prefix: str, part_rows: int = 1_000_000) -> int:
@@ -141,9 +145,11 @@ class OutputStore:
         leaves duplicates that the next compaction (latest wins) removes again.
         """
         old = self.metadata_files()
-        table = self.read_metadata()
-        if table is None:
+        if not old:
             return 0
+        everything = self._read_parts(old)
+        table = latest_per_id(everything)
+        self.remove_superseded_images(everything, table)
         table = table.sort_by([("id", "ascending")])
         new = []
         for k, start in enumerate(range(0, max(table.num_rows, 1), part_rows)):
@@ -152,6 +158,35 @@ class OutputStore:
             if p not in new:
                 self.fs.rm_file(p)
         return table.num_rows
+
+    def remove_superseded_images(self, everything: pa.Table, latest: pa.Table) -> list[str]:
+        """Delete images an id's newer ok output replaced under another name (a new
+        output_format, a different num_variants), so images/ holds what the metadata
+        says. Images of rows whose latest attempt failed stay; so does any name a
+        current row refers to. Returns the names removed."""
+        def names(t: pa.Table, mask=None) -> set[str]:
+            prefix = self.uri_of(IMAGES) + "/"
+            cols = [t.column(c).to_pylist() for c in ("output_uri", "output_uris") if c in t.column_names]
+            out = set()
+            for i, vals in enumerate(zip(*cols)):
+                if mask is None or mask[i]:
+                    for v in vals:
+                        for u in (v if isinstance(v, list) else [v]):
+                            if u and u.startswith(prefix):
+                                out.add(u[len(prefix):])
+            return out
+
+        if "status" not in latest.column_names:
+            return []
+        ok_ids = set(latest.filter(pc.equal(latest.column("status"), "ok")).column("id").to_pylist())
+        in_ok = [i in ok_ids for i in everything.column("id").to_pylist()]
+        gone = sorted(names(everything, in_ok) - names(latest))
+        for name in gone:
+            try:
+                self.fs.rm_file(self.path(IMAGES, name))
+            except FileNotFoundError:
+                pass
+        return gone
 
     def done_keys(self) -> pa.Array:
         """``id \\x1f request_hash`` of rows already ok whose image exists: skipped on resume."""

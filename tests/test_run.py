@@ -187,6 +187,16 @@ def test_output_modes(tmp_path, photo_dir, ray_local):
                                                                     "mode": "overwrite"}})
     r = run(over, quiet=True)
     assert r["images_written"] == 8 and r["counts"]["skipped"] == 0 and len(metadata(out)) == 11
+    # a new default format: each redone row's old file goes; images/ is what the metadata
+    # says. A row whose source vanished fails and keeps its earlier image.
+    os.remove(photo_dir / "camera.png")
+    data = config_mod.dump(cfg)
+    r = run(config_mod.from_dict({**data, "defaults": {**data["defaults"], "output_format": "jpeg"}}), quiet=True)
+    meta = metadata(out)
+    assert meta["cam-crop"]["status"] == meta["cam-same"]["status"] == "failed"
+    current = {os.path.basename(m["output_uri"]) for m in meta.values() if m["status"] == "ok"}
+    assert {"astro-169.jpg", "coffee-odd.jpg", "coffee-sq.webp", "rocket-jpeg.jpg"} <= current
+    assert sorted(os.listdir(out / "images")) == sorted(current | {"cam-crop.png", "cam-same.png"})
 
 
 def test_solid_backend_fills_with_colour(tmp_path, photo_dir, ray_local):
@@ -273,6 +283,12 @@ def test_variants(tmp_path, photo_dir, ray_local):
     r = run(cfg, quiet=True)
     assert r["images_written"] == 1 and r["counts"]["skipped"] == 1
     assert np.array_equal(read_png(out / "images" / "v3-1.png"), imgs[1])
+    # fewer variants: v3-1/v3-2 are superseded by v3.png and removed (v1's file stays)
+    write_manifest(tmp_path / "m.parquet", [
+        {"id": "v3", "image": "coffee.png", "width": 700, "height": 500, "num_variants": 1, "seed": 42},
+        {"id": "v1", "image": "coffee.png", "width": 700, "height": 500, "seed": 42}])
+    r = run(cfg, quiet=True)
+    assert r["images_written"] == 1 and sorted(os.listdir(out / "images")) == ["v1.png", "v3.png"]
 
 
 def test_local_output_with_a_cluster_address_fails_at_start(tmp_path):
