@@ -4,6 +4,7 @@ with the tiny FLUX Fill pipeline: the same code paths a GPU actor takes."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -173,6 +174,40 @@ def test_actor_pool_settings(tiny_flux):
     assert pool(actor_concurrency=3, actor_tasks_in_flight=5) == (3, True, 5)
     a = actor_pool(ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 2}))
     assert (a.min_size, a.max_size) == (2, 4)
+
+
+FAILING_COMPILER = """
+import sys, numpy as np, torch._inductor.config as ic
+ic.cpp.cxx = ("/bin/false",)   # no working C++ compiler: inductor cannot build kernels
+ic.fx_graph_cache = False
+from pipeline import config as C
+from pipeline.backends import Job
+from pipeline.backends.flux import FluxFillBackend
+def cfg(opt):
+    return C.from_dict({"input": {"manifest": "m"}, "output": {"uri": "o"}, "model": {
+        "backend": "flux-fill", "path": sys.argv[1], "dtype": "float32", "steps": 2, "optimize": opt}})
+ref = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+jobs = [Job(ref, 96, 80, 16, 8, seed=s, steps=2) for s in (1, 2)]
+eager = FluxFillBackend(cfg({"compile": "none"}).model, prompts=[""]).outpaint(jobs)
+b = FluxFillBackend(cfg({"compile": "blocks"}).model, prompts=[""], warmup=[(96, 80, "high")], batch_size=2)
+got = b.outpaint(jobs + [Job(ref, 128, 96, 16, 8, seed=3, steps=2)])  # a new shape: eager too
+print("COMPILE", b.optimizations["compile"])
+print("SAME", all(np.array_equal(x, y) for x, y in zip(eager, got)), [g.shape for g in got])
+"""
+
+
+def test_compile_failure_falls_back_to_eager(tiny_flux):
+    """No working compiler (or an inductor bug): one warning, the actor runs eager and
+    every row still gets its image, identical to an eager run."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", FAILING_COMPILER, tiny_flux], capture_output=True, text=True,
+                       timeout=300, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "COMPILE none (compile failed: InductorError)" in r.stdout
+    assert "SAME True [(80, 96, 3), (80, 96, 3), (96, 128, 3)]" in r.stdout
+    assert r.stderr.count("torch.compile failed, running eager instead") == 1
 
 
 def test_fp8_refused_where_it_cannot_run(tiny_flux):

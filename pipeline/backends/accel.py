@@ -91,8 +91,32 @@ def apply(pipe, opt, device) -> dict:
             tr.compile_repeated_blocks(fullgraph=True, **kwargs)
         else:
             pipe.transformer = torch.compile(tr, **kwargs)
+            pipe._outpaint_eager_transformer = tr
     log.info("outpaint: model optimisations %s", s)
     return s
+
+
+def is_compile_error(e: BaseException) -> bool:
+    """Raised by torch.compile's machinery (dynamo, inductor), anywhere in the chain."""
+    while e is not None:
+        if type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def uncompile(pipe, settings: dict, error: BaseException) -> None:
+    """Back to eager after a compilation failure (no compiler, an inductor bug): the
+    job runs, slower, instead of failing every row. Fused QKV and FP8 stay."""
+    if settings["compile"] == "full":
+        pipe.transformer = pipe._outpaint_eager_transformer
+    else:
+        for m in pipe.transformer.modules():
+            if getattr(m, "_compiled_call_impl", None) is not None:
+                m._compiled_call_impl = None
+    log.warning("outpaint: torch.compile failed, running eager instead (model.optimize.compile: none "
+                "silences this): %s: %s", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    settings["compile"] = f"none (compile failed: {type(error).__name__})"
 
 
 def compiled_graphs() -> int:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..compose import FILL_COLORS, contrast_fill
 from ..testmodel import PROFILE_FILE
-from . import Job
+from . import Job, accel
 
 VAE_SCALE = 8  # pixels per latent cell
 GRID = 16      # VAE x8, then 2x2 packing
@@ -139,8 +139,6 @@ class FluxFillBackend:
         import torch
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
 
-        from . import accel
-
         self.torch = torch
         self.cfg = model_cfg
         want = model_cfg.device
@@ -180,7 +178,7 @@ class FluxFillBackend:
         self.vae = self.pipe.vae
         self.transformer = self.pipe.transformer
         # compiled graphs are built on first use: do it now, not on the first real batch
-        compiled = self.optimizations["compile"] != "none"
+        compiled = self.optimizations["compile"] in ("blocks", "full")
         self.warmup_s = self.warmup(warmup, batch_size) if warmup and compiled else 0.0
         self.busy = BusyClock()  # from the first real batch
 
@@ -371,6 +369,17 @@ class FluxFillBackend:
             latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
         return latents
 
+    def _compiled_or_eager_loop(self, p: dict):
+        """The loop; if compiling it fails, once, the model goes back to eager for good."""
+        try:
+            return self._loop(p)
+        except Exception as e:
+            if self.optimizations["compile"] not in ("blocks", "full") or not accel.is_compile_error(e):
+                raise
+            accel.uncompile(self.pipe, self.optimizations, e)
+            self.transformer = self.pipe.transformer
+            return self._loop(p)
+
     def _decode(self, latents, jobs: Sequence[Job], h: int, w: int, fast: bool) -> list[np.ndarray]:
         torch = self.torch
         lat = self._unpack(latents, h, w) / self.vae.config.scaling_factor + self.vae.config.shift_factor
@@ -416,7 +425,7 @@ class FluxFillBackend:
                 if cuda:
                     ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                     ev[0].record(main)
-                latents = self._loop(p)
+                latents = self._compiled_or_eager_loop(p)
                 if cuda:
                     ev[1].record(main)
                 else:
