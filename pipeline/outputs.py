@@ -32,6 +32,7 @@ IMAGES, METADATA, TMP = "images", "metadata", "_tmp"
 
 
 _DEDUPE_KEYS = ("id", "error_code", "manifest_row", "completed_at", "run_id")
+_KEY_COLUMNS = ("id", "status", *_DEDUPE_KEYS[1:])
 
 
 def new_run_id() -> str:
@@ -138,55 +139,91 @@ class OutputStore:
         t = latest_per_id(self._read_parts(files, columns))
         return t if columns is None else t.select([c for c in columns if c in t.column_names])
 
-    def compact(self, shard_prefix: str, part_rows: int = 1_000_000) -> int:
+    def compact(self, shard_prefix: str, part_rows: int = 250_000) -> int:
         """Rewrite the metadata as one row per id; returns rows kept.
 
-        New parts are written first, old ones deleted after: a crash in between
-        leaves duplicates that the next compaction (latest wins) removes again.
+        Sized for millions of rows: only the key columns of every row are held at once
+        (to pick the latest per id); the rows themselves stream from old part to new,
+        one old part at a time, into new parts of at most ``part_rows`` rows, all with
+        one unified schema. New parts are written first, old ones deleted after: a
+        crash in between leaves duplicates that the next compaction removes again.
         """
         old = self.metadata_files()
         if not old:
             return 0
-        everything = self._read_parts(old)
-        table = latest_per_id(everything)
-        self.remove_superseded_images(everything, table)
-        table = table.sort_by([("id", "ascending")])
-        new = []
-        for k, start in enumerate(range(0, max(table.num_rows, 1), part_rows)):
-            new.append(self.write_metadata_part(table.slice(start, part_rows), f"{shard_prefix}-{k:05d}"))
+        schemas = [storage.retry(pq.read_schema, f, filesystem=self.fs) for f in old]
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        key_schema = pa.schema([schema.field(c) for c in _KEY_COLUMNS if c in schema.names])
+        keys, offsets = [], [0]
+        for f, sch in zip(old, schemas):
+            cols = [c for c in _KEY_COLUMNS if c in sch.names]
+            t = storage.retry(pq.read_table, f, filesystem=self.fs, columns=cols,
+                              read_dictionary=[c for c in ("status", "error_code", "run_id") if c in cols])
+            keys.append(_conform(t, key_schema))
+            offsets.append(offsets[-1] + t.num_rows)
+        every = pa.concat_tables(keys)
+        every = every.append_column("_g", pa.array(np.arange(every.num_rows, dtype=np.int64)))
+        latest = latest_per_id(every)
+        kept = np.zeros(every.num_rows, bool)
+        kept[latest.column("_g").to_numpy()] = True
+        # rows that an id's newer ok row superseded: their images may have another name
+        ok_ids = (latest.filter(pc.equal(latest.column("status"), "ok")).column("id")
+                  if "status" in latest.column_names else pa.array([], pa.string()))
+        superseded = ~kept & np.asarray(pc.fill_null(pc.is_in(every.column("id"), value_set=ok_ids), False))
+        del every, latest, keys
+        new: list[str] = []
+        buf: list[pa.Table] = []
+        candidates: set[str] = set()
+
+        def flush():
+            if buf:
+                t = pa.concat_tables(buf).sort_by([("id", "ascending")])
+                new.append(self.write_metadata_part(t, f"{shard_prefix}-{len(new):05d}"))
+                buf.clear()
+
+        for k, f in enumerate(old):
+            lo, hi = offsets[k], offsets[k + 1]
+            take, cand = np.flatnonzero(kept[lo:hi]), np.flatnonzero(superseded[lo:hi])
+            if not len(take) and not len(cand):
+                continue
+            t = _conform(storage.retry(pq.read_table, f, filesystem=self.fs), schema)
+            if len(cand):
+                candidates |= self._image_names(t.take(pa.array(cand)))
+            buf.append(t.take(pa.array(take)))
+            if sum(b.num_rows for b in buf) >= part_rows:
+                flush()
+        flush()
+        if candidates:
+            cols = [c for c in ("output_uri", "output_uris") if c in schema.names]
+            current: set[str] = set()
+            for p in new:
+                current |= self._image_names(pq.read_table(p, filesystem=self.fs, columns=cols)) & candidates
+            self._remove_images(sorted(candidates - current))
         for p in old:
             if p not in new:
                 self.fs.rm_file(p)
-        return table.num_rows
+        return int(kept.sum())
 
-    def remove_superseded_images(self, everything: pa.Table, latest: pa.Table) -> list[str]:
-        """Delete images an id's newer ok output replaced under another name (a new
-        output_format, a different num_variants), so images/ holds what the metadata
-        says. Images of rows whose latest attempt failed stay; so does any name a
-        current row refers to. Returns the names removed."""
-        def names(t: pa.Table, mask=None) -> set[str]:
-            prefix = self.uri_of(IMAGES) + "/"
-            cols = [t.column(c).to_pylist() for c in ("output_uri", "output_uris") if c in t.column_names]
-            out = set()
-            for i, vals in enumerate(zip(*cols)):
-                if mask is None or mask[i]:
-                    for v in vals:
-                        for u in (v if isinstance(v, list) else [v]):
-                            if u and u.startswith(prefix):
-                                out.add(u[len(prefix):])
-            return out
+    def _image_names(self, t: pa.Table) -> set[str]:
+        """Names under images/ that rows of ``t`` refer to (output_uri, output_uris)."""
+        prefix = self.uri_of(IMAGES) + "/"
+        out: set[str] = set()
+        for c in ("output_uri", "output_uris"):
+            if c in t.column_names:
+                col = t.column(c)
+                vals = pc.list_flatten(col) if pa.types.is_list(col.type) else col
+                out.update(u[len(prefix):] for u in vals.drop_null().to_pylist() if u.startswith(prefix))
+        return out
 
-        if "status" not in latest.column_names:
-            return []
-        ok_ids = set(latest.filter(pc.equal(latest.column("status"), "ok")).column("id").to_pylist())
-        in_ok = [i in ok_ids for i in everything.column("id").to_pylist()]
-        gone = sorted(names(everything, in_ok) - names(latest))
-        for name in gone:
+    def _remove_images(self, names: list[str]) -> None:
+        """Images an id's newer ok output replaced under another name (a new
+        output_format, fewer variants), so images/ holds what the metadata names.
+        Rows whose latest attempt failed keep theirs (they are never candidates)."""
+        for name in names:
             try:
                 self.fs.rm_file(self.path(IMAGES, name))
             except FileNotFoundError:
                 pass
-        return gone
 
     def done_keys(self) -> pa.Array:
         """``id \\x1f request_hash`` of rows already ok whose image exists: skipped on resume."""
@@ -194,13 +231,20 @@ class OutputStore:
         if prev is None or "request_hash" not in prev.column_names:
             return pa.array([], pa.string())
         ok = prev.filter(pc.and_(pc.equal(prev.column("status"), "ok"), pc.is_valid(prev.column("request_hash"))))
-        names = self.existing_images()
-        many = (ok.column("output_uris").to_pylist() if "output_uris" in ok.column_names
-                else [None] * ok.num_rows)
-        exists = np.array([
-            bool(uris or one) and all(posixpath.basename(u) in names for u in (uris or [one]))
-            for one, uris in zip(ok.column("output_uri").to_pylist(), many)], dtype=bool)
-        ok = ok.filter(pa.array(exists)) if len(exists) else ok
+        if ok.num_rows == 0:
+            return pa.array([], pa.string())
+        # every output of the row must exist: columnar over (row, uri) pairs
+        one = pa.ListArray.from_arrays(pa.array(np.arange(ok.num_rows + 1, dtype=np.int32)),
+                                       ok.column("output_uri").combine_chunks())
+        many = ok.column("output_uris").combine_chunks() if "output_uris" in ok.column_names else one
+        uris = pc.if_else(pc.is_valid(many), many, one)
+        flat = pc.list_flatten(uris)
+        parent = pc.list_parent_indices(uris).to_numpy()
+        names = pa.array(sorted(self.existing_images()), pa.string())
+        present = pc.fill_null(pc.is_in(pc.replace_substring_regex(flat, r"^.*/", ""), value_set=names), False)
+        missing = np.bincount(parent[~np.asarray(present)], minlength=ok.num_rows)
+        has_any = np.bincount(parent[np.asarray(pc.is_valid(flat))], minlength=ok.num_rows) > 0
+        ok = ok.filter(pa.array((missing == 0) & has_any))
         return pc.binary_join_element_wise(ok.column("id"), ok.column("request_hash"), "\x1f")
 
     # ---------------------------------------------------------------- files
@@ -210,6 +254,19 @@ class OutputStore:
     def read_json(self, name: str):
         with self.fs.open(self.path(name), "rb") as f:
             return json.loads(f.read())
+
+
+def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``t`` with exactly ``schema``'s columns, in order: missing ones null (older
+    metadata), dictionary-read or narrower ones cast."""
+    cols = []
+    for f in schema:
+        if f.name in t.column_names:
+            c = t.column(f.name)
+            cols.append(c if c.type == f.type else c.cast(f.type))
+        else:
+            cols.append(pa.nulls(t.num_rows, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def latest_per_id(t: pa.Table) -> pa.Table:

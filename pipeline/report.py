@@ -8,17 +8,19 @@ embedded as data URIs, never the full images.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from . import codes, storage
 from .outputs import OutputStore
+from .rows import derive_seeds
 
 THUMB = 256
 
@@ -48,33 +50,59 @@ def _read(uri: str | None, options: dict) -> bytes | None:
 
 
 def summarise(meta: pa.Table) -> dict:
-    status = meta.column("status").to_pylist()
-    code = meta.column("error_code").to_pylist()
-    W = meta.column("canvas_width").to_pylist()
-    H = meta.column("canvas_height").to_pylist()
-    by_code: dict[str, int] = {}
-    for c in code:
-        if c:
-            by_code[c] = by_code.get(c, 0) + 1
-    mp = sum(w * h for s, w, h in zip(status, W, H) if s == codes.OK and w and h) / 1e6
+    """Counts per status and code, output megapixels: columnar (millions of rows)."""
+    status = meta.column("status")
+    ok = pc.fill_null(pc.equal(status, codes.OK), False)
+    counts = dict(zip(*pc.value_counts(status).flatten())) if meta.num_rows else {}
+    counts = {k.as_py(): v.as_py() for k, v in counts.items()}
+    code = meta.column("error_code").drop_null() if meta.num_rows else pa.array([], pa.string())
+    by_code = {d["values"]: d["counts"] for d in pc.value_counts(code).to_pylist()} if len(code) else {}
+    area = pc.multiply(meta.column("canvas_width").cast(pa.float64()), meta.column("canvas_height").cast(pa.float64()))
+    mp = (pc.sum(pc.filter(area, ok)).as_py() or 0.0) / 1e6
     return {"rows": meta.num_rows,
-            "by_status": {k: status.count(k) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
+            "by_status": {k: counts.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
             "by_code": dict(sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))),
             "output_megapixels": round(mp, 3)}
 
 
-def _pick_sample(rows: list[dict], n: int) -> list[dict]:
+# what the page shows; nothing else is read (the metadata can hold millions of rows)
+COLUMNS = ["id", "image", "output_uri", "status", "error_code", "error_message", "canvas_width", "canvas_height",
+           "mode", "generated", "seam_score", "fill_color", "fill_leakage", "fill_leak_flag"]
+
+
+_TYPES = {"generated": pa.bool_(), "fill_leak_flag": pa.bool_(), "seam_score": pa.float64(),
+          "fill_leakage": pa.float64(), "canvas_width": pa.int64(), "canvas_height": pa.int64()}
+
+
+def _rows(meta: pa.Table, mask=None, order=None, limit: int | None = None) -> list[dict]:
+    """Only the selected rows become Python dicts."""
+    t = meta.filter(mask) if mask is not None else meta
+    if order is not None:
+        t = t.take(pc.sort_indices(t, sort_keys=order))
+    return (t.slice(0, limit) if limit is not None else t).to_pylist()
+
+
+def _pick_sample(meta: pa.Table, n: int) -> list[dict]:
     """A stable sample: the same rows on every rebuild (ordered by a hash of the id)."""
-    ok = [r for r in rows if r["status"] == codes.OK and r.get("generated")]
-    ok.sort(key=lambda r: hashlib.sha1(r["id"].encode()).hexdigest())
-    return ok[:n]
+    ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
+    if "generated" in meta.column_names:
+        ok = pc.and_(ok, pc.fill_null(meta.column("generated"), False))
+    cand = meta.filter(ok)
+    if cand.num_rows == 0 or n == 0:
+        return []
+    # a vectorised hash of the id (the per-row seed function, fixed seed): stable, no per-row Python
+    keys = derive_seeds(0x5EED, cand.column("id").cast(pa.string()).combine_chunks())
+    order = np.lexsort((np.arange(len(keys)), keys))[:n]
+    return cand.take(pa.array(order)).to_pylist()
 
 
 def build(store: OutputStore, source_options: dict | None = None, sample: int = 24, worst: int = 12) -> tuple[str, dict]:
-    meta = store.read_metadata()
+    meta = store.read_metadata(COLUMNS)
     if meta is None:
         raise FileNotFoundError(f"{store.uri}: no metadata/ to report on")
-    rows = meta.to_pylist()
+    for name in COLUMNS:  # metadata of older versions may lack a column
+        if name not in meta.column_names:
+            meta = meta.append_column(name, pa.nulls(meta.num_rows, _TYPES.get(name, pa.string())))
     summary = summarise(meta)
     run = None
     try:
@@ -95,10 +123,11 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
                      f'seam {seam:.2f}' if seam is not None else f'{r["canvas_width"]}×{r["canvas_height"]}')
         return f'<div class="card"><h3>{esc(r["id"])}</h3><p>{meta_line}{esc(note)}</p><div class="pair">{imgs}</div></div>'
 
-    seamed = sorted((r for r in rows if r["status"] == codes.OK and r.get("seam_score") is not None),
-                    key=lambda r: -r["seam_score"])[:worst]
-    leaks = [r for r in rows if r.get("fill_leak_flag")][:200]
-    picked = _pick_sample(rows, sample)
+    ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
+    seamed = _rows(meta, pc.and_(ok, pc.is_valid(meta.column("seam_score"))),
+                   [("seam_score", "descending"), ("id", "ascending")], worst)
+    leaks = _rows(meta, pc.fill_null(meta.column("fill_leak_flag"), False), limit=200)
+    picked = _pick_sample(meta, sample)
     # thumbnails are I/O and decoding: build the cards on a few threads
     with ThreadPoolExecutor(max_workers=8) as pool:
         gallery = "".join(pool.map(card, picked))
@@ -106,7 +135,7 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
         leak_html = "".join(pool.map(lambda r: card(r, f' · fill {r.get("fill_color")} left in '
                                                        f'{100 * (r.get("fill_leakage") or 0):.1f}% of the generated '
                                                        'area'), leaks))
-    bad = sorted((r for r in rows if r["status"] != codes.OK), key=lambda r: (r["error_code"] or "", r["id"]))
+    bad = _rows(meta, pc.invert(ok), [("error_code", "ascending"), ("id", "ascending")])
     bad_rows = "".join(f'<tr class="{esc(r["status"])}"><td>{esc(r["id"])}</td><td>{esc(r["status"])}</td>'
                        f'<td><code>{esc(r["error_code"] or "")}</code></td><td>{esc(r["error_message"] or "")}</td>'
                        f'<td>{esc(r.get("image") or "")}</td></tr>' for r in bad)

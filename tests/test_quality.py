@@ -155,3 +155,38 @@ def test_report_opens_in_headless_chromium(reported_run, tmp_path):
     total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
     loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
     assert total >= 8 and loaded == total  # every gallery image decodes in the browser
+
+
+def test_report_is_columnar_stable_and_complete(tmp_path):
+    """5,000 synthetic metadata rows (no images): the summary counts, a stable sample of
+    24 generated ok rows, the 12 worst seams in order, and every bad row, built from
+    Arrow columns (only the rows shown become Python objects)."""
+    import pyarrow as pa
+
+    from pipeline import report
+    from pipeline.outputs import OutputStore
+
+    n = 5000
+    rng = np.random.default_rng(3)
+    status = np.where(np.arange(n) % 50 == 0, "failed", "ok")
+    seam = rng.random(n) * 3
+    store = OutputStore(str(tmp_path))
+    store.write_metadata_part(pa.table({
+        "id": [f"sku-{i:05d}" for i in range(n)], "status": status,
+        "error_code": [("image_not_found" if s == "failed" else None) for s in status],
+        "error_message": [("gone" if s == "failed" else None) for s in status],
+        "canvas_width": np.full(n, 1000), "canvas_height": np.full(n, 500), "generated": np.arange(n) % 2 == 0,
+        "seam_score": seam, "completed_at": np.arange(n, dtype=float), "image": [None] * n, "output_uri": [None] * n}),
+        "a")
+    page, summary = report.build(store, {})
+    assert summary["by_status"] == {"ok": 4900, "rejected": 0, "failed": 100}
+    assert summary["by_code"] == {"image_not_found": 100} and summary["output_megapixels"] == 4900 * 0.5
+    sample = re.findall(r'<div class="card"><h3>(sku-\d+)</h3>', page.split('id="sample"')[1].split("<h2>")[0])
+    assert len(sample) == 24 and all(int(s[4:]) % 2 == 0 and int(s[4:]) % 50 for s in sample)
+    assert sample == re.findall(r'<div class="card"><h3>(sku-\d+)</h3>',
+                                report.build(store, {})[0].split('id="sample"')[1].split("<h2>")[0])
+    worst = re.findall(r'<h3>(sku-\d+)</h3>', page.split('id="worst"')[1].split("<h2>")[0])
+    ok_ids = np.flatnonzero(status == "ok")
+    assert worst == [f"sku-{i:05d}" for i in ok_ids[np.argsort(-seam[ok_ids], kind="stable")][:12]]
+    table = page.split('<table id="failures">')[1]
+    assert table.count("<code>image_not_found</code>") == 100
