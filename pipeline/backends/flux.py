@@ -280,7 +280,6 @@ class FluxFillBackend:
     # -------------------------------------------------------------- conditioning
     def _high(self, jobs: Sequence[Job], AW: int, AH: int):
         """Whole aligned canvas (padding right/bottom), fill in the unknown area, encoded."""
-        torch = self.torch
         imgs, masks = [], []
         for job in jobs:
             name = self._fill_name(job)
