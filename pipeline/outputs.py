@@ -225,12 +225,20 @@ class OutputStore:
             except FileNotFoundError:
                 pass
 
-    def done_keys(self) -> pa.Array:
-        """``id \\x1f request_hash`` of rows already ok whose image exists: skipped on resume."""
+    def done_keys(self, ids: pa.Array | None = None, probe_limit: int = 10_000) -> pa.Array:
+        """``id \\x1f request_hash`` of rows already ok whose image exists: skipped on resume.
+
+        ``ids``: the manifest's; only those rows are checked. Up to ``probe_limit``
+        images are checked one by one (a daily manifest of new rows checks none); more
+        than that, one listing of images/ is cheaper than a request each.
+        """
         prev = self.read_metadata(["id", "status", "request_hash", "output_uri", "output_uris"])
         if prev is None or "request_hash" not in prev.column_names:
             return pa.array([], pa.string())
         ok = prev.filter(pc.and_(pc.equal(prev.column("status"), "ok"), pc.is_valid(prev.column("request_hash"))))
+        if ids is not None:
+            ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+            ok = ok.filter(pc.is_in(ok.column("id"), value_set=ids.cast(pa.string())))
         if ok.num_rows == 0:
             return pa.array([], pa.string())
         # every output of the row must exist: columnar over (row, uri) pairs
@@ -240,12 +248,28 @@ class OutputStore:
         uris = pc.if_else(pc.is_valid(many), many, one)
         flat = pc.list_flatten(uris)
         parent = pc.list_parent_indices(uris).to_numpy()
-        names = pa.array(sorted(self.existing_images()), pa.string())
-        present = pc.fill_null(pc.is_in(pc.replace_substring_regex(flat, r"^.*/", ""), value_set=names), False)
+        base = pc.replace_substring_regex(flat, r"^.*/", "")
+        if len(base) <= probe_limit:
+            present = pa.array(self._exist(base.to_pylist()), pa.bool_())
+        else:
+            names = pa.array(sorted(self.existing_images()), pa.string())
+            present = pc.fill_null(pc.is_in(base, value_set=names), False)
         missing = np.bincount(parent[~np.asarray(present)], minlength=ok.num_rows)
         has_any = np.bincount(parent[np.asarray(pc.is_valid(flat))], minlength=ok.num_rows) > 0
         ok = ok.filter(pa.array((missing == 0) & has_any))
         return pc.binary_join_element_wise(ok.column("id"), ok.column("request_hash"), "\x1f")
+
+    def _exist(self, names: list[str | None], threads: int = 32) -> list[bool]:
+        """Whether ``images/{name}`` exists, one request each, on a thread pool."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.fs.invalidate_cache()
+
+        def one(name):
+            return bool(name) and bool(storage.retry(self.fs.exists, self.path(IMAGES, name)))
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(one, names))
 
     # ---------------------------------------------------------------- files
     def write_json(self, name: str, obj) -> None:

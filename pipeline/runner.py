@@ -187,7 +187,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         raise ConfigError(f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
                           "use resume (skip finished rows) or overwrite, or another output.uri")
     table = manifest.read(cfg)
-    done = store.done_keys() if cfg.output.mode == "resume" else pa.array([], pa.string())
+    done = store.done_keys(table.column("id")) if cfg.output.mode == "resume" else pa.array([], pa.string())
     dups = duplicate_first_rows(table.column("id").cast(pa.string()), table.column(manifest.ROW_INDEX))
 
     ray = ensure_ray(cfg)

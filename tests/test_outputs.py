@@ -74,6 +74,10 @@ def test_resume_check_needs_every_output(tmp_path):
         "error_code": [None, None, None, None, "x"],
         "output_uri": [uris("a.png")[0], uris("b.png")[0], uris("v-0.png")[0], uris("w-0.png")[0], None],
         "output_uris": [None, None, uris("v-0.png", "v-1.png"), uris("w-0.png", "w-1.png"), None]}), "p")
-    keys = sorted(k.split("\x1f")[0] for k in store.done_keys().to_pylist())
-    assert keys == ["a", "v"]  # b's image is missing, w lacks variant 1, f failed
+    for limit in (0, 10_000):  # one listing of images/, or a request per image: the same answer
+        keys = sorted(k.split("\x1f")[0] for k in store.done_keys(probe_limit=limit).to_pylist())
+        assert keys == ["a", "v"]  # b's image is missing, w lacks variant 1, f failed
     assert np.array_equal(np.sort(store.done_keys().to_numpy(zero_copy_only=False)), ["a\x1fha", "v\x1fhv"])
+    # only the manifest's ids are checked (a daily manifest of new rows checks nothing)
+    assert store.done_keys(pa.array(["v", "new"])).to_pylist() == ["v\x1fhv"]
+    assert store.done_keys(pa.array(["new"])).to_pylist() == []
