@@ -109,16 +109,15 @@ def feathered_paste(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides,
     """Paste the reference back; within ``px`` of a generated side blend it with the
     generated pixels so no hard seam shows. Outside that band the pixels are exact."""
     h, w = ref.shape[:2]
-    px = int(min(px, h // 4, w // 4))
-    alpha = feather_alpha(h, w, sides, px)
+    alpha = feather_alpha(h, w, sides, effective_feather(px, h, w))
     result = paste_back(out, ref, vx0, vy0)
     if alpha is None:
         return result
-    band = alpha < 1.0
-    gen = out[vy0:vy0 + h, vx0:vx0 + w].astype(np.float32)
-    mix = alpha[:, :, None] * ref.astype(np.float32) + (1.0 - alpha[:, :, None]) * gen
+    band = alpha < 1.0  # blend only the band's pixels, not the whole reference
+    a = alpha[band][:, None]
+    gen = out[vy0:vy0 + h, vx0:vx0 + w][band].astype(np.float32)
     region = result[vy0:vy0 + h, vx0:vx0 + w]
-    region[band] = (mix[band] + 0.5).astype(np.uint8)
+    region[band] = (a * ref[band].astype(np.float32) + (1.0 - a) * gen + 0.5).astype(np.uint8)
     return result
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compose import FILL_COLORS
+from .compose import CONTRAST_CHOICES as COLOUR_FILLS, FILL_COLORS
 
-COLOUR_FILLS = ("green", "blue", "magenta")
 LEAK_DISTANCE = 60.0   # RGB distance under which a generated pixel "is" the fill colour
 LEAK_FLAG = 0.02       # fraction of generated pixels above which a row is flagged
 

@@ -91,23 +91,22 @@ class Tally:
                 "actors": {k: round(v[0] / v[1], 4) if v[1] > 0 else None for k, v in sorted(self.actors.items())}}
 
     def add(self, batch: pa.Table) -> None:
-        status = batch.column("status").to_pylist()
-        code = batch.column("error_code").to_pylist()
-        W = batch.column("canvas_width").to_pylist()
-        H = batch.column("canvas_height").to_pylist()
-        uris = batch.column("output_uri").to_pylist()
-        for s, c, w, h, u in zip(status, code, W, H, uris):
-            self.by_status[s] = self.by_status.get(s, 0) + 1
-            if c:
-                self.by_code[c] = self.by_code.get(c, 0) + 1
-            if s == codes.OK and u:
-                self.images += 1
-                self.megapixels += (w * h) / 1e6
+        """Columnar: the driver sees every row of the run."""
+        for tally, col in ((self.by_status, batch.column("status")), (self.by_code, batch.column("error_code"))):
+            for d in pc.value_counts(col.drop_null()).to_pylist():
+                tally[d["values"]] = tally.get(d["values"], 0) + d["counts"]
+        written = pc.and_(pc.fill_null(pc.equal(batch.column("status"), codes.OK), False),
+                          pc.is_valid(batch.column("output_uri")))
+        area = pc.multiply(batch.column("canvas_width").cast(pa.float64()),
+                           batch.column("canvas_height").cast(pa.float64()))
+        self.images += pc.sum(written.cast(pa.int64())).as_py() or 0
+        self.megapixels += (pc.sum(pc.filter(area, written)).as_py() or 0.0) / 1e6
         self.done += batch.num_rows
-        if "model_actor" in batch.column_names:
-            for a, lp, wl in zip(*(batch.column(c).to_pylist() for c in ("model_actor", "model_loop_s",
-                                                                          "model_wall_s"))):
-                if a is not None and wl >= self.actors.get(a, (0.0, -1.0))[1]:
+        if "model_actor" in batch.column_names:  # GPU backends only: the rows a model generated
+            gen = batch.filter(pc.is_valid(batch.column("model_actor")))
+            for a, lp, wl in zip(*(gen.column(c).to_pylist() for c in ("model_actor", "model_loop_s",
+                                                                        "model_wall_s"))):
+                if wl >= self.actors.get(a, (0.0, -1.0))[1]:
                     self.actors[a] = (lp, wl)
 
     def line(self) -> str:

@@ -18,9 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import codes, storage
+from . import codes, quality, storage
 from .backends import Job, keeps_reference, make_backend, warmup_shapes
-from . import quality
 from .compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha, generated_sides,
                       match_colors, paste_back)
 from .config import Config
@@ -53,13 +52,11 @@ OUTPUT_FIELDS = [
     ("run_id", pa.string()),
     ("worker_node", pa.string()),
     ("completed_at", pa.float64()),
-    # GPU backends: the model actor (host:pid) and its cumulative busy clock when this
-    # row's batch finished; the run reports loop / wall per actor ("GPUs busy")
-    ("model_actor", pa.string()),
-    ("model_loop_s", pa.float64()),
-    ("model_wall_s", pa.float64()),
 ]
-BUSY_FIELDS = OUTPUT_FIELDS[-3:]
+# GPU backends: the model actor (host:pid) and its cumulative busy clock when this
+# row's batch finished; the run reports loop / wall per actor ("GPUs busy")
+BUSY_FIELDS = [("model_actor", pa.string()), ("model_loop_s", pa.float64()), ("model_wall_s", pa.float64())]
+OUTPUT_FIELDS += BUSY_FIELDS
 
 
 def _node_id() -> str | None:
@@ -231,8 +228,8 @@ class OutpaintStage:
         """Sets ``_out`` (one H x W x 3 array per variant), ``generate_ms``, ``fill_color``, ``model``."""
         work: list[tuple[dict, int]] = []
         for row in rows:
-            row["_out"] = row["generate_ms"] = row["fill_color"] = row["model"] = None
-            row["model_actor"] = row["model_loop_s"] = row["model_wall_s"] = None
+            for name in ("_out", "generate_ms", "fill_color", "model", *dict(BUSY_FIELDS)):
+                row[name] = None
             if not _todo(row):
                 continue
             row["model"] = self.model

@@ -114,7 +114,6 @@ class ClassicalBackend:
     def __init__(self, model_cfg):
         self.grain = model_cfg.classical_grain
 
-
     def outpaint(self, jobs):
         out = []
         for job in jobs:
@@ -126,9 +125,7 @@ class ClassicalBackend:
             w = boundary_blend(canvas, mask)[:, :, None]
             filled = w * nearest_edge_fill(canvas, mask).astype(np.float32) + (1.0 - w) * filled
             if self.grain > 0:
-                ys, xs = np.nonzero(known)
-                ref = canvas[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-                sigma = min(self.grain * border_noise_sigma(ref), 12.0)
+                sigma = min(self.grain * border_noise_sigma(job.ref), 12.0)
                 if sigma > 0.05:
                     rng = np.random.default_rng(seed)
                     noise = rng.standard_normal(mask.shape, dtype=np.float32) * sigma

@@ -236,9 +236,9 @@ class FluxFillBackend:
             return np.zeros(3, np.float32)
         return np.asarray(FILL_COLORS[name], np.float32) / 127.5 - 1.0
 
-    def _upload(self, array: np.ndarray):
-        """Host -> device; from pinned memory, asynchronously, when on CUDA."""
-        t = self.torch.from_numpy(np.ascontiguousarray(array))
+    def _upload(self, array):
+        """Host (NumPy or CPU tensor) -> device; from pinned memory, asynchronously, on CUDA."""
+        t = array if isinstance(array, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type == "cuda":
             t = t.pin_memory()
         return t.to(self.device, self.dtype, non_blocking=True)
@@ -301,17 +301,26 @@ class FluxFillBackend:
         """Reference-only encoding, placed on constant fill latents; mask at latent resolution."""
         torch = self.torch
         h, w = AH // VAE_SCALE, AW // VAE_SCALE
-        conds, masks = [], []
+        refs = []
         for job in jobs:
-            name = self._fill_name(job)
-            job.fill_color = name
+            job.fill_color = self._fill_name(job)
             rh, rw = job.ref.shape[:2]
-            ph, pw = -(-rh // GRID) * GRID, -(-rw // GRID) * GRID
-            ref = np.empty((3, ph, pw), np.float32)
-            ref[:] = self._fill_value(name)[:, None, None]
+            ref = np.empty((3, -(-rh // GRID) * GRID, -(-rw // GRID) * GRID), np.float32)
+            ref[:] = self._fill_value(job.fill_color)[:, None, None]
             ref[:, :rh, :rw] = self._to_unit(job.ref)
-            ref_lat = self._encode(ref[None])[0]  # only the reference is encoded
-            cond = self._fill_latent(name)[:, None, None].expand(-1, h, w).clone()
+            refs.append(ref)
+        # only the references are encoded: one VAE call per padded reference size
+        by_shape: dict[tuple, list[int]] = {}
+        for i, ref in enumerate(refs):
+            by_shape.setdefault(ref.shape, []).append(i)
+        ref_lats: list = [None] * len(jobs)
+        for idx in by_shape.values():
+            for i, lat in zip(idx, self._encode(np.stack([refs[i] for i in idx]))):
+                ref_lats[i] = lat
+        conds, masks = [], []
+        for job, ref_lat in zip(jobs, ref_lats):
+            rh, rw = job.ref.shape[:2]
+            cond = self._fill_latent(job.fill_color)[:, None, None].expand(-1, h, w).clone()
             ly, lx = (job.y0 + job.pad_top) // VAE_SCALE, (job.x0 + job.pad_left) // VAE_SCALE
             lh, lw = min(ref_lat.shape[1], h - ly), min(ref_lat.shape[2], w - lx)
             cond[:, ly:ly + lh, lx:lx + lw] = ref_lat[:, :lh, :lw]
@@ -338,7 +347,7 @@ class FluxFillBackend:
         # per-row CPU generators: a row's noise is the same whatever its batch
         noise = torch.stack([torch.randn((16, h, w), generator=torch.Generator("cpu").manual_seed(int(j.seed)),
                                          dtype=torch.float32) for j in jobs])
-        latents = self._pack(self._upload(noise.numpy()), 16)
+        latents = self._pack(self._upload(noise), 16)
         embeds = [self._embed(j.prompt) for j in jobs]
         sched = self.scheduler_cls.from_config(self.pipe.scheduler.config)
         cfgs = sched.config
