@@ -28,7 +28,7 @@ from pipeline.backends import Job  # noqa: E402
 from pipeline.backends.classical import ClassicalBackend  # noqa: E402
 from pipeline.backends.solid import SolidBackend  # noqa: E402
 from pipeline.compose import generated_sides, paste_back  # noqa: E402
-from pipeline.quality import seam_score  # noqa: E402
+from pipeline.quality import psnr, seam_score  # noqa: E402
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "camera.png", "rocket.jpg", "motorcycle_left.png",
           "retina.jpg", "hubble_deep_field.jpg", "brick.png", "grass.png", "gravel.png", "moon.png"]
@@ -44,11 +44,6 @@ def telea(canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
     import cv2
 
     return cv2.inpaint(canvas, mask.astype(np.uint8) * 255, 5, cv2.INPAINT_TELEA)
-
-
-def psnr(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> float:
-    e = ((a.astype(np.float64) - b.astype(np.float64))[m] ** 2).mean()
-    return float(10 * np.log10(255.0 ** 2 / max(e, 1e-9)))
 
 
 def streak_index(out: np.ndarray, mask: np.ndarray, sides) -> float:

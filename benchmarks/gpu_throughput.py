@@ -38,11 +38,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
-
-
 def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dict:
     """``rows`` synthetic PNG rows through plan -> load -> outpaint -> write, the model
     stage called by ``actor_concurrency`` threads on one backend (as a Ray actor does)."""
@@ -106,6 +101,7 @@ def main(argv=None) -> int:
     from pipeline.backends.flux import FluxFillBackend
     from pipeline.bench import UtilSampler, matmul_tflops, random_flux_pipe, synthetic_jobs
     from pipeline.flops import transformer_flops
+    from pipeline.quality import psnr
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")

@@ -73,3 +73,10 @@ def fill_leakage(out: np.ndarray, vx0: int, vy0: int, vx1: int, vy1: int, fill: 
         return 0.0
     d = np.linalg.norm(out[mask].astype(np.float32) - np.asarray(FILL_COLORS[fill], np.float32), axis=1)
     return float((d < LEAK_DISTANCE).mean())
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio of uint8 images, dB (over ``mask`` if given; inf if equal)."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    mse = float(((d[mask] if mask is not None else d) ** 2).mean())
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))

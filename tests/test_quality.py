@@ -190,3 +190,16 @@ def test_report_is_columnar_stable_and_complete(tmp_path):
     assert worst == [f"sku-{i:05d}" for i in ok_ids[np.argsort(-seam[ok_ids], kind="stable")][:12]]
     table = page.split('<table id="failures">')[1]
     assert table.count("<code>image_not_found</code>") == 100
+
+
+def test_psnr_values():
+    from pipeline.quality import psnr
+
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    assert psnr(a, b) == float("inf")
+    b[0, 0, 0] = 255  # mse = 255^2 / 48 -> 10 log10(48)
+    assert psnr(a, b) == pytest.approx(10 * np.log10(48))
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True  # over that pixel only: mse = 255^2 / 3
+    assert psnr(a, b, mask) == pytest.approx(10 * np.log10(3))
