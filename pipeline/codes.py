@@ -58,3 +58,10 @@ def status_array(code_idx: np.ndarray) -> pa.Array:
 
 def code_array(code_idx: np.ndarray) -> pa.Array:
     return pa.array(list(CODES), pa.string()).take(pa.array(code_idx.astype(np.int32)))
+
+
+def tally(column) -> dict[str, int]:
+    """How many rows hold each value of a status or code column (nulls not counted)."""
+    import pyarrow.compute as pc
+
+    return {d["values"]: d["counts"] for d in pc.value_counts(column.drop_null()).to_pylist()}

@@ -51,12 +51,8 @@ def _read(uri: str | None, options: dict) -> bytes | None:
 
 def summarise(meta: pa.Table) -> dict:
     """Counts per status and code, output megapixels: columnar (millions of rows)."""
-    status = meta.column("status")
-    ok = pc.fill_null(pc.equal(status, codes.OK), False)
-    counts = dict(zip(*pc.value_counts(status).flatten())) if meta.num_rows else {}
-    counts = {k.as_py(): v.as_py() for k, v in counts.items()}
-    code = meta.column("error_code").drop_null() if meta.num_rows else pa.array([], pa.string())
-    by_code = {d["values"]: d["counts"] for d in pc.value_counts(code).to_pylist()} if len(code) else {}
+    ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
+    counts, by_code = codes.tally(meta.column("status")), codes.tally(meta.column("error_code"))
     area = pc.multiply(meta.column("canvas_width").cast(pa.float64()), meta.column("canvas_height").cast(pa.float64()))
     mp = (pc.sum(pc.filter(area, ok)).as_py() or 0.0) / 1e6
     return {"rows": meta.num_rows,

@@ -47,14 +47,14 @@ def ensure_ray(cfg: Config):
     import ray
 
     if not ray.is_initialized():
-        kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        common = dict(logging_level=logging.WARNING, log_to_driver=True)
         # inside a Ray job (outpaint submit) RAY_ADDRESS names the cluster it runs on
         address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(address=address, **common)
         else:
-            ray.init(address="local", num_cpus=cfg.runtime.num_cpus,
-                     object_store_memory=cfg.runtime.object_store_memory, **kwargs)
+            ray.init(address="local", num_cpus=cfg.runtime.num_cpus, include_dashboard=False,
+                     object_store_memory=cfg.runtime.object_store_memory, **common)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.runtime.ray_progress_bars
     ctx.print_on_execution_start = cfg.runtime.ray_progress_bars
@@ -92,9 +92,9 @@ class Tally:
 
     def add(self, batch: pa.Table) -> None:
         """Columnar: the driver sees every row of the run."""
-        for tally, col in ((self.by_status, batch.column("status")), (self.by_code, batch.column("error_code"))):
-            for d in pc.value_counts(col.drop_null()).to_pylist():
-                tally[d["values"]] = tally.get(d["values"], 0) + d["counts"]
+        for total, col in ((self.by_status, "status"), (self.by_code, "error_code")):
+            for k, v in codes.tally(batch.column(col)).items():
+                total[k] = total.get(k, 0) + v
         written = pc.and_(pc.fill_null(pc.equal(batch.column("status"), codes.OK), False),
                           pc.is_valid(batch.column("output_uri")))
         area = pc.multiply(batch.column("canvas_width").cast(pa.float64()),
@@ -247,16 +247,15 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     wall = time.time() - t_start
 
     in_manifest = final.filter(pc.is_in(final.column("id"), value_set=table.column("id").cast(pa.string())))
-    st = in_manifest.column("status").to_pylist()
-    cd = in_manifest.column("error_code").to_pylist()
+    st, cd = codes.tally(in_manifest.column("status")), codes.tally(in_manifest.column("error_code"))
     result = {
         "run_id": run_id,
         "started_at": t_start,
         "finished_at": time.time(),
         "wall_s": round(wall, 3),
         "rows": table.num_rows,
-        "manifest": {"by_status": {k: st.count(k) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
-                     "by_code": {k: cd.count(k) for k in sorted(set(c for c in cd if c))}},
+        "manifest": {"by_status": {k: st.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
+                     "by_code": dict(sorted(cd.items()))},
         "counts": {"processed": tally.done, "skipped": tally.skipped,
                    "by_status": tally.by_status, "by_code": tally.by_code},
         "model_busy": tally.busy(),
