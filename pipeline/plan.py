@@ -253,10 +253,9 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     txt = cfg.model.max_sequence_length
     rel = transformer_flops(FLUX1_CONFIG, (BW * BH / 256.0), txt) / transformer_flops(FLUX1_CONFIG, 4096, txt)
     gpu_s = float((steps * rel * cfg.plan.seconds_per_step_at_1mp)[gen].sum())
-    shapes: dict[str, int] = {}
-    for f, w, h in zip(fast[gen], BW[gen], BH[gen]):
-        key = f"{w}x{h} {'fast' if f else 'high'}"
-        shapes[key] = shapes.get(key, 0) + 1
+    uniq, counts = np.unique(np.stack([BW[gen], BH[gen], fast[gen].astype(np.int64)], axis=1), axis=0,
+                             return_counts=True)
+    shapes = {f"{w}x{h} {'fast' if f else 'high'}": int(c) for (w, h, f), c in zip(uniq, counts)}
     return {
         "rows": int(plan.num_rows),
         "by_status": by_status,
