@@ -159,7 +159,7 @@ class OutputStore:
             cols = [c for c in _KEY_COLUMNS if c in sch.names]
             t = storage.retry(pq.read_table, f, filesystem=self.fs, columns=cols,
                               read_dictionary=[c for c in ("status", "error_code", "run_id") if c in cols])
-            keys.append(_conform(t, key_schema))
+            keys.append(conform(t, key_schema))
             offsets.append(offsets[-1] + t.num_rows)
         every = pa.concat_tables(keys)
         every = every.append_column("_g", pa.array(np.arange(every.num_rows, dtype=np.int64)))
@@ -186,7 +186,7 @@ class OutputStore:
             take, cand = np.flatnonzero(kept[lo:hi]), np.flatnonzero(superseded[lo:hi])
             if not len(take) and not len(cand):
                 continue
-            t = _conform(storage.retry(pq.read_table, f, filesystem=self.fs), schema)
+            t = conform(storage.retry(pq.read_table, f, filesystem=self.fs), schema)
             if len(cand):
                 candidates |= self._image_names(t.take(pa.array(cand)))
             buf.append(t.take(pa.array(take)))
@@ -280,7 +280,7 @@ class OutputStore:
             return json.loads(f.read())
 
 
-def _conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
+def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     """``t`` with exactly ``schema``'s columns, in order: missing ones null (older
     metadata), dictionary-read or narrower ones cast."""
     cols = []

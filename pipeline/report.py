@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from . import codes, storage
-from .outputs import OutputStore
+from .outputs import OutputStore, conform
 from .rows import derive_seeds
 
 THUMB = 256
@@ -62,12 +62,11 @@ def summarise(meta: pa.Table) -> dict:
 
 
 # what the page shows; nothing else is read (the metadata can hold millions of rows)
-COLUMNS = ["id", "image", "output_uri", "status", "error_code", "error_message", "canvas_width", "canvas_height",
-           "mode", "generated", "seam_score", "fill_color", "fill_leakage", "fill_leak_flag"]
-
-
-_TYPES = {"generated": pa.bool_(), "fill_leak_flag": pa.bool_(), "seam_score": pa.float64(),
-          "fill_leakage": pa.float64(), "canvas_width": pa.int64(), "canvas_height": pa.int64()}
+SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("output_uri", pa.string()),
+                    ("status", pa.string()), ("error_code", pa.string()), ("error_message", pa.string()),
+                    ("canvas_width", pa.int64()), ("canvas_height", pa.int64()), ("mode", pa.string()),
+                    ("generated", pa.bool_()), ("seam_score", pa.float64()), ("fill_color", pa.string()),
+                    ("fill_leakage", pa.float64()), ("fill_leak_flag", pa.bool_())])
 
 
 def _rows(meta: pa.Table, mask=None, order=None, limit: int | None = None) -> list[dict]:
@@ -80,25 +79,20 @@ def _rows(meta: pa.Table, mask=None, order=None, limit: int | None = None) -> li
 
 def _pick_sample(meta: pa.Table, n: int) -> list[dict]:
     """A stable sample: the same rows on every rebuild (ordered by a hash of the id)."""
-    ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
-    if "generated" in meta.column_names:
-        ok = pc.and_(ok, pc.fill_null(meta.column("generated"), False))
-    cand = meta.filter(ok)
+    cand = meta.filter(pc.fill_null(pc.and_(pc.equal(meta.column("status"), codes.OK), meta.column("generated")),
+                                    False))
     if cand.num_rows == 0 or n == 0:
         return []
     # a vectorised hash of the id (the per-row seed function, fixed seed): stable, no per-row Python
-    keys = derive_seeds(0x5EED, cand.column("id").cast(pa.string()).combine_chunks())
-    order = np.lexsort((np.arange(len(keys)), keys))[:n]
-    return cand.take(pa.array(order)).to_pylist()
+    keys = derive_seeds(0x5EED, cand.column("id").combine_chunks())
+    return cand.take(pa.array(np.argsort(keys, kind="stable")[:n])).to_pylist()
 
 
 def build(store: OutputStore, source_options: dict | None = None, sample: int = 24, worst: int = 12) -> tuple[str, dict]:
-    meta = store.read_metadata(COLUMNS)
+    meta = store.read_metadata(SCHEMA.names)
     if meta is None:
         raise FileNotFoundError(f"{store.uri}: no metadata/ to report on")
-    for name in COLUMNS:  # metadata of older versions may lack a column
-        if name not in meta.column_names:
-            meta = meta.append_column(name, pa.nulls(meta.num_rows, _TYPES.get(name, pa.string())))
+    meta = conform(meta, SCHEMA)  # metadata of older versions may lack a column
     summary = summarise(meta)
     run = None
     try:
