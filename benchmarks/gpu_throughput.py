@@ -47,7 +47,7 @@ def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dic
     from pipeline import manifest
     from pipeline.outputs import OutputStore
     from pipeline.plan import PlanStage
-    from pipeline.stages import LoadStage, OutpaintStage, ResumeFilter, WriteStage
+    from pipeline.stages import LoadStage, OutpaintStage, WriteStage
 
     import pyarrow.parquet as pq
 
@@ -62,7 +62,7 @@ def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dic
                              "width": [size] * rows, "height": [size] * rows}), path)
     cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"manifest": path})})
     store = OutputStore(os.path.join(workdir, "out"))
-    plan = ResumeFilter(pa.array([], pa.string()))(PlanStage(cfg, identify=True)(manifest.read(cfg)))
+    plan = PlanStage(cfg, identify=True)(manifest.read(cfg))
     bs = cfg.runtime.batch_size
     load, model, write = LoadStage(cfg), OutpaintStage(cfg, backend=backend), WriteStage(cfg, store, "bench")
     from pipeline.backends.flux import BusyClock

@@ -64,7 +64,9 @@ def parse_ratio(value: Any) -> Fraction:
 
 
 class InputConfig(_Section):
-    manifest: str = Field(description="Parquet file, directory or glob, any fsspec URI")
+    manifest: str = Field(description="manifest file, directory or glob, any fsspec URI")
+    format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = Field(
+        "auto", description="manifest file format; auto: by extension (.parquet, .csv, .tsv, .jsonl/.ndjson/.json)")
     image_root: Optional[str] = Field(None, description="prefix for relative `image` values")
     storage_options: dict[str, Any] = Field(default_factory=dict)
     header_threads: int = Field(32, ge=1, le=512, description="parallel header reads when sizes are unknown")
@@ -260,7 +262,9 @@ class RuntimeConfig(_Section):
     # prefetches further batches' inputs (actor_tasks_in_flight).
     actor_concurrency: int = Field(2, ge=1, le=8, description="concurrent calls per model actor")
     actor_tasks_in_flight: Optional[int] = Field(None, ge=1, le=64, description="default 2 x actor_concurrency")
-    block_rows: int = Field(16, ge=1, description="rows per Ray block through the CPU stages")
+    block_rows: int = Field(16, ge=1, description="work rows per Ray block through the image stages")
+    plan_block_rows: int = Field(65_536, ge=1, description="manifest rows per triage chunk (plan + resume "
+                                 "filter + bulk metadata, columnar); Parquet slices are whole row groups")
     progress_interval_s: float = Field(5.0, gt=0)
     ray_progress_bars: bool = False
 

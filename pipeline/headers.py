@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +68,15 @@ def inspect(fileobj, nbytes: int, uri: str | None, limits: SourceLimits) -> Head
             orientation = 1
             if fmt in ("JPEG", "MPO", "WEBP", "PNG", "TIFF"):
                 try:
-                    orientation = int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
+                    if fmt == "PNG":
+                        # getexif() on a PNG decodes the whole image to look for an eXIf chunk
+                        # after the pixels; one before them (where writers put it) is in info
+                        exif = Image.Exif()
+                        if img.info.get("exif"):
+                            exif.load(img.info["exif"])
+                    else:
+                        exif = img.getexif()
+                    orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
                 except Exception:  # malformed EXIF: the loader will ignore it too
                     orientation = 1
     except Image.DecompressionBombError:
@@ -107,10 +114,11 @@ def identity_of(info: dict) -> str:
     return ";".join(parts)
 
 
-def probe(uri: str, storage_options: dict, limits: SourceLimits, want_header: bool = True) -> Header:
+def probe(uri: str, storage_options: dict, limits: SourceLimits, want_header: bool = True,
+          resolve: storage.Resolver | None = None) -> Header:
     """Identity (always) and header (if asked) of one source URI."""
     try:
-        fs, path = storage.filesystem(uri, storage_options)
+        fs, path = (resolve or storage.Resolver(storage_options))(uri)
         info = storage.retry(fs.info, path)
         if info.get("type") == "directory":
             return Header(code="image_not_found", message=f"{uri} is a directory, not an image file")
@@ -154,14 +162,15 @@ def probe_many(uris, blobs, want_header, storage_options: dict, limits: SourceLi
     msg = np.full(n, None, dtype=object)
     ident = np.full(n, None, dtype=object)
 
+    resolve = storage.Resolver(storage_options)
+
     def one(i):
         if blobs is not None and blobs[i] is not None:
             return i, probe_bytes(blobs[i], limits, bool(want_header[i]))
-        return i, probe(uris[i], storage_options, limits, bool(want_header[i]))
+        return i, probe(uris[i], storage_options, limits, bool(want_header[i]), resolve)
 
     todo = [i for i in range(n) if uris[i] is not None or (blobs is not None and blobs[i] is not None)]
-    if todo:
-        with ThreadPoolExecutor(max_workers=min(threads, len(todo))) as pool:
-            for i, hd in pool.map(one, todo):
-                w[i], h[i], code[i], msg[i], ident[i] = hd.width, hd.height, hd.code, hd.message, hd.identity
+    local = all(u is None or storage.is_local(u) for u in uris)
+    for i, hd in storage.map_io(one, todo, threads, local):
+        w[i], h[i], code[i], msg[i], ident[i] = hd.width, hd.height, hd.code, hd.message, hd.identity
     return w, h, code, msg, ident

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .config import ConfigError
+from .hashing import DoneSet, fingerprints
 from .imageio import EXTENSIONS
 
 IMAGES, METADATA, TMP = "images", "metadata", "_tmp"
@@ -131,6 +132,15 @@ class OutputStore:
             tables.append(t)
         return pa.concat_tables(tables, promote_options="permissive")
 
+    def read_metadata_parts(self, shard_prefix: str, columns: list[str]) -> pa.Table | None:
+        """``columns`` of the parts whose shard starts with ``shard_prefix`` (one run's
+        bulk parts), as written; None when there are none."""
+        files = [f for f in self.metadata_files() if posixpath.basename(f).startswith(f"part-{shard_prefix}")]
+        if not files:
+            return None
+        return pa.concat_tables([storage.retry(pq.read_table, f, filesystem=self.fs, columns=columns)
+                                 for f in files], promote_options="permissive")
+
     def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:
         """All parts, latest row per id (by ``completed_at``); None when there are none."""
         files = self.metadata_files()
@@ -225,22 +235,29 @@ class OutputStore:
             except FileNotFoundError:
                 pass
 
-    def done_keys(self, ids: pa.Array | None = None, probe_limit: int = 10_000) -> pa.Array:
-        """``id \\x1f request_hash`` of rows already ok whose image exists: skipped on resume.
+    def done_set(self, ids: pa.Array | None = None, probe_limit: int = 10_000) -> DoneSet:
+        """Fingerprints of the rows already ok whose images exist: skipped on resume."""
+        done = self.done_rows(ids, probe_limit)
+        hi, lo, valid = fingerprints(done.column("request_hash"))
+        return DoneSet(hi[valid], lo[valid])
+
+    def done_rows(self, ids: pa.Array | None = None, probe_limit: int = 10_000) -> pa.Table:
+        """``id``, ``request_hash`` of rows already ok whose image exists.
 
         ``ids``: the manifest's; only those rows are checked. Up to ``probe_limit``
         images are checked one by one (a daily manifest of new rows checks none); more
         than that, one listing of images/ is cheaper than a request each.
         """
+        none = pa.table({"id": pa.array([], pa.string()), "request_hash": pa.array([], pa.string())})
         prev = self.read_metadata(["id", "status", "request_hash", "output_uri", "output_uris"])
         if prev is None or "request_hash" not in prev.column_names:
-            return pa.array([], pa.string())
+            return none
         ok = prev.filter(pc.and_(pc.equal(prev.column("status"), "ok"), pc.is_valid(prev.column("request_hash"))))
         if ids is not None:
             ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
             ok = ok.filter(pc.is_in(ok.column("id"), value_set=ids.cast(pa.string())))
         if ok.num_rows == 0:
-            return pa.array([], pa.string())
+            return none
         # every output of the row must exist: columnar over (row, uri) pairs
         one = pa.ListArray.from_arrays(pa.array(np.arange(ok.num_rows + 1, dtype=np.int32)),
                                        ok.column("output_uri").combine_chunks())
@@ -249,7 +266,8 @@ class OutputStore:
         flat = pc.list_flatten(uris)
         parent = pc.list_parent_indices(uris).to_numpy()
         base = pc.replace_substring_regex(flat, r"^.*/", "")
-        if len(base) <= probe_limit:
+        # a local listing costs ~1 µs a name, a stat ~50: list beyond a thousand
+        if len(base) <= (min(probe_limit, 1000) if self.local else probe_limit):
             present = pa.array(self._exist(base.to_pylist()), pa.bool_())
         else:
             names = pa.array(sorted(self.existing_images()), pa.string())
@@ -257,19 +275,16 @@ class OutputStore:
         missing = np.bincount(parent[~np.asarray(present)], minlength=ok.num_rows)
         has_any = np.bincount(parent[np.asarray(pc.is_valid(flat))], minlength=ok.num_rows) > 0
         ok = ok.filter(pa.array((missing == 0) & has_any))
-        return pc.binary_join_element_wise(ok.column("id"), ok.column("request_hash"), "\x1f")
+        return ok.select(["id", "request_hash"])
 
     def _exist(self, names: list[str | None], threads: int = 32) -> list[bool]:
-        """Whether ``images/{name}`` exists, one request each, on a thread pool."""
-        from concurrent.futures import ThreadPoolExecutor
-
+        """Whether ``images/{name}`` exists, one request each (on a thread pool for object stores)."""
         self.fs.invalidate_cache()
 
         def one(name):
             return bool(name) and bool(storage.retry(self.fs.exists, self.path(IMAGES, name)))
 
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(one, names))
+        return storage.map_io(one, names, threads, self.local)
 
     # ---------------------------------------------------------------- files
     def write_json(self, name: str, obj) -> None:

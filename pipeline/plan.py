@@ -135,41 +135,57 @@ class PlanStage:
             image_msg[i] = (f"source is {src_w[i]}×{src_h[i]} = {src_w[i] * src_h[i]:,} px (image_width/height), "
                             f"over limits.max_source_pixels = {self.limits.max_source_pixels:,}")
         usable = (request_code == 0) & (id_code == 0) & (image_code == 0)
-        need_header = usable & ~req.has_src
-        need = need_header | (usable if self.identify else False)
         identity = np.full(n, None, dtype=object)
-        if need.any():
-            todo = np.flatnonzero(need)
-            images = req.image.take(pa.array(todo)).to_pylist()
-            blobs = None
-            if req.has_bytes[todo].any():
-                col = batch.column("image_bytes")
-                blobs = [col[int(i)].as_py() if req.has_bytes[i] else None for i in todo]
-            hw, hh, hc, hm, hid = headers.probe_many(images, blobs, need_header[todo], self.cfg.input.storage_options,
-                                                     self.limits, self.cfg.input.header_threads)
-            got = need_header[todo]
-            src_w[todo[got]], src_h[todo[got]] = hw[got], hh[got]
-            identity[todo] = hid
-            for j in np.flatnonzero(hc != None):  # noqa: E711
-                image_code[todo[j]] = CODE[hc[j]]
-                image_msg[todo[j]] = hm[j]
+        # sizes unknown: read headers (which also give the source's identity)
+        self._probe(batch, req, usable & ~req.has_src, True, src_w, src_h, image_code, image_msg, identity)
 
-        g = GeometryInput(
-            src_w=src_w, src_h=src_h, width=req.width, height=req.height,
-            has_width=req.has_width, has_height=req.has_height,
-            ratio_num=req.ratio_num, ratio_den=req.ratio_den, has_ratio=req.has_ratio,
-            offset_x=req.offset_x, offset_y=req.offset_y,
-            has_offset_x=req.has_offset_x, has_offset_y=req.has_offset_y,
-            anchor_h=req.anchor_h, anchor_v=req.anchor_v, auto_crop=req.auto_crop, fast=req.fast,
-            request_code=request_code, id_code=id_code, image_code=image_code,
-        )
-        out = plan_geometry(g, self.rules)
+        def geometry():
+            return plan_geometry(GeometryInput(
+                src_w=src_w, src_h=src_h, width=req.width, height=req.height,
+                has_width=req.has_width, has_height=req.has_height,
+                ratio_num=req.ratio_num, ratio_den=req.ratio_den, has_ratio=req.has_ratio,
+                offset_x=req.offset_x, offset_y=req.offset_y,
+                has_offset_x=req.has_offset_x, has_offset_y=req.has_offset_y,
+                anchor_h=req.anchor_h, anchor_v=req.anchor_v, auto_crop=req.auto_crop, fast=req.fast,
+                request_code=request_code, id_code=id_code, image_code=image_code,
+            ), self.rules)
+
+        out = geometry()
+        if self.identify:
+            # runs: the identity of rows that passed (size + ETag/mtime, a digest of inline
+            # bytes); rejected rows never touch their image
+            need = (out["code"] == 0) & (identity == None)  # noqa: E711 - elementwise
+            if self._probe(batch, req, need, False, src_w, src_h, image_code, image_msg, identity):
+                out = geometry()  # an image that vanished: its code comes before geometry
         table = self._table(batch, req, out, rows, src_w, src_h, id_msg, image_msg)
         if self.identify:
             table = table.append_column("request_hash", request_hashes(table, identity, self.cfg))
             if "image_bytes" in batch.column_names:  # the loader needs them
                 table = table.append_column("image_bytes", batch.column("image_bytes").cast(pa.large_binary()))
         return table
+
+    def _probe(self, batch, req, need, want_header: bool, src_w, src_h, image_code, image_msg, identity) -> bool:
+        """Probe the rows in ``need`` (in parallel); fills sizes (headers), identities and
+        image codes in place. Returns whether any row got an image code."""
+        if not need.any():
+            return False
+        todo = np.flatnonzero(need)
+        images = req.image.take(pa.array(todo)).to_pylist()
+        blobs = None
+        if req.has_bytes[todo].any():
+            col = batch.column("image_bytes")
+            blobs = [col[int(i)].as_py() if req.has_bytes[i] else None for i in todo]
+        hw, hh, hc, hm, hid = headers.probe_many(images, blobs, np.full(len(todo), want_header),
+                                                 self.cfg.input.storage_options, self.limits,
+                                                 self.cfg.input.header_threads)
+        if want_header:
+            src_w[todo], src_h[todo] = hw, hh
+        identity[todo] = hid
+        bad = np.flatnonzero(hc != None)  # noqa: E711
+        for j in bad:
+            image_code[todo[j]] = CODE[hc[j]]
+            image_msg[todo[j]] = hm[j]
+        return bool(len(bad))
 
     def _table(self, batch, req, out, rows, src_w, src_h, id_msg, image_msg) -> pa.Table:
         n = batch.num_rows

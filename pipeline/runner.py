@@ -1,9 +1,18 @@
 """``outpaint run``: where the stages run (Ray Data), kept apart from what they do.
 
-Driver: validate, read the manifest (global row numbers, for the duplicate rule),
-read the previous state, build the streaming dataset, then consume metadata rows
-as they complete: progress, metadata parts, and finally compaction, run.json and
-the summary. Workers: plan, load, outpaint and write images straight to storage.
+Driver: validate, scan the manifest's ids (the duplicate rule, row numbers and the
+resume check; never its rows), then two Ray Data phases:
+
+1. triage, over big slices of the manifest in workers: plan, drop what is done,
+   write the metadata of rejected rows in bulk; the work rows stay in Ray's object
+   store. The driver then knows exactly how much work there is.
+2. images, over small blocks of the work rows only: load, outpaint (model actors
+   sized to the work, none when nothing needs generating), write. The driver consumes
+   their metadata rows: progress, metadata parts.
+
+Then compaction, run.json, the report and the summary. The driver's memory is the
+manifest's id column (~30 bytes a row), the done set (16 bytes a done row) and
+bounded buffers; it never holds a row object or the manifest.
 """
 
 from __future__ import annotations
@@ -24,8 +33,9 @@ from . import codes, manifest, storage
 from .backends import needs_actor
 from .config import Config, ConfigError, dump
 from .outputs import OutputStore, new_run_id
-from .plan import PlanStage, duplicate_first_rows
-from .stages import SKIP, LoadStage, OutpaintStage, ProcessStage, ResumeFilter, WriteStage
+from .plan import duplicate_first_rows
+from .stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
+from .triage import TriageStage, slices_table
 
 log = logging.getLogger("outpaint")
 
@@ -70,10 +80,14 @@ def _fmt_duration(s: float) -> str:
 
 @dataclass
 class Tally:
+    """The driver's running counts. ``total`` is the work rows (what progress and ETA
+    are over); rows finished in bulk by triage are counted up front, not waited for."""
+
     total: int
     started: float = field(default_factory=time.time)
     done: int = 0
     skipped: int = 0
+    bulk: int = 0
     by_status: dict = field(default_factory=dict)
     by_code: dict = field(default_factory=dict)
     megapixels: float = 0.0
@@ -90,11 +104,14 @@ class Tally:
                 "actor_s": round(wall, 3),
                 "actors": {k: round(v[0] / v[1], 4) if v[1] > 0 else None for k, v in sorted(self.actors.items())}}
 
-    def add(self, batch: pa.Table) -> None:
-        """Columnar: the driver sees every row of the run."""
+    def count(self, batch: pa.Table) -> None:
         for total, col in ((self.by_status, "status"), (self.by_code, "error_code")):
             for k, v in codes.tally(batch.column(col)).items():
                 total[k] = total.get(k, 0) + v
+
+    def add(self, batch: pa.Table) -> None:
+        """Work rows' metadata, columnar."""
+        self.count(batch)
         written = pc.and_(pc.fill_null(pc.equal(batch.column("status"), codes.OK), False),
                           pc.is_valid(batch.column("output_uri")))
         area = pc.multiply(batch.column("canvas_width").cast(pa.float64()),
@@ -111,15 +128,14 @@ class Tally:
 
     def line(self) -> str:
         el = max(time.time() - self.started, 1e-9)
-        finished = self.done + self.skipped
         rate = self.done / el
-        eta = (self.total - finished) / rate if rate > 0 else float("inf")
-        pct = 100.0 * finished / max(self.total, 1)
-        parts = [f"{finished:,}/{self.total:,} rows ({pct:.1f}%)"]
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        pct = 100.0 * self.done / max(self.total, 1)
+        parts = [f"{self.done:,}/{self.total:,} work rows ({pct:.1f}%)"]
         parts += [f"{k} {v:,}" for k, v in sorted(self.by_status.items())]
         if self.skipped:
             parts.append(f"skipped {self.skipped:,}")
-        parts += [f"{rate:.2f} rows/s", f"ETA {_fmt_duration(eta) if finished < self.total else '0m00s'}"]
+        parts += [f"{rate:.2f} rows/s", f"ETA {_fmt_duration(eta) if self.done < self.total else '0m00s'}"]
         return "[outpaint] " + " · ".join(parts)
 
 
@@ -144,31 +160,87 @@ def summary_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def distinct_prompts(cfg: Config, table: pa.Table, limit: int = 1024) -> list[str] | None:
-    """Every prompt the run can meet (so actors embed them once and may drop the text
-    encoders); None when there are too many to embed up front."""
-    if "prompt" not in table.column_names:
-        return [cfg.defaults.prompt]
-    col = table.column("prompt").cast(pa.string()).fill_null(cfg.defaults.prompt)
-    uniq = pc.unique(col).to_pylist()
-    return uniq if len(uniq) <= limit else None
+def work_summary(batch: pa.Table) -> pa.Table:
+    """Per block of work rows: how many need the model, and their distinct prompts."""
+    gen = pc.sum(batch.column("generated").cast(pa.int64())).as_py() or 0
+    prompts = pc.unique(batch.column("prompt").cast(pa.string()).fill_null("")).to_pylist()
+    return pa.table({"generated": [gen], "prompts": [prompts]})
 
 
-def actor_pool(ray, cfg: Config):
-    """The model actors: an autoscaling range; ``actor_concurrency`` calls run at once
-    in each (one in the GPU loop, the next preparing), with more batches' inputs
-    already fetched to the actor (``actor_tasks_in_flight``) so the GPU never waits."""
+def actor_pool(ray, cfg: Config, rows_to_generate: int):
+    """The model actors: an autoscaling range, never more than the work can keep busy;
+    ``actor_concurrency`` calls run at once in each (one in the GPU loop, the next
+    preparing), with more batches' inputs already fetched (``actor_tasks_in_flight``)."""
     rt = cfg.runtime
+    most = max(1, min(rt.num_actors, math.ceil(rows_to_generate / rt.batch_size)))
     # CUDA graph trees are recorded per thread: one caller thread, or they are recorded twice
     n = 1 if cfg.model.optimize.cuda_graphs else rt.actor_concurrency
     return ray.data.ActorPoolStrategy(
-        min_size=rt.min_actors or rt.num_actors, max_size=rt.num_actors,
+        min_size=min(rt.min_actors or most, most), max_size=most,
         max_concurrent_calls_per_actor=n, enable_true_multi_threading=n > 1,
         max_tasks_in_flight_per_actor=rt.actor_tasks_in_flight or 2 * n)
 
 
-def _blocks(table: pa.Table, rows: int) -> list[pa.Table]:
-    return [table.slice(s, rows) for s in range(0, table.num_rows, rows)] or [table]
+class Work:
+    """The work rows triage left: Ray blocks (materialized in the object store), or,
+    for a manifest of one slice triaged in the driver process, that slice's tables."""
+
+    def __init__(self, dataset=None, tables: list[pa.Table] | None = None):
+        self.dataset, self.tables = dataset, tables or []
+        self.rows = dataset.count() if dataset is not None else sum(t.num_rows for t in self.tables)
+
+    def to_dataset(self, ray):
+        return self.dataset if self.dataset is not None else ray.data.from_arrow(self.tables)
+
+    def summary(self) -> tuple[int, list[str]]:
+        """Rows that need the model, and their distinct prompts."""
+        if self.dataset is not None:
+            parts = self.dataset.map_batches(work_summary, batch_format="pyarrow", batch_size=None).take_all()
+        else:
+            parts = [work_summary(t).to_pylist()[0] for t in self.tables]
+        return sum(p["generated"] for p in parts), sorted({q for p in parts for q in p["prompts"]})
+
+
+def triage(cfg: Config, store: OutputStore, run_id: str, index: manifest.ManifestIndex, done) -> Work:
+    """Phase 1: plan and resume-filter every row; the work rows come back."""
+    dups = duplicate_first_rows(index.ids, np.arange(index.rows, dtype=np.int64))
+    if len(index.slices) <= 1:
+        # one slice is one task's worth: run it here, and a run with nothing to do
+        # never starts Ray (memory: one slice of at most plan_block_rows rows)
+        stage = TriageStage(cfg, store, run_id, duplicates=dups, done=done, chunk_rows=cfg.runtime.plan_block_rows)
+        return Work(tables=[t for piece in index.slices for t in stage.chunks(piece)])
+    ray = ensure_ray(cfg)
+    stage = TriageStage(cfg, store, run_id, duplicates=ray.put(dups) if dups else None,
+                        done=ray.put(done) if done is not None and len(done) else None,
+                        chunk_rows=cfg.runtime.plan_block_rows)
+    sl = slices_table(index.slices)
+    ds = ray.data.from_arrow([sl.slice(i, 1) for i in range(sl.num_rows)])  # one task per slice
+    return Work(dataset=ds.map_batches(stage, batch_format="pyarrow", batch_size=None).materialize())
+
+
+def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
+    """Phase 2: the image stages over small blocks of the work rows."""
+    ds = work.to_dataset(ray).repartition(target_num_rows_per_block=cfg.runtime.block_rows)
+    task = dict(batch_format="pyarrow", batch_size=None)
+    gen, prompts = work.summary() if needs_actor(cfg.model) else (0, [])
+    # With a light backend every stage fuses into one task operator; Ray Data's
+    # per-operator resource reservation then only keeps CPUs idle (measured: 2 CPUs
+    # ran ~1.1 tasks at a time). Actor pipelines keep it, so no stage starves.
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = gen > 0
+    if gen == 0:  # light CPU backends, or nothing to generate: no model actor, no weights
+        return ds.map_batches(ProcessStage(cfg, store, run_id), **task)
+    ds = ds.map_batches(LoadStage(cfg), **task)
+    ds = ds.map_batches(
+        OutpaintStage, fn_constructor_args=(cfg, prompts if len(prompts) <= 1024 else None),
+        batch_format="pyarrow", batch_size=cfg.runtime.batch_size,
+        compute=actor_pool(ray, cfg, gen),
+        num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
+        # A dead actor (killed, OOM) is restarted and its batch redone. Stating these
+        # (Ray's defaults) also makes the actor's remote args differ from the CPU
+        # stages', so Ray never fuses decoding into the model actor, GPU or not.
+        max_restarts=cfg.runtime.actor_restarts, max_task_retries=-1,
+    )
+    return ds.map_batches(WriteStage(cfg, store, run_id), **task)
 
 
 def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
@@ -180,44 +252,34 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
             f"output.uri {cfg.output.uri} is a local path but runtime.ray_address points at a cluster: workers "
             "on other nodes would write to their own disks; use object storage (s3://, gs://, az://)")
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
-    manifest.read_schema(cfg)  # schema problems fail before any work
+    index = manifest.scan(cfg, cfg.runtime.plan_block_rows)  # schema problems fail before any work
     store.check_writable()
     if cfg.output.mode == "error_if_exists" and store.has_outputs():
         raise ConfigError(f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
                           "use resume (skip finished rows) or overwrite, or another output.uri")
-    table = manifest.read(cfg)
-    done = store.done_keys(table.column("id")) if cfg.output.mode == "resume" else pa.array([], pa.string())
-    dups = duplicate_first_rows(table.column("id").cast(pa.string()), table.column(manifest.ROW_INDEX))
+    ids = index.ids.combine_chunks()
+    done = store.done_set(ids) if cfg.output.mode == "resume" else None
 
-    ray = ensure_ray(cfg)
-    # With a light backend every stage fuses into one task operator; Ray Data's
-    # per-operator resource reservation then only keeps CPUs idle (measured: 2 CPUs
-    # ran ~1.1 tasks at a time). Actor pipelines keep it, so no stage starves.
-    ray.data.DataContext.get_current().op_resource_reservation_enabled = needs_actor(cfg.model)
-    ds = ray.data.from_arrow(_blocks(table, cfg.runtime.block_rows))
-    task = dict(batch_format="pyarrow", batch_size=None)
-    ds = ds.map_batches(PlanStage(cfg, dups, identify=True), **task)
-    ds = ds.map_batches(ResumeFilter(done), **task)
-    if needs_actor(cfg.model):
-        ds = ds.map_batches(LoadStage(cfg), **task)
-        ds = ds.map_batches(
-            OutpaintStage, fn_constructor_args=(cfg, distinct_prompts(cfg, table)), batch_format="pyarrow",
-            batch_size=cfg.runtime.batch_size,
-            compute=actor_pool(ray, cfg),
-            num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
-            # A dead actor (killed, OOM) is restarted and its batch redone. Stating these
-            # (Ray's defaults) also makes the actor's remote args differ from the CPU
-            # stages', so Ray never fuses decoding into the model actor, GPU or not.
-            max_restarts=cfg.runtime.actor_restarts, max_task_retries=-1,
-        )
-        ds = ds.map_batches(WriteStage(cfg, store, run_id), **task)
-    else:  # light CPU backends: one fused task, pixels stay arrays in the worker
-        ds = ds.map_batches(ProcessStage(cfg, store, run_id), **task)
+    if not quiet:
+        print(f"[outpaint] planning {index.rows:,} rows ({len(index.slices):,} slices)", file=out, flush=True)
+    work = triage(cfg, store, run_id, index, done)
+    work_rows = work.rows
+    tally = Tally(total=work_rows)
+    bulk = store.read_metadata_parts(f"{run_id}-t", ["status", "error_code"])
+    if bulk is not None:
+        tally.count(bulk)
+        tally.bulk = bulk.num_rows
+    tally.skipped = index.rows - work_rows - tally.bulk
+    if not quiet:
+        st = tally.by_status
+        print(f"[outpaint] planned in {time.time() - t_start:.1f}s: {work_rows:,} to do, "
+              f"{tally.skipped:,} already done, {st.get(codes.REJECTED, 0):,} rejected, "
+              f"{st.get(codes.FAILED, 0):,} failed", file=out, flush=True)
+    del bulk
 
-    tally = Tally(total=table.num_rows, started=t_start)
     pending: list[pa.Table] = []
     pending_rows, part = 0, 0
-    last_print = 0.0
+    last_print = time.time()
 
     def flush():
         nonlocal pending, pending_rows, part
@@ -227,36 +289,38 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
             part += 1
         pending, pending_rows = [], 0
 
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        skip = np.asarray(batch.column(SKIP).to_numpy(zero_copy_only=False), dtype=bool)
-        tally.skipped += int(skip.sum())
-        batch = batch.filter(pa.array(~skip)).drop_columns([SKIP])
-        if batch.num_rows:
-            tally.add(batch)
-            pending.append(batch)
-            pending_rows += batch.num_rows
-        if pending_rows >= cfg.output.metadata_part_rows:
-            flush()
-        now = time.time()
-        if not quiet and now - last_print >= cfg.runtime.progress_interval_s:
-            print(tally.line(), file=out, flush=True)
-            last_print = now
-    flush()
+    tally.started = time.time()
+    if work_rows:
+        ray = ensure_ray(cfg)
+        for batch in images(ray, cfg, store, run_id, work).iter_batches(batch_format="pyarrow", batch_size=None):
+            if batch.num_rows:
+                tally.add(batch)
+                pending.append(batch)
+                pending_rows += batch.num_rows
+            if pending_rows >= cfg.output.metadata_part_rows:
+                flush()
+            now = time.time()
+            if not quiet and now - last_print >= cfg.runtime.progress_interval_s:
+                print(tally.line(), file=out, flush=True)
+                last_print = now
+        flush()
+        del work
     rows_kept = store.compact(f"{run_id}-c")
     final = store.read_metadata(["id", "status", "error_code"])
     wall = time.time() - t_start
 
-    in_manifest = final.filter(pc.is_in(final.column("id"), value_set=table.column("id").cast(pa.string())))
+    in_manifest = final.filter(pc.is_in(final.column("id"), value_set=ids))
     st, cd = codes.tally(in_manifest.column("status")), codes.tally(in_manifest.column("error_code"))
     result = {
         "run_id": run_id,
         "started_at": t_start,
         "finished_at": time.time(),
         "wall_s": round(wall, 3),
-        "rows": table.num_rows,
+        "rows": index.rows,
+        "work_rows": work_rows,
         "manifest": {"by_status": {k: st.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
                      "by_code": dict(sorted(cd.items()))},
-        "counts": {"processed": tally.done, "skipped": tally.skipped,
+        "counts": {"processed": tally.done + tally.bulk, "skipped": tally.skipped,
                    "by_status": tally.by_status, "by_code": tally.by_code},
         "model_busy": tally.busy(),
         "images_written": tally.images,
@@ -276,7 +340,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     except Exception as e:  # noqa: BLE001 - the review page must never fail a finished run
         print(f"[outpaint] report.html not written: {type(e).__name__}: {e}", file=out)
     if not quiet:
-        if time.time() - last_print > 0.5:
+        if work_rows and time.time() - last_print > 0.5:
             print(tally.line(), file=out)
         print(summary_table(result), file=out)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from typing import Sequence
 
@@ -29,7 +30,6 @@ from .imageio import ImageError, decode, encode, resize
 from .outputs import OutputStore, image_name
 
 PIXELS = pa.large_binary()
-SKIP = "resume_skip"  # True: already done in an earlier run; not reprocessed or rewritten
 
 # Final metadata columns added after planning (DESIGN.md, Outputs), in order.
 OUTPUT_FIELDS = [
@@ -57,6 +57,24 @@ OUTPUT_FIELDS = [
 # row's batch finished; the run reports loop / wall per actor ("GPUs busy")
 BUSY_FIELDS = [("model_actor", pa.string()), ("model_loop_s", pa.float64()), ("model_wall_s", pa.float64())]
 OUTPUT_FIELDS += BUSY_FIELDS
+# what the image stages carry that the metadata does not keep
+DROPPED_COLUMNS = ("ref_pixels", "ref_alpha", "out_pixels", "image_bytes")
+
+
+def bulk_metadata(plan: pa.Table, run_id: str, completed_at: float) -> pa.Table:
+    """Final metadata for planned rows that need no image work (rejected, failed while
+    planning), built columnar: the same columns as the write stage's rows."""
+    n = plan.num_rows
+    keep = [c for c in plan.column_names if c not in DROPPED_COLUMNS and c not in dict(OUTPUT_FIELDS)]
+    node = _node_id()
+    set_to = {"run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
+              "worker_node": pa.repeat(pa.scalar(node, pa.string()), n),
+              "completed_at": pa.array(np.full(n, completed_at))}
+    if "request_hash" in plan.column_names:
+        set_to["request_hash"] = plan.column("request_hash")
+    cols = [plan.column(c) for c in keep] + [set_to.get(name, pa.nulls(n, t)) for name, t in OUTPUT_FIELDS]
+    fields = [plan.schema.field(c) for c in keep] + [pa.field(name, t) for name, t in OUTPUT_FIELDS]
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
 
 def _node_id() -> str | None:
@@ -82,7 +100,7 @@ def _fail(row: dict, code: str, message: str) -> None:
 
 
 def _todo(row: dict) -> bool:
-    return row["status"] == codes.OK and not row.get(SKIP)
+    return row["status"] == codes.OK
 
 
 def _with(schema: pa.Schema, rows: list[dict], added: Sequence[tuple[str, pa.DataType]] = (),
@@ -96,22 +114,6 @@ def _with(schema: pa.Schema, rows: list[dict], added: Sequence[tuple[str, pa.Dat
 def visible_crop(row: dict) -> tuple[int, int, int, int]:
     return crop_box(row["offset_x"], row["offset_y"], row["visible_x0"], row["visible_y0"],
                     row["visible_x1"], row["visible_y1"])
-
-
-class ResumeFilter:
-    """Marks rows whose (id, request_hash) already has an ok output (``done_keys``)."""
-
-    def __init__(self, done_keys: pa.Array):
-        self.done = done_keys
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        if len(self.done) and "request_hash" in batch.column_names:
-            key = pc.binary_join_element_wise(batch.column("id"), batch.column("request_hash"), "\x1f")
-            skip = pc.fill_null(pc.and_(pc.is_in(key, value_set=self.done), pc.equal(batch.column("status"), "ok")),
-                                False)
-        else:
-            skip = pa.array(np.zeros(batch.num_rows, dtype=bool))
-        return batch.append_column(SKIP, skip)
 
 
 class LoadStage:
@@ -197,14 +199,33 @@ class OutpaintStage:
     ADDS = [("out_pixels", pa.list_(PIXELS)), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
             ("model", pa.string()), *BUSY_FIELDS]
 
-    def __init__(self, cfg: Config, prompts: list[str] | None = None, backend=None):
-        """``backend``: an already built one (benchmarks); default: built from ``cfg.model``."""
+    def __init__(self, cfg: Config, prompts: list[str] | None = None, backend=None, lazy: bool = False):
+        """``backend``: an already built one (benchmarks); default: built from ``cfg.model``,
+        here (model actors: created only when rows need generating) or, ``lazy``, on the
+        first row that needs it (fused CPU tasks, whose rows may need none)."""
         self.cfg = cfg
-        self.backend = backend or make_backend(cfg.model, prompts=prompts, warmup=warmup_shapes(cfg),
-                                               batch_size=cfg.runtime.batch_size)
+        self.prompts = prompts
+        self._backend = backend
+        self._lock = threading.Lock()  # concurrent calls of one actor build it once
+        if backend is None and not lazy:
+            self.backend  # noqa: B018 - load now: a model that cannot load fails the actor, not rows
         self.batch_size = cfg.runtime.batch_size
         self.model = model_name(cfg)
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __getstate__(self):  # fused CPU tasks receive the stage pickled: no lock, no model
+        return {**self.__dict__, "_lock": None, "_backend": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    @property
+    def backend(self):
+        with self._lock:
+            if self._backend is None:
+                self._backend = make_backend(self.cfg.model, prompts=self.prompts, warmup=warmup_shapes(self.cfg),
+                                             batch_size=self.cfg.runtime.batch_size)
+        return self._backend
 
     def _run(self, items: list[tuple[dict, int]]) -> list[np.ndarray | Exception]:
         """Outpaint (row, variant) pairs in one backend call; isolate failures."""
@@ -257,7 +278,7 @@ class OutpaintStage:
                     continue
                 assert res.shape == (row["canvas_height"], row["canvas_width"], 3)
                 row["_out"][k] = res
-        busy = getattr(self.backend, "busy", None)
+        busy = getattr(self._backend, "busy", None)
         if busy is not None and work:
             loop_s, wall_s = busy.snapshot()
             for row, _ in work:
@@ -287,7 +308,7 @@ class WriteStage:
     Runs in CPU tasks after the model stage, so the GPU never waits on compression.
     """
 
-    DROPS = ("ref_pixels", "ref_alpha", "out_pixels", "image_bytes")
+    DROPS = DROPPED_COLUMNS
 
     def __init__(self, cfg: Config, store: OutputStore, run_id: str):
         self.cfg = cfg
@@ -384,7 +405,7 @@ class ProcessStage:
 
     def __init__(self, cfg: Config, store: OutputStore, run_id: str):
         self.load = LoadStage(cfg)
-        self.outpaint = OutpaintStage(cfg)
+        self.outpaint = OutpaintStage(cfg, lazy=True)
         self.write = WriteStage(cfg, store, run_id)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

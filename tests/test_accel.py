@@ -166,14 +166,17 @@ def test_actor_pool_settings(tiny_flux):
     from pipeline.runner import actor_pool
 
     def pool(optimize=None, **runtime):
-        a = actor_pool(ray, flux_cfg(tiny_flux, optimize, runtime=runtime))
+        a = actor_pool(ray, flux_cfg(tiny_flux, optimize, runtime=runtime), 100)
         return a.max_concurrent_calls_per_actor, a.enable_true_multi_threading, a.max_tasks_in_flight_per_actor
 
     assert pool() == (2, True, 4)
     assert pool({"cuda_graphs": True}) == (1, False, 2)
     assert pool(actor_concurrency=3, actor_tasks_in_flight=5) == (3, True, 5)
-    a = actor_pool(ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 2}))
+    a = actor_pool(ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 2}), 100)
     assert (a.min_size, a.max_size) == (2, 4)
+    # sized to the work: 5 rows to generate in batches of 4 keep two actors busy, not four
+    a = actor_pool(ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 3, "batch_size": 4}), 5)
+    assert (a.min_size, a.max_size) == (2, 2)
 
 
 FAILING_COMPILER = """

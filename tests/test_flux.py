@@ -217,7 +217,7 @@ def test_failing_row_in_a_batch_fails_alone(tiny_flux, tmp_path, photos):
 
     from pipeline import manifest
     from pipeline.plan import PlanStage
-    from pipeline.stages import LoadStage, OutpaintStage, ResumeFilter
+    from pipeline.stages import LoadStage, OutpaintStage
 
     rows = [{"id": f"r{i}", "image": str(photos["coffee"]), "width": 640, "height": 448,
              "prompt": "unseen" if i == 1 else ""} for i in range(3)]
@@ -225,7 +225,7 @@ def test_failing_row_in_a_batch_fails_alone(tiny_flux, tmp_path, photos):
     cfg = config_mod.from_dict({"input": {"manifest": m}, "output": {"uri": str(tmp_path / "o")},
                                 "model": {"backend": "flux-fill", "path": tiny_flux, "dtype": "float32",
                                           "steps": 1}, "runtime": {"batch_size": 3}})
-    planned = LoadStage(cfg)(ResumeFilter(pa.array([], pa.string()))(PlanStage(cfg, identify=True)(manifest.read(cfg))))
+    planned = LoadStage(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
     out = OutpaintStage(cfg, prompts=[""])(planned).to_pylist()
     assert [r["status"] for r in out] == ["ok", "failed", "ok"]
     assert out[1]["error_code"] == "generation_failed" and "unseen" in out[1]["error_message"]
@@ -291,3 +291,35 @@ def test_killed_actor_is_restarted_and_its_rows_redone(tiny_flux, tmp_path, phot
     meta = pq.read_table(out / "metadata")
     assert sorted(meta.column("id").to_pylist()) == [f"k{i:02d}" for i in range(12)]
     assert sorted(os.listdir(out / "images")) == [f"k{i:02d}.png" for i in range(12)]
+
+
+@pytest.mark.ray
+def test_no_model_load_when_nothing_needs_generating(tmp_path, photos, tiny_flux, ray_local):
+    """An all-done rerun, and a run whose rows all fill their canvas, start no model
+    actor and load no weights: they succeed with the model directory gone."""
+    import shutil
+
+    from pipeline.runner import run
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_flux, model)
+    rows = [{"id": f"g{i}", "image": str(photos["coffee"]), "width": 640, "height": 448} for i in range(3)]
+    m = write_manifest(tmp_path / "m.parquet", rows)
+    data = {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")},
+            "model": {"backend": "flux-fill", "path": str(model), "dtype": "float32", "steps": 1},
+            "runtime": {"batch_size": 2, "num_actors": 1}}
+    first = run(config_mod.from_dict(data), quiet=True)
+    assert first["manifest"]["by_status"]["ok"] == 3 and first["model_busy"] is not None
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()}
+    shutil.rmtree(model)  # any weight load now fails
+    again = run(config_mod.from_dict(data), quiet=True)
+    assert again["work_rows"] == 0 and again["counts"]["skipped"] == 3 and again["model_busy"] is None
+    assert again["manifest"]["by_status"] == {"ok": 3, "rejected": 0, "failed": 0}
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()} == before
+    # rows whose reference fills the canvas need no model either (coffee is 400x600)
+    same = write_manifest(tmp_path / "same.parquet", [
+        {"id": f"s{i}", "image": str(photos["coffee"]), "width": 600, "height": 400} for i in range(2)])
+    data.update(input={"manifest": same}, output={"uri": str(tmp_path / "out2")})
+    r = run(config_mod.from_dict(data), quiet=True)
+    assert r["manifest"]["by_status"] == {"ok": 2, "rejected": 0, "failed": 0} and r["model_busy"] is None
+    assert np.array_equal(read_png(tmp_path / "out2" / "images" / "s0.png"), read_png(photos["coffee"]))

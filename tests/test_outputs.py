@@ -62,7 +62,7 @@ def test_superseded_images_go_current_and_failed_ones_stay(tmp_path):
 
 
 def test_resume_check_needs_every_output(tmp_path):
-    """done_keys: ok rows whose image (every variant) exists; columnar over the uris."""
+    """done_rows: ok rows whose image (every variant) exists; columnar over the uris."""
     store = OutputStore(str(tmp_path))
     os.makedirs(tmp_path / "images")
     for name in ("a.png", "v-0.png", "v-1.png", "w-0.png"):
@@ -75,9 +75,10 @@ def test_resume_check_needs_every_output(tmp_path):
         "output_uri": [uris("a.png")[0], uris("b.png")[0], uris("v-0.png")[0], uris("w-0.png")[0], None],
         "output_uris": [None, None, uris("v-0.png", "v-1.png"), uris("w-0.png", "w-1.png"), None]}), "p")
     for limit in (0, 10_000):  # one listing of images/, or a request per image: the same answer
-        keys = sorted(k.split("\x1f")[0] for k in store.done_keys(probe_limit=limit).to_pylist())
-        assert keys == ["a", "v"]  # b's image is missing, w lacks variant 1, f failed
-    assert np.array_equal(np.sort(store.done_keys().to_numpy(zero_copy_only=False)), ["a\x1fha", "v\x1fhv"])
+        assert sorted(store.done_rows(probe_limit=limit).column("id").to_pylist()) == ["a", "v"]
+        # b's image is missing, w lacks variant 1, f failed
+    assert sorted(store.done_rows().to_pylist(), key=lambda r: r["id"]) == [
+        {"id": "a", "request_hash": "ha"}, {"id": "v", "request_hash": "hv"}]
     # only the manifest's ids are checked (a daily manifest of new rows checks nothing)
-    assert store.done_keys(pa.array(["v", "new"])).to_pylist() == ["v\x1fhv"]
-    assert store.done_keys(pa.array(["new"])).to_pylist() == []
+    assert store.done_rows(pa.array(["v", "new"])).column("id").to_pylist() == ["v"]
+    assert store.done_rows(pa.array(["new"])).num_rows == 0

@@ -15,7 +15,7 @@ from pipeline.backends.solid import SolidBackend
 from pipeline.compose import compose
 from pipeline.outputs import OutputStore, latest_per_id
 from pipeline.plan import PlanStage
-from pipeline.stages import LoadStage, OutpaintStage, ResumeFilter, WriteStage
+from pipeline.stages import LoadStage, OutpaintStage, WriteStage
 
 from .conftest import make_config, read_png, write_manifest
 
@@ -23,7 +23,6 @@ from .conftest import make_config, read_png, write_manifest
 def pipeline_once(cfg, table, run_id="r1"):
     store = OutputStore(cfg.output.uri)
     t = PlanStage(cfg, identify=True)(table)
-    t = ResumeFilter(pa.array([], pa.string()))(t)
     t = LoadStage(cfg)(t)
     t = OutpaintStage(cfg)(t)
     return WriteStage(cfg, store, run_id)(t)
@@ -51,7 +50,7 @@ def test_batched_equals_single(tmp_path, photos):
     rows = [{"id": f"r{i}", "image": str(photos["coffee"]), "width": 700 + 16 * i, "height": 500} for i in range(5)]
     m = write_manifest(tmp_path / "m.parquet", rows)
     cfg = make_config(tmp_path, m, runtime={"batch_size": 4})
-    plan = LoadStage(cfg)(ResumeFilter(pa.array([], pa.string()))(PlanStage(cfg, identify=True)(manifest.read(cfg))))
+    plan = LoadStage(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
     stage = OutpaintStage(cfg)
     whole = stage(plan).column("out_pixels").to_pylist()
     single = [stage(plan.slice(i, 1)).column("out_pixels")[0].as_py() for i in range(plan.num_rows)]
@@ -165,7 +164,7 @@ def test_separate_stages_equal_fused(tmp_path, photos):
             {"id": "c", "image": str(tmp_path / "gone.png"), "aspect_ratio": "1:1"}]
     m = write_manifest(tmp_path / "m.parquet", rows)
     cfg = make_config(tmp_path, m)
-    planned = ResumeFilter(pa.array([], pa.string()))(PlanStage(cfg, identify=True)(manifest.read(cfg)))
+    planned = PlanStage(cfg, identify=True)(manifest.read(cfg))
     sep = pipeline_once(cfg, manifest.read(cfg), run_id="x")
     sep_bytes = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in ("a.png", "b.webp")}
     fused_cfg = make_config(tmp_path, m, output={"uri": str(tmp_path / "fused")})
