@@ -14,16 +14,32 @@ from .config import ConfigError
 
 
 def _load(args) -> config_mod.Config:
-    return config_mod.load(args.config, getattr(args, "set", []))
+    cfg = config_mod.load(args.config, getattr(args, "set", []))
+    if getattr(args, "verbose", False):
+        cfg.runtime.verbose = True
+    return cfg
 
 
 def cmd_validate(args) -> int:
     cfg = _load(args)
-    schema = manifest.read_schema(cfg)
-    fs, paths = manifest.files(cfg)
-    rows = sum(pq.read_metadata(p, filesystem=fs).num_rows for p in paths)
+    index = manifest.scan(cfg)
+    _, paths = manifest.files(cfg)
     print(f"config ok: {args.config}")
-    print(f"manifest ok: {len(paths)} file(s), {rows:,} rows, columns: {', '.join(schema.names)}")
+    print(f"manifest ok: {len(paths)} file(s), {index.rows:,} rows, columns: {', '.join(index.schema.names)}")
+    return 0
+
+
+def cmd_manifest(args) -> int:
+    from .catalogue import Target, build, summary_line, write
+
+    targets = [Target(aspect_ratio=r) for r in args.aspect_ratio or []]
+    if (args.width is None) != (args.height is None):
+        raise ConfigError("--width and --height go together")
+    if args.width is not None:
+        targets.append(Target(width=args.width, height=args.height))
+    opts = json.loads(args.storage_options) if args.storage_options else {}
+    table = build(args.sources, targets, mode=args.mode, output_format=args.format, storage_options=opts)
+    print(summary_line(table, write(table, args.out, opts), targets))
     return 0
 
 
@@ -139,6 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config key, e.g. --set runtime.seed=7 (repeatable)")
         return sp
 
+    sp = sub.add_parser("manifest", help="write a manifest from a folder, glob or bucket prefix of images")
+    sp.add_argument("sources", nargs="+", metavar="SOURCE", help="folder (recursive), glob or prefix, any fsspec URI")
+    sp.add_argument("--out", required=True, help="manifest to write: .parquet, .csv, .tsv or .jsonl")
+    sp.add_argument("--aspect-ratio", action="append", metavar="W:H", help="a target ratio (repeatable: one row "
+                    "per image and ratio, ids suffixed with the ratio)")
+    sp.add_argument("--width", type=int, help="an explicit canvas width (with --height)")
+    sp.add_argument("--height", type=int, help="an explicit canvas height (with --width)")
+    sp.add_argument("--mode", choices=["high", "fast"], help="mode column (default: the config's)")
+    sp.add_argument("--format", choices=["png", "jpeg", "jpg", "webp"], help="output_format column")
+    sp.add_argument("--storage-options", help="fsspec options for SOURCE and --out, as JSON")
+    sp.set_defaults(func=cmd_manifest)
     sp = with_config("validate", "check the config and the manifest schema; nothing else")
     sp.set_defaults(func=cmd_validate)
     sp = with_config("plan", "dry run: geometry, status and code per row, and a summary")
@@ -147,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config("run", "run the job: outpaint every row, write images + metadata (resumes by default)")
     sp.add_argument("--strict", action="store_true", help="exit 1 if any row was rejected or failed")
     sp.add_argument("--quiet", action="store_true", help="no progress lines or summary table")
+    sp.add_argument("--verbose", action="store_true", help="also Ray's and the model libraries' logs and warnings")
     sp.set_defaults(func=cmd_run)
     sp = with_config("submit", "run the config as a job on a Ray cluster (Job Submission API)")
     sp.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")

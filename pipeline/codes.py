@@ -12,7 +12,7 @@ import pyarrow as pa
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 
 # Index 0 = no error. Order within a group is not precedence: the planner applies
-# checks in DESIGN.md's order and keeps the first failure.
+# checks in docs/contracts.md's order and keeps the first failure.
 CODES: tuple[str | None, ...] = (
     None,
     # request and geometry -> rejected

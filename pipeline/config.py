@@ -86,6 +86,11 @@ class Defaults(_Section):
     height: Optional[int] = None
     aspect_ratio: Optional[Union[str, float]] = None
 
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _jpg(cls, v):
+        return "jpeg" if isinstance(v, str) and v.lower() == "jpg" else v
+
     @field_validator("aspect_ratio")
     @classmethod
     def _ratio(cls, v):
@@ -267,12 +272,15 @@ class RuntimeConfig(_Section):
                                  "filter + bulk metadata, columnar); Parquet slices are whole row groups")
     progress_interval_s: float = Field(5.0, gt=0)
     ray_progress_bars: bool = False
+    verbose: bool = Field(False, description="Ray's and the model libraries' logs and warnings (outpaint run --verbose)")
 
 
 class PlanConfig(_Section):
     # Cost estimate only: FLUX at 1024x1024 (4096 tokens) costs ~74 TFLOP a step;
     # ~0.093 s/step on one H100 in bf16 at the compute bound.
     seconds_per_step_at_1mp: float = Field(0.093, gt=0)
+    warn_generated_share: float = Field(0.75, gt=0, le=1, description="plan warns about rows whose canvas "
+                                        "is more than this share generated (the reference too small for it)")
 
 
 class Config(_Section):

@@ -1,6 +1,6 @@
 """Placement geometry as pure, vectorised functions over NumPy columns (no I/O).
 
-Implements DESIGN.md's geometry contract for whole columns at once: canvas from an
+Implements docs/contracts.md's geometry contract for whole columns at once: canvas from an
 explicit size or an aspect ratio, scaling to the pixel budget, anchors and offsets,
 auto-crop, every check in contract order, fast-mode latent alignment and "nothing
 to outpaint". ``pipeline.geometry_ref`` holds a per-row implementation of the same
@@ -37,6 +37,7 @@ class SizingRules:
     fit_contain: bool = False
     fill_fraction: float = 0.8
     allow_upscale: bool = False
+    grid: int = GRID  # fast-mode alignment: the checkpoint's (FLUX.1: 16 = VAE x8, 2x2 packing)
 
 
 @dataclass
@@ -83,8 +84,9 @@ def ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return -((-a) // b)
 
 
-def ceil16(a: np.ndarray) -> np.ndarray:
-    return (a + (GRID - 1)) & -GRID  # two's complement: exact ceil to a multiple of 16
+def ceil_grid(a: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Exact ceil to a multiple of ``grid``."""
+    return (a + (grid - 1)) // grid * grid
 
 
 def area(w: np.ndarray, h: np.ndarray, limit: int) -> np.ndarray:
@@ -101,21 +103,21 @@ def aspect_canvas(w, h, a, b):
     return np.maximum(w, ceil_div(h * a, b)), np.maximum(h, ceil_div(w * b, a))
 
 
-def fits(W, H, fast, max_pixels: int):
+def fits(W, H, fast, max_pixels: int, grid: int = GRID):
     """Auto-sized canvas fits the budget; in fast mode even after worst-case alignment."""
     ok = area(W, H, max_pixels) <= max_pixels
-    fast_ok = area(ceil16(W + GRID - 1), ceil16(H + GRID - 1), max_pixels) <= max_pixels
+    fast_ok = area(ceil_grid(W + grid - 1, grid), ceil_grid(H + grid - 1, grid), max_pixels) <= max_pixels
     return ok & (~fast | fast_ok)
 
 
-def _fits_at(k, w0, h0, a, b, fast, max_pixels: int):
+def _fits_at(k, w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
     w = w0 * k // SCALE_DEN
     h = h0 * k // SCALE_DEN
     W, H = aspect_canvas(w, h, a, b)
-    return fits(W, H, fast, max_pixels)
+    return fits(W, H, fast, max_pixels, grid)
 
 
-def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int):
+def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
     """Largest k in [lo, hi] that fits, given that lo fits or lo == 0 (none does)."""
     while True:
         active = np.flatnonzero(lo < hi)
@@ -123,7 +125,7 @@ def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int):
             return lo
         l, h_ = lo[active], hi[active]
         mid = (l + h_ + 1) // 2
-        good = _fits_at(mid, w0[active], h0[active], a[active], b[active], fast[active], max_pixels)
+        good = _fits_at(mid, w0[active], h0[active], a[active], b[active], fast[active], max_pixels, grid)
         lo[active] = np.where(good, mid, l)
         hi[active] = np.where(good, h_, mid - 1)
 
@@ -135,23 +137,23 @@ def _largest_root(qa, qb, qc):
         return np.where(disc >= 0, (-qb + np.sqrt(np.maximum(disc, 0))) / (2 * qa), -np.inf)
 
 
-def _scale_to_budget(w0, h0, a, b, fast, max_pixels: int):
+def _scale_to_budget(w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
     """Largest k in [1, 9999] such that the canvas of floor(w0 k/1e4) x floor(h0 k/1e4) fits.
 
     The canvas grows monotonically with k, so a binary search is exact. To save
     passes it starts from a bracket that is provably right: at scale s each canvas
     side lies in (s*Wc - max(1, r), s*Wc + 1), Wc the real-valued canvas at scale 1
-    (and fast alignment adds 15..30 px), so (s*Wc + 1 [+ 30])(s*Hc + 1 [+ 30]) <= budget
-    guarantees a fit and (s*Wc - max(1, r) [+ 15])(...) > budget guarantees none.
+    (and fast alignment adds grid-1 .. 2*grid-2 px), so (s*Wc + 1 [+ 2g-2])(...) <= budget
+    guarantees a fit and (s*Wc - max(1, r) [+ g-1])(...) > budget guarantees none.
     Returns k, 0 where none fits.
     """
     top = SCALE_DEN - 1
     r = a / b
     Wc = np.maximum(w0, h0 * r)
     Hc = np.maximum(h0, w0 / r)
-    grow_hi = np.where(fast, 31.0, 1.0)  # worst-case growth of a side: fits for sure below
-    gw = np.where(fast, 15.0, 0.0) - np.maximum(1.0, r)  # least growth: over budget for sure above
-    gh = np.where(fast, 15.0, 0.0) - np.maximum(1.0, 1.0 / r)
+    grow_hi = np.where(fast, 2.0 * grid - 1, 1.0)  # worst-case growth of a side: fits for sure below
+    gw = np.where(fast, grid - 1.0, 0.0) - np.maximum(1.0, r)  # least growth: over budget for sure above
+    gh = np.where(fast, grid - 1.0, 0.0) - np.maximum(1.0, 1.0 / r)
     qa = Wc * Hc
     s_fit = _largest_root(qa, grow_hi * (Wc + Hc), grow_hi * grow_hi - max_pixels)
     s_over = _largest_root(qa, gw * Hc + gh * Wc, gw * gh - max_pixels)
@@ -161,7 +163,7 @@ def _scale_to_budget(w0, h0, a, b, fast, max_pixels: int):
     lo = np.clip(np.floor(s_fit * SCALE_DEN) - 1, 0, top).astype(np.int64)
     hi = np.clip(np.ceil(np.minimum(s_over, 1.0) * SCALE_DEN) + 1, 0, top).astype(np.int64)
     hi = np.maximum(hi, lo)
-    return _bisect(lo, hi, w0, h0, a, b, fast, max_pixels)
+    return _bisect(lo, hi, w0, h0, a, b, fast, max_pixels, grid)
 
 
 def _contain_scale(w0, h0, W, H, rules: SizingRules):
@@ -216,11 +218,12 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
     W0, H0 = aspect_canvas(w0, h0, a, b)
     W = np.where(is_ratio, W0, g.width).astype(i64)
     H = np.where(is_ratio, H0, g.height).astype(i64)
-    need = is_ratio & ~fits(W0, H0, g.fast, MAX)
+    G = rules.grid
+    need = is_ratio & ~fits(W0, H0, g.fast, MAX, G)
     unscalable = np.zeros(n, dtype=bool)
     if need.any():
         idx = np.flatnonzero(need)
-        ks = _scale_to_budget(w0[idx], h0[idx], a[idx], b[idx], g.fast[idx], MAX)
+        ks = _scale_to_budget(w0[idx], h0[idx], a[idx], b[idx], g.fast[idx], MAX, G)
         # none fits, or the largest that fits leaves the reference 0 px on a side
         found = (ks > 0) & (w0[idx] * ks // SCALE_DEN >= 1) & (h0[idx] * ks // SCALE_DEN >= 1)
         k[idx[found]] = ks[found]
@@ -255,10 +258,10 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
 
     vw, vh = vx1 - vx0, vy1 - vy0
     fast = alive & g.fast
-    pad_left = np.where(fast, (-vx0) % GRID, 0)
-    pad_top = np.where(fast, (-vy0) % GRID, 0)
-    aligned_w = ceil16(W + pad_left)
-    aligned_h = ceil16(H + pad_top)
+    pad_left = np.where(fast, (-vx0) % G, 0)
+    pad_top = np.where(fast, (-vy0) % G, 0)
+    aligned_w = ceil_grid(W + pad_left, G)
+    aligned_h = ceil_grid(H + pad_top, G)
     reject(fast & (np.minimum(vw, vh) < MIN_SIDE), "reference_too_small")
     reject(fast & (np.maximum(vw, vh) > MAX_REF_ASPECT * np.minimum(vw, vh)), "reference_aspect")
     reject(fast & (area(aligned_w, aligned_h, MAX) > MAX), "aligned_canvas_too_large")

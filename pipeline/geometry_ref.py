@@ -1,6 +1,6 @@
 """A straightforward per-row implementation of the geometry contract.
 
-Written from DESIGN.md's text, branch by branch, independently of the vectorised
+Written from docs/contracts.md's text, branch by branch, independently of the vectorised
 ``pipeline.geometry``: the property tests check the two agree on every row, and
 ``benchmarks/plan_throughput.py`` uses this as the per-row baseline.
 """
@@ -14,8 +14,8 @@ def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-def _ceil16(v: int) -> int:
-    return _ceil_div(v, GRID) * GRID
+def _ceil_grid(v: int, grid: int = GRID) -> int:
+    return _ceil_div(v, grid) * grid
 
 
 def _canvas_for_ratio(w: int, h: int, a: int, b: int) -> tuple[int, int]:
@@ -24,10 +24,10 @@ def _canvas_for_ratio(w: int, h: int, a: int, b: int) -> tuple[int, int]:
     return w, _ceil_div(w * b, a)  # keep the width, heighten
 
 
-def _fits(W: int, H: int, fast: bool, max_pixels: int) -> bool:
+def _fits(W: int, H: int, fast: bool, max_pixels: int, grid: int = GRID) -> bool:
     if W * H > max_pixels:
         return False
-    if fast and _ceil16(W + 15) * _ceil16(H + 15) > max_pixels:
+    if fast and _ceil_grid(W + grid - 1, grid) * _ceil_grid(H + grid - 1, grid) > max_pixels:
         return False
     return True
 
@@ -60,13 +60,13 @@ def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
         a, b = ratio
         W, H = _canvas_for_ratio(w0, h0, a, b)
         w, h = w0, h0
-        if not _fits(W, H, fast, MAX):
+        if not _fits(W, H, fast, MAX, rules.grid):
             # binary search for the largest k/10000 < 1 whose canvas fits
             lo, hi = 0, SCALE_DEN - 1
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 ws, hs = w0 * mid // SCALE_DEN, h0 * mid // SCALE_DEN
-                if _fits(*_canvas_for_ratio(ws, hs, a, b), fast, MAX):
+                if _fits(*_canvas_for_ratio(ws, hs, a, b), fast, MAX, rules.grid):
                     lo = mid
                 else:
                     hi = mid - 1
@@ -105,9 +105,10 @@ def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
             code = "no_overlap"
     if vx0 >= vx1 or vy0 >= vy1:
         vx0 = vy0 = vx1 = vy1 = 0
-    pad_left = (-vx0) % GRID if fast else 0
-    pad_top = (-vy0) % GRID if fast else 0
-    aw, ah_ = _ceil16(W + pad_left), _ceil16(H + pad_top)
+    G = rules.grid
+    pad_left = (-vx0) % G if fast else 0
+    pad_top = (-vy0) % G if fast else 0
+    aw, ah_ = _ceil_grid(W + pad_left, G), _ceil_grid(H + pad_top, G)
     if code is None and fast:
         vw, vh = vx1 - vx0, vy1 - vy0
         if min(vw, vh) < MIN_SIDE:

@@ -1,5 +1,5 @@
 """``request_hash``: what decides a row's output, hashed, so reruns can skip rows
-whose output already exists for exactly this request (DESIGN.md, Outputs)."""
+whose output already exists for exactly this request (docs/contracts.md, Outputs)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 from .config import Config
 
 # Bump when an algorithm's output changes, so resumed runs redo its rows.
-BACKEND_VERSIONS = {"solid": "1", "classical": "2", "flux-fill": "1"}
+BACKEND_VERSIONS = {"solid": "1", "classical": "2", "flux-fill": "2"}
 
 
 def model_identity(cfg: Config) -> dict:

@@ -18,7 +18,7 @@ from .headers import SUPPORTED_FORMATS, SourceLimits
 
 
 class ImageError(Exception):
-    """A row-level image failure: ``code`` is one of DESIGN.md's image codes."""
+    """A row-level image failure: ``code`` is one of docs/contracts.md's image codes."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)

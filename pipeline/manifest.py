@@ -1,4 +1,4 @@
-"""Manifest reading and schema checks (DESIGN.md, "Manifest").
+"""Manifest reading and schema checks (docs/contracts.md, "Manifest").
 
 A manifest is Parquet, CSV, TSV or JSON Lines (by extension, or ``input.format``):
 one file, a directory or a glob on any fsspec URI. The schema is checked once, before

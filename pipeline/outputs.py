@@ -1,4 +1,4 @@
-"""The output layout under ``output.uri`` (DESIGN.md, Outputs) and its state.
+"""The output layout under ``output.uri`` (docs/contracts.md, Outputs) and its state.
 
 ```
 images/{id}.{ext}              one per ok row; appears only complete
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import storage
+from . import codes, storage
 from .config import ConfigError
 from .hashing import DoneSet, fingerprints
 from .imageio import EXTENSIONS
@@ -141,6 +141,23 @@ class OutputStore:
         return pa.concat_tables([storage.retry(pq.read_table, f, filesystem=self.fs, columns=columns)
                                  for f in files], promote_options="permissive")
 
+    def count_metadata_rows(self) -> int:
+        """Rows in every part, from the Parquet footers."""
+        return sum(storage.retry(pq.read_metadata, f, filesystem=self.fs).num_rows for f in self.metadata_files())
+
+    def count_rows(self, ids: pa.Array) -> tuple[dict, dict]:
+        """Counts per status and per code of the (compacted) metadata rows of ``ids``,
+        one part at a time: memory is one part's key columns, not the catalogue's."""
+        by_status: dict[str, int] = {}
+        by_code: dict[str, int] = {}
+        for f in self.metadata_files():
+            t = storage.retry(pq.read_table, f, filesystem=self.fs, columns=["id", "status", "error_code"])
+            t = t.filter(pc.is_in(t.column("id"), value_set=ids))
+            for total, col in ((by_status, "status"), (by_code, "error_code")):
+                for k, v in codes.tally(t.column(col)).items():
+                    total[k] = total.get(k, 0) + v
+        return by_status, by_code
+
     def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:
         """All parts, latest row per id (by ``completed_at``); None when there are none."""
         files = self.metadata_files()
@@ -154,8 +171,8 @@ class OutputStore:
 
         Sized for millions of rows: only the key columns of every row are held at once
         (to pick the latest per id); the rows themselves stream from old part to new,
-        one old part at a time, into new parts of at most ``part_rows`` rows, all with
-        one unified schema. New parts are written first, old ones deleted after: a
+        one old part at a time (a row group each, sorted by id), into new parts of at
+        most about ``part_rows`` rows, all with one unified schema. New parts are written first, old ones deleted after: a
         crash in between leaves duplicates that the next compaction removes again.
         """
         old = self.metadata_files()
@@ -181,16 +198,8 @@ class OutputStore:
                   if "status" in latest.column_names else pa.array([], pa.string()))
         superseded = ~kept & np.asarray(pc.fill_null(pc.is_in(every.column("id"), value_set=ok_ids), False))
         del every, latest, keys
-        new: list[str] = []
-        buf: list[pa.Table] = []
         candidates: set[str] = set()
-
-        def flush():
-            if buf:
-                t = pa.concat_tables(buf).sort_by([("id", "ascending")])
-                new.append(self.write_metadata_part(t, f"{shard_prefix}-{len(new):05d}"))
-                buf.clear()
-
+        writer = _PartWriter(self, shard_prefix, schema, part_rows)
         for k, f in enumerate(old):
             lo, hi = offsets[k], offsets[k + 1]
             take, cand = np.flatnonzero(kept[lo:hi]), np.flatnonzero(superseded[lo:hi])
@@ -199,10 +208,9 @@ class OutputStore:
             t = conform(storage.retry(pq.read_table, f, filesystem=self.fs), schema)
             if len(cand):
                 candidates |= self._image_names(t.take(pa.array(cand)))
-            buf.append(t.take(pa.array(take)))
-            if sum(b.num_rows for b in buf) >= part_rows:
-                flush()
-        flush()
+            writer.write(t.take(pa.array(take)).sort_by([("id", "ascending")]))
+            del t
+        new = writer.close()
         if candidates:
             cols = [c for c in ("output_uri", "output_uris") if c in schema.names]
             current: set[str] = set()
@@ -293,6 +301,56 @@ class OutputStore:
     def read_json(self, name: str):
         with self.fs.open(self.path(name), "rb") as f:
             return json.loads(f.read())
+
+
+class _PartWriter:
+    """New metadata parts written as a stream of row groups (no part buffered whole),
+    each appearing complete: staged under _tmp/ and renamed (local), or one multipart
+    upload that commits on close (object stores)."""
+
+    def __init__(self, store: OutputStore, shard_prefix: str, schema: pa.Schema, part_rows: int):
+        self.store, self.prefix, self.schema, self.part_rows = store, shard_prefix, schema, part_rows
+        self.done: list[str] = []
+        self._writer = self._file = self._tmp = None
+        self._rows = 0
+
+    def _open(self) -> None:
+        st = self.store
+        final = st.path(METADATA, f"part-{self.prefix}-{len(self.done):05d}.parquet")
+        st.fs.makedirs(st.path(METADATA), exist_ok=True)
+        if st.local:
+            st.fs.makedirs(st.path(TMP), exist_ok=True)
+            self._tmp = (st.path(TMP, f"compact-{uuid.uuid4().hex}.parquet"), final)
+            self._file = st.fs.open(self._tmp[0], "wb")
+        else:
+            self._tmp = (None, final)
+            self._file = st.fs.open(final, "wb")
+        self._writer = pq.ParquetWriter(self._file, self.schema)
+
+    def write(self, t: pa.Table) -> None:
+        if not t.num_rows:
+            return
+        if self._writer is None:
+            self._open()
+        self._writer.write_table(t)
+        self._rows += t.num_rows
+        if self._rows >= self.part_rows:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._writer.close()
+        self._file.close()
+        tmp, final = self._tmp
+        if tmp is not None:
+            self.store.fs.mv(tmp, final)
+        self.done.append(final)
+        self._writer = self._file = self._tmp = None
+        self._rows = 0
+
+    def close(self) -> list[str]:
+        if self._writer is not None:
+            self._finish()
+        return self.done
 
 
 def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -16,13 +16,13 @@ from .codes import CODE
 from .config import Config
 from .flops import FLUX1_CONFIG, transformer_flops
 from .hashing import request_hashes
-from .geometry import GeometryInput, SizingRules, plan_geometry
+from .geometry import GRID, GeometryInput, SizingRules, plan_geometry
 from .manifest import ROW_INDEX
 from .messages import geometry_messages, id_message
 from .parallel import map_chunks
 from .rows import normalise
 
-# Plan columns, in order (DESIGN.md metadata names). Passthrough columns follow.
+# Plan columns, in order (docs/contracts.md metadata names). Passthrough columns follow.
 PLAN_SCHEMA = pa.schema([
     ("id", pa.string()),
     ("status", pa.string()),
@@ -58,6 +58,16 @@ PLAN_SCHEMA = pa.schema([
     (ROW_INDEX, pa.int64()),
 ])
 GEOMETRY_COLUMNS = [f.name for f in PLAN_SCHEMA][7:22]
+
+
+def plan_grid(cfg: Config) -> int:
+    """Fast mode's alignment grid: the checkpoint's own for flux-fill (read from its VAE
+    config, no weights), FLUX.1's 16 otherwise."""
+    if cfg.model.backend != "flux-fill":
+        return GRID
+    from .backends.flux import model_grid
+
+    return model_grid(cfg.model.path, cfg.model.storage_options)
 
 
 def duplicate_first_rows(ids, rows) -> dict[str, int]:
@@ -97,6 +107,7 @@ class PlanStage:
             fit_contain=cfg.sizing.fit == "contain",
             fill_fraction=cfg.sizing.fill_fraction,
             allow_upscale=cfg.sizing.allow_upscale,
+            grid=plan_grid(cfg),
         )
         self.limits = headers.SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
         self.passthrough = list(cfg.output.passthrough_columns)
@@ -272,8 +283,17 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     uniq, counts = np.unique(np.stack([BW[gen], BH[gen], fast[gen].astype(np.int64)], axis=1), axis=0,
                              return_counts=True)
     shapes = {f"{w}x{h} {'fast' if f else 'high'}": int(c) for (w, h, f), c in zip(uniq, counts)}
+    # rows whose canvas is mostly invented: the reference is small for it
+    vis = ((plan.column("visible_x1").fill_null(0).to_numpy() - plan.column("visible_x0").fill_null(0).to_numpy())
+           * (plan.column("visible_y1").fill_null(0).to_numpy() - plan.column("visible_y0").fill_null(0).to_numpy()))
+    share = 1.0 - vis / np.maximum(W * H, 1)
+    mostly = gen & (share > cfg.plan.warn_generated_share)
     return {
         "rows": int(plan.num_rows),
+        "backend": cfg.model.backend,
+        "mostly_generated": int(mostly.sum()),
+        "warn_generated_share": cfg.plan.warn_generated_share,
+        "max_generated_share": round(float(share[gen].max()), 4) if gen.any() else 0.0,
         "by_status": by_status,
         "by_code": dict(sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))),
         "output_megapixels": round(float((W * H)[ok].sum()) / 1e6, 3),
@@ -298,6 +318,14 @@ def format_summary(s: dict) -> str:
     g = s["generated"]
     lines.append(f"output: {s['output_megapixels']:,} MP; to generate: {g['high']:,} high + {g['fast']:,} fast; "
                  f"{s['passthrough_ok']:,} need no generation")
+    if s["mostly_generated"]:
+        lines.append(f"warning: {s['mostly_generated']:,} rows would be more than {s['warn_generated_share']:.0%} "
+                     f"generated (up to {s['max_generated_share']:.0%}): their reference is small for the canvas. "
+                     "To fill the canvas with the photo instead, set sizing.fit: contain and sizing.allow_upscale: "
+                     "true (the reference is scaled to sizing.fill_fraction of each side), or ask for a smaller "
+                     "canvas; plan.warn_generated_share sets this threshold")
+    if s["backend"] != "flux-fill":  # compiled shapes and GPU time are the diffusion model's
+        return "\n".join(lines)
     if s["generated_shapes"]:
         top = ", ".join(f"{k} ({v:,})" for k, v in s["top_generated_shapes"].items())
         lines.append(f"generated shapes: {s['generated_shapes']:,} (most rows: {top})")

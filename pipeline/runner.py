@@ -38,6 +38,8 @@ from .stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
 from .triage import TriageStage, slices_table
 
 log = logging.getLogger("outpaint")
+MODEL_ACTOR_ENV = {"OUTPAINT_MODEL_ACTOR": "1", "DIFFUSERS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error",
+                   "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
 
 VERSIONED = ("outpaint", "ray", "torch", "diffusers", "transformers", "pyarrow", "numpy", "pillow",
              "fsspec", "s3fs", "opencv-python-headless", "pydantic")
@@ -53,11 +55,24 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def quiet_logs(verbose: bool) -> None:
+    """Ray's and Ray Data's start-up, executor and progress chatter only with --verbose:
+    our own progress line says what a user needs."""
+    import ray.data  # noqa: F401 - it configures its loggers on import: set ours after
+
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("ray", "ray.data", "ray._private", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(level)
+
+
 def ensure_ray(cfg: Config):
     import ray
 
+    quiet_logs(cfg.runtime.verbose)
     if not ray.is_initialized():
-        common = dict(logging_level=logging.WARNING, log_to_driver=True)
+        # workers' output reaches the terminal only with --verbose; row errors are in the metadata
+        common = dict(logging_level=logging.INFO if cfg.runtime.verbose else logging.ERROR,
+                      log_to_driver=cfg.runtime.verbose)
         # inside a Ray job (outpaint submit) RAY_ADDRESS names the cluster it runs on
         address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
         if address:
@@ -235,10 +250,13 @@ def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
         batch_format="pyarrow", batch_size=cfg.runtime.batch_size,
         compute=actor_pool(ray, cfg, gen),
         num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
-        # A dead actor (killed, OOM) is restarted and its batch redone. Stating these
-        # (Ray's defaults) also makes the actor's remote args differ from the CPU
-        # stages', so Ray never fuses decoding into the model actor, GPU or not.
-        max_restarts=cfg.runtime.actor_restarts, max_task_retries=-1,
+        # Its own environment (quiet model libraries) also makes the actor's remote args
+        # differ from the CPU stages', so Ray never fuses decoding into it, GPU or not.
+        runtime_env={"env_vars": MODEL_ACTOR_ENV},
+        # A dead actor (killed, OOM) is restarted and its batch redone: Ray Data's
+        # default (-1, -1); only another restart limit needs the loose remote args.
+        **({} if cfg.runtime.actor_restarts == -1 else
+           {"max_restarts": cfg.runtime.actor_restarts, "max_task_retries": -1}),
     )
     return ds.map_batches(WriteStage(cfg, store, run_id), **task)
 
@@ -258,7 +276,9 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         raise ConfigError(f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
                           "use resume (skip finished rows) or overwrite, or another output.uri")
     ids = index.ids.combine_chunks()
-    done = store.done_set(ids) if cfg.output.mode == "resume" else None
+    # metadata from earlier runs: then compaction must pick the latest row per id
+    earlier = bool(store.metadata_files())
+    done = store.done_set(ids) if cfg.output.mode == "resume" and earlier else None
 
     if not quiet:
         print(f"[outpaint] planning {index.rows:,} rows ({len(index.slices):,} slices)", file=out, flush=True)
@@ -305,12 +325,11 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
                 last_print = now
         flush()
         del work
-    rows_kept = store.compact(f"{run_id}-c")
-    final = store.read_metadata(["id", "status", "error_code"])
+    # A first run wrote every manifest row exactly once (bulk parts by manifest position,
+    # work parts by the driver): nothing to deduplicate, so no catalogue-sized key table.
+    rows_kept = store.compact(f"{run_id}-c") if earlier else store.count_metadata_rows()
+    st, cd = store.count_rows(ids)
     wall = time.time() - t_start
-
-    in_manifest = final.filter(pc.is_in(final.column("id"), value_set=ids))
-    st, cd = codes.tally(in_manifest.column("status")), codes.tally(in_manifest.column("error_code"))
     result = {
         "run_id": run_id,
         "started_at": t_start,

@@ -31,7 +31,7 @@ from .outputs import OutputStore, image_name
 
 PIXELS = pa.large_binary()
 
-# Final metadata columns added after planning (DESIGN.md, Outputs), in order.
+# Final metadata columns added after planning (docs/contracts.md, Outputs), in order.
 OUTPUT_FIELDS = [
     ("request_hash", pa.string()),
     ("output_uri", pa.string()),

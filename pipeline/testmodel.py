@@ -6,6 +6,8 @@ scheduler) at toy sizes, written with ``save_pretrained``: loaded by exactly the
 that loads real weights. For tests, and for trying the GPU path without the weights.
 The transformer keeps FLUX Fill's channel layout (384 in = 64 latent + 64 masked-image
 latent + 256 mask, 64 out), so every tensor shape in the actor is the real one.
+``latent_channels`` and ``vae_blocks`` make other valid Fill checkpoints (a 4-channel VAE
+with 3 blocks: scale 4, grid 8, 96 transformer inputs) that diffusers runs too.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def _t5_tokenizer():
                            extra_ids=0, model_max_length=512)
 
 
-def make_test_model(out_dir: str, seed: int = 0, fill: str | None = None) -> str:
+def make_test_model(out_dir: str, seed: int = 0, fill: str | None = None, latent_channels: int = 16,
+                    vae_blocks: int = 4) -> str:
     """Write the tiny pipeline to ``out_dir`` (a local directory) and return it."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
@@ -58,13 +61,15 @@ def make_test_model(out_dir: str, seed: int = 0, fill: str | None = None) -> str
     text_encoder_2 = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    c, scale = latent_channels, 2 ** (vae_blocks - 1)
+    # packed 2x2: noisy latents (4c) ++ masked-image latents (4c) ++ mask (4 scale²)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=384, out_channels=64, num_layers=1, num_single_layers=1,
+        patch_size=1, in_channels=8 * c + 4 * scale * scale, out_channels=4 * c, num_layers=1, num_single_layers=1,
         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
         guidance_embeds=True, axes_dims_rope=(4, 6, 6))
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        in_channels=3, out_channels=3, latent_channels=c, block_out_channels=(8,) + (16,) * (vae_blocks - 1),
+        down_block_types=("DownEncoderBlock2D",) * vae_blocks, up_block_types=("UpDecoderBlock2D",) * vae_blocks,
         layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=1.5035, shift_factor=0.0609,
         use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=False)
     scheduler = FlowMatchEulerDiscreteScheduler(

@@ -13,7 +13,6 @@ driver.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -83,12 +82,13 @@ class TriageStage:
     def chunks(self, piece: manifest.Slice) -> Iterator[pa.Table]:
         planner = PlanStage(self.cfg, _resolve(self.duplicates), identify=True)
         done = _resolve(self.done)
-        for rows in manifest.read_slice(piece, self.cfg, self.chunk_rows):
+        for k, rows in enumerate(manifest.read_slice(piece, self.cfg, self.chunk_rows)):
             work, finished = self.triage(planner(rows), done)
             if finished.num_rows:
-                # one part per chunk; a retried task writes it again, and compaction keeps one
+                # one part per chunk, named by its place in the manifest: a retried task
+                # rewrites the same part, so no row is ever written twice
                 self.store.write_metadata_part(bulk_metadata(finished, self.run_id, time.time()),
-                                               f"{self.run_id}-t{uuid.uuid4().hex[:12]}")
+                                               f"{self.run_id}-t{piece.row0:012d}-{k:05d}")
                 self.counts.bulk += finished.num_rows
             self.counts.work += work.num_rows
             if work.num_rows:

@@ -258,6 +258,7 @@ rules_st = st.builds(
     SizingRules,
     max_pixels=st.sampled_from([MAX, 1_000_000, 100_000]),
     fit_contain=st.booleans(), fill_fraction=st.sampled_from([0.5, 0.8, 1.0]), allow_upscale=st.booleans(),
+    grid=st.sampled_from([16, 16, 8, 32]),  # FLUX.1's, and other checkpoints' alignment grids
 )
 
 
@@ -284,11 +285,12 @@ def test_invariants(rows, rules):
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H  # visible box inside the canvas
         assert 64 <= W and 64 <= H and W * H <= rules.max_pixels  # ok rows fit the budget
         assert r["scale"] <= 1.0 or (rules.fit_contain and rules.allow_upscale)
-        assert r["aligned_width"] % 16 == 0 and r["aligned_height"] % 16 == 0
+        G = rules.grid
+        assert r["aligned_width"] % G == 0 and r["aligned_height"] % G == 0
         assert r["aligned_width"] >= W and r["aligned_height"] >= H
         if row.get("fast"):
             assert r["aligned_width"] * r["aligned_height"] <= rules.max_pixels
-            assert (x0 + r["pad_left"]) % 16 == 0 and (y0 + r["pad_top"]) % 16 == 0
+            assert (x0 + r["pad_left"]) % G == 0 and (y0 + r["pad_top"]) % G == 0
         if not row.get("auto_crop"):  # the whole reference is visible
             assert (x1 - x0, y1 - y0) == (r["reference_width"], r["reference_height"])
         assert r["generated"] == ((x0, y0, x1, y1) != (0, 0, W, H))

@@ -238,7 +238,8 @@ def test_summary_counts_generated_shapes_after_bucketing(tmp_path):
     assert s64["estimated_gpu_seconds"] > s["estimated_gpu_seconds"]  # padded canvases cost more
     from pipeline.plan import format_summary
 
-    assert "more shapes than model.optimize.max_shapes (1)" in format_summary(s64)
+    assert "shapes" not in format_summary(s64)  # the CPU backend compiles nothing
+    assert "more shapes than model.optimize.max_shapes (1)" in format_summary({**s64, "backend": "flux-fill"})
 
 
 # ------------------------------------------------------------------ CLI
@@ -255,7 +256,9 @@ def test_cli_plan_writes_parquet_and_summary(tmp_path, photos):
     c = write_config(tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}})
     r = outpaint("plan", c, "--out", str(tmp_path / "plan"))
     assert r.returncode == 0, r.stderr
-    assert "canvas_too_large" in r.stdout and "estimated GPU time" in r.stdout
+    assert "canvas_too_large" in r.stdout
+    # the classical CPU backend: no GPU estimate, no compiled-shape advice
+    assert "GPU" not in r.stdout and "shapes" not in r.stdout
     plan = pq.read_table(tmp_path / "plan" / "plan.parquet")
     assert plan.column("status").to_pylist() == ["ok", "rejected"]
     assert plan.column("canvas_width").to_pylist() == [911, 2049]
@@ -276,6 +279,74 @@ def test_cli_validate_and_bad_config_exit_codes(tmp_path):
     assert r.returncode == 2 and "sizing.max_pixels" in r.stderr
     m2 = write_manifest(tmp_path / "m2.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1"}])
     r = outpaint("validate", good, "--set", f"input.manifest={m2}")
+    assert r.returncode == 0 and "1 rows" in r.stdout
+
+
+def test_plan_warns_about_mostly_generated_rows(tmp_path, photos):
+    """chelsea (451x300) on a 1080x1350 tile is ~91 % generated: plan says so, counts
+    the rows and gives the fill-the-canvas recipe, which then clears the warning."""
+    m = write_manifest(tmp_path / "m.parquet", [
+        {"id": "small", "image": str(photos["chelsea"]), "width": 1080, "height": 1350},
+        {"id": "small2", "image": str(photos["chelsea"]), "width": 1080, "height": 1350},
+        {"id": "fine", "image": str(photos["chelsea"]), "width": 500, "height": 400}])
+    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}})
+    r = outpaint("plan", c)
+    assert r.returncode == 0, r.stderr
+    assert "warning: 2 rows would be more than 75% generated (up to 91%)" in r.stdout
+    assert "sizing.fit: contain and sizing.allow_upscale: true" in r.stdout
+    r = outpaint("plan", c, "--set", "sizing.fit=contain", "--set", "sizing.allow_upscale=true")
+    assert r.returncode == 0 and "warning" not in r.stdout, r.stdout
+    r = outpaint("plan", c, "--set", "plan.warn_generated_share=0.95")
+    assert "warning" not in r.stdout
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_text_manifests_plan_like_parquet(tmp_path, photos, fmt):
+    """The same rows as CSV, TSV or JSON Lines give the same plan as Parquet; ids that
+    look like numbers stay strings; `jpg` is taken for jpeg."""
+    from pipeline.catalogue import write as write_table
+
+    rows = [{"id": "00123", "image": str(photos["coffee"]), "aspect_ratio": "16:9", "output_format": "jpg"},
+            {"id": "b", "image": str(photos["chelsea"]), "width": 640, "height": 480, "mode": "fast",
+             "reference_offset_x": 3, "reference_offset_y": 5},
+            {"id": "c", "image": str(photos["camera"]), "aspect_ratio": "1.5", "prompt": "a, \"quoted\" scene"},
+            {"id": "d", "image": str(tmp_path / "missing.png"), "aspect_ratio": "1:1"}]
+    cols = ["id", "image", "aspect_ratio", "width", "height", "mode", "output_format", "reference_offset_x",
+            "reference_offset_y", "prompt"]
+    table = pa.table({c: [r.get(c) for r in rows] for c in cols})
+    ref = plan_manifest(make_config(tmp_path, write_manifest(tmp_path / "m.parquet", rows)),
+                        manifest.read(make_config(tmp_path, str(tmp_path / "m.parquet"))))
+    text = write_table(table, str(tmp_path / f"m.{fmt}"))
+    cfg = make_config(tmp_path, text)
+    got = plan_manifest(cfg, manifest.read(cfg))
+    assert got.column("id").to_pylist()[0] == "00123"
+    assert got.column("output_format").to_pylist()[0] == "jpeg"
+    for c in ("id", "status", "error_code", "canvas_width", "canvas_height", "offset_x", "offset_y", "mode",
+              "prompt", "seed"):
+        assert got.column(c).to_pylist() == ref.column(c).to_pylist(), c
+
+
+def test_non_table_manifest_is_one_line_exit_2(tmp_path, photos):
+    """A PNG named .parquet, a CSV named .parquet, a broken JSON Lines file: one stderr
+    line and exit 2 from validate, plan and run, before any work."""
+    import shutil
+
+    shutil.copy(photos["coffee"], tmp_path / "photo.parquet")
+    (tmp_path / "rows.parquet").write_text("id,image,aspect_ratio\na,x.png,1:1\n")
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "image": "x.png"}\n{not json\n')
+    for name in ("photo.parquet", "rows.parquet", "bad.jsonl"):
+        c = write_config(tmp_path / "c.yaml", {"input": {"manifest": str(tmp_path / name)},
+                                               "output": {"uri": str(tmp_path / "out")}})
+        for verb in ("validate", "plan", "run"):
+            r = outpaint(verb, c)
+            assert r.returncode == 2, (name, verb, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and name in lines[0] and "not a readable" in lines[0], (name, verb, lines)
+    assert not (tmp_path / "out" / "images").exists()
+    # the CSV, read as what it is, works
+    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": str(tmp_path / "rows.parquet"), "format": "csv"},
+                                           "output": {"uri": str(tmp_path / "out")}})
+    r = outpaint("validate", c)
     assert r.returncode == 0 and "1 rows" in r.stdout
 
 

@@ -37,8 +37,31 @@ from ..compose import FILL_COLORS, contrast_fill
 from ..testmodel import PROFILE_FILE
 from . import Job, accel
 
-VAE_SCALE = 8  # pixels per latent cell
-GRID = 16      # VAE x8, then 2x2 packing
+# FLUX.1's values; a checkpoint's own come from its configs (``FluxFillBackend.__init__``)
+VAE_SCALE = 8  # pixels per latent cell: 2 ** (len(vae.block_out_channels) - 1)
+GRID = 16      # VAE scale x 2: latents are packed 2 x 2 into the transformer's tokens
+
+
+def model_grid(path: str | None, storage_options: dict | None = None) -> int:
+    """The alignment grid of a diffusers checkpoint, from ``vae/config.json`` alone (no
+    weights): 2 x the VAE's scale factor. FLUX.1's 16 when the config cannot be read."""
+    from .. import storage
+
+    if not path:
+        return GRID
+    try:
+        local = path[len("file://"):] if path.startswith("file://") else path
+        if not storage.has_scheme(path) and not os.path.isdir(local):
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(local, local_files_only=True, allow_patterns=["vae/config.json"])
+        uri = storage.join(local if not storage.has_scheme(path) else path, "vae", "config.json")
+        fs, p = storage.filesystem(uri, storage_options)
+        with fs.open(p, "r") as f:
+            blocks = json.load(f)["block_out_channels"]
+        return 2 * 2 ** (len(blocks) - 1)
+    except Exception:  # noqa: BLE001 - unreadable here (the actor will check its own)
+        return GRID
 
 
 # ---------------------------------------------------------------- model location
@@ -137,7 +160,7 @@ class FluxFillBackend:
         """``pipe``: an already built pipeline (benchmarks); default: load ``model.path``.
         ``warmup``: (width, height, mode) canvases compiled now, at ``batch_size`` rows."""
         import torch
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+        from diffusers import FluxFillPipeline
 
         self.torch = torch
         self.cfg = model_cfg
@@ -156,7 +179,12 @@ class FluxFillBackend:
             self.fill = model_cfg.fill or "grey"
         self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
-        self.scheduler_cls = FlowMatchEulerDiscreteScheduler
+        # the checkpoint's geometry, as diffusers derives it: latent channels, the VAE's
+        # scale (2 ** downsampling blocks), the grid (x2 for the 2x2 packing)
+        self.channels = pipe.vae.config.latent_channels
+        self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        self.grid = 2 * self.vae_scale
+        self.scheduler_cls = type(pipe.scheduler)  # the checkpoint's own scheduler class
         self._prompt_cache: dict[str, tuple] = {}
         self._fill_latents: dict[str, object] = {}
         # One denoising loop at a time per GPU; preparing and decoding happen outside
@@ -189,7 +217,7 @@ class FluxFillBackend:
             return 0.0  # no embedding to warm up with
         prompt = next(iter(self._prompt_cache), "")
         t0 = time.perf_counter()
-        ref = np.full((GRID, GRID, 3), 128, np.uint8)
+        ref = np.full((self.grid, self.grid, 3), 128, np.uint8)
         for W, H, mode in dict.fromkeys(shapes):
             jobs = [Job(ref, W, H, 0, 0, seed=i, prompt=prompt, mode=mode, steps=1) for i in range(batch_size)]
             self.outpaint(jobs)
@@ -252,9 +280,10 @@ class FluxFillBackend:
         return (lat - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
     def _fill_latent(self, name: str):
-        """The fill colour's latent vector, once per actor (a flat 64 x 64 patch, centre cell)."""
+        """The fill colour's latent vector, once per actor (a flat patch of 8 x 8 cells, a centre cell)."""
         if name not in self._fill_latents:
-            patch = np.broadcast_to(self._fill_value(name)[:, None, None], (3, 64, 64))[None].copy()
+            side = 8 * self.vae_scale
+            patch = np.broadcast_to(self._fill_value(name)[:, None, None], (3, side, side))[None].copy()
             lat = self._encode(patch)[0, :, 4, 4].clone()
             self._stream_done()  # other threads' streams will read it: finish it first
             self._fill_latents[name] = lat
@@ -271,26 +300,30 @@ class FluxFillBackend:
         return t.reshape(b, c // 4, h, w)
 
     def _mask_channels(self, mask_px):
-        """Pixel mask B x H x W (1 = generate) -> FLUX Fill's 64 channels per latent cell."""
+        """Pixel mask B x H x W (1 = generate) -> FLUX Fill's scale² channels per latent cell."""
         b, H, W = mask_px.shape
-        h, w = H // VAE_SCALE, W // VAE_SCALE
-        m = mask_px.view(b, h, VAE_SCALE, w, VAE_SCALE).permute(0, 2, 4, 1, 3)
-        return m.reshape(b, VAE_SCALE * VAE_SCALE, h, w)
+        s = self.vae_scale
+        m = mask_px.view(b, H // s, s, W // s, s).permute(0, 2, 4, 1, 3)
+        return m.reshape(b, s * s, H // s, W // s)
 
     # -------------------------------------------------------------- conditioning
     def _high(self, jobs: Sequence[Job], AW: int, AH: int):
-        """Whole aligned canvas (padding right/bottom), fill in the unknown area, encoded."""
+        """Whole aligned canvas (padding right/bottom), fill wherever the mask is 1 (the
+        unknown area and the grown margin: FLUX Fill was trained on ``image * (1 - mask)``),
+        encoded."""
         imgs, masks = [], []
+        g = self.cfg.mask_grow_px
         for job in jobs:
             name = self._fill_name(job)
             job.fill_color = name
             canvas = np.empty((3, AH, AW), np.float32)
             canvas[:] = self._fill_value(name)[:, None, None]
             h, w = job.ref.shape[:2]
-            canvas[:, job.y0:job.y0 + h, job.x0:job.x0 + w] = self._to_unit(job.ref)
             mask = np.ones((AH, AW), np.float32)
-            g = self.cfg.mask_grow_px
-            mask[job.y0 + g:job.y0 + h - g, job.x0 + g:job.x0 + w - g] = 0.0
+            if h > 2 * g and w > 2 * g:  # what stays known: the reference less the grown margin
+                canvas[:, job.y0 + g:job.y0 + h - g, job.x0 + g:job.x0 + w - g] = \
+                    self._to_unit(job.ref[g:h - g, g:w - g])
+                mask[job.y0 + g:job.y0 + h - g, job.x0 + g:job.x0 + w - g] = 0.0
             imgs.append(canvas)
             masks.append(mask)
         cond = self._encode(np.stack(imgs))
@@ -298,14 +331,21 @@ class FluxFillBackend:
         return cond, mask
 
     def _fast(self, jobs: Sequence[Job], AW: int, AH: int):
-        """Reference-only encoding, placed on constant fill latents; mask at latent resolution."""
+        """Reference-only encoding, placed on constant fill latents; mask at latent
+        resolution. What is conditioned is what is known: a latent cell is the reference's
+        only where the mask keeps it (wholly inside the reference, less the grown margin);
+        every other cell, the straddling ones at the reference's edges too, is fill."""
         torch = self.torch
-        h, w = AH // VAE_SCALE, AW // VAE_SCALE
+        s, grid = self.vae_scale, self.grid
+        h, w = AH // s, AW // s
         refs = []
         for job in jobs:
             job.fill_color = self._fill_name(job)
+            if (job.x0 + job.pad_left) % s or (job.y0 + job.pad_top) % s:
+                raise ValueError(f"the reference at ({job.x0 + job.pad_left}, {job.y0 + job.pad_top}) is not on "
+                                 f"this checkpoint's {s}-px latent grid: plan with its alignment grid ({grid})")
             rh, rw = job.ref.shape[:2]
-            ref = np.empty((3, -(-rh // GRID) * GRID, -(-rw // GRID) * GRID), np.float32)
+            ref = np.empty((3, -(-rh // grid) * grid, -(-rw // grid) * grid), np.float32)
             ref[:] = self._fill_value(job.fill_color)[:, None, None]
             ref[:, :rh, :rw] = self._to_unit(job.ref)
             refs.append(ref)
@@ -318,20 +358,21 @@ class FluxFillBackend:
             for i, lat in zip(idx, self._encode(np.stack([refs[i] for i in idx]))):
                 ref_lats[i] = lat
         conds, masks = [], []
+        g = self.cfg.mask_grow_px
         for job, ref_lat in zip(jobs, ref_lats):
             rh, rw = job.ref.shape[:2]
             cond = self._fill_latent(job.fill_color)[:, None, None].expand(-1, h, w).clone()
-            ly, lx = (job.y0 + job.pad_top) // VAE_SCALE, (job.x0 + job.pad_left) // VAE_SCALE
-            lh, lw = min(ref_lat.shape[1], h - ly), min(ref_lat.shape[2], w - lx)
-            cond[:, ly:ly + lh, lx:lx + lw] = ref_lat[:, :lh, :lw]
+            ly, lx = (job.y0 + job.pad_top) // s, (job.x0 + job.pad_left) // s
             # known = latent cells wholly inside the reference (less the grown margin)
-            g = self.cfg.mask_grow_px
+            ky0, kx0 = -(-(job.y0 + job.pad_top + g) // s), -(-(job.x0 + job.pad_left + g) // s)
+            ky1 = min((job.y0 + job.pad_top + rh - g) // s, h)
+            kx1 = min((job.x0 + job.pad_left + rw - g) // s, w)
             m = torch.ones((h, w), device=self.device, dtype=self.dtype)
-            ky0, kx0 = -(-(job.y0 + job.pad_top + g) // VAE_SCALE), -(-(job.x0 + job.pad_left + g) // VAE_SCALE)
-            ky1, kx1 = (job.y0 + job.pad_top + rh - g) // VAE_SCALE, (job.x0 + job.pad_left + rw - g) // VAE_SCALE
-            m[ky0:ky1, kx0:kx1] = 0.0
+            if ky1 > ky0 and kx1 > kx0:
+                m[ky0:ky1, kx0:kx1] = 0.0
+                cond[:, ky0:ky1, kx0:kx1] = ref_lat[:, ky0 - ly:ky1 - ly, kx0 - lx:kx1 - lx]
             conds.append(cond)
-            masks.append(m[None].expand(VAE_SCALE * VAE_SCALE, -1, -1))
+            masks.append(m[None].expand(s * s, -1, -1))
         return torch.stack(conds), torch.stack(masks)
 
     # -------------------------------------------------------------- denoising
@@ -341,13 +382,11 @@ class FluxFillBackend:
         from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift
 
         b = len(jobs)
-        h, w = AH // VAE_SCALE, AW // VAE_SCALE
+        c, s = self.channels, self.vae_scale
+        h, w = AH // s, AW // s
         cond, mask = (self._fast if fast else self._high)(jobs, AW, AH)
-        cond = torch.cat([self._pack(cond, 16), self._pack(mask, VAE_SCALE * VAE_SCALE)], dim=2)
-        # per-row CPU generators: a row's noise is the same whatever its batch
-        noise = torch.stack([torch.randn((16, h, w), generator=torch.Generator("cpu").manual_seed(int(j.seed)),
-                                         dtype=torch.float32) for j in jobs])
-        latents = self._pack(self._upload(noise), 16)
+        cond = torch.cat([self._pack(cond, c), self._pack(mask, s * s)], dim=2)
+        latents = self._pack(self._upload(torch.stack([self.noise(j.seed, h, w) for j in jobs])), c)
         embeds = [self._embed(j.prompt) for j in jobs]
         sched = self.scheduler_cls.from_config(self.pipe.scheduler.config)
         cfgs = sched.config
@@ -363,6 +402,13 @@ class FluxFillBackend:
             "guidance": (torch.full((b,), self.cfg.guidance, device=self.device, dtype=torch.float32)
                          if self.transformer.config.guidance_embeds else None),
         }
+
+    def noise(self, seed: int, h: int, w: int):
+        """A row's initial noise (channels x h x w latent cells), from a CPU generator
+        seeded with the row seed: the same whatever the batch, device or thread."""
+        torch = self.torch
+        return torch.randn((self.channels, h, w), generator=torch.Generator("cpu").manual_seed(int(seed)),
+                           dtype=torch.float32)
 
     def _loop(self, p: dict):
         """The flow-matching loop: one batched transformer call per step."""
@@ -448,9 +494,12 @@ class FluxFillBackend:
 
     def shape_key(self, job: Job) -> tuple[bool, int, int, int]:
         """(fast, generated width, height, steps): the canvas padded right/bottom to the
-        16-px grid, then up to ``bucket_px`` so nearby sizes share a batch and a compiled graph."""
+        checkpoint's grid, then up to ``bucket_px`` so nearby sizes share a batch and a
+        compiled graph."""
+        import math
+
         fast = job.mode == "fast"
-        b = self.bucket
+        b = math.lcm(self.bucket, self.grid)
         AW = -(-(job.width + (job.pad_left if fast else 0)) // b) * b
         AH = -(-(job.height + (job.pad_top if fast else 0)) // b) * b
         return fast, AW, AH, job.steps or (self.cfg.steps_fast if fast else self.cfg.steps)
