@@ -76,12 +76,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .submit import submit
+    from .submit import exit_code, submit
 
     cfg = _load(args)
     manifest.read_schema(cfg)  # a bad manifest fails here, not on the cluster
-    _, status = submit(cfg, args.address, wait=not args.no_wait, timeout_s=args.timeout, strict=args.strict)
-    return 0 if status in ("SUCCEEDED", "PENDING") else 1
+    _, status = submit(cfg, args.address, wait=not args.no_wait, timeout_s=args.timeout, strict=args.strict,
+                       job_id=args.submission_id, stop_on_exit=args.stop_on_exit)
+    return 0 if args.no_wait else exit_code(status)
 
 
 def cmd_report(args) -> int:
@@ -176,11 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress lines or summary table")
     sp.add_argument("--verbose", action="store_true", help="also Ray's and the model libraries' logs and warnings")
     sp.set_defaults(func=cmd_run)
-    sp = with_config("submit", "run the config as a job on a Ray cluster (Job Submission API)")
+    sp = with_config("submit", "run the config as a job on a Ray cluster (idempotent; exit 0 succeeded, "
+                     "1 failed/stopped, 2 bad input/unreachable, 3 still running at --timeout)")
     sp.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
-    sp.add_argument("--no-wait", action="store_true", help="return once submitted")
-    sp.add_argument("--timeout", type=float, default=24 * 3600, help="seconds to wait for the job")
+    sp.add_argument("--no-wait", action="store_true", help="return once submitted (or attached)")
+    sp.add_argument("--timeout", type=float, default=24 * 3600,
+                    help="seconds to wait; past it exit 3 and the job keeps running")
     sp.add_argument("--strict", action="store_true", help="the job fails if any row was rejected or failed")
+    sp.add_argument("--submission-id", help="the job's id (default: derived from the config and output.uri; "
+                    "a running job with it is attached to)")
+    sp.add_argument("--stop-on-exit", action=argparse.BooleanOptionalAction, default=None,
+                    help="stop the job on SIGTERM/Ctrl-C while waiting (default: on)")
     sp.set_defaults(func=cmd_submit)
     sp = with_config("bench", "time the configured model on synthetic canvases: s/image, images/hour, MFU, memory")
     sp.add_argument("--size", type=_size, help="canvas WxH (default: the defaults' width x height, else 1024x1024)")

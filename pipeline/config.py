@@ -260,7 +260,9 @@ class RuntimeConfig(_Section):
     object_store_memory: Optional[int] = Field(None, ge=78_643_200, description="local Ray only: bytes")
     actor_restarts: int = Field(-1, ge=-1, description="restarts of a dead model actor (-1: always)")
     batch_size: int = Field(4, ge=1, description="rows per model call")
-    num_gpus_per_actor: float = Field(0.0, ge=0)
+    num_gpus_per_actor: Optional[float] = Field(
+        None, ge=0, description="default: 1 for flux-fill (0 with model.device: cpu, or on a local Ray "
+        "without GPUs), 0 for the CPU backends; the autoscaler scales GPU groups by it")
     num_cpus_per_actor: float = Field(1.0, gt=0)
     # Two calls in flight per model actor: while one runs the denoising loop the other
     # uploads and VAE-encodes the next batch (model.optimize.pipelining), and Ray

@@ -18,6 +18,7 @@ bounded buffers; it never holds a row object or the manifest.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -84,6 +85,29 @@ def ensure_ray(cfg: Config):
     ctx.enable_progress_bars = cfg.runtime.ray_progress_bars
     ctx.print_on_execution_start = cfg.runtime.ray_progress_bars
     return ray
+
+
+SUPPORTED_RAY = ((2, 40), (2, 64))  # >= first, < second: as pyproject's ray pin
+
+
+def check_versions(out) -> dict | None:
+    """On a cluster (``outpaint submit``): the client's versions against this side's.
+    Ray outside the supported range fails at start; a different Ray than the client's is
+    one line (the job runs entirely on the cluster's Ray, with the client's outpaint)."""
+    client = os.environ.get("OUTPAINT_CLIENT_VERSIONS")
+    if not client:
+        return None
+    want = json.loads(client)
+    have = package_versions()
+    ray_v = tuple(int(p) for p in (have["ray"] or "0.0").split(".")[:2])
+    if not SUPPORTED_RAY[0] <= ray_v < SUPPORTED_RAY[1]:
+        raise ConfigError(f"the cluster runs Ray {have['ray']}; outpaint {have['outpaint']} needs Ray "
+                          f">= {'.'.join(map(str, SUPPORTED_RAY[0]))}, < {'.'.join(map(str, SUPPORTED_RAY[1]))}")
+    skew = {k: {"client": want.get(k), "cluster": have.get(k)} for k in ("ray", "outpaint") if want.get(k) != have.get(k)}
+    if skew:
+        print("[outpaint] version skew: " + ", ".join(f"{k} client {v['client']} / cluster {v['cluster']}"
+                                                       for k, v in skew.items()), file=out, flush=True)
+    return {"client": want, "skew": skew}
 
 
 def _fmt_duration(s: float) -> str:
@@ -182,6 +206,19 @@ def work_summary(batch: pa.Table) -> pa.Table:
     return pa.table({"generated": [gen], "prompts": [prompts]})
 
 
+def gpus_per_actor(ray, cfg: Config) -> float:
+    """``runtime.num_gpus_per_actor``, or by the backend: a GPU per FLUX actor wherever
+    GPUs are or may come (a cluster's autoscaler adds GPU nodes only for actors that
+    ask for one); none for CPU backends, ``model.device: cpu``, or a local Ray without GPUs."""
+    if cfg.runtime.num_gpus_per_actor is not None:
+        return cfg.runtime.num_gpus_per_actor
+    if cfg.model.backend != "flux-fill" or cfg.model.device == "cpu":
+        return 0.0
+    on_cluster = bool(cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS"))
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    return 1.0 if cfg.model.device == "cuda" or on_cluster or has_gpus else 0.0
+
+
 def actor_pool(ray, cfg: Config, rows_to_generate: int):
     """The model actors: an autoscaling range, never more than the work can keep busy;
     ``actor_concurrency`` calls run at once in each (one in the GPU loop, the next
@@ -249,7 +286,7 @@ def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
         OutpaintStage, fn_constructor_args=(cfg, prompts if len(prompts) <= 1024 else None),
         batch_format="pyarrow", batch_size=cfg.runtime.batch_size,
         compute=actor_pool(ray, cfg, gen),
-        num_gpus=cfg.runtime.num_gpus_per_actor, num_cpus=cfg.runtime.num_cpus_per_actor,
+        num_gpus=gpus_per_actor(ray, cfg), num_cpus=cfg.runtime.num_cpus_per_actor,
         # Its own environment (quiet model libraries) also makes the actor's remote args
         # differ from the CPU stages', so Ray never fuses decoding into it, GPU or not.
         runtime_env={"env_vars": MODEL_ACTOR_ENV},
@@ -269,6 +306,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         raise ConfigError(
             f"output.uri {cfg.output.uri} is a local path but runtime.ray_address points at a cluster: workers "
             "on other nodes would write to their own disks; use object storage (s3://, gs://, az://)")
+    versions = check_versions(out)
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     index = manifest.scan(cfg, cfg.runtime.plan_block_rows)  # schema problems fail before any work
     store.check_writable()
@@ -349,6 +387,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         "metadata_rows": rows_kept,
         "config": dump(cfg),
         "versions": package_versions(),
+        "submitted_from": versions,
     }
     store.write_json("run.json", result)
     try:
