@@ -53,6 +53,29 @@ def write_config(path, data: dict) -> str:
     return str(path)
 
 
+def relay(handler, host: str, port: int, body: bytes, timeout: float = 60) -> None:
+    """Forward a ``BaseHTTPRequestHandler``'s request to host:port and write the answer
+    back (the loopback fault proxies of the tests)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers = {k: v for k, v in handler.headers.items() if k.lower() != "connection"}
+    conn.request(handler.command, handler.path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    handler.send_response(resp.status)
+    for k, v in resp.getheaders():
+        if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+            handler.send_header(k, v)
+    # HEAD keeps the object's length; other answers carry exactly their body
+    length = resp.getheader("Content-Length") if handler.command == "HEAD" else str(len(data))
+    handler.send_header("Content-Length", length or "0")
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+    conn.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

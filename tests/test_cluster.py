@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from .conftest import write_config, write_manifest
+from .conftest import relay, write_config, write_manifest
 
 JOBS = Path(__file__).parent.parent / "jobs"
 
@@ -165,11 +165,10 @@ def test_submit_twice_attaches_and_sigterm_stops_the_job(tmp_path, photos, s3_se
 def test_submit_retries_when_the_job_server_refuses(tmp_path, photos, s3_server, two_nodes):
     """The job server answers the first submission "No available agent" (as under load):
     one line, a retry, and the job is submitted once."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    import http.client
     import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    target = two_nodes["address"].replace("http://", "")
+    host, port = two_nodes["address"].replace("http://", "").split(":")
     refused = []
 
     class Flaky(BaseHTTPRequestHandler):
@@ -186,19 +185,7 @@ def test_submit_retries_when_the_job_server_refuses(tmp_path, photos, s3_server,
                 self.end_headers()
                 self.wfile.write(msg)
                 return
-            conn = http.client.HTTPConnection(target, timeout=60)
-            conn.request(self.command, self.path, body=body,
-                         headers={k: v for k, v in self.headers.items() if k.lower() != "connection"})
-            resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            conn.close()
+            relay(self, host, int(port), body)
 
         do_GET = do_POST = do_PUT = do_DELETE = _relay
 

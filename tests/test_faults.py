@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from pipeline import config as config_mod
 from pipeline import storage
 from pipeline.config import ConfigError
 
-from .conftest import write_config, write_manifest
+from .conftest import relay, write_config, write_manifest
 
 
 # ------------------------------------------------------------------ retry layer
@@ -132,22 +131,7 @@ class FaultProxy:
                 if n % delay == 0:
                     proxy.faults["delay"] += 1
                     time.sleep(0.2)
-                conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                # HEAD keeps the object's length; other answers carry exactly their body
-                length = resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data))
-                self.send_header("Content-Length", length or "0")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
+                relay(self, host, int(port), body, timeout=30)
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
 
