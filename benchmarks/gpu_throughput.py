@@ -135,15 +135,15 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize()
 
-    def config(**optimize):
+    def config(quantize="none", **optimize):
         return config_mod.from_dict({
             "input": {"manifest": "-"}, "output": {"uri": os.path.join(tmp, "out")},
             "model": {"backend": "flux-fill", "path": "-", "dtype": str(dtype).split(".")[1], "steps": args.steps,
-                      "fast_steps": fast_steps, "optimize": optimize},
+                      "fast_steps": fast_steps, "optimize": optimize, "quantize": quantize},
             "runtime": {"batch_size": args.batch}})
 
-    def backend_for(pipe, **optimize):
-        b = FluxFillBackend(config(**optimize).model, pipe=pipe)
+    def backend_for(pipe, quantize="none", **optimize):
+        b = FluxFillBackend(config(quantize, **optimize).model, pipe=pipe)
         b.set_prompt_embeddings("", embeds[0], pooled[0], text_ids)
         return b
 
@@ -217,6 +217,33 @@ def main(argv=None) -> int:
         else:
             fp8_note = "skipped (needs CUDA compute capability >= 8.9)"
 
+    # Peak memory at S x S, batch 1, per weight storage (model.quantize), eager; images
+    # compared with bf16 on the same seed. On CPU: the weights' bytes only.
+    memory: dict[str, dict] = {}
+    pipe = eager = opt = b8 = bq = None  # noqa: F841 - free the earlier models' GPU memory
+    for q in ("none", "float8", "int8"):
+        torch._dynamo.reset()
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+        try:
+            bq = backend_for(new_pipe(), quantize=q, compile="none")
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            img = bq.outpaint(high[:1])[0]
+            memory[q] = {"transformer_bytes": bq.weight_bytes["transformer"],
+                         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
+            images[f"q-{q}"] = [img]
+            if q != "none":
+                memory[q]["psnr_vs_unquantized"] = round(psnr(img, images["q-none"][0]), 2)
+        except Exception as e:  # noqa: BLE001 - report, keep the other figures
+            memory[q] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            bq = None
+    for q, m in memory.items():
+        print(f"model.quantize {q:<7} " + ", ".join(f"{k} {v}" for k, v in m.items()))
+
     tflop_img = transformer_flops(tcfg, (S // 16) ** 2, txt_len) * args.steps / 1e12
     peak_tf = matmul_tflops(torch, device, dtype)
     name = torch.cuda.get_device_name() if cuda else "cpu (tiny model smoke test)"
@@ -247,7 +274,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "args": vars(args), "s_per_image": res,
                        "warmup_s": warmup_s, "tflop_per_image": tflop_img, "matmul_tflops": peak_tf,
-                       "peak_gib": peak, "fp8": fp8_note, "e2e": util_e2e,
+                       "peak_gib": peak, "fp8": fp8_note, "e2e": util_e2e, "memory_by_quantize": memory,
                        "vs_eager": vs_eager}, f, indent=2, default=str)
     if util_e2e:
         u = util_e2e["gpu_util"]

@@ -205,7 +205,9 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  dtype=cfg.model.dtype, optimizations=backend.optimizations,
+                  dtype=cfg.model.dtype, optimizations=backend.optimizations, quantize=cfg.model.quantize,
+                  weights_gib={k: round(v / 2**30, 3) for k, v in backend.weight_bytes.items()},
+                  text_encoders_on=backend.text_device.type,
                   warmup_s=round(backend.warmup_s, 2), torch=torch.__version__)
     tcfg = dict(backend.transformer.config)
     for mode in modes:
@@ -260,6 +262,11 @@ def format_result(r: dict) -> str:
             busy = "-" if m["gpu_util"] is None else f"{m['gpu_util']:.0f}%"
             line += f"{m['tflop_per_image']:>11.3g}{m['achieved_tflops']:>9.3g}{m['mfu']:>7.2f}{busy:>10}"
         lines.append(line)
+    if "weights_gib" in r:
+        w = r["weights_gib"]
+        lines.append(f"weights: transformer {w['transformer']:.2f} GiB (model.quantize: {r['quantize']}), VAE "
+                     f"{w['vae']:.2f} GiB, text encoders {w['text_encoders']:.2f} GiB on {r['text_encoders_on']} "
+                     "(dropped after embedding)")
     if "matmul_tflops" in r:
         lines.append(f"peak memory {r['peak_memory_gib']:.2f} GiB; {r['dtype']} matmul measured at "
                      f"{r['matmul_tflops']:.3g} TFLOP/s (the MFU denominator)")

@@ -29,6 +29,8 @@ def model_identity(cfg: Config) -> dict:
             ident.update(fp8=True)
         if m.optimize.bucket_px != 16:
             ident.update(bucket_px=m.optimize.bucket_px)
+        if m.quantize != "none":
+            ident.update(quantize=m.quantize)
     return ident
 
 

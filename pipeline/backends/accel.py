@@ -55,11 +55,102 @@ def check_fp8(torch, device) -> None:
 
 def _fp8_linear(module, fqn: str) -> bool:
     """Quantise only linears whose GEMMs the float8 kernels take (dims multiple of 16)
-    and that carry per-token work; the tiny per-sample embedders stay bf16."""
+    and that carry per-token work; the tiny per-sample embedders stay bf16. The same
+    layers are the ones ``model.quantize`` stores in 8 bits (~99 % of FLUX's weights)."""
     import torch
 
     return (isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0
             and module.out_features % 16 == 0 and "embed" not in fqn and not fqn.startswith("norm_out"))
+
+
+# ---------------------------------------------------------------- weight storage (model.quantize)
+
+def check_quantize(torch, device, mode: str) -> None:
+    """Before any weight is read: the setting can run here, else which key to change."""
+    if mode == "none":
+        return
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise OptimizeError(f"model.quantize: {mode} needs torchao: pip install 'outpaint[quantize]'") from None
+    if mode == "float8" and device.type == "cuda":
+        cap = torch.cuda.get_device_capability(device)
+        if cap < (8, 9):
+            raise OptimizeError(f"model.quantize: float8 needs compute capability >= 8.9; "
+                                f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}: set model.quantize: int8")
+
+
+def quantize(transformer, mode: str) -> None:
+    """Weight-only 8-bit storage of the transformer's linear layers (torchao), in place,
+    where the weights are (on the CPU at load: the full-precision ones never reach the GPU)."""
+    from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    quantize_(transformer, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig(),
+              filter_fn=_fp8_linear)
+
+
+def tensor_bytes(t) -> int:
+    """Bytes a parameter holds, torchao's quantized tensors included (their inner tensors)."""
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is not None and type(t).__name__ not in ("Parameter", "Tensor"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def module_bytes(module) -> int:
+    return sum(tensor_bytes(p) for p in module.parameters()) + sum(tensor_bytes(b) for b in module.buffers())
+
+
+def storage_bytes(transformer, mode: str) -> int:
+    """What the transformer's weights take under ``mode``, counted from its layers (works
+    on the meta device: sizes hardware before the weights exist)."""
+    import torch
+
+    total = 0
+    for fqn, m in transformer.named_modules():
+        own = list(m.parameters(recurse=False))
+        if not own:
+            continue
+        if mode != "none" and _fp8_linear(m, fqn):
+            w = m.weight
+            # 1 byte a weight, plus one scale per output row in the model's dtype
+            total += w.numel() + w.shape[0] * w.element_size()
+            total += sum(p.numel() * p.element_size() for n, p in m.named_parameters(recurse=False) if n != "weight")
+        else:
+            total += sum(p.numel() * p.element_size() for p in own)
+    return total + sum(b.numel() * b.element_size() for b in transformer.buffers() if isinstance(b, torch.Tensor))
+
+
+def check_fits(torch, device, weights: int, headroom: int, key: str = "model.quantize") -> None:
+    """Refuse, before moving any weight, a setting whose weights cannot fit this GPU."""
+    if device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    if weights + headroom > free:
+        raise OptimizeError(
+            f"the model needs ~{(weights + headroom) / 2**30:.1f} GiB on {torch.cuda.get_device_name(device)} "
+            f"({weights / 2**30:.1f} GiB of weights), which has {free / 2**30:.1f} GiB free of "
+            f"{total / 2**30:.1f}: set {key}: int8 (or float8 on compute capability >= 8.9), "
+            "or a smaller runtime.batch_size")
+
+
+UNFUSED = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+
+
+def fuse_qkv(transformer) -> None:
+    """Fuse each attention's Q, K, V projections into one GEMM and drop the unfused
+    layers: diffusers keeps them (to allow unfusing), which for FLUX.1 holds 4.0 GiB of
+    bf16 weights that no forward pass reads."""
+    import torch
+
+    transformer.fuse_qkv_projections()
+    for m in transformer.modules():
+        if getattr(m, "fused_projections", False):
+            for name in UNFUSED:
+                if isinstance(getattr(m, name, None), torch.nn.Module):
+                    setattr(m, name, None)
+    transformer._outpaint_fused = True
 
 
 def apply(pipe, opt, device) -> dict:
@@ -68,8 +159,8 @@ def apply(pipe, opt, device) -> dict:
 
     s = resolve(opt, device)
     tr = pipe.transformer
-    if s["fuse_qkv"]:
-        tr.fuse_qkv_projections()
+    if s["fuse_qkv"] and not getattr(tr, "_outpaint_fused", False):  # quantized models fuse before
+        fuse_qkv(tr)
     if s["attention"] != "native":
         tr.set_attention_backend(s["attention"])
     if s["channels_last_vae"]:

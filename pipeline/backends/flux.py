@@ -170,13 +170,35 @@ class FluxFillBackend:
         self.dtype = getattr(torch, model_cfg.dtype)
         if model_cfg.optimize.fp8:  # before loading ~24 GB of weights
             accel.check_fp8(torch, self.device)
+        accel.check_quantize(torch, self.device, model_cfg.quantize)
+        # text encoders: embed on the CPU when the GPU is small (quantized), then dropped
+        on_cpu = model_cfg.text_encoder_device == "cpu" or (
+            model_cfg.text_encoder_device == "auto" and model_cfg.quantize != "none")
+        self.text_device = torch.device("cpu") if on_cpu else self.device
+        loaded_here = pipe is None
         if pipe is None:
             path = resolve_model_path(model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir)
             pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=self.dtype, local_files_only=True)
-            pipe.to(self.device)
             self.fill = model_cfg.fill or profile_fill(path)
         else:
             self.fill = model_cfg.fill or "grey"
+        if model_cfg.quantize != "none":  # where the weights are now (CPU after loading)
+            if model_cfg.optimize.fuse_qkv:  # fuse first: the fused projection is quantized too
+                accel.fuse_qkv(pipe.transformer)
+            accel.quantize(pipe.transformer, model_cfg.quantize)
+        self.weight_bytes = {"transformer": accel.module_bytes(pipe.transformer), "vae": accel.module_bytes(pipe.vae),
+                             "text_encoders": sum(accel.module_bytes(m) for m in (pipe.text_encoder,
+                                                                                  pipe.text_encoder_2) if m is not None)}
+        on_gpu = self.weight_bytes["transformer"] + self.weight_bytes["vae"] + (
+            0 if on_cpu else self.weight_bytes["text_encoders"])
+        # activations: ~2 GiB a batch row at 1-2 MP in bf16 (an estimate; outpaint bench measures)
+        if loaded_here:  # a pipeline handed in (benchmarks) is already where it runs
+            accel.check_fits(torch, self.device, on_gpu, batch_size * 2 * 2**30)
+        pipe.transformer.to(self.device)
+        pipe.vae.to(self.device)
+        for enc in (pipe.text_encoder, pipe.text_encoder_2):
+            if enc is not None:
+                enc.to(self.text_device)
         self.pipe = pipe
         self.pipe.set_progress_bar_config(disable=True)
         # the checkpoint's geometry, as diffusers derives it: latent channels, the VAE's
@@ -239,8 +261,9 @@ class FluxFillBackend:
                 raise RuntimeError(f"prompt {prompt!r} was not known when the text encoders were freed")
             with self.torch.no_grad():
                 emb, pooled, text_ids = self.pipe.encode_prompt(
-                    prompt=prompt, prompt_2=None, device=self.device,
+                    prompt=prompt, prompt_2=None, device=self.text_device,
                     max_sequence_length=self.cfg.max_sequence_length)
+            emb, pooled, text_ids = (t.to(self.device, self.dtype) for t in (emb, pooled, text_ids))
             self._stream_done()
             self._prompt_cache[prompt] = (emb[0], pooled[0], text_ids)
         return self._prompt_cache[prompt]
