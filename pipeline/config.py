@@ -201,7 +201,7 @@ class ModelConfig(_Section):
     solid_mode: Literal["edge", "color"] = "edge"
     solid_color: tuple[int, int, int] = (255, 255, 255)
     solid_blur: float = Field(0.0, ge=0, le=256)
-    # classical backend: grain matched to the border noise (0 = none, 1 = matched)
+    # classical backend: strength of the photo's own texture continued over the fill (0 = smooth, 1 = matched)
     classical_grain: float = Field(1.0, ge=0, le=4)
 
     @field_validator("solid_color")

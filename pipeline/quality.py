@@ -11,11 +11,18 @@ LEAK_DISTANCE = 60.0   # RGB distance under which a generated pixel "is" the fil
 LEAK_FLAG = 0.02       # fraction of generated pixels above which a row is flagged
 
 
-def seam_score(out: np.ndarray, vx0: int, vy0: int, vx1: int, vy1: int, sides) -> float | None:
-    """Gradient across the reference boundary over the gradient just inside it.
+# A real photo's own boundary scores ~1 on both measures; a seam is a departure either
+# way: a hard edge (seam >> 1), an over-smoothed ramp (seam << 1), a blurred fill
+# (texture << 1), noise (texture >> 1). Rows are ranked by how far they are from natural.
+NATURAL = (0.8, 1.25)  # symmetric in log: |ln x| <= ln 1.25
 
-    ~1: the boundary is no sharper than the photo itself; >> 1: a visible seam. Measured
-    on generated sides only; None when nothing borders the reference.
+
+def seam_score(out: np.ndarray, vx0: int, vy0: int, vx1: int, vy1: int, sides) -> float | None:
+    """Step across the reference boundary over the step just inside it, on generated sides.
+
+    Two-sided: ~1 natural (the boundary is like the photo itself); well above 1 a hard
+    edge; well below 1 an over-smoothed ramp (the fill leans on the boundary and blurs
+    it away). None when nothing borders the reference.
     """
     left, top, right, bottom = sides
     cross, inside = [], []
@@ -43,7 +50,53 @@ def seam_score(out: np.ndarray, vx0: int, vy0: int, vx1: int, vy1: int, sides) -
         inside.append(pair(img[vy1 - 2, vx0:vx1], img[vy1 - 3, vx0:vx1]))
     if not cross:
         return None
-    return float(np.mean(cross) / (np.mean(inside) + 1.0))
+    return float((np.mean(cross) + 0.5) / (np.mean(inside) + 0.5))
+
+
+def texture_score(out: np.ndarray, vx0: int, vy0: int, vx1: int, vy1: int, sides, band: int = 16) -> float | None:
+    """Mean |Laplacian| in the generated band along the seam over the reference's band
+    just inside it (``band`` px each, generated sides only): ~1 the photo's texture there
+    continues; << 1 a smooth or blurred fill; >> 1 noise. Local on purpose: a plain
+    backdrop continued plain scores ~1 whatever the subject. None when nothing borders."""
+    import cv2
+
+    left, top, right, bottom = sides
+    H, W = out.shape[:2]
+    b = max(2, min(band, (vx1 - vx0) // 3, (vy1 - vy0) // 3))
+    lap = np.abs(cv2.Laplacian(out.astype(np.float32).mean(axis=2), cv2.CV_32F, ksize=1))
+    new, old = [], []
+    # one pixel kept off the seam and the canvas edge: the Laplacian there sees both sides
+    if left and vx0 > 2:
+        new.append(lap[vy0:vy1, max(1, vx0 - b):vx0 - 1]), old.append(lap[vy0:vy1, vx0 + 1:vx0 + b])
+    if right and W - vx1 > 2:
+        new.append(lap[vy0:vy1, vx1 + 1:min(W - 1, vx1 + b)]), old.append(lap[vy0:vy1, vx1 - b:vx1 - 1])
+    if top and vy0 > 2:
+        new.append(lap[max(1, vy0 - b):vy0 - 1, vx0:vx1]), old.append(lap[vy0 + 1:vy0 + b, vx0:vx1])
+    if bottom and H - vy1 > 2:
+        new.append(lap[vy1 + 1:min(H - 1, vy1 + b), vx0:vx1]), old.append(lap[vy1 - b:vy1 - 1, vx0:vx1])
+    if not new:
+        return None
+    n, o = np.concatenate([x.ravel() for x in new]), np.concatenate([x.ravel() for x in old])
+    if not n.size or not o.size:
+        return None
+    return float((n.mean() + 0.25) / (o.mean() + 0.25))
+
+
+def quality_distance(seam: float | None, texture: float | None) -> float | None:
+    """How far from natural a row is: the larger |ln| of its seam and texture scores
+    (0 natural; ln 1.25 = 0.22 is the edge of the natural band)."""
+    parts = [abs(float(np.log(v))) for v in (seam, texture) if v is not None and v > 0]
+    return max(parts) if parts else None
+
+
+def lowpass_psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, sigma: float = 4.0) -> float:
+    """PSNR of the images blurred with a Gaussian of ``sigma`` px, over ``mask``: structure
+    and colour, with texture (which no method can restore exactly) left out."""
+    import cv2
+
+    blur = [cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma) for x in (a, b)]
+    mse = float(((blur[0] - blur[1])[mask] ** 2).mean())
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
 def untouched(vh: int, vw: int, sides, feather: int) -> tuple[int, int, int, int]:

@@ -363,6 +363,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
                 last_print = now
         flush()
         del work
+    work_s = time.time() - tally.started if work_rows else 0.0
     # A first run wrote every manifest row exactly once (bulk parts by manifest position,
     # work parts by the driver): nothing to deduplicate, so no catalogue-sized key table.
     rows_kept = store.compact(f"{run_id}-c") if earlier else store.count_metadata_rows()
@@ -383,6 +384,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         "images_written": tally.images,
         "output_megapixels": round(tally.megapixels, 3),
         "images_per_s": round(tally.images / wall, 4) if wall > 0 else 0.0,
+        "work_s": round(work_s, 3),  # the image stages' time: images/s over the work, not the skipping
         "megapixels_per_s": round(tally.megapixels / wall, 4) if wall > 0 else 0.0,
         "metadata_rows": rows_kept,
         "config": dump(cfg),

@@ -40,6 +40,8 @@ OUTPUT_FIELDS = [
     ("fill_color", pa.string()),
     ("feather_px", pa.int64()),
     ("seam_score", pa.float64()),
+    ("texture_score", pa.float64()),
+    ("quality_distance", pa.float64()),
     ("ref_max_abs_diff", pa.int64()),
     ("ref_mean_abs_diff", pa.float64()),
     ("fill_leakage", pa.float64()),
@@ -364,6 +366,8 @@ class WriteStage:
         feather = effective_feather(self.cfg.output.feather_px, vy1 - vy0, vx1 - vx0) if row["generated"] else 0
         row["feather_px"] = feather
         row["seam_score"] = quality.seam_score(out, vx0, vy0, vx1, vy1, sides) if row["generated"] else None
+        row["texture_score"] = quality.texture_score(out, vx0, vy0, vx1, vy1, sides) if row["generated"] else None
+        row["quality_distance"] = quality.quality_distance(row["seam_score"], row["texture_score"])
         row["ref_max_abs_diff"], row["ref_mean_abs_diff"] = quality.fidelity(out, row["_ref"], vx0, vy0, sides, feather)
         leak = quality.fill_leakage(out, vx0, vy0, vx1, vy1, row.get("fill_color")) if row["generated"] else None
         row["fill_leakage"] = leak

@@ -98,3 +98,20 @@ def test_ids_stable_unique_and_valid():
     assert len(set(ids)) == len(ids)  # unique: collisions get a digest of the path
     assert all(re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}", i) for i in ids), ids
     assert ids[2].startswith("x-") and ids[3].startswith("x-") and ids[0].startswith("a-b__c-")
+
+
+def test_manifest_from_a_bucket_prefix(tmp_path, photos, s3_bucket):
+    """An object-storage prefix (moto S3 through s3fs): same ids, sizes from ranged reads."""
+    from pipeline.catalogue import Target, build, write
+
+    fs, bucket, opts = s3_bucket
+    fs.put_file(str(photos["coffee"]), f"{bucket}/shop/mugs/coffee.png")
+    fs.put_file(str(photos["rocket"]), f"{bucket}/shop/rocket.jpg")
+    fs.pipe_file(f"{bucket}/shop/readme.txt", b"not an image")
+    table = build([f"s3://{bucket}/shop/"], [Target(aspect_ratio="1:1")], storage_options=opts)
+    rows = {r["id"]: r for r in table.to_pylist()}
+    assert set(rows) == {"mugs__coffee", "rocket"}
+    assert (rows["mugs__coffee"]["image_width"], rows["mugs__coffee"]["image_height"]) == (600, 400)
+    assert rows["rocket"]["image"] == f"s3://{bucket}/shop/rocket.jpg"
+    out = write(table, f"s3://{bucket}/manifests/m.parquet", opts)
+    assert out == f"s3://{bucket}/manifests/m.parquet" and fs.exists(f"{bucket}/manifests/m.parquet")

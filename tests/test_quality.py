@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import config as config_mod
 from pipeline.compose import FILL_COLORS, feathered_paste, generated_sides, match_colors
-from pipeline.quality import fidelity, fill_leakage, seam_score, untouched
+from pipeline.quality import fidelity, fill_leakage, quality_distance, seam_score, texture_score, untouched
 
 from .conftest import write_manifest
 
@@ -55,17 +55,58 @@ def test_feather_only_on_generated_sides(box, expect_sides):
     assert fidelity(out, ref, vx0, vy0, sides, 0)[0] > 0  # inside the band the pixels did change
 
 
-def test_seam_score_tells_a_seam_from_a_continuation():
-    truth = scene()
-    vx0, vy0, vx1, vy1 = 40, 30, 120, 90
-    sides = generated_sides(160, 120, vx0, vy0, vx1, vy1)
-    seamless = seam_score(truth, vx0, vy0, vx1, vy1, sides)
-    hard = truth.copy()
-    mask = np.ones((120, 160), bool)
+def _real_crop():
+    """A real photo, and a box inside it: its own boundary is the natural reference."""
+    import skimage.data
+
+    truth = skimage.data.chelsea()  # 300 x 451
+    return truth, (90, 60, 360, 240)
+
+
+def test_seam_score_is_two_sided_and_a_photo_is_natural():
+    """A real photo's own boundary scores ~1; a hard edge scores well above and an
+    over-smoothed ramp (the generated side blurred up to the boundary) well below: both are
+    far from natural."""
+    truth, (vx0, vy0, vx1, vy1) = _real_crop()
+    H, W = truth.shape[:2]
+    sides = generated_sides(W, H, vx0, vy0, vx1, vy1)
+    mask = np.ones((H, W), bool)
     mask[vy0:vy1, vx0:vx1] = False
+    natural = seam_score(truth, vx0, vy0, vx1, vy1, sides)
+    hard = truth.copy()
     hard[mask] = 250
-    seamed = seam_score(hard, vx0, vy0, vx1, vy1, sides)
-    assert seamless < 1.5 < 3 * seamless < seamed
+    from pipeline.backends.solid import nearest_edge_fill
+
+    canvas = truth.copy()
+    canvas[mask] = 0
+    # the fill continues the boundary's own values: no step at the seam at all, where the
+    # photo itself steps (what the old classical fill leaned towards in its first pixels)
+    ramp = nearest_edge_fill(canvas, mask)
+    assert 0.8 <= natural <= 1.25
+    assert seam_score(hard, vx0, vy0, vx1, vy1, sides) > 3
+    smooth = seam_score(ramp, vx0, vy0, vx1, vy1, sides)
+    assert smooth < 0.6
+    dist = {k: quality_distance(seam_score(img, vx0, vy0, vx1, vy1, sides), texture_score(img, vx0, vy0, vx1, vy1, sides))
+            for k, img in (("natural", truth), ("hard", hard), ("ramp", ramp))}
+    assert dist["natural"] < 0.23 < dist["ramp"] and dist["natural"] < 0.23 < dist["hard"]
+
+
+def test_texture_score_flags_blur_and_noise():
+    import cv2
+
+    truth, (vx0, vy0, vx1, vy1) = _real_crop()
+    H, W = truth.shape[:2]
+    sides = generated_sides(W, H, vx0, vy0, vx1, vy1)
+    mask = np.ones((H, W), bool)
+    mask[vy0:vy1, vx0:vx1] = False
+    blurred, noisy = truth.copy(), truth.copy()
+    blurred[mask] = cv2.GaussianBlur(truth, (0, 0), 4)[mask]
+    rng = np.random.default_rng(0)
+    noisy[mask] = np.clip(truth.astype(int) + rng.normal(0, 40, truth.shape).astype(int), 0, 255)[mask]
+    t = {k: texture_score(img, vx0, vy0, vx1, vy1, sides) for k, img in
+         (("natural", truth), ("blurred", blurred), ("noisy", noisy))}
+    assert 0.8 <= t["natural"] <= 1.25 and t["blurred"] < 0.5 and t["noisy"] > 2.5, t
+    assert texture_score(truth, 0, 0, W, H, (False,) * 4) is None  # nothing generated
 
 
 def test_leakage_detector_catches_planted_fill():
@@ -155,6 +196,22 @@ def test_report_opens_in_headless_chromium(reported_run, tmp_path):
     total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
     loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
     assert total >= 8 and loaded == total  # every gallery image decodes in the browser
+    # the original area is outlined on every after image, inside it
+    outlines = re.findall(r'class="outline" style="left:([\d.]+)%;top:([\d.]+)%;width:([\d.]+)%;height:([\d.]+)%"', dom)
+    assert len(outlines) >= 4 and all(float(x) + float(w) <= 100.01 and float(y) + float(h) <= 100.01
+                                      for x, y, w, h in outlines)
+    # the enlarge view: a row's full-resolution output, loaded only when opened (#zoom=ID opens it)
+    rid = re.search(r'<a class="zoom" href="images/([^"]+)" data-id="([^"]+)"', dom)
+    zoom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'p3'}", "--virtual-time-budget=10000",
+                           "--dump-dom", f"{url}#zoom={rid.group(2)}"], capture_output=True, text=True,
+                          timeout=120).stdout
+    assert re.search(r'<dialog id="zoom" open="">', zoom)
+    assert f'<img alt="full size" src="images/{rid.group(1)}">' in zoom
+    from PIL import Image as _Image
+
+    with _Image.open(reported_run / "images" / rid.group(1)) as full:
+        assert re.search(r'data-zoom-width="(\d+)"', zoom).group(1) == str(full.width)  # full size, decoded
+    assert 'data-zoom-width' not in dom  # not loaded until opened
 
 
 def test_report_is_columnar_stable_and_complete(tmp_path):
@@ -176,7 +233,8 @@ def test_report_is_columnar_stable_and_complete(tmp_path):
         "error_code": [("image_not_found" if s == "failed" else None) for s in status],
         "error_message": [("gone" if s == "failed" else None) for s in status],
         "canvas_width": np.full(n, 1000), "canvas_height": np.full(n, 500), "generated": np.arange(n) % 2 == 0,
-        "seam_score": seam, "completed_at": np.arange(n, dtype=float), "image": [None] * n, "output_uri": [None] * n}),
+        "seam_score": seam, "quality_distance": np.abs(np.log(seam + 1e-3)),
+        "completed_at": np.arange(n, dtype=float), "image": [None] * n, "output_uri": [None] * n}),
         "a")
     page, summary = report.build(store, {})
     assert summary["by_status"] == {"ok": 4900, "rejected": 0, "failed": 100}
@@ -187,7 +245,10 @@ def test_report_is_columnar_stable_and_complete(tmp_path):
                                 report.build(store, {})[0].split('id="sample"')[1].split("<h2>")[0])
     worst = re.findall(r'<h3>(sku-\d+)</h3>', page.split('id="worst"')[1].split("<h2>")[0])
     ok_ids = np.flatnonzero(status == "ok")
-    assert worst == [f"sku-{i:05d}" for i in ok_ids[np.argsort(-seam[ok_ids], kind="stable")][:12]]
+    dist = np.abs(np.log(seam + 1e-3))  # far from natural either way: tiny and large seam scores
+    assert worst == [f"sku-{i:05d}" for i in ok_ids[np.argsort(-dist[ok_ids], kind="stable")][:12]]
+    assert "n/a" in page.split('id="metrics"')[1]  # fill leakage: not computed for these rows
+    assert page.split('id="metrics"')[1].count("<tr><td>sku-") == len(ok_ids)  # every measured row listed
     table = page.split('<table id="failures">')[1]
     assert table.count("<code>image_not_found</code>") == 100
 
