@@ -145,6 +145,45 @@ def scenarios(code: str, work: str, rows_a: list[int], tiny: int, new: int, labe
     return out
 
 
+def per_row(n: int) -> None:
+    """The all-done path per row, without Ray, one core: triage a manifest of ``n`` rows
+    whose every row is done (identity stat, request hash, fingerprint lookup), with
+    sizes in the manifest and without (a header read each)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, ROOT)
+    from pipeline import config as config_mod, manifest
+    from pipeline.hashing import DoneSet, fingerprints
+    from pipeline.outputs import OutputStore
+    from pipeline.triage import TriageStage
+
+    work = tempfile.mkdtemp(prefix="perrow-")
+    try:
+        make_tiny(work, os.path.join(work, "m.parquet"), n)
+        t = pq.read_table(os.path.join(work, "m.parquet"))
+        sized = t.append_column("image_width", pa.array(np.full(n, 64))).append_column(
+            "image_height", pa.array(np.full(n, 48)))
+        pq.write_table(sized, os.path.join(work, "sized.parquet"))
+        for name, label in (("sized", "sizes in the manifest"), ("m", "sizes from headers")):
+            cfg = config_mod.from_dict({"input": {"manifest": os.path.join(work, f"{name}.parquet"),
+                                                  "image_root": work}, "output": {"uri": os.path.join(work, "o")}})
+            index = manifest.scan(cfg)
+            store = OutputStore(os.path.join(work, "o"))
+            rows = pa.concat_tables([x for s in index.slices for x in TriageStage(cfg, store, "a").chunks(s)])
+            hi, lo, _ = fingerprints(rows.column("request_hash"))
+            stage = TriageStage(cfg, store, "b", done=DoneSet(hi, lo))
+            t0 = time.perf_counter()
+            left = sum(x.num_rows for s in index.slices for x in stage.chunks(s))
+            dt = time.perf_counter() - t0
+            assert left == 0 and stage.counts.done == n
+            print(f"  per row, all done, {label}: {n:,} rows in {dt:.2f} s = {n / dt:,.0f} rows/s "
+                  f"({1e6 * dt / n:.1f} us a row, one core)", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows-a", type=int, nargs="+", default=[200_000, 1_000_000])
@@ -153,12 +192,15 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default=None, help="git revision of the old runner (e.g. d173e6e)")
     ap.add_argument("--baseline-rows-a", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=3, help="repetitions of scenario C (median)")
+    ap.add_argument("--per-row", type=int, default=0, help="also time the all-done path per row on N rows")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="orch-")
     results = {}
     try:
         print(f"scenarios in {work}", flush=True)
+        if args.per_row:
+            per_row(args.per_row)
         results["new"] = scenarios(ROOT, work, args.rows_a, args.tiny, args.new, "new", args.reps)
         if args.baseline_rev:
             old = os.path.join(work, "baseline-code")

@@ -65,3 +65,10 @@ def tally(column) -> dict[str, int]:
     import pyarrow.compute as pc
 
     return {d["values"]: d["counts"] for d in pc.value_counts(column.drop_null()).to_pylist()}
+
+
+def add_counts(by_status: dict[str, int], by_code: dict[str, int], table) -> None:
+    """Add a table's counts per ``status`` and per ``error_code`` to running totals."""
+    for total, col in ((by_status, "status"), (by_code, "error_code")):
+        for k, v in tally(table.column(col)).items():
+            total[k] = total.get(k, 0) + v

@@ -152,10 +152,7 @@ class OutputStore:
         by_code: dict[str, int] = {}
         for f in self.metadata_files():
             t = storage.retry(pq.read_table, f, filesystem=self.fs, columns=["id", "status", "error_code"])
-            t = t.filter(pc.is_in(t.column("id"), value_set=ids))
-            for total, col in ((by_status, "status"), (by_code, "error_code")):
-                for k, v in codes.tally(t.column(col)).items():
-                    total[k] = total.get(k, 0) + v
+            codes.add_counts(by_status, by_code, t.filter(pc.is_in(t.column("id"), value_set=ids)))
         return by_status, by_code
 
     def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:

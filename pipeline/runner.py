@@ -143,14 +143,9 @@ class Tally:
                 "actor_s": round(wall, 3),
                 "actors": {k: round(v[0] / v[1], 4) if v[1] > 0 else None for k, v in sorted(self.actors.items())}}
 
-    def count(self, batch: pa.Table) -> None:
-        for total, col in ((self.by_status, "status"), (self.by_code, "error_code")):
-            for k, v in codes.tally(batch.column(col)).items():
-                total[k] = total.get(k, 0) + v
-
     def add(self, batch: pa.Table) -> None:
         """Work rows' metadata, columnar."""
-        self.count(batch)
+        codes.add_counts(self.by_status, self.by_code, batch)
         written = pc.and_(pc.fill_null(pc.equal(batch.column("status"), codes.OK), False),
                           pc.is_valid(batch.column("output_uri")))
         area = pc.multiply(batch.column("canvas_width").cast(pa.float64()),
@@ -325,7 +320,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     tally = Tally(total=work_rows)
     bulk = store.read_metadata_parts(f"{run_id}-t", ["status", "error_code"])
     if bulk is not None:
-        tally.count(bulk)
+        codes.add_counts(tally.by_status, tally.by_code, bulk)
         tally.bulk = bulk.num_rows
     tally.skipped = index.rows - work_rows - tally.bulk
     if not quiet:
