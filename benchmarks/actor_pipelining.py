@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     from skimage import data
 
     from pipeline import config as config_mod
-    from pipeline.runner import run
-    from pipeline.testmodel import make_test_model
+    from pipeline.run.runner import run
+    from pipeline.backends.testmodel import make_test_model
 
     tmp = tempfile.mkdtemp()
     Image.fromarray(data.astronaut()[::2, ::2]).save(os.path.join(tmp, "a.png"))

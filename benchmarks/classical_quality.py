@@ -34,8 +34,8 @@ from pipeline import config as config_mod  # noqa: E402
 from pipeline.backends import Job  # noqa: E402
 from pipeline.backends.classical import ClassicalBackend  # noqa: E402
 from pipeline.backends.solid import SolidBackend  # noqa: E402
-from pipeline.compose import generated_sides, paste_back  # noqa: E402
-from pipeline.quality import psnr, seam_score  # noqa: E402
+from pipeline.review.compose import generated_sides, paste_back  # noqa: E402
+from pipeline.review.quality import psnr, seam_score  # noqa: E402
 
 PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "camera.png", "rocket.jpg", "motorcycle_left.png",
           "retina.jpg", "hubble_deep_field.jpg", "brick.png", "grass.png", "gravel.png", "moon.png"]
@@ -81,7 +81,7 @@ def texture(out: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
 def main() -> int:
     import skimage
 
-    from pipeline.quality import lowpass_psnr
+    from pipeline.review.quality import lowpass_psnr
     from tests.conftest import read_png
 
     data = Path(skimage.__file__).parent / "data"

@@ -44,10 +44,10 @@ def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dic
     import pyarrow as pa
     from PIL import Image
 
-    from pipeline import manifest
-    from pipeline.outputs import OutputStore
-    from pipeline.plan import PlanStage
-    from pipeline.stages import LoadStage, OutpaintStage, WriteStage
+    from pipeline.io import manifest
+    from pipeline.io.outputs import OutputStore
+    from pipeline.plan.stage import PlanStage
+    from pipeline.run.stages import LoadStage, OutpaintStage, WriteStage
 
     import pyarrow.parquet as pq
 
@@ -99,9 +99,9 @@ def main(argv=None) -> int:
 
     from pipeline import config as config_mod
     from pipeline.backends.flux import FluxFillBackend
-    from pipeline.bench import UtilSampler, matmul_tflops, random_flux_pipe, synthetic_jobs
-    from pipeline.flops import transformer_flops
-    from pipeline.quality import psnr
+    from pipeline.run.bench import UtilSampler, matmul_tflops, random_flux_pipe, synthetic_jobs
+    from pipeline.plan.flops import transformer_flops
+    from pipeline.review.quality import psnr
 
     cuda = torch.cuda.is_available() and not args.tiny
     device = torch.device("cuda" if cuda else "cpu")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         args.rows = min(args.rows, 8)
         from diffusers import FluxFillPipeline
 
-        from pipeline.testmodel import make_test_model
+        from pipeline.backends.testmodel import make_test_model
 
         model_dir = make_test_model(os.path.join(tmp, "tiny"))
 

@@ -31,7 +31,7 @@ def make(root: str, n: int, part: int = 10_000) -> None:
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.outputs import OutputStore
+    from pipeline.io.outputs import OutputStore
 
     store = OutputStore(root)
     rng = np.random.default_rng(0)
@@ -50,8 +50,8 @@ def make(root: str, n: int, part: int = 10_000) -> None:
 
 
 def step(root: str, what: str) -> None:
-    from pipeline import report
-    from pipeline.outputs import OutputStore, latest_per_id
+    from pipeline.review import report
+    from pipeline.io.outputs import OutputStore, latest_per_id
 
     store = OutputStore(root)
     t0 = time.perf_counter()

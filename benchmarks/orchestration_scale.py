@@ -71,7 +71,7 @@ def one_run(code: str, manifest: str, root: str, out: str, backend: str) -> None
     import ray
 
     from pipeline import config as config_mod
-    from pipeline.runner import run
+    from pipeline.run.runner import run
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     cfg = config_mod.from_dict({"input": {"manifest": manifest, "image_root": root},
@@ -154,10 +154,11 @@ def per_row(n: int) -> None:
     import pyarrow.parquet as pq
 
     sys.path.insert(0, ROOT)
-    from pipeline import config as config_mod, manifest
-    from pipeline.hashing import DoneSet, fingerprints
-    from pipeline.outputs import OutputStore
-    from pipeline.triage import TriageStage
+    from pipeline import config as config_mod
+    from pipeline.io import manifest
+    from pipeline.io.done import DoneSet, fingerprints
+    from pipeline.io.outputs import OutputStore
+    from pipeline.run.triage import TriageStage
 
     work = tempfile.mkdtemp(prefix="perrow-")
     try:

@@ -26,9 +26,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline import config as config_mod  # noqa: E402
 from pipeline.backends.solid import nearest_edge_fill  # noqa: E402
-from pipeline.compose import compose, paste_back  # noqa: E402
-from pipeline.headers import SourceLimits  # noqa: E402
-from pipeline.imageio import decode, encode  # noqa: E402
+from pipeline.backends.canvas import compose  # noqa: E402
+from pipeline.review.compose import paste_back  # noqa: E402
+from pipeline.io.headers import SourceLimits  # noqa: E402
+from pipeline.io.imageio import decode, encode  # noqa: E402
 
 
 def make_sources(d: Path, rows: int) -> list[Path]:
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     import ray
     from PIL import Image
 
-    from pipeline.runner import run
+    from pipeline.run.runner import run
 
     work = Path(tempfile.mkdtemp(prefix="outpaint-bench-"))
     try:

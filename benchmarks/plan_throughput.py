@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline import config as config_mod  # noqa: E402
 from pipeline.codes import CODES  # noqa: E402
-from pipeline.geometry import SizingRules, plan_geometry, plan_geometry_threaded  # noqa: E402
-from pipeline.geometry_ref import columns_from_rows, plan_row  # noqa: E402
-from pipeline.manifest import ROW_INDEX  # noqa: E402
-from pipeline.plan import PlanStage, plan_manifest  # noqa: E402
+from pipeline.plan.geometry import SizingRules, plan_geometry, plan_geometry_threaded  # noqa: E402
+from pipeline.plan.geometry_ref import columns_from_rows, plan_row  # noqa: E402
+from pipeline.io.manifest import ROW_INDEX  # noqa: E402
+from pipeline.plan.stage import PlanStage, plan_manifest  # noqa: E402
 
 RATIOS = [(1, 1), (4, 5), (16, 9), (9, 16), (3, 2), (191, 100)]
 

@@ -9,7 +9,8 @@ import sys
 import pyarrow.parquet as pq
 
 from . import config as config_mod
-from . import manifest, storage
+from . import storage
+from .io import manifest
 from .config import ConfigError
 
 
@@ -30,7 +31,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_manifest(args) -> int:
-    from .catalogue import Target, build, summary_line, write
+    from .io.catalogue import Target, build, summary_line, write
 
     targets = [Target(aspect_ratio=r) for r in args.aspect_ratio or []]
     if (args.width is None) != (args.height is None):
@@ -44,7 +45,7 @@ def cmd_manifest(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .plan import format_summary, plan_manifest, summarise
+    from .plan.stage import format_summary, plan_manifest, summarise
 
     cfg = _load(args)
     manifest.read_schema(cfg)
@@ -63,7 +64,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .runner import run
+    from .run.runner import run
 
     cfg = _load(args)
     result = run(cfg, quiet=args.quiet)
@@ -76,7 +77,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .submit import exit_code, submit
+    from .run.submit import exit_code, submit
 
     cfg = _load(args)
     manifest.read_schema(cfg)  # a bad manifest fails here, not on the cluster
@@ -86,8 +87,8 @@ def cmd_submit(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import report
-    from .outputs import OutputStore
+    from .io.outputs import OutputStore
+    from .review import report
 
     out_opts, src_opts = {}, None
     if args.config:
@@ -113,7 +114,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench, format_result
+    from .run.bench import bench, format_result
 
     cfg = _load(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -137,7 +138,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_make_test_model(args) -> int:
-    from .testmodel import make_test_model
+    from .backends.testmodel import make_test_model
 
     out = make_test_model(args.dir, seed=args.seed, fill=args.fill)
     print(f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "

@@ -145,6 +145,6 @@ def read_png(path):
 def tiny_flux(tmp_path_factory):
     """A tiny FLUX Fill pipeline with random weights, saved with save_pretrained."""
     pytest.importorskip("diffusers")
-    from pipeline.testmodel import make_test_model
+    from pipeline.backends.testmodel import make_test_model
 
     return make_test_model(str(tmp_path_factory.mktemp("models") / "tiny-flux"))

@@ -1,11 +1,17 @@
 """Outpainting backends behind one small interface.
 
 What identifies a backend's output for resume (name, version, settings) is derived
-from the config in ``pipeline.hashing``, so the driver never has to build one.
+from the config in ``pipeline.plan.hashing``, so the driver never has to build one.
 
 A backend takes a batch of canvases (reference placed, unknown area arbitrary),
 masks (True = generate), per-row seeds and prompts, and returns one RGB image per
-canvas, same size. Backends never see storage, Arrow or Ray: stages do that.
+canvas, same size. Backends never see Arrow or Ray: stages do that.
+
+Holds ``classical`` (CPU default), ``solid`` (plain padding), ``flux`` (FLUX.1 Fill on
+GPU actors) with ``accel`` (its speed settings) and ``testmodel`` (a tiny random-weight
+checkpoint), and ``canvas`` (the reference placed on its canvas, fill colours).
+
+May import: the top-level shared modules and ``io``. Never ``plan``, ``review`` or ``run``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..compose import compose
+from .canvas import compose
 
 
 @dataclass

@@ -33,9 +33,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..compose import FILL_COLORS, contrast_fill
-from ..testmodel import PROFILE_FILE
 from . import Job, accel
+from .canvas import FILL_COLORS, contrast_fill
+from .testmodel import PROFILE_FILE
 
 # FLUX.1's values; a checkpoint's own come from its configs (``FluxFillBackend.__init__``)
 VAE_SCALE = 8  # pixels per latent cell: 2 ** (len(vae.block_out_channels) - 1)

@@ -1,0 +1,311 @@
+"""Manifest reading and schema checks (docs/contracts.md, "Manifest").
+
+A manifest is Parquet, CSV, TSV or JSON Lines (by extension, or ``input.format``):
+one file, a directory or a glob on any fsspec URI. The schema is checked once, before
+any work: unknown columns fail the run with a message that names them; a file that is
+not a readable table is one line naming it. Per-row problems (bad values) are not
+schema errors: they become ``invalid_request`` rows in planning.
+
+At catalogue scale the driver never holds the manifest: ``scan`` reads only the ``id``
+column (for the duplicate rule and row numbers) and cuts the files into slices, and
+workers read their slice with ``read_slice``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.json as pjson
+import pyarrow.parquet as pq
+
+from .. import storage
+from ..config import Config, ConfigError
+
+ROW_INDEX = "manifest_row"  # added on read: global row number, for duplicate-id precedence
+
+# column -> what it holds (for messages); types are checked per value while planning
+COLUMNS: dict[str, str] = {
+    "id": "string",
+    "image": "string URI",
+    "image_bytes": "binary",
+    "width": "int",
+    "height": "int",
+    "aspect_ratio": "'W:H' string or float",
+    "reference_offset_x": "int",
+    "reference_offset_y": "int",
+    "auto_crop": "bool",
+    "anchor": "string",
+    "mode": "'high' | 'fast'",
+    "output_format": "'png' | 'jpeg' | 'webp'",
+    "prompt": "string",
+    "seed": "int",
+    "num_variants": "int",
+    "image_width": "int",
+    "image_height": "int",
+}
+
+# Common names from other tools -> what to use instead.
+HINTS = {
+    "bbox_x1": "use reference_offset_x (the reference's left edge on the canvas)",
+    "bbox_y1": "use reference_offset_y (the reference's top edge on the canvas)",
+    "bbox_x0": "use reference_offset_x (the reference's left edge on the canvas)",
+    "bbox_y0": "use reference_offset_y (the reference's top edge on the canvas)",
+    "x": "use reference_offset_x", "y": "use reference_offset_y",
+    "offset_x": "use reference_offset_x", "offset_y": "use reference_offset_y",
+    "ratio": "use aspect_ratio", "aspect": "use aspect_ratio",
+    "canvas_width": "use width", "canvas_height": "use height",
+    "url": "use image", "uri": "use image", "path": "use image", "image_url": "use image",
+    "format": "use output_format", "quality": "use mode",
+}
+
+
+def check_schema(schema: pa.Schema, cfg: Config, source: str = "") -> None:
+    """Raise ``ConfigError`` for a manifest schema the run cannot use."""
+    where = f"manifest {source}: " if source else "manifest: "
+    names = [n for n in schema.names if n != ROW_INDEX]
+    if "id" not in names:  # first: a missing id explains an "unknown" sku/key column
+        raise ConfigError(where + "no `id` column; every row needs a unique id (its columns are "
+                          + ", ".join(f"`{n}`" for n in names[:12]) + "); rename the key column to `id`")
+    passthrough = set(cfg.output.passthrough_columns)
+    unknown = [n for n in names if n not in COLUMNS and n not in passthrough]
+    if unknown:
+        parts = []
+        for n in unknown:
+            hint = HINTS.get(n.lower())
+            parts.append(f"`{n}` ({hint})" if hint else f"`{n}`")
+        raise ConfigError(
+            where + "unknown column" + ("s " if len(unknown) > 1 else " ") + ", ".join(parts)
+            + "; add it to output.passthrough_columns to copy it to the metadata"
+        )
+    missing_pt = [c for c in cfg.output.passthrough_columns if c not in names]
+    if missing_pt:
+        raise ConfigError(where + f"output.passthrough_columns names {missing_pt} but the manifest has no such column")
+    clash = [c for c in cfg.output.passthrough_columns if c in COLUMNS]
+    if clash:
+        raise ConfigError(f"output.passthrough_columns: {clash} are manifest columns already in the metadata; remove them")
+    if "image" not in names and "image_bytes" not in names:
+        raise ConfigError(where + "no `image` or `image_bytes` column; each row needs its source image")
+    d = cfg.defaults
+    has_target = {"width", "height", "aspect_ratio"} & set(names)
+    if not has_target and d.aspect_ratio is None and d.width is None:
+        raise ConfigError(
+            where + "no `width`/`height` or `aspect_ratio` column and no target in `defaults:`; "
+            "set defaults.aspect_ratio (e.g. '1:1') or defaults.width/height"
+        )
+    for col in ("image_bytes",):
+        if col in names:
+            t = schema.field(col).type
+            if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_null(t)):
+                raise ConfigError(where + f"column `{col}` must be binary, is {t}")
+
+
+
+
+# --------------------------------------------------------------------------- formats
+
+EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
+              ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+# Text formats infer types per file; these columns are strings whatever they look like
+# (an id "00123" stays "00123", a ratio "1.5" is parsed by the planner like "3:2").
+TEXT_COLUMNS = ("id", "image", "aspect_ratio", "anchor", "mode", "output_format", "prompt")
+
+
+def file_format(path: str, cfg: Config) -> str:
+    if cfg.input.format != "auto":
+        return cfg.input.format
+    ext = posixpath.splitext(path.lower())[1]
+    return EXTENSIONS.get(ext, "parquet")
+
+
+def files(cfg: Config):
+    """``(fs, paths)`` of the manifest: a file, a directory (every manifest file under
+    it, recursively) or a glob."""
+    # a directory's .json files may be anything (run.json): only explicit files or globs read them
+    suffixes = tuple(e for e, f in EXTENSIONS.items() if e != ".json" and cfg.input.format in ("auto", f))
+    try:
+        return storage.retry(storage.expand, cfg.input.manifest, cfg.input.storage_options, suffix=suffixes,
+                             attempts=3)
+    except FileNotFoundError as e:
+        raise ConfigError(f"input.manifest: {e}") from None
+    except Exception as e:  # noqa: BLE001 - credentials, network, permissions: stop before any work
+        raise ConfigError(f"input.manifest {cfg.input.manifest} cannot be read: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _unreadable(fs, path: str, fmt: str, e: BaseException) -> ConfigError:
+    return ConfigError(f"input.manifest: {storage.unstrip(fs, path)} is not a readable {fmt} table "
+                       f"({_first_line(e)}); set input.format if its extension is misleading")
+
+
+def _read_text(fs, path: str, fmt: str, columns: list[str] | None = None) -> pa.Table:
+    with fs.open(path, "rb") as f:
+        if fmt in ("csv", "tsv"):
+            conv = pcsv.ConvertOptions(column_types={c: pa.string() for c in TEXT_COLUMNS},
+                                       strings_can_be_null=True, include_columns=columns,
+                                       include_missing_columns=False)
+            t = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
+                              convert_options=conv)
+        else:
+            t = pjson.read_json(f)
+            if columns is not None:
+                t = t.select([c for c in columns if c in t.column_names])
+    for c in TEXT_COLUMNS:  # JSON numbers in string columns (e.g. numeric ids)
+        if c in t.column_names and c != "aspect_ratio" and not pa.types.is_string(t.column(c).type) \
+                and not pa.types.is_null(t.column(c).type):
+            t = t.set_column(t.column_names.index(c), c, t.column(c).cast(pa.string()))
+    return t
+
+
+def read_file(fs, path: str, fmt: str, columns: list[str] | None = None) -> pa.Table:
+    """One manifest file as a table; ``ConfigError`` (one line) if it is not a table."""
+    try:
+        if fmt == "parquet":
+            return storage.retry(pq.read_table, path, filesystem=fs, columns=columns)
+        return storage.retry(_read_text, fs, path, fmt, columns)
+    except ConfigError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as e:
+        if isinstance(e, OSError) and storage.is_transient(e):
+            raise
+        raise _unreadable(fs, path, fmt, e) from None
+
+
+def _file_schema(fs, path: str, fmt: str) -> pa.Schema:
+    if fmt == "parquet":
+        try:
+            return storage.retry(pq.read_schema, path, filesystem=fs)
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, OSError) and storage.is_transient(e):
+                raise
+            raise _unreadable(fs, path, fmt, e) from None
+    return read_file(fs, path, fmt).schema
+
+
+def read_schema(cfg: Config) -> pa.Schema:
+    fs, paths = files(cfg)
+    schemas = []
+    for p in paths:
+        sch = _file_schema(fs, p, file_format(p, cfg))
+        check_schema(sch, cfg, storage.unstrip(fs, p))
+        schemas.append(sch)
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ConfigError(f"input.manifest: the files' schemas disagree: {e}") from None
+    check_schema(schema, cfg, cfg.input.manifest)
+    return schema
+
+
+def read(cfg: Config, columns: list[str] | None = None) -> pa.Table:
+    """Whole manifest as one table, in file order, with a ``manifest_row`` column
+    (dry runs and tests; ``outpaint run`` reads slices in workers instead)."""
+    fs, paths = files(cfg)
+    tables = []
+    for p in paths:
+        t = read_file(fs, p, file_format(p, cfg))
+        check_schema(t.schema, cfg, storage.unstrip(fs, p))
+        if columns is not None:
+            t = t.select([c for c in columns if c in t.column_names])
+        tables.append(t)
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    return table.append_column(ROW_INDEX, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+# --------------------------------------------------------------------------- scale
+
+@dataclass(frozen=True)
+class Slice:
+    """Rows of one manifest file that one worker task plans: Parquet row groups
+    ``[group0, group1)``, or the whole file for text formats (group1 = -1)."""
+
+    uri: str
+    format: str
+    group0: int
+    group1: int
+    row0: int  # manifest_row of the slice's first row
+
+
+@dataclass
+class ManifestIndex:
+    """What the driver keeps of a manifest: its ids (the duplicate rule and the resume
+    check need them; ~30 bytes a row in Arrow, the driver's only per-row memory) and
+    the slices workers read. Never the rows themselves."""
+
+    ids: pa.ChunkedArray
+    slices: list[Slice]
+    schema: pa.Schema
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+
+def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
+    """Check every file's schema, read only the ``id`` column, and cut the files into
+    slices of about ``slice_rows`` rows (Parquet: whole row groups)."""
+    fs, paths = files(cfg)
+    ids, slices, schemas = [], [], []
+    row0 = 0
+    for p in paths:
+        fmt = file_format(p, cfg)
+        uri = storage.unstrip(fs, p)
+        if fmt == "parquet":
+            try:
+                pf = storage.retry(pq.ParquetFile, p, filesystem=fs)
+            except (pa.ArrowException, OSError) as e:
+                if isinstance(e, OSError) and storage.is_transient(e):
+                    raise
+                raise _unreadable(fs, p, fmt, e) from None
+            schema = pf.schema_arrow
+            check_schema(schema, cfg, uri)
+            col = storage.retry(pf.read, columns=["id"]).column("id")
+            start, rows = 0, 0
+            for g in range(pf.metadata.num_row_groups):
+                rows += pf.metadata.row_group(g).num_rows
+                if rows and (rows >= slice_rows or g == pf.metadata.num_row_groups - 1):
+                    slices.append(Slice(uri, fmt, start, g + 1, row0))
+                    row0 += rows
+                    start, rows = g + 1, 0
+        else:
+            t = read_file(fs, p, fmt)
+            schema = t.schema
+            check_schema(schema, cfg, uri)
+            col = t.column("id")
+            del t
+            if len(col):
+                slices.append(Slice(uri, fmt, 0, -1, row0))
+                row0 += len(col)
+        schemas.append(schema)
+        ids.extend(col.cast(pa.string()).chunks)
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ConfigError(f"input.manifest: the files' schemas disagree: {e}") from None
+    check_schema(schema, cfg, cfg.input.manifest)
+    return ManifestIndex(pa.chunked_array(ids, pa.string()), slices, schema)
+
+
+def read_slice(piece: Slice, cfg: Config, chunk_rows: int = 65_536) -> Iterator[pa.Table]:
+    """The rows of one slice in chunks of at most ``chunk_rows``, each with its
+    ``manifest_row`` (run in workers)."""
+    fs, path = storage.filesystem(piece.uri, cfg.input.storage_options)
+    row = piece.row0
+    if piece.format == "parquet":
+        pf = storage.retry(pq.ParquetFile, path, filesystem=fs)
+        batches = (pa.Table.from_batches([b]) for b in
+                   pf.iter_batches(batch_size=chunk_rows, row_groups=range(piece.group0, piece.group1)))
+    else:
+        t = read_file(fs, path, piece.format)
+        batches = (t.slice(s, chunk_rows) for s in range(0, t.num_rows, chunk_rows))
+    for t in batches:
+        yield t.append_column(ROW_INDEX, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))
+        row += t.num_rows

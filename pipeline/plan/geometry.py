@@ -1,0 +1,299 @@
+"""Placement geometry as pure, vectorised functions over NumPy columns (no I/O).
+
+Implements docs/contracts.md's geometry contract for whole columns at once: canvas from an
+explicit size or an aspect ratio, scaling to the pixel budget, anchors and offsets,
+auto-crop, every check in contract order, fast-mode latent alignment and "nothing
+to outpaint". ``pipeline.plan.geometry_ref`` holds a per-row implementation of the same
+rules, used as the tests' oracle and the benchmark's baseline.
+
+All arithmetic is exact int64: ratios are integer pairs ``a:b``, scales are integer
+multiples of 1/10000, and products that could overflow are clamped first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..codes import CODE
+
+GRID = 16
+MIN_SIDE = 64  # canvas and (fast) reference minimum side
+MAX_REF_ASPECT = 8  # fast mode: longer/shorter side of the visible reference
+SCALE_DEN = 10_000  # scale is a multiple of 1/SCALE_DEN
+_COORD_CLAMP = 1 << 40  # offsets beyond this are out of bounds anyway; keeps int64 safe
+
+# anchor -> (horizontal, vertical), each 0 = start, 1 = centre, 2 = end
+ANCHOR_AXES = {
+    "center": (1, 1), "left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2),
+    "top-left": (0, 0), "top-right": (2, 0), "bottom-left": (0, 2), "bottom-right": (2, 2),
+}
+
+
+@dataclass(frozen=True)
+class SizingRules:
+    max_pixels: int = 4_194_304
+    fit_contain: bool = False
+    fill_fraction: float = 0.8
+    allow_upscale: bool = False
+    grid: int = GRID  # fast-mode alignment: the checkpoint's (FLUX.1: 16 = VAE x8, 2x2 packing)
+
+
+@dataclass
+class GeometryInput:
+    """Column arrays of equal length ``n``; masks say where a nullable value is present."""
+
+    src_w: np.ndarray                 # int64 source size (after EXIF rotation); ignored where code set
+    src_h: np.ndarray
+    width: np.ndarray                 # int64 explicit canvas, valid where has_width/has_height
+    height: np.ndarray
+    has_width: np.ndarray             # bool
+    has_height: np.ndarray
+    ratio_num: np.ndarray             # int64 a of a:b, valid where has_ratio
+    ratio_den: np.ndarray
+    has_ratio: np.ndarray
+    offset_x: np.ndarray              # int64, valid where has_offset_x
+    offset_y: np.ndarray
+    has_offset_x: np.ndarray
+    has_offset_y: np.ndarray
+    anchor_h: np.ndarray              # int8 0/1/2
+    anchor_v: np.ndarray
+    auto_crop: np.ndarray             # bool
+    fast: np.ndarray                  # bool: mode == fast
+    # Codes found before geometry, by precedence group (0 = none): request errors
+    # from reading the row, id errors, image errors (header / source limits).
+    request_code: np.ndarray = field(default=None)  # type: ignore[assignment]
+    id_code: np.ndarray = field(default=None)  # type: ignore[assignment]
+    image_code: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        n = len(self.src_w)
+        for name in ("request_code", "id_code", "image_code"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(n, dtype=np.int16))
+
+    def __len__(self) -> int:
+        return len(self.src_w)
+
+    def slice(self, start: int, stop: int) -> "GeometryInput":
+        return GeometryInput(**{f: getattr(self, f)[start:stop] for f in self.__dataclass_fields__})
+
+
+def ceil_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return -((-a) // b)
+
+
+def ceil_grid(a: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Exact ceil to a multiple of ``grid``."""
+    return (a + (grid - 1)) // grid * grid
+
+
+def area(w: np.ndarray, h: np.ndarray, limit: int) -> np.ndarray:
+    """``w*h`` exact up to ``limit+1`` squared; anything bigger compares as over ``limit``."""
+    cap = limit + 1
+    return np.minimum(w, cap) * np.minimum(h, cap)
+
+
+def aspect_canvas(w, h, a, b):
+    """Smallest canvas of ratio a:b holding w x h; equals the contract's two branches.
+
+    (``w/h < r``: ``H = h``, ``W = ceil(h r)`` >= w; else ``W = w``, ``H = ceil(w / r)`` >= h.)
+    """
+    return np.maximum(w, ceil_div(h * a, b)), np.maximum(h, ceil_div(w * b, a))
+
+
+def fits(W, H, fast, max_pixels: int, grid: int = GRID):
+    """Auto-sized canvas fits the budget; in fast mode even after worst-case alignment."""
+    ok = area(W, H, max_pixels) <= max_pixels
+    fast_ok = area(ceil_grid(W + grid - 1, grid), ceil_grid(H + grid - 1, grid), max_pixels) <= max_pixels
+    return ok & (~fast | fast_ok)
+
+
+def _fits_at(k, w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
+    w = w0 * k // SCALE_DEN
+    h = h0 * k // SCALE_DEN
+    W, H = aspect_canvas(w, h, a, b)
+    return fits(W, H, fast, max_pixels, grid)
+
+
+def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
+    """Largest k in [lo, hi] that fits, given that lo fits or lo == 0 (none does)."""
+    while True:
+        active = np.flatnonzero(lo < hi)
+        if not len(active):
+            return lo
+        l, h_ = lo[active], hi[active]
+        mid = (l + h_ + 1) // 2
+        good = _fits_at(mid, w0[active], h0[active], a[active], b[active], fast[active], max_pixels, grid)
+        lo[active] = np.where(good, mid, l)
+        hi[active] = np.where(good, h_, mid - 1)
+
+
+def _largest_root(qa, qb, qc):
+    """Largest root of qa s^2 + qb s + qc (qa > 0); -inf where there is none."""
+    disc = qb * qb - 4 * qa * qc
+    with np.errstate(invalid="ignore"):
+        return np.where(disc >= 0, (-qb + np.sqrt(np.maximum(disc, 0))) / (2 * qa), -np.inf)
+
+
+def _scale_to_budget(w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
+    """Largest k in [1, 9999] such that the canvas of floor(w0 k/1e4) x floor(h0 k/1e4) fits.
+
+    The canvas grows monotonically with k, so a binary search is exact. To save
+    passes it starts from a bracket that is provably right: at scale s each canvas
+    side lies in (s*Wc - max(1, r), s*Wc + 1), Wc the real-valued canvas at scale 1
+    (and fast alignment adds grid-1 .. 2*grid-2 px), so (s*Wc + 1 [+ 2g-2])(...) <= budget
+    guarantees a fit and (s*Wc - max(1, r) [+ g-1])(...) > budget guarantees none.
+    Returns k, 0 where none fits.
+    """
+    top = SCALE_DEN - 1
+    r = a / b
+    Wc = np.maximum(w0, h0 * r)
+    Hc = np.maximum(h0, w0 / r)
+    grow_hi = np.where(fast, 2.0 * grid - 1, 1.0)  # worst-case growth of a side: fits for sure below
+    gw = np.where(fast, grid - 1.0, 0.0) - np.maximum(1.0, r)  # least growth: over budget for sure above
+    gh = np.where(fast, grid - 1.0, 0.0) - np.maximum(1.0, 1.0 / r)
+    qa = Wc * Hc
+    s_fit = _largest_root(qa, grow_hi * (Wc + Hc), grow_hi * grow_hi - max_pixels)
+    s_over = _largest_root(qa, gw * Hc + gh * Wc, gw * gh - max_pixels)
+    # the over-budget bound only holds where both sides stay positive
+    s_over = np.where((s_over * Wc + gw > 0) & (s_over * Hc + gh > 0), s_over, np.inf)
+    # one unit of slack each way absorbs floating-point error in the roots
+    lo = np.clip(np.floor(s_fit * SCALE_DEN) - 1, 0, top).astype(np.int64)
+    hi = np.clip(np.ceil(np.minimum(s_over, 1.0) * SCALE_DEN) + 1, 0, top).astype(np.int64)
+    hi = np.maximum(hi, lo)
+    return _bisect(lo, hi, w0, h0, a, b, fast, max_pixels, grid)
+
+
+def _contain_scale(w0, h0, W, H, rules: SizingRules):
+    """``sizing.fit: contain``: reference within fill_fraction of each side, as k/1e4."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.minimum(rules.fill_fraction * W / w0, rules.fill_fraction * H / h0)
+    k = np.floor(s * SCALE_DEN + 1e-6)
+    if not rules.allow_upscale:
+        k = np.minimum(k, SCALE_DEN)
+    return np.clip(np.nan_to_num(k, nan=SCALE_DEN), 1, 1 << 30).astype(np.int64)
+
+
+def _anchor(pos_axis, free):
+    """0 = start, 1 = centre (floor division, as the contract), 2 = end."""
+    return np.where(pos_axis == 0, 0, np.where(pos_axis == 1, free // 2, free))
+
+
+def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[str, np.ndarray]:
+    """Plan every row. Returns columns (int64 unless noted):
+
+    ``code`` (int16 index into ``codes.CODES``), ``geometry_valid`` (bool: the
+    geometry columns mean something), ``canvas_width/height``, ``scale`` (float64),
+    ``reference_width/height`` (scaled source), ``offset_x/y``, ``visible_x0/y0/x1/y1``,
+    ``pad_left/top``, ``aligned_width/height``, ``generated`` (bool).
+    """
+    n = len(g)
+    MAX = rules.max_pixels
+    i64 = np.int64
+    code = np.zeros(n, dtype=np.int16)
+
+    def reject(cond, name):
+        hit = (code == 0) & cond
+        code[hit] = CODE[name]
+
+    # 1. request errors (read-time ones first, then the targets), ids, image errors
+    size_any = g.has_width | g.has_height
+    bad_target = (size_any & g.has_ratio) | ~(size_any | g.has_ratio) | (size_any & ~(g.has_width & g.has_height))
+    reject(g.request_code > 0, "invalid_request")
+    reject(bad_target, "invalid_request")
+    code = np.where((code == 0) & (g.id_code > 0), g.id_code, code).astype(np.int16)
+    code = np.where((code == 0) & (g.image_code > 0), g.image_code, code).astype(np.int16)
+    alive = code == 0
+
+    w0 = np.where(alive, g.src_w, 1).astype(i64)
+    h0 = np.where(alive, g.src_h, 1).astype(i64)
+    is_ratio = alive & g.has_ratio
+    a = np.where(is_ratio, g.ratio_num, 1).astype(i64)
+    b = np.where(is_ratio, g.ratio_den, 1).astype(i64)
+
+    # 2. canvas and reference size
+    k = np.full(n, SCALE_DEN, dtype=i64)
+    W0, H0 = aspect_canvas(w0, h0, a, b)
+    W = np.where(is_ratio, W0, g.width).astype(i64)
+    H = np.where(is_ratio, H0, g.height).astype(i64)
+    G = rules.grid
+    need = is_ratio & ~fits(W0, H0, g.fast, MAX, G)
+    unscalable = np.zeros(n, dtype=bool)
+    if need.any():
+        idx = np.flatnonzero(need)
+        ks = _scale_to_budget(w0[idx], h0[idx], a[idx], b[idx], g.fast[idx], MAX, G)
+        # none fits, or the largest that fits leaves the reference 0 px on a side
+        found = (ks > 0) & (w0[idx] * ks // SCALE_DEN >= 1) & (h0[idx] * ks // SCALE_DEN >= 1)
+        k[idx[found]] = ks[found]
+        unscalable[idx[~found]] = True
+    if rules.fit_contain:
+        explicit = alive & ~g.has_ratio
+        k = np.where(explicit, _contain_scale(w0, h0, W, H, rules), k)
+    w = np.maximum(w0 * k // SCALE_DEN, 1)
+    h = np.maximum(h0 * k // SCALE_DEN, 1)
+    scaled = is_ratio & (k != SCALE_DEN)
+    Ws, Hs = aspect_canvas(w, h, a, b)
+    W = np.where(scaled, Ws, W)
+    H = np.where(scaled, Hs, H)
+
+    # 3. placement
+    ox = np.clip(g.offset_x, -_COORD_CLAMP, _COORD_CLAMP).astype(i64)
+    oy = np.clip(g.offset_y, -_COORD_CLAMP, _COORD_CLAMP).astype(i64)
+    x = np.where(g.has_offset_x, ox, _anchor(g.anchor_h, W - w)).astype(i64)
+    y = np.where(g.has_offset_y, oy, _anchor(g.anchor_v, H - h)).astype(i64)
+
+    # 4. checks in contract order
+    reject(alive & ((W < MIN_SIDE) | (H < MIN_SIDE)), "canvas_too_small")
+    reject(alive & (unscalable | (area(W, H, MAX) > MAX)), "canvas_too_large")
+    inside = (x >= 0) & (y >= 0) & (x + w <= W) & (y + h <= H)
+    vx0, vy0 = np.maximum(x, 0), np.maximum(y, 0)
+    vx1, vy1 = np.minimum(x + w, W), np.minimum(y + h, H)
+    empty = (vx0 >= vx1) | (vy0 >= vy1)
+    reject(alive & ~inside & ~g.auto_crop, "out_of_bounds")
+    reject(alive & ~inside & empty, "no_overlap")
+    vx0, vy0 = np.where(empty, 0, vx0), np.where(empty, 0, vy0)
+    vx1, vy1 = np.where(empty, 0, vx1), np.where(empty, 0, vy1)
+
+    vw, vh = vx1 - vx0, vy1 - vy0
+    fast = alive & g.fast
+    pad_left = np.where(fast, (-vx0) % G, 0)
+    pad_top = np.where(fast, (-vy0) % G, 0)
+    aligned_w = ceil_grid(W + pad_left, G)
+    aligned_h = ceil_grid(H + pad_top, G)
+    reject(fast & (np.minimum(vw, vh) < MIN_SIDE), "reference_too_small")
+    reject(fast & (np.maximum(vw, vh) > MAX_REF_ASPECT * np.minimum(vw, vh)), "reference_aspect")
+    reject(fast & (area(aligned_w, aligned_h, MAX) > MAX), "aligned_canvas_too_large")
+
+    generated = ~((vx0 == 0) & (vy0 == 0) & (vx1 == W) & (vy1 == H))
+    return {
+        "code": code,
+        "geometry_valid": alive,
+        "canvas_width": W,
+        "canvas_height": H,
+        "scale": k / SCALE_DEN,
+        "reference_width": w,
+        "reference_height": h,
+        "offset_x": x,
+        "offset_y": y,
+        "visible_x0": vx0,
+        "visible_y0": vy0,
+        "visible_x1": vx1,
+        "visible_y1": vy1,
+        "pad_left": pad_left.astype(i64),
+        "pad_top": pad_top.astype(i64),
+        "aligned_width": aligned_w,
+        "aligned_height": aligned_h,
+        "generated": generated & alive & (code == 0),
+    }
+
+
+def plan_geometry_threaded(g: GeometryInput, rules: SizingRules = SizingRules(),
+                           chunk: int = 131_072, threads: int | None = None) -> dict[str, np.ndarray]:
+    """``plan_geometry`` over cache-sized chunks on a thread pool (NumPy releases the
+    GIL in its kernels), for planning large manifests on several cores."""
+    from ..parallel import map_chunks
+
+    parts = map_chunks(lambda s, e: plan_geometry(g.slice(s, e), rules), len(g), chunk, threads)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,161 @@
+"""A straightforward per-row implementation of the geometry contract.
+
+Written from docs/contracts.md's text, branch by branch, independently of the vectorised
+``pipeline.plan.geometry``: the property tests check the two agree on every row, and
+``benchmarks/plan_throughput.py`` uses this as the per-row baseline.
+"""
+
+from __future__ import annotations
+
+from .geometry import GRID, MAX_REF_ASPECT, MIN_SIDE, SCALE_DEN, SizingRules
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def _ceil_grid(v: int, grid: int = GRID) -> int:
+    return _ceil_div(v, grid) * grid
+
+
+def _canvas_for_ratio(w: int, h: int, a: int, b: int) -> tuple[int, int]:
+    if w * b < h * a:  # w/h < a/b: keep the height, widen
+        return _ceil_div(h * a, b), h
+    return w, _ceil_div(w * b, a)  # keep the width, heighten
+
+
+def _fits(W: int, H: int, fast: bool, max_pixels: int, grid: int = GRID) -> bool:
+    if W * H > max_pixels:
+        return False
+    if fast and _ceil_grid(W + grid - 1, grid) * _ceil_grid(H + grid - 1, grid) > max_pixels:
+        return False
+    return True
+
+
+def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
+    """``row`` keys: src_w, src_h, width, height, ratio (tuple a, b or None), offset_x,
+    offset_y (None = anchor), anchor ((h, v) each 0/1/2), auto_crop, fast, and
+    request_code / id_code / image_code (code names or None). Returns ``code``
+    (name or None) and, when geometry was computed, the geometry columns."""
+    MAX = rules.max_pixels
+    has_size = row.get("width") is not None or row.get("height") is not None
+    ratio = row.get("ratio")
+    if row.get("request_code"):
+        return {"code": "invalid_request"}
+    if has_size and ratio is not None:
+        return {"code": "invalid_request"}
+    if not has_size and ratio is None:
+        return {"code": "invalid_request"}
+    if has_size and (row.get("width") is None or row.get("height") is None):
+        return {"code": "invalid_request"}
+    if row.get("id_code"):
+        return {"code": row["id_code"]}
+    if row.get("image_code"):
+        return {"code": row["image_code"]}
+
+    w0, h0, fast = row["src_w"], row["src_h"], bool(row.get("fast"))
+    k = SCALE_DEN
+    code = None
+    if ratio is not None:
+        a, b = ratio
+        W, H = _canvas_for_ratio(w0, h0, a, b)
+        w, h = w0, h0
+        if not _fits(W, H, fast, MAX, rules.grid):
+            # binary search for the largest k/10000 < 1 whose canvas fits
+            lo, hi = 0, SCALE_DEN - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                ws, hs = w0 * mid // SCALE_DEN, h0 * mid // SCALE_DEN
+                if _fits(*_canvas_for_ratio(ws, hs, a, b), fast, MAX, rules.grid):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo == 0 or w0 * lo // SCALE_DEN == 0 or h0 * lo // SCALE_DEN == 0:
+                code = "canvas_too_large"  # nothing fits, or only a 0-px reference would
+                k = SCALE_DEN
+            else:
+                k = lo
+                w, h = w0 * k // SCALE_DEN, h0 * k // SCALE_DEN
+                W, H = _canvas_for_ratio(w, h, a, b)
+    else:
+        W, H = row["width"], row["height"]
+        w, h = w0, h0
+        if rules.fit_contain:
+            s = min(rules.fill_fraction * W / w0, rules.fill_fraction * H / h0)
+            k = int(s * SCALE_DEN + 1e-6)
+            if not rules.allow_upscale:
+                k = min(k, SCALE_DEN)
+            k = max(k, 1)
+            w, h = max(w0 * k // SCALE_DEN, 1), max(h0 * k // SCALE_DEN, 1)
+
+    ah, av = row.get("anchor", (1, 1))
+    x = row["offset_x"] if row.get("offset_x") is not None else [0, (W - w) // 2, W - w][ah]
+    y = row["offset_y"] if row.get("offset_y") is not None else [0, (H - h) // 2, H - h][av]
+
+    if W < MIN_SIDE or H < MIN_SIDE:
+        code = "canvas_too_small"
+    elif code is None and W * H > MAX:
+        code = "canvas_too_large"
+    vx0, vy0, vx1, vy1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
+    inside = x >= 0 and y >= 0 and x + w <= W and y + h <= H
+    if code is None and not inside:
+        if not row.get("auto_crop"):
+            code = "out_of_bounds"
+        elif vx0 >= vx1 or vy0 >= vy1:
+            code = "no_overlap"
+    if vx0 >= vx1 or vy0 >= vy1:
+        vx0 = vy0 = vx1 = vy1 = 0
+    G = rules.grid
+    pad_left = (-vx0) % G if fast else 0
+    pad_top = (-vy0) % G if fast else 0
+    aw, ah_ = _ceil_grid(W + pad_left, G), _ceil_grid(H + pad_top, G)
+    if code is None and fast:
+        vw, vh = vx1 - vx0, vy1 - vy0
+        if min(vw, vh) < MIN_SIDE:
+            code = "reference_too_small"
+        elif max(vw, vh) > MAX_REF_ASPECT * min(vw, vh):
+            code = "reference_aspect"
+        elif aw * ah_ > MAX:
+            code = "aligned_canvas_too_large"
+    return {
+        "code": code,
+        "canvas_width": W, "canvas_height": H, "scale": k / SCALE_DEN,
+        "reference_width": w, "reference_height": h, "offset_x": x, "offset_y": y,
+        "visible_x0": vx0, "visible_y0": vy0, "visible_x1": vx1, "visible_y1": vy1,
+        "pad_left": pad_left, "pad_top": pad_top, "aligned_width": aw, "aligned_height": ah_,
+        "generated": code is None and not (vx0 == 0 and vy0 == 0 and vx1 == W and vy1 == H),
+    }
+
+
+def columns_from_rows(rows: list[dict]):
+    """Per-row dicts (``plan_row``'s format) -> ``GeometryInput`` columns."""
+    import numpy as np
+
+    from ..codes import CODE
+    from .geometry import GeometryInput
+
+    def ints(key, default=0):
+        return np.array([r.get(key) if r.get(key) is not None else default for r in rows], dtype=np.int64)
+
+    def has(key):
+        return np.array([r.get(key) is not None for r in rows], dtype=bool)
+
+    def code(key):
+        return np.array([CODE[r[key]] if r.get(key) else 0 for r in rows], dtype=np.int16)
+
+    ratio = [r.get("ratio") for r in rows]
+    anchor = [r.get("anchor", (1, 1)) for r in rows]
+    return GeometryInput(
+        src_w=ints("src_w", 1), src_h=ints("src_h", 1),
+        width=ints("width"), height=ints("height"), has_width=has("width"), has_height=has("height"),
+        ratio_num=np.array([q[0] if q else 1 for q in ratio], dtype=np.int64),
+        ratio_den=np.array([q[1] if q else 1 for q in ratio], dtype=np.int64),
+        has_ratio=np.array([q is not None for q in ratio], dtype=bool),
+        offset_x=ints("offset_x"), offset_y=ints("offset_y"),
+        has_offset_x=has("offset_x"), has_offset_y=has("offset_y"),
+        anchor_h=np.array([a[0] for a in anchor], dtype=np.int8),
+        anchor_v=np.array([a[1] for a in anchor], dtype=np.int8),
+        auto_crop=np.array([bool(r.get("auto_crop")) for r in rows]),
+        fast=np.array([bool(r.get("fast")) for r in rows]),
+        request_code=code("request_code"), id_code=code("id_code"), image_code=code("image_code"),
+    )

@@ -1,0 +1,375 @@
+"""Manifest rows -> typed request columns, with defaults applied.
+
+Vectorised over a pyarrow Table (Arrow compute kernels and NumPy; no per-row Python
+on the common path). Every row gets a value for every request field; a value that
+is missing or ill-typed marks the row ``invalid_request`` with a message naming the
+column, never an exception. Per-value parsing only runs for columns stored with an
+unexpected type (e.g. numbers written as strings) and messages are only formatted
+for the rows that have a problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..config import ANCHORS, Config, parse_ratio
+from .geometry import ANCHOR_AXES
+
+MODES = ("high", "fast")
+FORMATS = ("png", "jpeg", "webp")
+FORMAT_ALIASES = {"jpg": "jpeg"}
+ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"
+
+
+class _Problems:
+    """The first problem per row, as a message; formatted only for rows that have one."""
+
+    def __init__(self, n: int):
+        self.msg = np.full(n, None, dtype=object)
+        self.any = np.zeros(n, dtype=bool)
+
+    def add(self, bad: np.ndarray, text) -> None:
+        hit = bad & ~self.any
+        if not hit.any():
+            return
+        self.any |= hit
+        for i in np.flatnonzero(hit):
+            self.msg[i] = text(i) if callable(text) else text
+
+
+def _column(table: pa.Table, name: str):
+    if name not in table.column_names:
+        return None
+    col = table.column(name)
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return None if pa.types.is_null(col.type) else col
+
+
+def _present(col, n: int) -> np.ndarray:
+    if col is None:
+        return np.zeros(n, bool)
+    return np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def int_column(table: pa.Table, name: str):
+    """-> (values int64, present bool, bad bool). Integral floats and numeric strings pass."""
+    n = table.num_rows
+    col = _column(table, name)
+    present = _present(col, n)
+    if col is None:
+        return np.zeros(n, np.int64), present, np.zeros(n, bool)
+    t = col.type
+    if pa.types.is_integer(t):
+        return col.fill_null(0).to_numpy().astype(np.int64), present, np.zeros(n, bool)
+    if pa.types.is_floating(t):
+        v = col.fill_null(0).to_numpy().astype(np.float64)
+        ok = np.isfinite(v) & (np.floor(v) == v) & (np.abs(v) < 2**62)
+        return np.where(ok, v, 0).astype(np.int64), present, present & ~ok
+    vals = np.zeros(n, np.int64)
+    bad = np.zeros(n, bool)
+    for i, v in enumerate(col.to_pylist()):  # unexpected storage type: slow path
+        if v is None:
+            continue
+        try:
+            if isinstance(v, bool):
+                raise ValueError
+            f = v if isinstance(v, int) else float(v)
+            if f != int(f):
+                raise ValueError
+            vals[i] = int(f)
+        except (ValueError, TypeError, OverflowError):
+            bad[i] = True
+    return vals, present, bad
+
+
+def bool_column(table: pa.Table, name: str, default: bool):
+    n = table.num_rows
+    col = _column(table, name)
+    if col is None:
+        return np.full(n, default), np.zeros(n, bool)
+    if pa.types.is_boolean(col.type):
+        return np.asarray(col.fill_null(default).to_numpy(zero_copy_only=False), dtype=bool), np.zeros(n, bool)
+    vals, bad = np.full(n, default), np.zeros(n, bool)
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    for i, v in enumerate(col.to_pylist()):
+        if v is None:
+            continue
+        w = words.get(str(v).strip().lower())
+        if w is None:
+            bad[i] = True
+        else:
+            vals[i] = w
+    return vals, bad
+
+
+def str_column(table: pa.Table, name: str, default: str | None, numbers_ok: bool = False):
+    """-> (pa.StringArray with nulls replaced by ``default``, bad bool).
+
+    Non-string storage is ill-typed (``bad``) unless ``numbers_ok`` (ids may be ints).
+    """
+    n = table.num_rows
+    col = _column(table, name)
+    if col is None:
+        return pa.array([default] * n, pa.string()) if default is not None else pa.nulls(n, pa.string()), \
+            np.zeros(n, bool)
+    bad = np.zeros(n, bool)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    if pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+    elif not pa.types.is_string(col.type):
+        is_num = pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+        if not (numbers_ok and is_num):
+            bad = _present(col, n)
+        try:
+            col = col.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            col = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
+    if default is not None:
+        col = col.fill_null(default)
+    return col, bad
+
+
+def enum_column(arr: pa.Array, allowed: tuple[str, ...], aliases: dict | None = None):
+    """Strings -> index into ``allowed`` (-1 = unknown), case- and space-insensitive.
+
+    Parses each distinct value once (a catalogue has a handful).
+    """
+    lut = {a: i for i, a in enumerate(allowed)}
+    for k, v in (aliases or {}).items():
+        lut[k] = lut[v]
+    enc = pc.utf8_lower(pc.utf8_trim_whitespace(arr)).dictionary_encode()
+    codes = np.array([lut.get(u, -1) for u in enc.dictionary.to_pylist()] or [-1], dtype=np.int64)
+    return codes[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)] if len(arr) else np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------- seeds
+
+_M64 = (1 << 64) - 1
+_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def derive_seed(run_seed: int, row_id: str) -> int:
+    """Stable 63-bit seed from (run seed, id): splitmix64(FNV-1a(id) ^ splitmix64(run seed)).
+
+    The same row gets the same seed in any batch, on any machine, in any run with the
+    same run seed. ``derive_seeds`` computes the same thing over a whole column.
+    """
+    h = _FNV_OFFSET
+    for byte in row_id.encode("utf-8"):
+        h = ((h ^ byte) * _FNV_PRIME) & _M64
+    return _splitmix64(h ^ _splitmix64(run_seed & _M64)) & ((1 << 63) - 1)
+
+
+def _splitmix64_np(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def derive_seeds(run_seed: int, ids: pa.StringArray) -> np.ndarray:
+    """``derive_seed`` over a string column: FNV-1a stepped over byte positions, so the
+    cost is (longest id) NumPy passes, not one Python call per row."""
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    ids = ids.fill_null("")
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset: ids.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if ids.buffers()[2] is not None else np.zeros(1, np.uint8)
+    lengths = np.diff(offsets)
+    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    prime = np.uint64(_FNV_PRIME)
+    with np.errstate(over="ignore"):
+        for pos in range(int(lengths.max(initial=0))):
+            live = np.flatnonzero(lengths > pos)
+            if len(live) == n:
+                h = (h ^ data[offsets[:-1] + pos]) * prime
+            else:
+                h[live] = (h[live] ^ data[offsets[live] + pos]) * prime
+        out = _splitmix64_np(h ^ np.uint64(_splitmix64(run_seed & _M64)))
+    return (out & np.uint64((1 << 63) - 1)).astype(np.int64)
+
+
+# ---------------------------------------------------------------- requests
+
+@dataclass
+class Requests:
+    """Typed request columns for a batch of manifest rows (all length n)."""
+
+    ids: pa.StringArray
+    image: pa.StringArray       # resolved URI, null where the row has image_bytes
+    has_bytes: np.ndarray       # bool
+    width: np.ndarray
+    height: np.ndarray
+    has_width: np.ndarray
+    has_height: np.ndarray
+    ratio_num: np.ndarray
+    ratio_den: np.ndarray
+    has_ratio: np.ndarray
+    offset_x: np.ndarray
+    offset_y: np.ndarray
+    has_offset_x: np.ndarray
+    has_offset_y: np.ndarray
+    anchor: pa.StringArray      # canonical name (as given where unknown)
+    anchor_h: np.ndarray
+    anchor_v: np.ndarray
+    auto_crop: np.ndarray
+    mode: pa.StringArray
+    fast: np.ndarray
+    output_format: pa.StringArray
+    prompt: pa.StringArray
+    seed: np.ndarray            # int64
+    num_variants: np.ndarray    # int64 >= 1
+    src_w: np.ndarray           # from image_width/height, valid where has_src
+    src_h: np.ndarray
+    has_src: np.ndarray
+    problem: np.ndarray         # object: invalid_request message or None
+    bad_id: np.ndarray          # bool: fails the id rule
+
+
+def _ratio_column(table: pa.Table, n: int):
+    col = _column(table, "aspect_ratio")
+    a, b = np.ones(n, np.int64), np.ones(n, np.int64)
+    present, bad = _present(col, n), np.zeros(n, bool)
+    if col is None:
+        return a, b, present, bad
+    # few distinct ratios in a catalogue: parse each distinct value once
+    enc = col if pa.types.is_dictionary(col.type) else col.dictionary_encode()
+    idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    parsed = []
+    for v in enc.dictionary.to_pylist():
+        try:
+            r = parse_ratio(v)
+            parsed.append((r.numerator, r.denominator, 0))
+        except ValueError:
+            parsed.append((1, 1, 1))
+    if parsed:
+        lut = np.array(parsed, dtype=np.int64)
+        a, b = lut[idx, 0], lut[idx, 1]
+        bad = present & lut[idx, 2].astype(bool)
+    return a, b, present, bad
+
+
+def _resolve_images(image: pa.StringArray, root: str | None) -> pa.StringArray:
+    """Relative ``image`` values under ``input.image_root`` (absolute URIs/paths kept)."""
+    if not root:
+        return image
+    absolute = pc.or_(pc.match_substring(image, "://"), pc.starts_with(image, "/"))
+    joined = pc.binary_join_element_wise(root.rstrip("/"), pc.utf8_ltrim(image, "/"), "/")
+    return pc.if_else(absolute, image, joined)
+
+
+def _choose(idx: np.ndarray, names: tuple[str, ...], given: pa.StringArray) -> pa.StringArray:
+    """Canonical names where known, the given text where not (for messages)."""
+    canon = pa.array(names, pa.string()).take(pa.array(np.maximum(idx, 0)))
+    return pc.if_else(pa.array(idx >= 0), canon, given)
+
+
+def normalise(table: pa.Table, cfg: Config) -> Requests:
+    """Apply defaults and type every request field; problems become messages."""
+    n = table.num_rows
+    d = cfg.defaults
+    p = _Problems(n)
+
+    ids, _ = str_column(table, "id", None, numbers_ok=True)
+    missing_id = ~_present(ids, n)
+    ids = ids.fill_null("")
+    p.add(missing_id, "id is missing; every row needs an id")
+
+    # --- source: exactly one of image / image_bytes
+    image, image_bad = str_column(table, "image", None)
+    has_bytes = _present(_column(table, "image_bytes"), n)
+    has_image = _present(image, n) & np.asarray(pc.fill_null(pc.not_equal(image, ""), False), dtype=bool)
+    p.add(image_bad, "image must be a string URI")
+    p.add(has_image & has_bytes, "give either image or image_bytes, not both")
+    p.add(~has_image & ~has_bytes, "no source image: set image (a URI) or image_bytes")
+    image = _resolve_images(pc.if_else(pa.array(has_image), image, pa.scalar(None, pa.string())),
+                            cfg.input.image_root)
+
+    # --- targets: row targets, as a group, override the defaults' targets
+    width, has_w, bad_w = int_column(table, "width")
+    height, has_h, bad_h = int_column(table, "height")
+    ra, rb, has_r, bad_r = _ratio_column(table, n)
+    row_target = has_w | has_h | has_r
+    p.add(bad_w, "width must be an integer number of pixels")
+    p.add(bad_h, "height must be an integer number of pixels")
+    if bad_r.any():
+        raw = _column(table, "aspect_ratio")
+        p.add(bad_r, lambda i: f"aspect_ratio {raw[i].as_py()!r} is not a positive 'W:H' or number "
+                               "between 1:10000 and 10000:1")
+    if d.aspect_ratio is not None:
+        r = parse_ratio(d.aspect_ratio)
+        use = ~row_target
+        ra, rb = np.where(use, r.numerator, ra), np.where(use, r.denominator, rb)
+        has_r = has_r | use
+    elif d.width is not None:
+        use = ~row_target
+        width, height = np.where(use, d.width, width), np.where(use, d.height, height)
+        has_w, has_h = has_w | use, has_h | use
+    p.add(has_w & has_h & has_r, "give either width+height or aspect_ratio, not both")
+    p.add((has_w ^ has_h) & ~has_r, "width and height go together: give both, or an aspect_ratio")
+    p.add(~has_w & ~has_h & ~has_r, "no target: give width+height or aspect_ratio (or set one in defaults:)")
+
+    # --- placement
+    ox, has_ox, bad_ox = int_column(table, "reference_offset_x")
+    oy, has_oy, bad_oy = int_column(table, "reference_offset_y")
+    p.add(bad_ox, "reference_offset_x must be an integer (pixels; may be negative)")
+    p.add(bad_oy, "reference_offset_y must be an integer (pixels; may be negative)")
+    anchor, anchor_bad = str_column(table, "anchor", d.anchor)
+    anchor_idx = enum_column(anchor, ANCHORS)
+    p.add(anchor_bad | (anchor_idx < 0), lambda i: f"anchor {anchor[i].as_py()!r} is not one of {', '.join(ANCHORS)}")
+    axes = np.array([ANCHOR_AXES[a] for a in ANCHORS], dtype=np.int8)
+    safe_anchor = np.maximum(anchor_idx, 0)
+    auto_crop, bad_crop = bool_column(table, "auto_crop", d.auto_crop)
+    p.add(bad_crop, "auto_crop must be true or false")
+
+    # --- mode, format, prompt, seed
+    mode, mode_bad = str_column(table, "mode", d.mode)
+    mode_idx = enum_column(mode, MODES)
+    p.add(mode_bad | (mode_idx < 0), lambda i: f"mode {mode[i].as_py()!r} is not 'high' or 'fast'")
+    fmt, fmt_bad = str_column(table, "output_format", d.output_format)
+    fmt_idx = enum_column(fmt, FORMATS, FORMAT_ALIASES)
+    p.add(fmt_bad | (fmt_idx < 0), lambda i: f"output_format {fmt[i].as_py()!r} is not png, jpeg or webp")
+    prompt, prompt_bad = str_column(table, "prompt", d.prompt)
+    p.add(prompt_bad, "prompt must be a string")
+    seed, has_seed, bad_seed = int_column(table, "seed")
+    p.add(bad_seed | (has_seed & (seed < 0)), "seed must be a non-negative integer")
+    if not has_seed.all():
+        seed = np.where(has_seed, seed, derive_seeds(cfg.runtime.seed, ids))
+    nv, has_nv, bad_nv = int_column(table, "num_variants")
+    p.add(bad_nv | (has_nv & ((nv < 1) | (nv > 16))), "num_variants must be an integer from 1 to 16")
+    nv = np.where(has_nv & ~bad_nv & (nv >= 1) & (nv <= 16), nv, d.num_variants)
+
+    # --- known source size
+    sw, has_sw, bad_sw = int_column(table, "image_width")
+    sh, has_sh, bad_sh = int_column(table, "image_height")
+    p.add(bad_sw | (has_sw & (sw <= 0)), "image_width must be a positive integer (or null to read it from the image)")
+    p.add(bad_sh | (has_sh & (sh <= 0)), "image_height must be a positive integer (or null to read it from the image)")
+
+    # --- id rule (invalid_id is its own code, after invalid_request)
+    id_ok = np.asarray(pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False), dtype=bool)
+    return Requests(
+        ids=ids, image=image, has_bytes=has_bytes,
+        width=width, height=height, has_width=has_w, has_height=has_h,
+        ratio_num=ra, ratio_den=rb, has_ratio=has_r,
+        offset_x=ox, offset_y=oy, has_offset_x=has_ox, has_offset_y=has_oy,
+        anchor=_choose(anchor_idx, ANCHORS, anchor),
+        anchor_h=axes[safe_anchor, 0], anchor_v=axes[safe_anchor, 1], auto_crop=auto_crop,
+        mode=_choose(mode_idx, MODES, mode), fast=mode_idx == 1,
+        output_format=_choose(fmt_idx, FORMATS, fmt),
+        prompt=prompt, seed=seed, num_variants=nv,
+        src_w=sw, src_h=sh, has_src=has_sw & has_sh & (sw > 0) & (sh > 0),
+        problem=p.msg, bad_id=~id_ok & ~missing_id,
+    )

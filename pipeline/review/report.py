@@ -1,0 +1,270 @@
+"""``report.html``: the review page of an output (written by ``run``, rebuilt by
+``outpaint report``). One self-contained file that opens offline: summary numbers, a
+before/after gallery of a sample (the two at the same scale, the original area outlined
+on the after image; a click opens the full-resolution output, loaded only then), the
+rows farthest from natural by seam and texture score, rows with fill leakage, a
+sortable table of the rows' metrics, and every rejected or failed row with its code and
+message. Thumbnails are small JPEGs embedded as data URIs, never the full images.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image, ImageOps
+
+from .. import codes, storage
+from ..io.outputs import OutputStore, conform
+from ..plan.rows import derive_seeds
+
+THUMB = 256
+
+
+def _thumb(data: bytes) -> str | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = ImageOps.exif_transpose(im)
+            im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at reduced size
+            im = im.convert("RGB")
+            im.thumbnail((THUMB, THUMB))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    except Exception:  # noqa: BLE001 - a missing or broken image shows as a gap, not a failed report
+        return None
+
+
+def _read(uri: str | None, options: dict) -> bytes | None:
+    if not uri:
+        return None
+    try:
+        fs, path = storage.filesystem(uri, options)
+        return storage.retry(fs.cat_file, path, attempts=3)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def summarise(meta: pa.Table) -> dict:
+    """Counts per status and code, output megapixels: columnar (millions of rows)."""
+    ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
+    counts, by_code = codes.tally(meta.column("status")), codes.tally(meta.column("error_code"))
+    area = pc.multiply(meta.column("canvas_width").cast(pa.float64()), meta.column("canvas_height").cast(pa.float64()))
+    mp = (pc.sum(pc.filter(area, ok)).as_py() or 0.0) / 1e6
+    return {"rows": meta.num_rows,
+            "by_status": {k: counts.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
+            "by_code": dict(sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "output_megapixels": round(mp, 3)}
+
+
+# what the page shows; nothing else is read (the metadata can hold millions of rows)
+SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("output_uri", pa.string()),
+                    ("status", pa.string()), ("error_code", pa.string()), ("error_message", pa.string()),
+                    ("canvas_width", pa.int64()), ("canvas_height", pa.int64()), ("mode", pa.string()),
+                    ("generated", pa.bool_()), ("seam_score", pa.float64()), ("texture_score", pa.float64()),
+                    ("quality_distance", pa.float64()), ("fill_color", pa.string()),
+                    ("fill_leakage", pa.float64()), ("fill_leak_flag", pa.bool_()), ("scale", pa.float64()),
+                    ("source_width", pa.int64()), ("source_height", pa.int64()),
+                    ("visible_x0", pa.int64()), ("visible_y0", pa.int64()),
+                    ("visible_x1", pa.int64()), ("visible_y1", pa.int64())])
+TABLE_ROWS = 5000  # the metrics table: the rows farthest from natural first, at most this many
+
+
+def _rows(meta: pa.Table, mask=None, order=None, limit: int | None = None) -> list[dict]:
+    """Only the selected rows become Python dicts."""
+    t = meta.filter(mask) if mask is not None else meta
+    if order is not None:
+        t = t.take(pc.sort_indices(t, sort_keys=order))
+    return (t.slice(0, limit) if limit is not None else t).to_pylist()
+
+
+def _pick_sample(meta: pa.Table, n: int) -> list[dict]:
+    """A stable sample: the same rows on every rebuild (ordered by a hash of the id)."""
+    cand = meta.filter(pc.fill_null(pc.and_(pc.equal(meta.column("status"), codes.OK), meta.column("generated")),
+                                    False))
+    if cand.num_rows == 0 or n == 0:
+        return []
+    # a vectorised hash of the id (the per-row seed function, fixed seed): stable, no per-row Python
+    keys = derive_seeds(0x5EED, cand.column("id").combine_chunks())
+    return cand.take(pa.array(np.argsort(keys, kind="stable")[:n])).to_pylist()
+
+
+def _num(v, fmt: str = "{:.2f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
+
+
+def _full_link(store: OutputStore, uri: str | None) -> str:
+    """The output as the page can open it: relative to report.html when under the same
+    output (works offline, and wherever the folder is served), else the URI."""
+    if not uri:
+        return ""
+    prefix = store.uri_of("images") + "/"
+    return "images/" + uri[len(prefix):] if uri.startswith(prefix) else uri
+
+
+def build(store: OutputStore, source_options: dict | None = None, sample: int = 24, worst: int = 12) -> tuple[str, dict]:
+    meta = store.read_metadata(SCHEMA.names)
+    if meta is None:
+        raise FileNotFoundError(f"{store.uri}: no metadata/ to report on")
+    meta = conform(meta, SCHEMA)  # metadata of older versions may lack a column
+    summary = summarise(meta)
+    run = None
+    try:
+        run = store.read_json("run.json")
+    except Exception:  # noqa: BLE001 - a report without run.json still works
+        pass
+    src_opts = source_options if source_options is not None else (
+        (run or {}).get("config", {}).get("input", {}).get("storage_options", {}))
+    esc = html.escape
+
+    def card(r: dict, note: str = "") -> str:
+        W, H = r["canvas_width"], r["canvas_height"]
+        k = THUMB / max(W, H)  # one scale for both images: the after's longer side is THUMB px
+        before = _thumb(_read(r.get("image"), src_opts) or b"")
+        after = _thumb(_read(r.get("output_uri"), store.options) or b"")
+        sw, sh = r.get("source_width") or 0, r.get("source_height") or 0
+        bw, bh = max(1, round(sw * (r.get("scale") or 1) * k)), max(1, round(sh * (r.get("scale") or 1) * k))
+        figs = []
+        if before:
+            figs.append(f'<figure><img src="{before}" width="{bw}" height="{bh}" alt="before {esc(r["id"])}">'
+                        '<figcaption>before</figcaption></figure>')
+        if after:
+            x0, y0, x1, y1 = (r.get(c) or 0 for c in ("visible_x0", "visible_y0", "visible_x1", "visible_y1"))
+            box = (f'<span class="outline" style="left:{100 * x0 / W:.2f}%;top:{100 * y0 / H:.2f}%;'
+                   f'width:{100 * (x1 - x0) / W:.2f}%;height:{100 * (y1 - y0) / H:.2f}%"></span>')
+            figs.append(f'<figure><a class="zoom" href="{esc(_full_link(store, r.get("output_uri")))}" '
+                        f'data-id="{esc(r["id"])}"><span class="frame"><img src="{after}" width="{round(W * k)}" '
+                        f'height="{round(H * k)}" alt="after {esc(r["id"])}">{box}</span></a>'
+                        '<figcaption>after (original area outlined; click: full size)</figcaption></figure>')
+        meta_line = (f'{W}×{H} · {esc(str(r.get("mode")))} · seam {_num(r.get("seam_score"))} · texture '
+                     f'{_num(r.get("texture_score"))} · distance {_num(r.get("quality_distance"))}')
+        return f'<div class="card"><h3>{esc(r["id"])}</h3><p>{meta_line}{esc(note)}</p><div class="pair">{"".join(figs)}</div></div>'
+
+    ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
+    measured = pc.and_(ok, pc.is_valid(meta.column("quality_distance")))
+    by_distance = [("quality_distance", "descending"), ("id", "ascending")]
+    seamed = _rows(meta, measured, by_distance, worst)
+    table = _rows(meta.select(["id", "canvas_width", "canvas_height", "mode", "seam_score", "texture_score",
+                               "quality_distance", "fill_leakage"]), measured, by_distance, TABLE_ROWS)
+    n_measured = pc.sum(measured.cast(pa.int64())).as_py() or 0
+    leaks = _rows(meta, pc.fill_null(meta.column("fill_leak_flag"), False), limit=200)
+    picked = _pick_sample(meta, sample)
+    # thumbnails are I/O and decoding: build the cards on a few threads
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        gallery = "".join(pool.map(card, picked))
+        worst_html = "".join(pool.map(card, seamed))
+        leak_html = "".join(pool.map(lambda r: card(r, f' · fill {r.get("fill_color")} left in '
+                                                       f'{_num(r.get("fill_leakage"), "{:.1%}")} of the generated '
+                                                       'area'), leaks))
+    metric_rows = "".join(
+        f'<tr><td>{esc(r["id"])}</td><td>{r["canvas_width"]}×{r["canvas_height"]}</td><td>{esc(str(r["mode"]))}</td>'
+        f'<td>{_num(r["seam_score"])}</td><td>{_num(r["texture_score"])}</td><td>{_num(r["quality_distance"])}</td>'
+        f'<td>{_num(r["fill_leakage"], "{:.3f}")}</td></tr>' for r in table)
+    table_note = (f"all {n_measured:,} generated rows" if n_measured <= TABLE_ROWS
+                  else f"the {TABLE_ROWS:,} of {n_measured:,} generated rows farthest from natural")
+    bad = _rows(meta, pc.invert(ok), [("error_code", "ascending"), ("id", "ascending")])
+    bad_rows = "".join(f'<tr class="{esc(r["status"])}"><td>{esc(r["id"])}</td><td>{esc(r["status"])}</td>'
+                       f'<td><code>{esc(r["error_code"] or "")}</code></td><td>{esc(r["error_message"] or "")}</td>'
+                       f'<td>{esc(r.get("image") or "")}</td></tr>' for r in bad)
+    counts = "".join(f"<li>{esc(k)}: <b>{v:,}</b></li>" for k, v in summary["by_status"].items())
+    code_list = "".join(f"<li><code>{esc(k)}</code>: {v:,}</li>" for k, v in summary["by_code"].items())
+    timing = ""
+    if run:
+        written, work_s = run.get("images_written", 0), run.get("work_s")
+        skipped = (run.get("counts") or {}).get("skipped", 0)
+        speed = (f"{written:,} images in {work_s:,.1f} s of image work: {written / work_s:,.2f} images/s"
+                 if written and work_s else f"no images written this run ({skipped:,} rows already done)")
+        timing = (f"<li>wall time: {run.get('wall_s', 0):,.1f} s</li><li>{speed}</li>"
+                  f"<li>run: <code>{esc(str(run.get('run_id')))}</code></li>")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>outpaint report: {esc(store.uri)}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }}
+h1 {{ font-size: 20px; }} h2 {{ margin-top: 32px; border-bottom: 1px solid #ddd; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 16px; }}
+.card {{ border: 1px solid #ddd; border-radius: 6px; padding: 8px; }}
+.card h3 {{ margin: 0; font-size: 14px; overflow-wrap: anywhere; }} .card p {{ margin: 2px 0 6px; color: #555; }}
+.pair {{ display: flex; gap: 8px; align-items: flex-end; }} figure {{ margin: 0; }}
+figcaption {{ text-align: center; color: #777; font-size: 12px; }}
+img {{ display: block; background: repeating-conic-gradient(#eee 0 25%, #fff 0 50%) 0 0/16px 16px; }}
+.frame {{ position: relative; display: inline-block; }} .zoom {{ cursor: zoom-in; }}
+.outline {{ position: absolute; box-sizing: border-box; border: 2px dashed #ff2fb4; pointer-events: none; }}
+dialog {{ max-width: 96vw; max-height: 96vh; padding: 8px; }} dialog img {{ max-width: 92vw; max-height: 88vh; }}
+table {{ border-collapse: collapse; width: 100%; }} td, th {{ border: 1px solid #ddd; padding: 3px 6px; text-align: left; }}
+th[data-sort] {{ cursor: pointer; background: #f6f6f6; }} th[data-sort]:after {{ content: " ⇅"; color: #999; }}
+tr.failed td:nth-child(2) {{ color: #b00; }} tr.rejected td:nth-child(2) {{ color: #a60; }}
+</style></head>
+<body>
+<h1>outpaint report · {esc(store.uri)}</h1>
+<p>generated {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}</p>
+<h2>Summary</h2>
+<ul id="summary"><li>rows: <b>{summary["rows"]:,}</b></li>{counts}<li>output: {summary["output_megapixels"]:,} MP</li>{timing}</ul>
+<ul id="codes">{code_list}</ul>
+<h2>Sample (before / after)</h2><div class="grid" id="sample">{gallery or "<p>no generated rows</p>"}</div>
+<h2>Farthest from natural</h2><p>seam: the step across the original area's boundary over the step just
+inside it; texture: the generated area's mean |Laplacian| over the original's. A real photo scores ≈1 on
+both; a hard edge or noise is above, an over-smoothed ramp or a blurred fill below. Ranked by distance =
+the larger |ln| of the two (≤ 0.22: within 0.8–1.25).</p>
+<div class="grid" id="worst">{worst_html or "<p>none</p>"}</div>
+<h2>Fill leakage</h2><div class="grid" id="leaks">{leak_html or "<p>none flagged</p>"}</div>
+<h2>Metrics ({table_note})</h2><p>click a column to sort</p>
+<table id="metrics"><thead><tr><th data-sort="text">id</th><th data-sort="text">canvas</th><th data-sort="text">mode</th>
+<th data-sort="num">seam</th><th data-sort="num">texture</th><th data-sort="num">distance</th>
+<th data-sort="num">fill leakage</th></tr></thead><tbody>{metric_rows}</tbody></table>
+<h2>Rejected and failed rows ({len(bad):,})</h2>
+<table id="failures"><thead><tr><th>id</th><th>status</th><th>code</th><th>message</th><th>image</th></tr></thead>
+<tbody>{bad_rows}</tbody></table>
+<dialog id="zoom"><form method="dialog"><button>close</button> <span id="zoom-id"></span></form><img alt="full size"></dialog>
+<script>
+document.querySelectorAll("a.zoom").forEach(function (a) {{
+  a.addEventListener("click", function (e) {{
+    e.preventDefault();
+    var d = document.getElementById("zoom");
+    d.querySelector("img").src = a.getAttribute("href");  // full resolution, loaded only now
+    document.getElementById("zoom-id").textContent = a.dataset.id;
+    d.showModal();
+  }});
+}});
+document.querySelector("#zoom img").addEventListener("load", function () {{
+  document.body.dataset.zoomWidth = this.naturalWidth;
+}});
+if (location.hash.indexOf("#zoom=") === 0) {{  // a link straight to a row's full-size output
+  var want = decodeURIComponent(location.hash.slice(6));
+  document.querySelectorAll("a.zoom").forEach(function (a) {{ if (a.dataset.id === want) a.click(); }});
+}}
+document.querySelectorAll("th[data-sort]").forEach(function (th, col) {{
+  th.addEventListener("click", function () {{
+    var body = th.closest("table").tBodies[0], num = th.dataset.sort === "num";
+    var asc = th.dataset.dir !== "asc";
+    th.dataset.dir = asc ? "asc" : "desc";
+    var key = function (tr) {{
+      var t = tr.cells[col].textContent;
+      return num ? (t === "n/a" ? -Infinity : parseFloat(t)) : t;
+    }};
+    Array.prototype.slice.call(body.rows).sort(function (a, b) {{
+      var x = key(a), y = key(b);
+      return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+    }}).forEach(function (tr) {{ body.appendChild(tr); }});
+  }});
+}});
+window.addEventListener("load", function () {{
+  var imgs = Array.prototype.slice.call(document.querySelectorAll(".card img"));
+  document.body.dataset.imagesTotal = imgs.length;
+  document.body.dataset.imagesLoaded = imgs.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }}).length;
+}});
+</script>
+</body></html>
+"""
+    return page, summary
+
+
+def write(store: OutputStore, source_options: dict | None = None, sample: int = 24) -> tuple[str, dict]:
+    page, summary = build(store, source_options, sample=sample)
+    storage.retry(store.fs.pipe_file, store.path("report.html"), page.encode())
+    return store.uri_of("report.html"), summary

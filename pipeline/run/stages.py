@@ -1,0 +1,419 @@
+"""The per-row stages after planning. Each is a small class: setup in ``__init__``,
+a pure ``__call__(batch: pa.Table) -> pa.Table`` that Ray Data maps over blocks and
+tests call directly. Rows that are not ``ok`` pass through untouched, so every
+manifest row reaches the metadata; a row's failure never raises out of a stage.
+
+Between stages, pixels travel as raw RGB bytes (``large_binary``) with their
+sizes implied by the plan's geometry columns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .. import codes, storage
+from ..backends import Job, keeps_reference, make_backend, warmup_shapes
+from ..review import quality
+from ..review.compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha, generated_sides,
+                      match_colors, paste_back)
+from ..config import Config
+from ..io.headers import SourceLimits
+from ..io.imageio import ImageError, decode, encode, resize
+from ..io.outputs import OutputStore, image_name
+from ..plan.hashing import model_name
+
+PIXELS = pa.large_binary()
+
+# Final metadata columns added after planning (docs/contracts.md, Outputs), in order.
+OUTPUT_FIELDS = [
+    ("request_hash", pa.string()),
+    ("output_uri", pa.string()),
+    ("output_uris", pa.list_(pa.string())),
+    ("output_bytes", pa.int64()),
+    ("fill_color", pa.string()),
+    ("feather_px", pa.int64()),
+    ("seam_score", pa.float64()),
+    ("texture_score", pa.float64()),
+    ("quality_distance", pa.float64()),
+    ("ref_max_abs_diff", pa.int64()),
+    ("ref_mean_abs_diff", pa.float64()),
+    ("fill_leakage", pa.float64()),
+    ("fill_leak_flag", pa.bool_()),
+    ("model", pa.string()),
+    ("load_ms", pa.float64()),
+    ("generate_ms", pa.float64()),
+    ("encode_ms", pa.float64()),
+    ("write_ms", pa.float64()),
+    ("run_id", pa.string()),
+    ("worker_node", pa.string()),
+    ("completed_at", pa.float64()),
+]
+# GPU backends: the model actor (host:pid) and its cumulative busy clock when this
+# row's batch finished; the run reports loop / wall per actor ("GPUs busy")
+BUSY_FIELDS = [("model_actor", pa.string()), ("model_loop_s", pa.float64()), ("model_wall_s", pa.float64())]
+OUTPUT_FIELDS += BUSY_FIELDS
+# what the image stages carry that the metadata does not keep
+DROPPED_COLUMNS = ("ref_pixels", "ref_alpha", "out_pixels", "image_bytes")
+
+
+def bulk_metadata(plan: pa.Table, run_id: str, completed_at: float) -> pa.Table:
+    """Final metadata for planned rows that need no image work (rejected, failed while
+    planning), built columnar: the same columns as the write stage's rows."""
+    n = plan.num_rows
+    keep = [c for c in plan.column_names if c not in DROPPED_COLUMNS and c not in dict(OUTPUT_FIELDS)]
+    node = _node_id()
+    set_to = {"run_id": pa.repeat(pa.scalar(run_id, pa.string()), n),
+              "worker_node": pa.repeat(pa.scalar(node, pa.string()), n),
+              "completed_at": pa.array(np.full(n, completed_at))}
+    if "request_hash" in plan.column_names:
+        set_to["request_hash"] = plan.column("request_hash")
+    cols = [plan.column(c) for c in keep] + [set_to.get(name, pa.nulls(n, t)) for name, t in OUTPUT_FIELDS]
+    fields = [plan.schema.field(c) for c in keep] + [pa.field(name, t) for name, t in OUTPUT_FIELDS]
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
+
+
+def _node_id() -> str | None:
+    """The Ray node this row was written on (None outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+def _fail(row: dict, code: str, message: str) -> None:
+    row["status"] = codes.status_of(code)
+    row["error_code"] = code
+    row["error_message"] = message
+    row["generated"] = False
+    row["steps"] = 0
+
+
+def _todo(row: dict) -> bool:
+    return row["status"] == codes.OK
+
+
+def _with(schema: pa.Schema, rows: list[dict], added: Sequence[tuple[str, pa.DataType]] = (),
+          dropped: Sequence[str] = ()) -> pa.Table:
+    """Rows back to Arrow: the input schema, less ``dropped``, plus ``added`` (in that order).
+    Keys not in the schema (in-memory arrays like ``_ref``) are left out."""
+    fields = [f for f in schema if f.name not in dropped and f.name not in dict(added)]
+    return pa.Table.from_pylist(rows, schema=pa.schema(fields + [pa.field(n, t) for n, t in added]))
+
+
+def visible_crop(row: dict) -> tuple[int, int, int, int]:
+    return crop_box(row["offset_x"], row["offset_y"], row["visible_x0"], row["visible_y0"],
+                    row["visible_x1"], row["visible_y1"])
+
+
+class LoadStage:
+    """Fetch + decode + orient + scale + crop: the visible reference as RGB bytes."""
+
+    ADDS = [("ref_pixels", PIXELS), ("ref_alpha", PIXELS), ("load_ms", pa.float64())]
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.limits = SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
+
+    def _fetch(self, row: dict) -> bytes:
+        if row.get("image_bytes") is not None:
+            return row["image_bytes"]
+        uri = row["image"]
+        try:
+            fs, path = storage.filesystem(uri, self.cfg.input.storage_options)
+            return storage.retry(fs.cat_file, path)
+        except FileNotFoundError:
+            raise ImageError("image_not_found", f"{uri} does not exist (it did when planning)") from None
+
+    def load(self, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
+        what = row["image"] or "image_bytes"
+        img = decode(self._fetch(row), self.limits, what)
+        h0, w0 = img.rgb.shape[:2]
+        if (w0, h0) != (row["source_width"], row["source_height"]):
+            raise ImageError("image_unreadable", f"{what} decodes to {w0}×{h0} but its header said "
+                                                 f"{row['source_width']}×{row['source_height']}; re-export it")
+        rgb, alpha = img.rgb, img.alpha
+        fmt = row["output_format"]
+        if alpha is not None and (self.cfg.output.alpha == "flatten" or fmt == "jpeg"):
+            rgb, alpha = flatten_alpha(rgb, alpha, self.cfg.output.background), None
+        w, h = row["reference_width"], row["reference_height"]
+        rgb = resize(rgb, w, h)
+        if alpha is not None:
+            alpha = resize(alpha, w, h)
+        x0, y0, x1, y1 = visible_crop(row)
+        rgb = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        alpha = None if alpha is None else np.ascontiguousarray(alpha[y0:y1, x0:x1])
+        return rgb, alpha
+
+    def load_rows(self, rows: list[dict]) -> None:
+        """Sets ``_ref`` / ``_ref_alpha`` (arrays) and ``load_ms`` on each row to do."""
+        for row in rows:
+            row["_ref"] = row["_ref_alpha"] = row["load_ms"] = None
+            if not _todo(row):
+                continue
+            t0 = time.perf_counter()
+            try:
+                row["_ref"], row["_ref_alpha"] = self.load(row)
+            except ImageError as e:
+                _fail(row, e.code, e.message)
+            except MemoryError:
+                _fail(row, "image_too_large", f"{row['image']}: out of memory while decoding")
+            row["load_ms"] = _ms(t0)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        self.load_rows(rows)
+        for row in rows:
+            ref, alpha = row.pop("_ref"), row.pop("_ref_alpha")
+            row["ref_pixels"] = None if ref is None else ref.tobytes()
+            row["ref_alpha"] = None if alpha is None else alpha.tobytes()
+        return _with(batch.schema, rows, self.ADDS)
+
+
+def _visible_shape(row: dict) -> tuple[int, int]:
+    return row["visible_y1"] - row["visible_y0"], row["visible_x1"] - row["visible_x0"]
+
+
+def _from_bytes(data: bytes | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    return None if data is None else np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
+class OutpaintStage:
+    """Run the backend in batches: one generated canvas per row and variant. Pasting
+    the reference back happens after, in the write stage's CPU tasks.
+
+    Heavy setup (the backend, weights) once per instance: as a Ray actor for backends
+    that need one, otherwise inside fused CPU tasks.
+    """
+
+    ADDS = [("out_pixels", pa.list_(PIXELS)), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
+            ("model", pa.string()), *BUSY_FIELDS]
+
+    def __init__(self, cfg: Config, prompts: list[str] | None = None, backend=None, lazy: bool = False):
+        """``backend``: an already built one (benchmarks); default: built from ``cfg.model``,
+        here (model actors: created only when rows need generating) or, ``lazy``, on the
+        first row that needs it (fused CPU tasks, whose rows may need none)."""
+        self.cfg = cfg
+        self.prompts = prompts
+        self._backend = backend
+        self._lock = threading.Lock()  # concurrent calls of one actor build it once
+        if backend is None and not lazy:
+            self.backend  # noqa: B018 - load now: a model that cannot load fails the actor, not rows
+        self.batch_size = cfg.runtime.batch_size
+        self.model = model_name(cfg)
+        self.actor = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __getstate__(self):  # fused CPU tasks receive the stage pickled: no lock, no model
+        return {**self.__dict__, "_lock": None, "_backend": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    @property
+    def backend(self):
+        with self._lock:
+            if self._backend is None:
+                self._backend = make_backend(self.cfg.model, prompts=self.prompts, warmup=warmup_shapes(self.cfg),
+                                             batch_size=self.cfg.runtime.batch_size)
+        return self._backend
+
+    def _run(self, items: list[tuple[dict, int]]) -> list[np.ndarray | Exception]:
+        """Outpaint (row, variant) pairs in one backend call; isolate failures."""
+        jobs = [Job(ref=row["_ref"], width=row["canvas_width"], height=row["canvas_height"],
+                    x0=row["visible_x0"], y0=row["visible_y0"], seed=variant_seed(row["seed"], k),
+                    prompt=row["prompt"] or "", mode=row["mode"], steps=row["steps"],
+                    pad_left=row["pad_left"], pad_top=row["pad_top"])
+                for row, k in items]
+        try:
+            images = list(self.backend.outpaint(jobs))
+            for (row, _), job in zip(items, jobs):
+                row["fill_color"] = job.fill_color
+            return images
+        except Exception as e:  # noqa: BLE001 - isolate the failing rows below
+            if len(items) == 1:
+                return [e]
+            # one bad row must not fail its batch: retry singly
+            return [r for item in items for r in self._run([item])]
+
+    def outpaint_rows(self, rows: list[dict]) -> None:
+        """Sets ``_out`` (one H x W x 3 array per variant), ``generate_ms``, ``fill_color``, ``model``."""
+        work: list[tuple[dict, int]] = []
+        for row in rows:
+            for name in ("_out", "generate_ms", "fill_color", "model", *dict(BUSY_FIELDS)):
+                row[name] = None
+            if not _todo(row):
+                continue
+            row["model"] = self.model
+            n = row.get("num_variants") or 1
+            if row["generated"]:
+                row["_out"] = [None] * n
+                row["generate_ms"] = 0.0
+                work += [(row, k) for k in range(n)]
+            else:  # nothing to outpaint: the output is the reference (pasted at 0, 0)
+                row["_out"] = [row["_ref"]] * n
+                row["generate_ms"] = 0.0
+        for start in range(0, len(work), self.batch_size):
+            items = work[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            results = self._run(items)
+            per_item = _ms(t0) / len(items)
+            for (row, k), res in zip(items, results):
+                row["generate_ms"] += per_item
+                if row["status"] != codes.OK:
+                    continue
+                if isinstance(res, Exception):
+                    _fail(row, "generation_failed", f"the {self.cfg.model.backend} backend failed on this row: "
+                                                    f"{type(res).__name__}: {res}")
+                    row["_out"] = None
+                    continue
+                assert res.shape == (row["canvas_height"], row["canvas_width"], 3)
+                row["_out"][k] = res
+        busy = getattr(self._backend, "busy", None)
+        if busy is not None and work:
+            loop_s, wall_s = busy.snapshot()
+            for row, _ in work:
+                row["model_actor"], row["model_loop_s"], row["model_wall_s"] = self.actor, loop_s, wall_s
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            row["_ref"] = None if row["ref_pixels"] is None else _from_bytes(row["ref_pixels"],
+                                                                             (*_visible_shape(row), 3))
+        self.outpaint_rows(rows)
+        for row in rows:
+            out = row.pop("_out")
+            row.pop("_ref")
+            row["out_pixels"] = None if out is None else [o.tobytes() for o in out]
+        return _with(batch.schema, rows, self.ADDS)
+
+
+def variant_seed(seed: int, k: int) -> int:
+    """Variant k of a row: seed + k (variant 0 is the row's own seed)."""
+    return (int(seed) + k) % (1 << 63)
+
+
+class WriteStage:
+    """Encode (png/jpeg/webp) and write each ok row's image; emit its metadata row.
+
+    Runs in CPU tasks after the model stage, so the GPU never waits on compression.
+    """
+
+    DROPS = DROPPED_COLUMNS
+
+    def __init__(self, cfg: Config, store: OutputStore, run_id: str):
+        self.cfg = cfg
+        self.store = store
+        self.run_id = run_id
+        self.enc = cfg.output.encoding
+        self.keeps_reference = keeps_reference(cfg.model)
+
+    def composite(self, row: dict, generated: np.ndarray) -> np.ndarray:
+        """The generated canvas with the reference back in: exact, apart from the feather band."""
+        sides = generated_sides(row["canvas_width"], row["canvas_height"], row["visible_x0"], row["visible_y0"],
+                                row["visible_x1"], row["visible_y1"])
+        if self.cfg.output.color_match:
+            generated = match_colors(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides)
+        if self.keeps_reference:  # blending V with itself: skip the work
+            return paste_back(generated, row["_ref"], row["visible_x0"], row["visible_y0"])
+        return feathered_paste(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides,
+                               self.cfg.output.feather_px)
+
+    def write(self, row: dict) -> None:
+        W, H = row["canvas_width"], row["canvas_height"]
+        alpha = extend_alpha(row.get("_ref_alpha"), W, H, row["visible_x0"], row["visible_y0"])
+        if row["generated"]:
+            row["_out"] = [self.composite(row, g) for g in row["_out"]]
+        outs = row["_out"]
+        names = ([image_name(row["id"], row["output_format"])] if len(outs) == 1 else
+                 [image_name(row["id"], row["output_format"], k) for k in range(len(outs))])
+        row["encode_ms"] = row["write_ms"] = 0.0
+        row["output_bytes"] = 0
+        uris = []
+        first_encoded = None
+        for name, rgb in zip(names, outs):
+            t0 = time.perf_counter()
+            data = encode(rgb, row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
+                          webp_quality=self.enc.webp_quality, webp_lossless=self.enc.webp_lossless,
+                          png_compress_level=self.enc.png_compress_level)
+            row["encode_ms"] += _ms(t0)
+            t0 = time.perf_counter()
+            uris.append(self.store.write_image(name, data))
+            row["write_ms"] += _ms(t0)
+            row["output_bytes"] += len(data)
+            first_encoded = first_encoded if first_encoded is not None else data
+        row["output_uri"], row["output_uris"] = uris[0], uris
+        self.measure(row, first_encoded)
+
+    def measure(self, row: dict, encoded: bytes) -> None:
+        """Quality metrics of what was written (lossy formats: measured after decoding)."""
+        out = row["_out"][0]
+        if row["output_format"] != "png":
+            out = decode(encoded, SourceLimits(1 << 40, 1 << 40)).rgb
+        vx0, vy0, vx1, vy1 = row["visible_x0"], row["visible_y0"], row["visible_x1"], row["visible_y1"]
+        sides = generated_sides(row["canvas_width"], row["canvas_height"], vx0, vy0, vx1, vy1)
+        feather = effective_feather(self.cfg.output.feather_px, vy1 - vy0, vx1 - vx0) if row["generated"] else 0
+        row["feather_px"] = feather
+        row["seam_score"] = quality.seam_score(out, vx0, vy0, vx1, vy1, sides) if row["generated"] else None
+        row["texture_score"] = quality.texture_score(out, vx0, vy0, vx1, vy1, sides) if row["generated"] else None
+        row["quality_distance"] = quality.quality_distance(row["seam_score"], row["texture_score"])
+        row["ref_max_abs_diff"], row["ref_mean_abs_diff"] = quality.fidelity(out, row["_ref"], vx0, vy0, sides, feather)
+        leak = quality.fill_leakage(out, vx0, vy0, vx1, vy1, row.get("fill_color")) if row["generated"] else None
+        row["fill_leakage"] = leak
+        row["fill_leak_flag"] = None if leak is None else leak > quality.LEAK_FLAG
+
+    def write_rows(self, rows: list[dict], schema: pa.Schema) -> pa.Table:
+        """Write each ok row's image, then return the metadata rows (no pixels)."""
+        node = _node_id()
+        for row in rows:
+            row["worker_node"] = node
+            for name, _ in OUTPUT_FIELDS:
+                row.setdefault(name, None)
+            row["feather_px"] = None
+            if _todo(row):
+                self.write(row)
+            # metadata after the image: this row's metadata only exists once it is written
+            row["run_id"] = self.run_id
+            row["completed_at"] = time.time()
+        return _with(schema, rows, OUTPUT_FIELDS, dropped=self.DROPS)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            has_out, has_alpha = row.get("out_pixels") is not None, row.get("ref_alpha") is not None
+            shape = (row["canvas_height"], row["canvas_width"], 3)
+            row["_out"] = [_from_bytes(b, shape) for b in row["out_pixels"]] if has_out else None
+            row["_ref_alpha"] = _from_bytes(row["ref_alpha"], _visible_shape(row)) if has_alpha else None
+            row["_ref"] = (_from_bytes(row["ref_pixels"], (*_visible_shape(row), 3))
+                           if row.get("ref_pixels") is not None else None)
+        return self.write_rows(rows, batch.schema)
+
+
+class ProcessStage:
+    """Load -> outpaint -> write in one step, pixels kept as arrays in memory.
+
+    For backends that run in plain CPU tasks: the stages would be fused into one
+    Ray task anyway, so passing pixels through Arrow between them is pure copying.
+    """
+
+    def __init__(self, cfg: Config, store: OutputStore, run_id: str):
+        self.load = LoadStage(cfg)
+        self.outpaint = OutpaintStage(cfg, lazy=True)
+        self.write = WriteStage(cfg, store, run_id)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        self.load.load_rows(rows)
+        self.outpaint.outpaint_rows(rows)
+        return self.write.write_rows(rows, batch.schema)
