@@ -38,12 +38,20 @@ def model_name(cfg: Config) -> str:
     return cfg.model.backend if cfg.model.backend != "flux-fill" else f"flux-fill:{cfg.model.path}"
 
 
+# Output settings that came after outputs already existed: in the hash only when set
+# away from their default, so outputs written before them keep their hash.
+LATER_OUTPUT_KEYS = ("color", "color_intent", "digital_source_type", "keep_metadata", "keep_gps", "c2pa")
+
+
 def run_constant(cfg: Config) -> str:
     """Everything outside the row that changes its output bytes."""
     o = cfg.output
-    return json.dumps({"model": model_identity(cfg), "encoding": o.encoding.model_dump(mode="json"),
-                       "alpha": o.alpha, "background": list(o.background), "feather_px": o.feather_px,
-                       "color_match": o.color_match}, sort_keys=True)
+    const = {"model": model_identity(cfg), "encoding": o.encoding.model_dump(mode="json"),
+             "alpha": o.alpha, "background": list(o.background), "feather_px": o.feather_px,
+             "color_match": o.color_match}
+    fields, values = type(o).model_fields, o.model_dump(mode="json")
+    const.update({k: values[k] for k in LATER_OUTPUT_KEYS if getattr(o, k) != fields[k].default})
+    return json.dumps(const, sort_keys=True)
 
 
 _ROW_FIELDS = ("id", "canvas_width", "canvas_height", "scale", "offset_x", "offset_y", "visible_x0", "visible_y0",

@@ -35,10 +35,13 @@ def extend_alpha(alpha: np.ndarray | None, W: int, H: int, vx0: int, vy0: int) -
     return out
 
 
-def flatten_alpha(rgb: np.ndarray, alpha: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
+def flatten_alpha(pixels: np.ndarray, alpha: np.ndarray, background=(255, 255, 255)) -> np.ndarray:
+    """Composite onto ``background`` (RGB; its mean for one-channel grey pixels)."""
     a = alpha.astype(np.float32)[:, :, None] / 255.0
     bg = np.asarray(background, dtype=np.float32)
-    return (rgb.astype(np.float32) * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
+    if pixels.shape[2] == 1:
+        bg = bg.mean(keepdims=True)
+    return (pixels.astype(np.float32) * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
 
 
 def generated_sides(W: int, H: int, vx0: int, vy0: int, vx1: int, vy1: int) -> tuple[bool, bool, bool, bool]:

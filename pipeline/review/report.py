@@ -21,22 +21,34 @@ import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from .. import codes, storage
+from ..io import color
 from ..io.outputs import OutputStore, conform
 from ..plan.rows import derive_seeds
 
 THUMB = 256
+REPORT_FILES = "report_files"  # beside report.html: what the page loads on demand
+
+
+def _open_srgb(data: bytes, size: int) -> Image.Image:
+    """An image as a browser displays it: upright, through its colour profile into sRGB
+    (CMYK through its own or the fallback profile), decoded at reduced size where JPEG allows."""
+    im = Image.open(io.BytesIO(data))
+    im.draft(im.mode, (size, size))  # JPEG: decode at reduced size
+    im = ImageOps.exif_transpose(im)
+    im = color.to_srgb_image(im).convert("RGB")
+    im.thumbnail((size, size))
+    return im
+
+
+def _jpeg(im: Image.Image, quality: int = 80) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def _thumb(data: bytes) -> str | None:
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im)
-            im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at reduced size
-            im = im.convert("RGB")
-            im.thumbnail((THUMB, THUMB))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
-        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        return "data:image/jpeg;base64," + base64.b64encode(_jpeg(_open_srgb(data, THUMB))).decode()
     except Exception:  # noqa: BLE001 - a missing or broken image shows as a gap, not a failed report
         return None
 
@@ -71,6 +83,7 @@ SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("output_uri", 
                     ("quality_distance", pa.float64()), ("fill_color", pa.string()),
                     ("fill_leakage", pa.float64()), ("fill_leak_flag", pa.bool_()), ("scale", pa.float64()),
                     ("source_width", pa.int64()), ("source_height", pa.int64()),
+                    ("offset_x", pa.int64()), ("offset_y", pa.int64()),
                     ("visible_x0", pa.int64()), ("visible_y0", pa.int64()),
                     ("visible_x1", pa.int64()), ("visible_y1", pa.int64())])
 TABLE_ROWS = 5000  # the metrics table: the rows farthest from natural first, at most this many
@@ -108,6 +121,31 @@ def _full_link(store: OutputStore, uri: str | None) -> str:
     return "images/" + uri[len(prefix):] if uri.startswith(prefix) else uri
 
 
+BEFORE_PX = 1600  # the enlarge view's "before" layer: the visible reference at display size, at most this
+
+
+def _before_file(store: OutputStore, r: dict, source: bytes) -> str | None:
+    """The enlarge view's "before": the source as displayed (sRGB), scaled and cropped as
+    planned, written beside the page (report_files/) and loaded only when a row is opened.
+    Returns its link relative to report.html."""
+    if not source:
+        return None
+    try:
+        W, H = r["canvas_width"], r["canvas_height"]
+        k = min(1.0, BEFORE_PX / max(W, H))
+        scale = (r.get("scale") or 1.0) * k
+        rw, rh = max(1, round(r["source_width"] * scale)), max(1, round(r["source_height"] * scale))
+        im = _open_srgb(source, max(rw, rh)).resize((rw, rh), Image.LANCZOS)
+        ox, oy = (r.get("offset_x") or 0) * k, (r.get("offset_y") or 0) * k
+        box = [round(r[c] * k - o) for c, o in (("visible_x0", ox), ("visible_y0", oy), ("visible_x1", ox),
+                                                ("visible_y1", oy))]
+        name = f"{REPORT_FILES}/before-{r['id']}.jpg"
+        storage.retry(store.fs.pipe_file, store.path(name), _jpeg(im.crop(tuple(box)), 88))
+        return name
+    except Exception:  # noqa: BLE001 - no slider for this row rather than no report
+        return None
+
+
 def build(store: OutputStore, source_options: dict | None = None, sample: int = 24, worst: int = 12) -> tuple[str, dict]:
     meta = store.read_metadata(SCHEMA.names)
     if meta is None:
@@ -126,7 +164,8 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
     def card(r: dict, note: str = "") -> str:
         W, H = r["canvas_width"], r["canvas_height"]
         k = THUMB / max(W, H)  # one scale for both images: the after's longer side is THUMB px
-        before = _thumb(_read(r.get("image"), src_opts) or b"")
+        source = _read(r.get("image"), src_opts) or b""
+        before = _thumb(source)
         after = _thumb(_read(r.get("output_uri"), store.options) or b"")
         sw, sh = r.get("source_width") or 0, r.get("source_height") or 0
         bw, bh = max(1, round(sw * (r.get("scale") or 1) * k)), max(1, round(sh * (r.get("scale") or 1) * k))
@@ -136,12 +175,15 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
                         '<figcaption>before</figcaption></figure>')
         if after:
             x0, y0, x1, y1 = (r.get(c) or 0 for c in ("visible_x0", "visible_y0", "visible_x1", "visible_y1"))
-            box = (f'<span class="outline" style="left:{100 * x0 / W:.2f}%;top:{100 * y0 / H:.2f}%;'
-                   f'width:{100 * (x1 - x0) / W:.2f}%;height:{100 * (y1 - y0) / H:.2f}%"></span>')
+            pos = (f"left:{100 * x0 / W:.2f}%;top:{100 * y0 / H:.2f}%;width:{100 * (x1 - x0) / W:.2f}%;"
+                   f"height:{100 * (y1 - y0) / H:.2f}%")
+            slider = _before_file(store, r, source)
             figs.append(f'<figure><a class="zoom" href="{esc(_full_link(store, r.get("output_uri")))}" '
-                        f'data-id="{esc(r["id"])}"><span class="frame"><img src="{after}" width="{round(W * k)}" '
-                        f'height="{round(H * k)}" alt="after {esc(r["id"])}">{box}</span></a>'
-                        '<figcaption>after (original area outlined; click: full size)</figcaption></figure>')
+                        f'data-id="{esc(r["id"])}" data-before="{esc(slider or "")}" data-box="{pos}">'
+                        f'<span class="frame"><img src="{after}" width="{round(W * k)}" height="{round(H * k)}" '
+                        f'alt="after {esc(r["id"])}"><span class="outline" style="{pos}"></span></span></a>'
+                        '<figcaption>after (original area outlined; click: full size, before/after)</figcaption>'
+                        '</figure>')
         meta_line = (f'{W}×{H} · {esc(str(r.get("mode")))} · seam {_num(r.get("seam_score"))} · texture '
                      f'{_num(r.get("texture_score"))} · distance {_num(r.get("quality_distance"))}')
         return f'<div class="card"><h3>{esc(r["id"])}</h3><p>{meta_line}{esc(note)}</p><div class="pair">{"".join(figs)}</div></div>'
@@ -155,6 +197,7 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
     n_measured = pc.sum(measured.cast(pa.int64())).as_py() or 0
     leaks = _rows(meta, pc.fill_null(meta.column("fill_leak_flag"), False), limit=200)
     picked = _pick_sample(meta, sample)
+    store.fs.makedirs(store.path(REPORT_FILES), exist_ok=True)
     # thumbnails are I/O and decoding: build the cards on a few threads
     with ThreadPoolExecutor(max_workers=8) as pool:
         gallery = "".join(pool.map(card, picked))
@@ -195,7 +238,14 @@ figcaption {{ text-align: center; color: #777; font-size: 12px; }}
 img {{ display: block; background: repeating-conic-gradient(#eee 0 25%, #fff 0 50%) 0 0/16px 16px; }}
 .frame {{ position: relative; display: inline-block; }} .zoom {{ cursor: zoom-in; }}
 .outline {{ position: absolute; box-sizing: border-box; border: 2px dashed #ff2fb4; pointer-events: none; }}
-dialog {{ max-width: 96vw; max-height: 96vh; padding: 8px; }} dialog img {{ max-width: 92vw; max-height: 88vh; }}
+dialog {{ max-width: 96vw; max-height: 96vh; padding: 8px; }}
+.compare {{ position: relative; display: inline-block; line-height: 0; }}
+.compare > img {{ max-width: 92vw; max-height: 84vh; }}
+.compare .before {{ position: absolute; inset: 0; clip-path: inset(0 50% 0 0);
+  background: repeating-conic-gradient(#ccc 0 25%, #fff 0 50%) 0 0/24px 24px; }}
+.compare .before img {{ position: absolute; width: 100%; height: 100%; background: none; }}
+.compare .divider {{ position: absolute; top: 0; bottom: 0; left: 50%; width: 2px; margin-left: -1px; background: #ff2fb4; }}
+#split {{ width: 40vw; vertical-align: middle; }}
 table {{ border-collapse: collapse; width: 100%; }} td, th {{ border: 1px solid #ddd; padding: 3px 6px; text-align: left; }}
 th[data-sort] {{ cursor: pointer; background: #f6f6f6; }} th[data-sort]:after {{ content: " ⇅"; color: #999; }}
 tr.failed td:nth-child(2) {{ color: #b00; }} tr.rejected td:nth-child(2) {{ color: #a60; }}
@@ -220,23 +270,41 @@ the larger |ln| of the two (≤ 0.22: within 0.8–1.25).</p>
 <h2>Rejected and failed rows ({len(bad):,})</h2>
 <table id="failures"><thead><tr><th>id</th><th>status</th><th>code</th><th>message</th><th>image</th></tr></thead>
 <tbody>{bad_rows}</tbody></table>
-<dialog id="zoom"><form method="dialog"><button>close</button> <span id="zoom-id"></span></form><img alt="full size"></dialog>
+<dialog id="zoom"><form method="dialog"><button>close</button> <span id="zoom-id"></span>
+<label>before <input type="range" id="split" min="0" max="100" value="50"> after</label></form>
+<div class="compare"><img alt="full size"><div class="before" id="before"><img alt="before" id="before-img"></div><span class="divider" id="divider"></span></div></dialog>
 <script>
+// the enlarge view: the output at full resolution, and over it, left of the slider, the
+// canvas as it was before (the original, placed, on an empty canvas)
+function setSplit(v) {{
+  document.getElementById("before").style.clipPath = "inset(0 " + (100 - v) + "% 0 0)";
+  document.getElementById("divider").style.left = v + "%";
+  document.getElementById("split").value = v;
+  document.body.dataset.split = v;
+}}
+document.getElementById("split").addEventListener("input", function () {{ setSplit(+this.value); }});
 document.querySelectorAll("a.zoom").forEach(function (a) {{
   a.addEventListener("click", function (e) {{
     e.preventDefault();
-    var d = document.getElementById("zoom");
-    d.querySelector("img").src = a.getAttribute("href");  // full resolution, loaded only now
+    var d = document.getElementById("zoom"), before = document.getElementById("before-img");
+    d.querySelector(".compare > img").src = a.getAttribute("href");  // full resolution, loaded only now
+    document.getElementById("before").hidden = !a.dataset.before;
+    if (a.dataset.before) {{ before.src = a.dataset.before; before.style.cssText = a.dataset.box; }}
     document.getElementById("zoom-id").textContent = a.dataset.id;
+    setSplit(50);
     d.showModal();
   }});
 }});
-document.querySelector("#zoom img").addEventListener("load", function () {{
+document.querySelector("#zoom .compare > img").addEventListener("load", function () {{
   document.body.dataset.zoomWidth = this.naturalWidth;
 }});
-if (location.hash.indexOf("#zoom=") === 0) {{  // a link straight to a row's full-size output
-  var want = decodeURIComponent(location.hash.slice(6));
+document.getElementById("before-img").addEventListener("load", function () {{
+  document.body.dataset.beforeWidth = this.naturalWidth;
+}});
+if (location.hash.indexOf("#zoom=") === 0) {{  // a link straight to a row's output: #zoom=ID[&split=0..100]
+  var parts = location.hash.slice(6).split("&split="), want = decodeURIComponent(parts[0]);
   document.querySelectorAll("a.zoom").forEach(function (a) {{ if (a.dataset.id === want) a.click(); }});
+  if (parts.length > 1) setSplit(Math.max(0, Math.min(100, +parts[1])));
 }}
 document.querySelectorAll("th[data-sort]").forEach(function (th, col) {{
   th.addEventListener("click", function () {{

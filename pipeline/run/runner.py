@@ -306,6 +306,10 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     index = manifest.scan(cfg, cfg.runtime.plan_block_rows)  # schema problems fail before any work
     store.check_writable()
+    if cfg.output.c2pa is not None:  # a key or certificate problem stops the run here, not row by row
+        from ..io.provenance import ContentCredentials
+
+        ContentCredentials(cfg.output.c2pa).signer()
     if cfg.output.mode == "error_if_exists" and store.has_outputs():
         raise ConfigError(f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
                           "use resume (skip finished rows) or overwrite, or another output.uri")

@@ -3,8 +3,9 @@ a pure ``__call__(batch: pa.Table) -> pa.Table`` that Ray Data maps over blocks 
 tests call directly. Rows that are not ``ok`` pass through untouched, so every
 manifest row reaches the metadata; a row's failure never raises out of a stage.
 
-Between stages, pixels travel as raw RGB bytes (``large_binary``) with their
-sizes implied by the plan's geometry columns.
+Between stages, pixels travel as raw bytes (``large_binary``) with their sizes
+implied by the plan's geometry columns: the reference as the model sees it (sRGB),
+and, where the output keeps another colour space, as the output stores it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -20,23 +22,30 @@ import pyarrow as pa
 
 from .. import codes, storage
 from ..backends import Job, keeps_reference, make_backend, warmup_shapes
-from ..review import quality
-from ..review.compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha, generated_sides,
-                      match_colors, paste_back)
 from ..config import Config
+from ..io import color, provenance
 from ..io.headers import SourceLimits
 from ..io.imageio import ImageError, decode, encode, resize
 from ..io.outputs import OutputStore, image_name
 from ..plan.hashing import model_name
+from ..review import quality
+from ..review.compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha,
+                              generated_sides, match_colors, paste_back)
 
 PIXELS = pa.large_binary()
 
 # Final metadata columns added after planning (docs/contracts.md, Outputs), in order.
+# colour and labels (docs/contracts.md, "Colour and labels"): the load stage names the
+# source's profile and what became of it; the write stage the label it wrote
+COLOR_FIELDS = [("color_profile", pa.string()), ("color_transform", pa.string()), ("color_note", pa.string()),
+                ("output_profile", pa.string())]
 OUTPUT_FIELDS = [
     ("request_hash", pa.string()),
     ("output_uri", pa.string()),
     ("output_uris", pa.list_(pa.string())),
     ("output_bytes", pa.int64()),
+    *COLOR_FIELDS,
+    ("digital_source_type", pa.string()),
     ("fill_color", pa.string()),
     ("feather_px", pa.int64()),
     ("seam_score", pa.float64()),
@@ -59,8 +68,14 @@ OUTPUT_FIELDS = [
 # row's batch finished; the run reports loop / wall per actor ("GPUs busy")
 BUSY_FIELDS = [("model_actor", pa.string()), ("model_loop_s", pa.float64()), ("model_wall_s", pa.float64())]
 OUTPUT_FIELDS += BUSY_FIELDS
-# what the image stages carry that the metadata does not keep
-DROPPED_COLUMNS = ("ref_pixels", "ref_alpha", "out_pixels", "image_bytes")
+# what the load stage hands the write stage (model backends: through Arrow), never in the
+# metadata: the reference (model's view; the output's where it differs), the output's
+# colour space, and the source metadata the output carries
+CARRIED = [("ref_pixels", PIXELS), ("ref_out_pixels", PIXELS), ("ref_alpha", PIXELS),
+           ("out_icc", pa.large_binary()), ("tag_srgb", pa.bool_()), ("out_channels", pa.int8()),
+           ("rights_exif", pa.large_binary()), ("rights_xmp", pa.list_(pa.string())),
+           ("source_bytes", pa.large_binary()), ("source_format", pa.string())]  # C2PA's parent ingredient
+DROPPED_COLUMNS = (*dict(CARRIED), "out_pixels", "image_bytes")
 
 
 def bulk_metadata(plan: pa.Table, run_id: str, completed_at: float) -> pa.Table:
@@ -87,6 +102,12 @@ def _node_id() -> str | None:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:  # noqa: BLE001
         return None
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def _ms(t0: float) -> float:
@@ -118,10 +139,23 @@ def visible_crop(row: dict) -> tuple[int, int, int, int]:
                     row["visible_x1"], row["visible_y1"])
 
 
-class LoadStage:
-    """Fetch + decode + orient + scale + crop: the visible reference as RGB bytes."""
+@dataclass
+class Reference:
+    """A row's loaded reference: as the model sees it (sRGB) and as the output stores it."""
 
-    ADDS = [("ref_pixels", PIXELS), ("ref_alpha", PIXELS), ("load_ms", pa.float64())]
+    model: np.ndarray                   # vh x vw x 3 uint8, sRGB
+    out: np.ndarray                     # vh x vw x C uint8 in the output's space (often ``model`` itself)
+    alpha: np.ndarray | None
+    color: color.ColorPlan
+    rights: provenance.Rights | None
+    source: bytes | None = None         # the encoded source (output.c2pa: the manifest's parent ingredient)
+    source_format: str = ""
+
+
+class LoadStage:
+    """Fetch + decode + orient + scale + crop + colour: the visible reference as bytes."""
+
+    ADDS = [*CARRIED, ("load_ms", pa.float64()), *COLOR_FIELDS]
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -137,35 +171,44 @@ class LoadStage:
         except FileNotFoundError:
             raise ImageError("image_not_found", f"{uri} does not exist (it did when planning)") from None
 
-    def load(self, row: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    def load(self, row: dict) -> Reference:
         what = row["image"] or "image_bytes"
-        img = decode(self._fetch(row), self.limits, what)
-        h0, w0 = img.rgb.shape[:2]
-        if (w0, h0) != (row["source_width"], row["source_height"]):
-            raise ImageError("image_unreadable", f"{what} decodes to {w0}×{h0} but its header said "
-                                                 f"{row['source_width']}×{row['source_height']}; re-export it")
-        rgb, alpha = img.rgb, img.alpha
-        fmt = row["output_format"]
-        if alpha is not None and (self.cfg.output.alpha == "flatten" or fmt == "jpeg"):
-            rgb, alpha = flatten_alpha(rgb, alpha, self.cfg.output.background), None
+        o = self.cfg.output
         w, h = row["reference_width"], row["reference_height"]
-        rgb = resize(rgb, w, h)
+        data = self._fetch(row)
+        img = decode(data, self.limits, what, target=(w, h), keep_gps=o.keep_gps, metadata=o.keep_metadata)
+        if img.size != (row["source_width"], row["source_height"]):
+            raise ImageError("image_unreadable", f"{what} decodes to {img.size[0]}×{img.size[1]} but its header said "
+                                                 f"{row['source_width']}×{row['source_height']}; re-export it")
+        pixels, alpha = img.pixels, img.alpha
+        if alpha is not None and (o.alpha == "flatten" or row["output_format"] == "jpeg"):
+            pixels, alpha = flatten_alpha(pixels, alpha, o.background), None
+        pixels = resize(pixels, w, h)
         if alpha is not None:
             alpha = resize(alpha, w, h)
         x0, y0, x1, y1 = visible_crop(row)
-        rgb = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        crop = np.ascontiguousarray(pixels[y0:y1, x0:x1])
         alpha = None if alpha is None else np.ascontiguousarray(alpha[y0:y1, x0:x1])
-        return rgb, alpha
+        plan = color.plan(img.color, "L" if crop.shape[2] == 1 else "RGB", o.color, row["output_format"],
+                          o.color_intent)
+        model = plan.to_model(crop)
+        return Reference(model, plan.to_output(crop, model), alpha, plan, img.rights,
+                         data if o.c2pa is not None else None, img.format)
 
     def load_rows(self, rows: list[dict]) -> None:
-        """Sets ``_ref`` / ``_ref_alpha`` (arrays) and ``load_ms`` on each row to do."""
+        """Sets ``_ref`` (a ``Reference``), ``load_ms`` and the colour columns on each row to do."""
         for row in rows:
-            row["_ref"] = row["_ref_alpha"] = row["load_ms"] = None
+            row["_ref"] = row["load_ms"] = None
+            for name, _ in COLOR_FIELDS:
+                row[name] = None
             if not _todo(row):
                 continue
             t0 = time.perf_counter()
             try:
-                row["_ref"], row["_ref_alpha"] = self.load(row)
+                ref = row["_ref"] = self.load(row)
+                src = ref.color.source
+                row["color_profile"], row["color_transform"] = src.description, ref.color.transform_name
+                row["color_note"], row["output_profile"] = src.note, ref.color.output_profile
             except ImageError as e:
                 _fail(row, e.code, e.message)
             except MemoryError:
@@ -176,10 +219,36 @@ class LoadStage:
         rows = batch.to_pylist()
         self.load_rows(rows)
         for row in rows:
-            ref, alpha = row.pop("_ref"), row.pop("_ref_alpha")
-            row["ref_pixels"] = None if ref is None else ref.tobytes()
-            row["ref_alpha"] = None if alpha is None else alpha.tobytes()
+            row.update(to_columns(row.pop("_ref")))
         return _with(batch.schema, rows, self.ADDS)
+
+
+def to_columns(ref: Reference | None) -> dict:
+    """A ``Reference`` as the ``CARRIED`` columns (between a model actor's stages)."""
+    if ref is None:
+        return dict.fromkeys(dict(CARRIED))
+    space, rights = ref.color.output, ref.rights
+    return {"ref_pixels": ref.model.tobytes(), "ref_out_pixels": None if ref.out is ref.model else ref.out.tobytes(),
+            "ref_alpha": None if ref.alpha is None else ref.alpha.tobytes(), "out_icc": space.icc,
+            "tag_srgb": space.tag_srgb, "out_channels": 1 if space.mode == "L" else 3,
+            "rights_exif": rights.exif if rights else None, "rights_xmp": list(rights.xmp) if rights else None,
+            "source_bytes": ref.source, "source_format": ref.source_format}
+
+
+def from_columns(row: dict, intent: str) -> Reference | None:
+    """The ``CARRIED`` columns of a row back to a ``Reference`` (its colour plan reduced to
+    what the write stage needs: the output space)."""
+    if row.get("ref_pixels") is None:
+        return None
+    vh, vw = _visible_shape(row)
+    model = _from_bytes(row["ref_pixels"], (vh, vw, 3))
+    c = row.get("out_channels") or 3
+    out = model if row.get("ref_out_pixels") is None else _from_bytes(row["ref_out_pixels"], (vh, vw, c))
+    alpha = _from_bytes(row.get("ref_alpha"), (vh, vw))
+    space = color.OutputSpace(row.get("out_icc"), bool(row.get("tag_srgb")), "L" if c == 1 else "RGB", intent)
+    rights = provenance.Rights(row.get("rights_exif"), tuple(row.get("rights_xmp") or ()))
+    return Reference(model, out, alpha, color.ColorPlan(color.SourceColor(None, "srgb", ""), "RGB", space, ""),
+                     rights, row.get("source_bytes"), row.get("source_format") or "")
 
 
 def _visible_shape(row: dict) -> tuple[int, int]:
@@ -231,7 +300,7 @@ class OutpaintStage:
 
     def _run(self, items: list[tuple[dict, int]]) -> list[np.ndarray | Exception]:
         """Outpaint (row, variant) pairs in one backend call; isolate failures."""
-        jobs = [Job(ref=row["_ref"], width=row["canvas_width"], height=row["canvas_height"],
+        jobs = [Job(ref=row["_ref"].model, width=row["canvas_width"], height=row["canvas_height"],
                     x0=row["visible_x0"], y0=row["visible_y0"], seed=variant_seed(row["seed"], k),
                     prompt=row["prompt"] or "", mode=row["mode"], steps=row["steps"],
                     pad_left=row["pad_left"], pad_top=row["pad_top"])
@@ -248,7 +317,8 @@ class OutpaintStage:
             return [r for item in items for r in self._run([item])]
 
     def outpaint_rows(self, rows: list[dict]) -> None:
-        """Sets ``_out`` (one H x W x 3 array per variant), ``generate_ms``, ``fill_color``, ``model``."""
+        """Sets ``_out`` (one H x W x 3 sRGB array per variant; None where nothing is
+        generated: the output is the reference), ``generate_ms``, ``fill_color``, ``model``."""
         work: list[tuple[dict, int]] = []
         for row in rows:
             for name in ("_out", "generate_ms", "fill_color", "model", *dict(BUSY_FIELDS)):
@@ -257,13 +327,10 @@ class OutpaintStage:
                 continue
             row["model"] = self.model
             n = row.get("num_variants") or 1
+            row["_out"] = [None] * n
+            row["generate_ms"] = 0.0
             if row["generated"]:
-                row["_out"] = [None] * n
-                row["generate_ms"] = 0.0
                 work += [(row, k) for k in range(n)]
-            else:  # nothing to outpaint: the output is the reference (pasted at 0, 0)
-                row["_out"] = [row["_ref"]] * n
-                row["generate_ms"] = 0.0
         for start in range(0, len(work), self.batch_size):
             items = work[start:start + self.batch_size]
             t0 = time.perf_counter()
@@ -289,13 +356,12 @@ class OutpaintStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         for row in rows:
-            row["_ref"] = None if row["ref_pixels"] is None else _from_bytes(row["ref_pixels"],
-                                                                             (*_visible_shape(row), 3))
+            row["_ref"] = from_columns(row, self.cfg.output.color_intent)
         self.outpaint_rows(rows)
         for row in rows:
             out = row.pop("_out")
             row.pop("_ref")
-            row["out_pixels"] = None if out is None else [o.tobytes() for o in out]
+            row["out_pixels"] = None if out is None else [None if o is None else o.tobytes() for o in out]
         return _with(batch.schema, rows, self.ADDS)
 
 
@@ -305,7 +371,8 @@ def variant_seed(seed: int, k: int) -> int:
 
 
 class WriteStage:
-    """Encode (png/jpeg/webp) and write each ok row's image; emit its metadata row.
+    """Paste back, convert into the output's colour space, encode (png/jpeg/webp, with
+    profile, EXIF and label) and write each ok row's image; emit its metadata row.
 
     Runs in CPU tasks after the model stage, so the GPU never waits on compression.
     """
@@ -318,58 +385,73 @@ class WriteStage:
         self.run_id = run_id
         self.enc = cfg.output.encoding
         self.keeps_reference = keeps_reference(cfg.model)
+        self.source_type = provenance.source_type_uri(cfg.output.digital_source_type, cfg.model.backend)
+        self.credentials = (provenance.ContentCredentials(cfg.output.c2pa, _version())
+                            if cfg.output.c2pa is not None else None)
 
     def composite(self, row: dict, generated: np.ndarray) -> np.ndarray:
-        """The generated canvas with the reference back in: exact, apart from the feather band."""
-        sides = generated_sides(row["canvas_width"], row["canvas_height"], row["visible_x0"], row["visible_y0"],
-                                row["visible_x1"], row["visible_y1"])
+        """The generated canvas (sRGB) in the output's space with the reference back in:
+        exact, apart from the feather band."""
+        ref: Reference = row["_ref"]
+        vx0, vy0 = row["visible_x0"], row["visible_y0"]
+        sides = generated_sides(row["canvas_width"], row["canvas_height"], vx0, vy0, row["visible_x1"],
+                                row["visible_y1"])
         if self.cfg.output.color_match:
-            generated = match_colors(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides)
+            generated = match_colors(generated, ref.model, vx0, vy0, sides)
+        generated = ref.color.output.from_model(generated)
         if self.keeps_reference:  # blending V with itself: skip the work
-            return paste_back(generated, row["_ref"], row["visible_x0"], row["visible_y0"])
-        return feathered_paste(generated, row["_ref"], row["visible_x0"], row["visible_y0"], sides,
-                               self.cfg.output.feather_px)
+            return paste_back(generated, ref.out, vx0, vy0)
+        return feathered_paste(generated, ref.out, vx0, vy0, sides, self.cfg.output.feather_px)
 
     def write(self, row: dict) -> None:
+        ref: Reference = row["_ref"]
         W, H = row["canvas_width"], row["canvas_height"]
-        alpha = extend_alpha(row.get("_ref_alpha"), W, H, row["visible_x0"], row["visible_y0"])
-        if row["generated"]:
-            row["_out"] = [self.composite(row, g) for g in row["_out"]]
-        outs = row["_out"]
-        names = ([image_name(row["id"], row["output_format"])] if len(outs) == 1 else
-                 [image_name(row["id"], row["output_format"], k) for k in range(len(outs))])
-        row["encode_ms"] = row["write_ms"] = 0.0
-        row["output_bytes"] = 0
-        uris = []
-        first_encoded = None
-        for name, rgb in zip(names, outs):
-            t0 = time.perf_counter()
-            data = encode(rgb, row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
+        alpha = extend_alpha(ref.alpha, W, H, row["visible_x0"], row["visible_y0"])
+        finals = ([self.composite(row, g) for g in row["_out"]] if row["generated"]
+                  else [ref.out] * len(row["_out"]))  # nothing generated: the reference is the output
+        label = self.source_type if row["generated"] else None
+        rights = ref.rights if self.cfg.output.keep_metadata else None
+        xmp, exif, icc = provenance.xmp_packet(rights, label), rights.exif if rights else None, ref.color.output.embed
+        row["digital_source_type"] = label.rsplit("/", 1)[-1] if label else None
+        names = ([image_name(row["id"], row["output_format"])] if len(finals) == 1 else
+                 [image_name(row["id"], row["output_format"], k) for k in range(len(finals))])
+        t0 = time.perf_counter()
+        encoded = [encode(pixels, row["output_format"], alpha, jpeg_quality=self.enc.jpeg_quality,
                           webp_quality=self.enc.webp_quality, webp_lossless=self.enc.webp_lossless,
-                          png_compress_level=self.enc.png_compress_level)
-            row["encode_ms"] += _ms(t0)
-            t0 = time.perf_counter()
-            uris.append(self.store.write_image(name, data))
-            row["write_ms"] += _ms(t0)
-            row["output_bytes"] += len(data)
-            first_encoded = first_encoded if first_encoded is not None else data
+                          png_compress_level=self.enc.png_compress_level, icc=icc, exif=exif, xmp=xmp)
+                   for pixels in finals]
+        if self.credentials is not None and label:
+            try:  # every variant signed before any is written
+                encoded = [self.credentials.sign(data, row["output_format"], label, ref.source, ref.source_format,
+                                                 name) for name, data in zip(names, encoded)]
+            except Exception as e:  # noqa: BLE001 - this row only; nothing written for it
+                _fail(row, "generation_failed", f"C2PA signing failed: {type(e).__name__}: {e}")
+                return
+        row["encode_ms"] = _ms(t0)
+        t0 = time.perf_counter()
+        uris = [self.store.write_image(name, data) for name, data in zip(names, encoded)]
+        row["write_ms"] = _ms(t0)
+        row["output_bytes"] = sum(len(d) for d in encoded)
         row["output_uri"], row["output_uris"] = uris[0], uris
-        self.measure(row, first_encoded)
+        self.measure(row, finals[0], encoded[0])
 
-    def measure(self, row: dict, encoded: bytes) -> None:
-        """Quality metrics of what was written (lossy formats: measured after decoding)."""
-        out = row["_out"][0]
+    def measure(self, row: dict, final: np.ndarray, encoded: bytes) -> None:
+        """Quality metrics of what was written (lossy formats: measured after decoding);
+        fill leakage on what the model returned (its fill colour is an sRGB one)."""
+        out = final
         if row["output_format"] != "png":
-            out = decode(encoded, SourceLimits(1 << 40, 1 << 40)).rgb
+            out = decode(encoded, SourceLimits(1 << 40, 1 << 40), metadata=False).pixels
+        ref: Reference = row["_ref"]
         vx0, vy0, vx1, vy1 = row["visible_x0"], row["visible_y0"], row["visible_x1"], row["visible_y1"]
         sides = generated_sides(row["canvas_width"], row["canvas_height"], vx0, vy0, vx1, vy1)
-        feather = effective_feather(self.cfg.output.feather_px, vy1 - vy0, vx1 - vx0) if row["generated"] else 0
+        gen = row["generated"]
+        feather = effective_feather(self.cfg.output.feather_px, vy1 - vy0, vx1 - vx0) if gen else 0
         row["feather_px"] = feather
-        row["seam_score"] = quality.seam_score(out, vx0, vy0, vx1, vy1, sides) if row["generated"] else None
-        row["texture_score"] = quality.texture_score(out, vx0, vy0, vx1, vy1, sides) if row["generated"] else None
+        row["seam_score"] = quality.seam_score(out, vx0, vy0, vx1, vy1, sides) if gen else None
+        row["texture_score"] = quality.texture_score(out, vx0, vy0, vx1, vy1, sides) if gen else None
         row["quality_distance"] = quality.quality_distance(row["seam_score"], row["texture_score"])
-        row["ref_max_abs_diff"], row["ref_mean_abs_diff"] = quality.fidelity(out, row["_ref"], vx0, vy0, sides, feather)
-        leak = quality.fill_leakage(out, vx0, vy0, vx1, vy1, row.get("fill_color")) if row["generated"] else None
+        row["ref_max_abs_diff"], row["ref_mean_abs_diff"] = quality.fidelity(out, ref.out, vx0, vy0, sides, feather)
+        leak = quality.fill_leakage(row["_out"][0], vx0, vy0, vx1, vy1, row.get("fill_color")) if gen else None
         row["fill_leakage"] = leak
         row["fill_leak_flag"] = None if leak is None else leak > quality.LEAK_FLAG
 
@@ -390,13 +472,12 @@ class WriteStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
+        intent = self.cfg.output.color_intent
         for row in rows:
-            has_out, has_alpha = row.get("out_pixels") is not None, row.get("ref_alpha") is not None
             shape = (row["canvas_height"], row["canvas_width"], 3)
-            row["_out"] = [_from_bytes(b, shape) for b in row["out_pixels"]] if has_out else None
-            row["_ref_alpha"] = _from_bytes(row["ref_alpha"], _visible_shape(row)) if has_alpha else None
-            row["_ref"] = (_from_bytes(row["ref_pixels"], (*_visible_shape(row), 3))
-                           if row.get("ref_pixels") is not None else None)
+            outs = row.get("out_pixels")
+            row["_out"] = None if outs is None else [_from_bytes(b, shape) for b in outs]
+            row["_ref"] = from_columns(row, intent)
         return self.write_rows(rows, batch.schema)
 
 

@@ -41,10 +41,22 @@ def test_sixteen_bit_grey_is_scaled_not_clipped():
     assert d.rgb[0, :, 0].tolist() == [0, 1, 128, 255]
 
 
-def test_cmyk_jpeg_becomes_rgb(coffee):
-    d = decode(save(coffee.convert("CMYK"), "JPEG", quality=95), LIMITS)
+def test_untagged_cmyk_jpeg_goes_through_the_fallback_profile_not_the_naive_formula(coffee):
+    from PIL import ImageCms
+
+    from pipeline.io import color
+
+    data = save(coffee.convert("CMYK"), "JPEG", quality=95)
+    d = decode(data, LIMITS)
     assert d.rgb.shape == (400, 600, 3) and d.alpha is None
-    assert np.abs(d.rgb.astype(int) - np.asarray(coffee).astype(int)).mean() < 12
+    assert d.color.space == "cmyk" and d.color.description == color.FALLBACK_CMYK_NAME and "fallback" in d.color.note
+    cmyk = Image.open(io.BytesIO(data))  # as Pillow decodes it (Adobe-inverted JPEGs included)
+    want = np.asarray(ImageCms.applyTransform(cmyk, ImageCms.buildTransform(
+        ImageCms.ImageCmsProfile(io.BytesIO(color.fallback_cmyk())), ImageCms.createProfile("sRGB"), "CMYK", "RGB",
+        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)))
+    assert np.abs(d.rgb.astype(int) - want).max() <= 1  # LittleCMS's conversion (sRGB re-read from bytes: +-1)
+    naive = np.asarray(cmyk.convert("RGB")).astype(int)
+    assert np.abs(d.rgb.astype(int) - naive).mean() > 10  # a press profile, not 255 - (C + K)
 
 
 def test_palette_with_transparency_keeps_alpha():

@@ -93,6 +93,15 @@ def test_report_opens_in_headless_chromium(reported_run, tmp_path):
     with _Image.open(reported_run / "images" / rid.group(1)) as full:
         assert re.search(r'data-zoom-width="(\d+)"', zoom).group(1) == str(full.width)  # full size, decoded
     assert 'data-zoom-width' not in dom  # not loaded until opened
+    # the before/after slider over the canvas: the original, placed, left of the divider
+    split = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'p4'}", "--virtual-time-budget=10000",
+                            "--dump-dom", f"{url}#zoom={rid.group(2)}&split=30"], capture_output=True, text=True,
+                           timeout=120).stdout
+    assert 'data-split="30"' in split and "clip-path: inset(0px 70% 0px 0px)" in split
+    before = re.search(r'<img alt="before" id="before-img" src="(report_files/before-[^"]+)"', split).group(1)
+    with _Image.open(reported_run / before) as b:
+        assert re.search(r'data-before-width="(\d+)"', split).group(1) == str(b.width)  # loaded in the browser
+    assert 'data-before-width' not in dom  # and only when a row is opened
 
 
 def test_report_is_columnar_stable_and_complete(tmp_path):
@@ -132,3 +141,42 @@ def test_report_is_columnar_stable_and_complete(tmp_path):
     assert page.split('id="metrics"')[1].count("<tr><td>sku-") == len(ok_ids)  # every measured row listed
     table = page.split('<table id="failures">')[1]
     assert table.count("<code>image_not_found</code>") == 100
+
+
+def test_thumbnails_show_true_colour(tmp_path, photos):
+    """A ProPhoto RGB output: its thumbnail shows what a colour-managed viewer shows (the
+    stored values through the profile), not the stored values read as sRGB."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from pipeline.io import manifest
+    from pipeline.io.outputs import OutputStore
+    from pipeline.plan.stage import PlanStage
+    from pipeline.review import report
+    from pipeline.run.stages import ProcessStage
+
+    from ..conftest import make_config
+    from ..io.test_color import PROFILES, icc, into
+
+    if not PROFILES["prophoto"].exists():
+        pytest.skip("ICC profiles of Debian's colord-data (.ci/run installs them)")
+    patch = np.zeros((200, 300, 3), np.uint8)
+    patch[:] = (200, 40, 40)  # a saturated red: ProPhoto stores it far from its sRGB value
+    src = tmp_path / "red.png"
+    into(patch, icc("prophoto")).save(src, icc_profile=icc("prophoto"))
+    m = write_manifest(tmp_path / "m.parquet", [{"id": "red", "image": str(src), "width": 400, "height": 200}])
+    cfg = make_config(tmp_path, m)
+    store = OutputStore(cfg.output.uri)
+    store.write_metadata_part(ProcessStage(cfg, store, "r")(PlanStage(cfg, identify=True)(manifest.read(cfg))), "r")
+    page, _ = report.build(store, {}, sample=0, worst=1)
+    thumbs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(thumbs) == 2  # before and after of the one row
+    stored = np.asarray(Image.open(src).convert("RGB")).astype(int)[100, 150]
+    assert np.abs(stored - (200, 40, 40)).max() > 30
+    for b64 in thumbs:
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as t:
+            assert "icc_profile" not in t.info  # sRGB, untagged: what browsers assume
+            centre = np.asarray(t.convert("RGB")).astype(int)[t.height // 2, t.width // 2]
+        assert np.abs(centre - (200, 40, 40)).max() <= 6, centre  # JPEG thumbnails: a few levels
