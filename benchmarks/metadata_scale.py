@@ -60,7 +60,7 @@ def step(root: str, what: str) -> None:
     elif what == "compact":
         store.compact("c")
     elif what == "resume":
-        store.done_set()
+        store.prior()
     elif what == "report":
         report.build(store, {})
     print(f"{time.perf_counter() - t0:.2f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.3f}")
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     print(f"{args.rows:,} metadata rows in {args.rows // 10_000 + (args.rows % 10_000 > 0):,} parts")
     print(f"{'step':<34}{'time':>9}{'peak RSS':>11}")
     print(f"{'baseline: read all + latest per id':<34}{base[0]:>8.1f}s{base[1]:>9.2f} GiB")
-    for what, label in (("compact", "compaction (streaming)"), ("resume", "resume check (done_set)"),
+    for what, label in (("compact", "compaction (streaming)"), ("resume", "resume check (prior)"),
                         ("report", "report.html")):
         t, rss = run(what)
         print(f"{label:<34}{t:>8.1f}s{rss:>9.2f} GiB   ({t / base[0]:.2f}x time, {rss / base[1]:.2f}x memory)")

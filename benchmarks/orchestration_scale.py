@@ -156,7 +156,7 @@ def per_row(n: int) -> None:
     sys.path.insert(0, ROOT)
     from pipeline import config as config_mod
     from pipeline.io import manifest
-    from pipeline.io.done import DoneSet, fingerprints
+    from pipeline.io.done import Prior, fingerprints, key_fingerprints
     from pipeline.io.outputs import OutputStore
     from pipeline.run.triage import TriageStage
 
@@ -174,7 +174,10 @@ def per_row(n: int) -> None:
             store = OutputStore(os.path.join(work, "o"))
             rows = pa.concat_tables([x for s in index.slices for x in TriageStage(cfg, store, "a").chunks(s)])
             hi, lo, _ = fingerprints(rows.column("request_hash"))
-            stage = TriageStage(cfg, store, "b", done=DoneSet(hi, lo))
+            ihi, ilo = key_fingerprints(rows.column("id"))
+            prior = Prior(ihi, ilo, hi, lo, rows.column("source_width").to_numpy(),
+                          rows.column("source_height").to_numpy())
+            stage = TriageStage(cfg, store, "b", prior=prior)
             t0 = time.perf_counter()
             left = sum(x.num_rows for s in index.slices for x in stage.chunks(s))
             dt = time.perf_counter() - t0

@@ -31,18 +31,21 @@ CODES: tuple[str | None, ...] = (
     "image_unreadable",
     "image_too_large",
     "unsupported_image",
+    "image_access_denied",
     # runtime -> failed
     "generation_failed",
+    "moderated",
+    "insufficient_credits",
+    "budget_exhausted",
 )
 CODE = {name: i for i, name in enumerate(CODES) if name}
-FAILED_CODES = frozenset(
-    {"image_not_found", "image_unreadable", "image_too_large", "unsupported_image", "generation_failed"}
-)
+IMAGE_CODES = frozenset({"image_not_found", "image_unreadable", "image_too_large", "unsupported_image",
+                         "image_access_denied"})
+FAILED_CODES = IMAGE_CODES | {"generation_failed", "moderated", "insufficient_credits", "budget_exhausted"}
 GEOMETRY_CODES = (
     "canvas_too_small", "canvas_too_large", "out_of_bounds", "no_overlap",
     "reference_too_small", "reference_aspect", "aligned_canvas_too_large",
 )
-IMAGE_CODES = frozenset({"image_not_found", "image_unreadable", "image_too_large", "unsupported_image"})
 
 
 def status_of(code: str | None) -> str:

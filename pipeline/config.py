@@ -63,13 +63,30 @@ def parse_ratio(value: Any) -> Fraction:
     return r
 
 
+class HttpConfig(_Section):
+    """http(s) sources (product feeds, CDNs)."""
+
+    max_connections_per_host: int = Field(8, ge=1, le=256, description="per worker process")
+    timeout_s: float = Field(30.0, gt=0, description="one request, connect + read")
+    max_wait_s: float = Field(120.0, ge=0, description="the most a source waits out 429/503 (Retry-After) and "
+                              "5xx / connection retries, in all")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request (User-Agent, "
+                                    "an API key header...)")
+
+
 class InputConfig(_Section):
     manifest: str = Field(description="manifest file, directory or glob, any fsspec URI")
     format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = Field(
         "auto", description="manifest file format; auto: by extension (.parquet, .csv, .tsv, .jsonl/.ndjson/.json)")
     image_root: Optional[str] = Field(None, description="prefix for relative `image` values")
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    header_threads: int = Field(32, ge=1, le=512, description="parallel header reads when sizes are unknown")
+    header_threads: int = Field(32, ge=1, le=512, description="parallel header reads / HEADs")
+    identity: Literal["auto", "listing", "head"] = Field(
+        "auto", description="how a rerun learns whether sources changed: auto = object-store directories listed "
+        "(1,000 keys a request) when cheaper than a HEAD a row, else a HEAD (stat) a row; listing; head")
+    listing_budget: float = Field(0.25, gt=0, le=10, description="auto: at most this many listing pages per row "
+                                  "looked up before a directory falls back to a HEAD a row")
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
 
 class Defaults(_Section):
@@ -175,8 +192,39 @@ class OptimizeConfig(_Section):
         return [(int(m[1]), int(m[2])) for m in (SHAPE.match(str(s)) for s in self.warmup)]
 
 
+class ApiConfig(_Section):
+    """``model.backend: bfl-api``: the hosted FLUX Outpainting API."""
+
+    endpoint: str = Field("https://api.bfl.ai", description="https://api.bfl.ai, https://api.eu.bfl.ai or "
+                          "https://api.us.bfl.ai")
+    key_env: str = Field("BFL_API_KEY", description="the environment variable holding the API key (only there)")
+    max_active: int = Field(24, ge=1, le=256, description="the account's concurrent-task limit, held across the "
+                            "whole run")
+    safety_tolerance: int = Field(2, ge=0, le=5)
+    max_cost_credits: Optional[float] = Field(None, gt=0, description="stop submitting once the run has spent "
+                                              "this many credits (1 credit = 0.01 USD)")
+    poll_interval_s: float = Field(0.5, gt=0, description="first poll after submitting; backs off from here")
+    poll_max_interval_s: float = Field(1.0, gt=0, description="polls back off to this: a finished task waits at most this long to be seen")
+    task_timeout_s: float = Field(600.0, gt=0, description="a task still Pending after this fails its row "
+                                  "(it stays journaled: a rerun polls it again)")
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_wait_s: float = Field(600.0, ge=0, description="the most a row waits out 429s and unreachable API")
+    upload_format: Literal["png", "jpeg"] = Field("png", description="how the reference is sent")
+    result_format: Literal["png", "jpeg"] = Field("png", description="what the API returns (png: lossless)")
+    retry_ambiguous_submit: bool = Field(False, description="repeat a submission whose answer was lost (5xx, "
+                                         "connection reset): the row may then be charged twice (recorded)")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v):
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
 class ModelConfig(_Section):
-    backend: Literal["classical", "solid", "flux-fill"] = "classical"
+    backend: Literal["classical", "solid", "flux-fill", "bfl-api"] = "classical"
+    api: ApiConfig = Field(default_factory=ApiConfig)
     path: Optional[str] = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
     fill: Optional[Literal["grey", "contrast", "green", "blue", "magenta"]] = None

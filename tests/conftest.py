@@ -16,6 +16,12 @@ import yaml
 
 from pipeline import config as config_mod
 
+# The hosted-API tests' keys, in the environment before the session's Ray starts, so its
+# workers (the API actor) find them there, as a cluster's workers find theirs.
+BFL_KEY_ENV, BFL_WRONG_KEY_ENV = "OUTPAINT_TEST_BFL_KEY", "OUTPAINT_TEST_BFL_WRONG_KEY"
+os.environ.setdefault(BFL_KEY_ENV, "bfl-test-" + os.urandom(8).hex())
+os.environ.setdefault(BFL_WRONG_KEY_ENV, "not-the-key")
+
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, Path]:
@@ -120,6 +126,18 @@ def s3_bucket(s3_server, request):
     fs.invalidate_cache()
     yield fs, name, s3_server["storage_options"]
     fs.rm(name, recursive=True)
+
+
+@pytest.fixture
+def s3_counted(s3_server, s3_bucket):
+    """``s3_bucket`` whose storage options go through a request-counting proxy:
+    (fs, bucket, counted storage_options, proxy)."""
+    from .servers import CountingProxy, counted_options
+
+    fs, bucket, opts = s3_bucket
+    proxy = CountingProxy(s3_server["endpoint"])
+    yield fs, bucket, counted_options(opts, proxy), proxy
+    proxy.close()
 
 
 @pytest.fixture(scope="session")

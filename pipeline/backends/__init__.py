@@ -9,7 +9,8 @@ canvas, same size. Backends never see Arrow or Ray: stages do that.
 
 Holds ``classical`` (CPU default), ``solid`` (plain padding), ``flux`` (FLUX.1 Fill on
 GPU actors) with ``accel`` (its speed settings) and ``testmodel`` (a tiny random-weight
-checkpoint), and ``canvas`` (the reference placed on its canvas, fill colours).
+checkpoint), ``bfl`` (the hosted FLUX Outpainting API), and ``canvas`` (the reference
+placed on its canvas, fill colours).
 
 May import: the top-level shared modules and ``io``. Never ``plan``, ``review`` or ``run``.
 """
@@ -40,10 +41,22 @@ class Job:
     pad_left: int = 0        # fast mode: canvas offset inside the 16-aligned canvas
     pad_top: int = 0
     fill_color: str | None = None   # set by the backend: what the unknown area held
+    key: str | None = None          # the row's request (hash + variant): what a backend journals by
+    row_id: str | None = None
+    info: dict | None = None        # set by the backend: extra metadata of this row (API task id, cost)
 
     def canvas(self, fill=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
         """(canvas H x W x 3 with the reference placed, mask True = to generate)."""
         return compose(self.ref, self.width, self.height, self.x0, self.y0, fill)
+
+
+class RowError(Exception):
+    """A backend's verdict on one row, with the row's code (``generation_failed``,
+    ``moderated``, ``invalid_request``...) and what to record in its metadata."""
+
+    def __init__(self, code: str, message: str, info: dict | None = None):
+        super().__init__(message)
+        self.code, self.message, self.info = code, message, info or {}
 
 
 class Backend(Protocol):
@@ -57,9 +70,15 @@ class Backend(Protocol):
 
 
 def make_backend(model_cfg, prompts: Sequence[str] | None = None, warmup: Sequence[tuple[int, int, str]] = (),
-                 batch_size: int = 1) -> Backend:
-    """``warmup``/``batch_size``: canvases a GPU backend compiles before its first batch."""
+                 batch_size: int = 1, output=None) -> Backend:
+    """``warmup``/``batch_size``: canvases a GPU backend compiles before its first batch;
+    ``output``: the run's output config (the API backend journals its tasks there)."""
     name = model_cfg.backend
+    if name == "bfl-api":
+        from .bfl import BflApiBackend, Journal
+
+        journal = Journal(output.uri, output.storage_options) if output is not None else None
+        return BflApiBackend(model_cfg, journal=journal)
     if name == "solid":
         from .solid import SolidBackend
 
@@ -75,9 +94,13 @@ def make_backend(model_cfg, prompts: Sequence[str] | None = None, warmup: Sequen
     raise ValueError(f"unknown model.backend {name!r}")
 
 
+ACTOR_BACKENDS = ("flux-fill", "bfl-api")
+
+
 def needs_actor(model_cfg) -> bool:
-    """Without building the backend (the driver must not load weights)."""
-    return model_cfg.backend == "flux-fill"
+    """Without building the backend (the driver must not load weights): flux-fill's
+    weights; bfl-api's one conversation with the API (the global task limit)."""
+    return model_cfg.backend in ACTOR_BACKENDS
 
 
 def keeps_reference(model_cfg) -> bool:

@@ -14,11 +14,12 @@ workers read their slice with ``read_slice``.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
@@ -47,6 +48,7 @@ COLUMNS: dict[str, str] = {
     "num_variants": "int",
     "image_width": "int",
     "image_height": "int",
+    "image_version": "string: the source's version as the catalogue knows it (ETag, updated_at)",
 }
 
 # Common names from other tools -> what to use instead.
@@ -112,7 +114,7 @@ EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "t
               ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 # Text formats infer types per file; these columns are strings whatever they look like
 # (an id "00123" stays "00123", a ratio "1.5" is parsed by the planner like "3:2").
-TEXT_COLUMNS = ("id", "image", "aspect_ratio", "anchor", "mode", "output_format", "prompt")
+TEXT_COLUMNS = ("id", "image", "aspect_ratio", "anchor", "mode", "output_format", "prompt", "image_version")
 
 
 def file_format(path: str, cfg: Config) -> str:
@@ -238,11 +240,13 @@ class Slice:
 class ManifestIndex:
     """What the driver keeps of a manifest: its ids (the duplicate rule and the resume
     check need them; ~30 bytes a row in Arrow, the driver's only per-row memory) and
-    the slices workers read. Never the rows themselves."""
+    the slices workers read. Never the rows themselves. ``schemes``: the URI schemes of
+    the sources seen in each file's first rows (what the run must be able to reach)."""
 
     ids: pa.ChunkedArray
     slices: list[Slice]
     schema: pa.Schema
+    schemes: set = field(default_factory=set)
 
     @property
     def rows(self) -> int:
@@ -254,6 +258,7 @@ def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
     slices of about ``slice_rows`` rows (Parquet: whole row groups)."""
     fs, paths = files(cfg)
     ids, slices, schemas = [], [], []
+    schemes: set = set()
     row0 = 0
     for p in paths:
         fmt = file_format(p, cfg)
@@ -267,7 +272,9 @@ def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
                 raise _unreadable(fs, p, fmt, e) from None
             schema = pf.schema_arrow
             check_schema(schema, cfg, uri)
-            col = storage.retry(pf.read, columns=["id"]).column("id")
+            col = storage.retry(_ids, pf, slice_rows, schema.field("id").type)
+            if "image" in schema.names and pf.metadata.num_row_groups:
+                schemes |= _schemes(storage.retry(pf.read_row_group, 0, columns=["image"]).column("image"))
             start, rows = 0, 0
             for g in range(pf.metadata.num_row_groups):
                 rows += pf.metadata.row_group(g).num_rows
@@ -280,6 +287,8 @@ def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
             schema = t.schema
             check_schema(schema, cfg, uri)
             col = t.column("id")
+            if "image" in t.column_names:
+                schemes |= _schemes(t.column("image").slice(0, 1000))
             del t
             if len(col):
                 slices.append(Slice(uri, fmt, 0, -1, row0))
@@ -291,7 +300,39 @@ def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise ConfigError(f"input.manifest: the files' schemas disagree: {e}") from None
     check_schema(schema, cfg, cfg.input.manifest)
-    return ManifestIndex(pa.chunked_array(ids, pa.string()), slices, schema)
+    if cfg.input.image_root:
+        schemes |= _schemes(pa.array([cfg.input.image_root]))
+    return ManifestIndex(pa.chunked_array(ids, pa.string()), slices, schema, schemes)
+
+
+def _ids(pf, batch_rows: int, type_) -> pa.ChunkedArray:
+    """The id column, a row group at a time (the reader's buffers stay one group's)."""
+    return pa.chunked_array([b.column(0) for b in pf.iter_batches(batch_size=batch_rows, columns=["id"],
+                                                                  use_threads=False)], type_)
+
+
+def _schemes(images) -> set:
+    """URI schemes among source values ("" for local paths)."""
+    col = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
+    if pa.types.is_null(col.type):
+        return set()
+    head = pc.extract_regex(col.cast(pa.string()).drop_null(), r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
+    found = {d["scheme"].lower() for d in head.drop_null().to_pylist()}
+    return found | ({""} if head.null_count else set())
+
+
+def check_reachable(index: ManifestIndex) -> None:
+    """Fail at start, in one line, when the sources' scheme needs a package that is missing."""
+    import importlib.util
+
+    needs = {"http": ("urllib3", "urllib3"), "https": ("urllib3", "urllib3"), "s3": ("s3fs", "outpaint[s3]"),
+             "gs": ("gcsfs", "outpaint[gcs]"), "gcs": ("gcsfs", "outpaint[gcs]"), "az": ("adlfs", "outpaint[azure]"),
+             "abfs": ("adlfs", "outpaint[azure]")}
+    for scheme in sorted(index.schemes):
+        module, extra = needs.get(scheme, (None, None))
+        if module and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"the manifest's sources are {scheme}:// URIs, which need the {module} package: "
+                              f"pip install '{extra}'")
 
 
 def read_slice(piece: Slice, cfg: Config, chunk_rows: int = 65_536) -> Iterator[pa.Table]:

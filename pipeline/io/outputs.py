@@ -15,6 +15,7 @@ same ``request_hash`` whose image exists; no separate watermark file.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import time
 import uuid
@@ -26,10 +27,11 @@ import pyarrow.parquet as pq
 
 from .. import codes, storage
 from ..config import ConfigError
-from .done import DoneSet, fingerprints
+from .done import Prior, _sorted_lookup, fingerprints, hash64, key_fingerprints, sorted_keys
 from .imageio import EXTENSIONS
 
 IMAGES, METADATA, TMP = "images", "metadata", "_tmp"
+ROW_GROUP = 65_536  # metadata row groups: what a reader decodes at once (resume, counts, report)
 
 
 _DEDUPE_KEYS = ("id", "error_code", "manifest_row", "completed_at", "run_id")
@@ -74,7 +76,9 @@ class OutputStore:
             raise ConfigError(f"output.uri {self.uri} is not writable: {type(e).__name__}: {e}") from None
 
     def has_outputs(self) -> bool:
-        return bool(self.metadata_files()) or bool(self.existing_images())
+        found: list = []
+        self._list_images(found.append, batch=1, stop_after=1)
+        return bool(self.metadata_files()) or bool(found)
 
     # ---------------------------------------------------------------- images
     def write_image(self, name: str, data: bytes) -> str:
@@ -92,14 +96,6 @@ class OutputStore:
             storage.retry(self.fs.pipe_file, final, data)
         return self.uri_of(IMAGES, name)
 
-    def existing_images(self) -> set[str]:
-        """Names under images/ (one listing, not one request per row)."""
-        try:
-            self.fs.invalidate_cache()
-            return {posixpath.basename(p) for p in self.fs.find(self.path(IMAGES))}
-        except FileNotFoundError:
-            return set()
-
     # ---------------------------------------------------------------- metadata
     def metadata_files(self) -> list[str]:
         try:
@@ -115,10 +111,10 @@ class OutputStore:
             tmp = self.path(TMP, f"part-{shard}.{uuid.uuid4().hex}.parquet")
             self.fs.makedirs(self.path(TMP), exist_ok=True)
             self.fs.makedirs(self.path(METADATA), exist_ok=True)
-            pq.write_table(table, tmp, filesystem=self.fs)
+            pq.write_table(table, tmp, filesystem=self.fs, row_group_size=ROW_GROUP)
             self.fs.mv(tmp, path)
         else:
-            storage.retry(pq.write_table, table, path, filesystem=self.fs)
+            storage.retry(pq.write_table, table, path, filesystem=self.fs, row_group_size=ROW_GROUP)
         return path
 
     def _read_parts(self, files: list[str], columns: list[str] | None = None) -> pa.Table:
@@ -145,15 +141,25 @@ class OutputStore:
         """Rows in every part, from the Parquet footers."""
         return sum(storage.retry(pq.read_metadata, f, filesystem=self.fs).num_rows for f in self.metadata_files())
 
-    def count_rows(self, ids: pa.Array) -> tuple[dict, dict]:
-        """Counts per status and per code of the (compacted) metadata rows of ``ids``,
-        one part at a time: memory is one part's key columns, not the catalogue's."""
+    def count_rows(self, ids) -> tuple[dict, dict]:
+        """Counts per status and per code of the (compacted) metadata rows of ``ids``
+        (strings, or their ``sorted_keys``), a row group at a time, matched by fingerprint."""
         by_status: dict[str, int] = {}
         by_code: dict[str, int] = {}
-        for f in self.metadata_files():
-            t = storage.retry(pq.read_table, f, filesystem=self.fs, columns=["id", "status", "error_code"])
-            codes.add_counts(by_status, by_code, t.filter(pc.is_in(t.column("id"), value_set=ids)))
+        mhi, mlo = ids if isinstance(ids, tuple) else sorted_keys(ids)
+        for t in self._metadata_batches(self.metadata_files(), ("id", "status", "error_code")):
+            member = _sorted_lookup(mhi, mlo, *key_fingerprints(t.column("id"))) >= 0
+            codes.add_counts(by_status, by_code, t.filter(pa.array(member)))
         return by_status, by_code
+
+    def _metadata_batches(self, files: list[str], columns, rows: int = 16_384):
+        """The metadata parts' ``columns`` (those present), in record batches."""
+        for f in files:
+            pf = storage.retry(pq.ParquetFile, f, filesystem=self.fs, pre_buffer=False)
+            cols = [c for c in columns if c in pf.schema_arrow.names]
+            for g in range(pf.metadata.num_row_groups):  # one row group decoded at a time, no read-ahead
+                for batch in pf.iter_batches(batch_size=rows, columns=cols, row_groups=[g], use_threads=False):
+                    yield pa.Table.from_batches([batch])
 
     def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:
         """All parts, latest row per id (by ``completed_at``); None when there are none."""
@@ -240,47 +246,168 @@ class OutputStore:
             except FileNotFoundError:
                 pass
 
-    def done_set(self, ids: pa.Array | None = None, probe_limit: int = 10_000) -> DoneSet:
-        """Fingerprints of the rows already ok whose images exist: skipped on resume."""
-        done = self.done_rows(ids, probe_limit)
-        hi, lo, valid = fingerprints(done.column("request_hash"))
-        return DoneSet(hi[valid], lo[valid])
+    def prior(self, ids=None) -> tuple[Prior, dict]:
+        """What earlier runs left for the manifest's ``ids`` (strings, or their
+        ``sorted_keys``): a ``Prior`` of the rows whose
+        latest metadata is ``ok`` and whose every output image exists (their request-hash
+        fingerprints and source sizes), and how it was checked.
 
-    def done_rows(self, ids: pa.Array | None = None, probe_limit: int = 10_000) -> pa.Table:
-        """``id``, ``request_hash`` of rows already ok whose image exists.
-
-        ``ids``: the manifest's; only those rows are checked. Up to ``probe_limit``
-        images are checked one by one (a daily manifest of new rows checks none); more
-        than that, one listing of images/ is cheaper than a request each.
-        """
-        none = pa.table({"id": pa.array([], pa.string()), "request_hash": pa.array([], pa.string())})
-        prev = self.read_metadata(["id", "status", "request_hash", "output_uri", "output_uris"])
-        if prev is None or "request_hash" not in prev.column_names:
-            return none
-        ok = prev.filter(pc.and_(pc.equal(prev.column("status"), "ok"), pc.is_valid(prev.column("request_hash"))))
-        if ids is not None:
-            ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-            ok = ok.filter(pc.is_in(ok.column("id"), value_set=ids.cast(pa.string())))
-        if ok.num_rows == 0:
-            return none
-        # every output of the row must exist: columnar over (row, uri) pairs
-        one = pa.ListArray.from_arrays(pa.array(np.arange(ok.num_rows + 1, dtype=np.int32)),
-                                       ok.column("output_uri").combine_chunks())
-        many = ok.column("output_uris").combine_chunks() if "output_uris" in ok.column_names else one
-        uris = pc.if_else(pc.is_valid(many), many, one)
-        flat = pc.list_flatten(uris)
-        parent = pc.list_parent_indices(uris).to_numpy()
-        base = pc.replace_substring_regex(flat, r"^.*/", "")
-        # a local listing costs ~1 µs a name, a stat ~50: list beyond a thousand
-        if len(base) <= (min(probe_limit, 1000) if self.local else probe_limit):
-            present = pa.array(self._exist(base.to_pylist()), pa.bool_())
+        Catalogue-sized: metadata parts are read one at a time, and only fixed-width
+        arrays of the manifest's rows are kept (~60 bytes a row while checking, 40 after).
+        Whether the images exist is learnt the cheaper way: one listing of images/ (1,000
+        names a request; its names hashed as they stream in), or a request per image when
+        there are fewer images to check than listing pages."""
+        files = self.metadata_files()
+        if not files:
+            return Prior.empty(), {"checked": 0}
+        manifest = None if ids is None else (ids if isinstance(ids, tuple) else sorted_keys(ids))
+        # which way to check the images, decided up front from the footers: one listing
+        # (a request per 1,000 images) or a request per image of this manifest
+        total = sum(storage.retry(pq.read_metadata, f, filesystem=self.fs).num_rows for f in files)
+        wanted = len(manifest[0]) if manifest is not None else total
+        listed = self.listed_name_hashes() if wanted > (1000 if self.local else total / 1000) else None
+        cols = ("id", "status", "error_code", "request_hash", "output_uri", "output_uris", "completed_at",
+                "source_width", "source_height")
+        # parts of more than one run (a crash before compaction) may hold an id twice: the
+        # latest row decides; one run's parts (a first run, a compaction) hold each id once
+        dedupe = len({_run_of(f) for f in files}) > 1
+        fields: dict[str, list[np.ndarray]] = {k: [] for k in ("id_hi", "id_lo", "ok", "hash_hi", "hash_lo", "w",
+                                                               "h") + (("when",) if dedupe else ())}
+        texts: list[pa.Array] = []      # a request per image: the names of the manifest's ok rows
+        text_rows: list[np.ndarray] = []
+        rows_before = 0
+        for t in self._metadata_batches(files, cols):  # row groups: bounded memory whatever a part's size
+            if "error_code" in t.column_names:  # duplicate_id rows are rejected rows of their own
+                t = t.filter(pc.invert(pc.fill_null(pc.equal(t.column("error_code"), "duplicate_id"), False)))
+            hi, lo = key_fingerprints(t.column("id"))
+            member = np.ones(t.num_rows, bool) if manifest is None else _sorted_lookup(*manifest, hi, lo) >= 0
+            ok = member & (np.asarray(pc.fill_null(pc.equal(t.column("status"), "ok"), False))
+                           if "status" in t.column_names else False)
+            hh, hl, valid = fingerprints(t.column("request_hash")) if "request_hash" in t.column_names else \
+                (np.zeros(t.num_rows, np.uint64),) * 2 + (np.zeros(t.num_rows, bool),)
+            names, parent = _output_names(t, ok & valid)
+            if listed is not None:  # every output of the row among the listed names
+                missing = ~_in_sorted(listed, hash64(names))
+                ok &= np.bincount(parent[missing], minlength=t.num_rows) == 0
+                ok &= np.bincount(parent, minlength=t.num_rows) > 0
+            idx = np.flatnonzero(member)
+            if listed is None:
+                remap = np.full(t.num_rows, -1, np.int64)
+                remap[idx] = np.arange(len(idx)) + rows_before
+                texts.append(names)
+                text_rows.append(remap[parent])
+            for k, v in (("id_hi", hi), ("id_lo", lo), ("ok", ok & valid), ("hash_hi", hh), ("hash_lo", hl),
+                         ("w", _int32(t, "source_width")), ("h", _int32(t, "source_height"))):
+                fields[k].append(v[idx])
+            if dedupe:
+                fields["when"].append(t.column("completed_at").to_numpy(zero_copy_only=False).astype(np.float64)[idx]
+                                      if "completed_at" in t.column_names else np.zeros(len(idx)))
+            rows_before += len(idx)
+            del t, names, hi, lo, hh, hl
+        del manifest
+        cat = {}
+        for k in list(fields):  # one field at a time: never the whole table twice
+            cat[k] = np.concatenate(fields.pop(k))
+        # the latest row per id decides (a later failure keeps the image; a later other
+        # request replaced it)
+        n = len(cat["id_hi"])
+        done = cat.pop("ok")
+        if n and dedupe:
+            order = np.lexsort((cat.pop("when"), cat["id_lo"], cat["id_hi"]))
+            same = np.ones(n - 1, bool)
+            for k in ("id_hi", "id_lo"):  # one sorted copy at a time
+                v = cat[k][order]
+                same &= v[1:] == v[:-1]
+                del v
+            done[order[:-1][same]] = False
+            del same, order
+        checked = int(done.sum())
+        if listed is None:
+            names = pa.concat_arrays(texts) if texts else pa.array([], pa.string())
+            rows = np.concatenate(text_rows) if text_rows else np.zeros(0, np.int64)
+            want = done[rows] if len(rows) else np.zeros(0, bool)
+            present = np.asarray(self._exist(names.filter(pa.array(want)).to_pylist()), bool)
+            rows = rows[want]
+            done &= np.bincount(rows[~present], minlength=n) == 0
+            done &= np.bincount(rows, minlength=n) > 0
+            how = f"{int(want.sum()):,} images checked one request each"
         else:
-            names = pa.array(sorted(self.existing_images()), pa.string())
-            present = pc.fill_null(pc.is_in(base, value_set=names), False)
-        missing = np.bincount(parent[~np.asarray(present)], minlength=ok.num_rows)
-        has_any = np.bincount(parent[np.asarray(pc.is_valid(flat))], minlength=ok.num_rows) > 0
-        ok = ok.filter(pa.array((missing == 0) & has_any))
-        return ok.select(["id", "request_hash"])
+            how = f"images/ listed ({len(listed):,} names, ~{max(1, -(-len(listed) // 1000)):,} requests)"
+        del listed
+        for k in list(cat):  # keep the done rows only, a field at a time
+            cat[k] = cat[k][done]
+        prior = Prior.from_fields(cat)
+        return prior, {"checked": checked, "done": len(prior), "existence": how}
+
+    def share_prior(self, prior: Prior, run_id: str) -> str:
+        """Write a ``Prior`` where a run's workers read it (``_tmp/``, streamed: the driver
+        then drops its copy instead of holding a second one in Ray's object store)."""
+        path = self.path(TMP, f"prior-{run_id}.npy")
+        if self.local:
+            self.fs.makedirs(self.path(TMP), exist_ok=True)
+        with self.fs.open(path, "wb") as f:
+            prior.save(f)
+        return path
+
+    def read_prior(self, path: str) -> Prior:
+        with self.fs.open(path, "rb") as f:
+            return Prior.load(f)
+
+    def listed_name_hashes(self) -> np.ndarray:
+        """``hash64`` of every name under images/, sorted: one listing, hashed in batches as
+        it streams (8 bytes a name; never a Python set or list of every name)."""
+        chunks: list[np.ndarray] = []
+        self._list_images(lambda names: chunks.append(hash64(pa.array(names, pa.string()))))
+        out = np.concatenate(chunks) if chunks else np.zeros(0, np.uint64)
+        chunks.clear()
+        out.sort()
+        return out
+
+    def _list_images(self, take, batch: int = 10_000, stop_after: int | None = None) -> None:
+        """Hand the names under images/ to ``take`` in batches (object stores: page by page)."""
+        path = self.path(IMAGES)
+        out: list[str] = []
+        seen = 0
+
+        def add(name: str) -> bool:
+            nonlocal out, seen
+            out.append(name)
+            seen += 1
+            if len(out) >= batch:
+                take(out)
+                out = []
+            return stop_after is not None and seen >= stop_after
+
+        if self.local:
+            try:
+                with os.scandir(path) as it:  # the path the storage entry point resolved
+                    for e in it:
+                        if e.is_file() and add(e.name):
+                            break
+            except FileNotFoundError:
+                pass
+        elif hasattr(self.fs, "_iterdir"):  # s3fs: stream the pages
+            from fsspec.asyn import sync
+
+            bucket, key, _ = self.fs.split_path(path)
+
+            async def go():
+                async for obj in self.fs._iterdir(bucket, delimiter="", prefix=key.rstrip("/") + "/",
+                                                  max_items=stop_after):
+                    if obj.get("type") == "file" and add(obj["name"].rsplit("/", 1)[-1]):
+                        return
+
+            storage.retry(sync, self.fs.loop, go)
+        else:
+            try:
+                self.fs.invalidate_cache()
+                for p in self.fs.find(path):
+                    if add(posixpath.basename(p)):
+                        break
+            except FileNotFoundError:
+                pass
+        if out:
+            take(out)
 
     def _exist(self, names: list[str | None], threads: int = 32) -> list[bool]:
         """Whether ``images/{name}`` exists, one request each (on a thread pool for object stores)."""
@@ -293,7 +420,22 @@ class OutputStore:
 
     # ---------------------------------------------------------------- files
     def write_json(self, name: str, obj) -> None:
+        if self.local:
+            self.fs.makedirs(posixpath.dirname(self.path(name)), exist_ok=True)
         storage.retry(self.fs.pipe_file, self.path(name), json.dumps(obj, indent=2, default=str).encode())
+
+    def read_jsons(self, prefix: str) -> list:
+        """Every ``{prefix}*.json`` (one listing), read and then removed."""
+        parent, stem = posixpath.split(self.path(prefix))
+        try:
+            self.fs.invalidate_cache()
+            found = [p for p in self.fs.ls(parent, detail=False) if posixpath.basename(p).startswith(stem)]
+        except FileNotFoundError:
+            return []
+        out = [json.loads(storage.retry(self.fs.cat_file, p)) for p in sorted(found)]
+        for p in found:
+            self.fs.rm_file(p)
+        return out
 
     def read_json(self, name: str):
         with self.fs.open(self.path(name), "rb") as f:
@@ -329,7 +471,7 @@ class _PartWriter:
             return
         if self._writer is None:
             self._open()
-        self._writer.write_table(t)
+        self._writer.write_table(t, row_group_size=ROW_GROUP)
         self._rows += t.num_rows
         if self._rows >= self.part_rows:
             self._finish()
@@ -397,3 +539,40 @@ def latest_per_id(t: pa.Table) -> pa.Table:
             keep = [not dd or runs[i] == newest_run[idl[i]] for i, dd in enumerate(dup)]
             t = t.filter(pa.array(keep))
     return t
+
+
+def _run_of(part: str) -> str:
+    """The run that wrote a metadata part (``part-{run_id}-...``; run ids have one hyphen)."""
+    name = posixpath.basename(part)[len("part-"):]
+    return "-".join(name.split("-")[:2])
+
+
+def _in_sorted(sorted_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    if not len(sorted_values):
+        return np.zeros(len(values), bool)
+    pos = np.minimum(np.searchsorted(sorted_values, values), len(sorted_values) - 1)
+    return sorted_values[pos] == values
+
+
+def _output_names(t: pa.Table, ok: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Base names of every output of the ok rows (``output_uris``, else ``output_uri``),
+    flattened, with each name's row."""
+    if "output_uri" not in t.column_names or not ok.any():
+        return pa.array([], pa.string()), np.zeros(0, np.int64)
+    one = pa.ListArray.from_arrays(pa.array(np.arange(t.num_rows + 1, dtype=np.int32)),
+                                   t.column("output_uri").combine_chunks())
+    many = t.column("output_uris").combine_chunks() if "output_uris" in t.column_names else one
+    uris = pc.if_else(pc.is_valid(many), many, one)
+    uris = uris.filter(pa.array(ok))
+    rows = np.flatnonzero(ok)
+    flat = pc.list_flatten(uris)
+    parent = rows[pc.list_parent_indices(uris).to_numpy()]
+    valid = np.asarray(pc.is_valid(flat))
+    names = pc.replace_substring_regex(flat.filter(pa.array(valid)), r"^.*/", "")
+    return names, parent[valid]
+
+
+def _int32(t: pa.Table, name: str) -> np.ndarray:
+    if name not in t.column_names:
+        return np.zeros(t.num_rows, np.int32)
+    return t.column(name).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int32)

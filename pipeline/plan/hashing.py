@@ -12,7 +12,7 @@ import pyarrow as pa
 from ..config import Config
 
 # Bump when an algorithm's output changes, so resumed runs redo its rows.
-BACKEND_VERSIONS = {"solid": "1", "classical": "3", "flux-fill": "2"}
+BACKEND_VERSIONS = {"solid": "1", "classical": "3", "flux-fill": "2", "bfl-api": "1"}
 
 
 def model_identity(cfg: Config) -> dict:
@@ -22,6 +22,8 @@ def model_identity(cfg: Config) -> dict:
         ident.update(mode=m.solid_mode, color=list(m.solid_color), blur=m.solid_blur)
     elif m.backend == "classical":
         ident.update(grain=m.classical_grain)
+    elif m.backend == "bfl-api":  # what the API is asked (the endpoint is where, not what)
+        ident.update(safety=m.api.safety_tolerance, result=m.api.result_format, upload=m.api.upload_format)
     else:
         ident.update(path=m.path, fill=m.fill, guidance=m.guidance, dtype=m.dtype)
         # the optimisations that change pixels (compile and fused QKV do not, to ~1e-3)
@@ -35,7 +37,11 @@ def model_identity(cfg: Config) -> dict:
 
 
 def model_name(cfg: Config) -> str:
-    return cfg.model.backend if cfg.model.backend != "flux-fill" else f"flux-fill:{cfg.model.path}"
+    if cfg.model.backend == "flux-fill":
+        return f"flux-fill:{cfg.model.path}"
+    if cfg.model.backend == "bfl-api":
+        return f"bfl-api:{cfg.model.api.endpoint}"
+    return cfg.model.backend
 
 
 # Output settings that came after outputs already existed: in the hash only when set
@@ -54,7 +60,7 @@ def run_constant(cfg: Config) -> str:
     return json.dumps(const, sort_keys=True)
 
 
-_ROW_FIELDS = ("id", "canvas_width", "canvas_height", "scale", "offset_x", "offset_y", "visible_x0", "visible_y0",
+HASHED_FIELDS = ("id", "canvas_width", "canvas_height", "scale", "offset_x", "offset_y", "visible_x0", "visible_y0",
                "visible_x1", "visible_y1", "mode", "steps", "seed", "num_variants", "prompt", "output_format")
 
 
@@ -70,8 +76,8 @@ def request_hashes(plan: pa.Table, identity: np.ndarray, cfg: Config) -> pa.Arra
     has = np.flatnonzero(np.asarray(identity, dtype=object) != None)  # noqa: E711 - elementwise
     out = np.full(len(identity), None, dtype=object)
     if len(has):
-        sub = plan.select(list(_ROW_FIELDS)).take(pa.array(has))
-        cols = [sub.column(c).to_pylist() for c in _ROW_FIELDS]
+        sub = plan.select(list(HASHED_FIELDS)).take(pa.array(has))
+        cols = [sub.column(c).to_pylist() for c in HASHED_FIELDS]
         for j, i in enumerate(has):
             key = json.dumps([const, identity[i], *[c[j] for c in cols]], separators=(",", ":"))
             out[i] = hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import ANCHORS, Config, parse_ratio
+from ..io.done import FNV_OFFSET, FNV_PRIME, M64, hash64, splitmix64
 from .geometry import ANCHOR_AXES
 
 MODES = ("high", "fast")
@@ -149,57 +150,22 @@ def enum_column(arr: pa.Array, allowed: tuple[str, ...], aliases: dict | None = 
 
 # ---------------------------------------------------------------- seeds
 
-_M64 = (1 << 64) - 1
-_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
 def derive_seed(run_seed: int, row_id: str) -> int:
     """Stable 63-bit seed from (run seed, id): splitmix64(FNV-1a(id) ^ splitmix64(run seed)).
 
     The same row gets the same seed in any batch, on any machine, in any run with the
     same run seed. ``derive_seeds`` computes the same thing over a whole column.
     """
-    h = _FNV_OFFSET
+    h = FNV_OFFSET
     for byte in row_id.encode("utf-8"):
-        h = ((h ^ byte) * _FNV_PRIME) & _M64
-    return _splitmix64(h ^ _splitmix64(run_seed & _M64)) & ((1 << 63) - 1)
-
-
-def _splitmix64_np(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+        h = ((h ^ byte) * FNV_PRIME) & M64
+    return splitmix64(h ^ splitmix64(run_seed & M64)) & ((1 << 63) - 1)
 
 
 def derive_seeds(run_seed: int, ids: pa.StringArray) -> np.ndarray:
-    """``derive_seed`` over a string column: FNV-1a stepped over byte positions, so the
-    cost is (longest id) NumPy passes, not one Python call per row."""
-    n = len(ids)
-    if n == 0:
-        return np.zeros(0, np.int64)
-    ids = ids.fill_null("")
-    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset: ids.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if ids.buffers()[2] is not None else np.zeros(1, np.uint8)
-    lengths = np.diff(offsets)
-    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    prime = np.uint64(_FNV_PRIME)
-    with np.errstate(over="ignore"):
-        for pos in range(int(lengths.max(initial=0))):
-            live = np.flatnonzero(lengths > pos)
-            if len(live) == n:
-                h = (h ^ data[offsets[:-1] + pos]) * prime
-            else:
-                h[live] = (h[live] ^ data[offsets[live] + pos]) * prime
-        out = _splitmix64_np(h ^ np.uint64(_splitmix64(run_seed & _M64)))
-    return (out & np.uint64((1 << 63) - 1)).astype(np.int64)
+    """``derive_seed`` over a string column (``io.done.hash64``: FNV-1a stepped over byte
+    positions, so the cost is (longest id) NumPy passes, not one Python call per row)."""
+    return (hash64(ids, run_seed) & np.uint64((1 << 63) - 1)).astype(np.int64)
 
 
 # ---------------------------------------------------------------- requests

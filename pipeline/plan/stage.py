@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 from .. import codes
 from ..codes import CODE
 from ..config import Config
-from ..io import headers
+from ..io import headers, sources
+from ..io.done import Prior, key_fingerprints
 from ..io.manifest import ROW_INDEX
 from ..parallel import map_chunks
 from .flops import FLUX1_CONFIG, transformer_flops
@@ -72,21 +73,62 @@ def plan_grid(cfg: Config) -> int:
 
 
 def duplicate_first_rows(ids, rows) -> dict[str, int]:
-    """Ids that occur more than once -> the manifest row of their first occurrence."""
-    arr = pa.array(list(ids) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids, pa.string())
-    enc = arr.dictionary_encode() if isinstance(arr, pa.Array) else arr.combine_chunks().dictionary_encode()
-    idx = enc.indices.to_numpy(zero_copy_only=False)
-    counts = np.bincount(idx, minlength=len(enc.dictionary))
-    dup_codes = np.flatnonzero(counts > 1)
-    if not len(dup_codes):
+    """Ids that occur more than once -> the manifest row of their first occurrence. By
+    128-bit fingerprints sorted with the rows (fixed-width arrays, ~40 bytes a row while
+    it runs); only the duplicated ids become Python strings."""
+    arr = pa.array(list(ids), pa.string()) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
+    n = len(arr)
+    if n < 2:
         return {}
-    rows = np.asarray(rows)
-    sel = np.isin(idx, dup_codes)
-    first: dict[str, int] = {}
-    names = enc.dictionary.to_pylist()
-    for c, r in sorted(zip(idx[sel].tolist(), rows[sel].tolist()), key=lambda t: (t[0], t[1])):
-        first.setdefault(names[c], r)
-    return first
+    rows = np.asarray(rows, dtype=np.int64)
+    hi, lo = key_fingerprints(arr)
+    order = np.lexsort((rows, lo, hi))  # by id, then manifest row: a group's first is its earliest
+    same = np.ones(n - 1, bool)
+    for key in (hi, lo):
+        v = key[order]
+        same &= v[1:] == v[:-1]
+        del v
+    del hi, lo
+    if not same.any():
+        return {}
+    starts = np.flatnonzero(np.r_[True, ~same] & (np.r_[same, False] | np.r_[False, same]))
+    at = order[starts]
+    names = arr.take(pa.array(at)).to_pylist()
+    return dict(zip(names, rows[at].tolist()))
+
+
+VERSION_PREFIX = "version="  # the identity of a row with image_version: the catalogue's own word
+REQUEST = "request_json"  # a row's own request (manifest values) for the load stage to plan it once its size is known
+# manifest columns that request_json keeps (inline bytes never travel this way)
+REQUEST_COLUMNS = ("id", "image", "width", "height", "aspect_ratio", "reference_offset_x", "reference_offset_y",
+                   "auto_crop", "anchor", "mode", "output_format", "prompt", "seed", "num_variants", "image_version")
+
+
+def _local(image: pa.Array) -> np.ndarray:
+    """Rows whose source is a local file (a stat or a header read costs no request)."""
+    remote = pc.fill_null(pc.match_substring_regex(image, r"^[a-zA-Z][a-zA-Z0-9+.-]*://"), False)
+    local_uri = pc.fill_null(pc.starts_with(image, "file://"), False)
+    return np.asarray(pc.or_(pc.invert(remote), local_uri).to_numpy(zero_copy_only=False), bool)
+
+
+def _versions(batch: pa.Table):
+    if "image_version" not in batch.column_names:
+        return None
+    col = batch.column("image_version").combine_chunks()
+    return None if pa.types.is_null(col.type) else col.cast(pa.string())
+
+
+def _requests(batch: pa.Table, rows: np.ndarray) -> pa.Array:
+    """JSON of the manifest's request values for ``rows`` (null elsewhere)."""
+    import json
+
+    out = np.full(batch.num_rows, None, dtype=object)
+    idx = np.flatnonzero(rows)
+    if len(idx):
+        cols = [c for c in REQUEST_COLUMNS if c in batch.column_names]
+        sub = batch.select(cols).take(pa.array(idx)).to_pylist()
+        out[idx] = [json.dumps(r, default=str) for r in sub]
+    return pa.array(out, pa.string())
 
 
 class PlanStage:
@@ -95,11 +137,17 @@ class PlanStage:
     ``duplicates`` maps each id that occurs more than once in the whole manifest to
     the row of its first occurrence (``duplicate_first_rows``): duplicates are a
     property of the whole manifest, so they are found once, before batching.
-    ``identify=True`` (runs, not dry runs) also fetches each source's identity
-    (size + ETag/mtime, or a digest of inline bytes) and adds ``request_hash``.
+    ``identify=True`` (runs, not dry runs) also learns each source's identity (size +
+    ETag/mtime, a digest of inline bytes, or the manifest's ``image_version``) and adds
+    ``source_identity`` and ``request_hash``, at the fewest requests: ``prior`` (what
+    earlier runs left for these ids) gives sizes the manifest lacks, and only sources
+    that may be done already are looked up remotely (listings where cheaper, else a HEAD
+    each). A remote source whose size is still unknown is planned by the load stage,
+    from the one GET that loads it (``REQUEST`` keeps what it needs).
     """
 
-    def __init__(self, cfg: Config, duplicates: dict[str, int] | None = None, identify: bool = False):
+    def __init__(self, cfg: Config, duplicates: dict[str, int] | None = None, identify: bool = False,
+                 prior: Prior | None = None):
         self.cfg = cfg
         self.duplicates = duplicates or {}
         self.identify = identify
@@ -113,6 +161,9 @@ class PlanStage:
         self.limits = headers.SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
         self.passthrough = list(cfg.output.passthrough_columns)
         self._dup_keys = pa.array(list(self.duplicates), pa.string())
+        self.prior = prior if prior is not None else Prior.empty()
+        self.stats = {"deferred": 0, "sizes_from_prior": 0, "version": 0}
+        self.identity_stats = sources.IdentityStats()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if isinstance(batch, dict):  # Ray may hand a dict of columns
@@ -148,12 +199,36 @@ class PlanStage:
                             f"over limits.max_source_pixels = {self.limits.max_source_pixels:,}")
         usable = (request_code == 0) & (id_code == 0) & (image_code == 0)
         identity = np.full(n, None, dtype=object)
-        # sizes unknown: read headers (which also give the source's identity)
-        self._probe(batch, req, usable & ~req.has_src, True, src_w, src_h, image_code, image_msg, identity)
+        deferred = np.zeros(n, bool)
+        from_prior = np.zeros(n, bool)
+        candidate = np.zeros(n, bool)
+        if self.identify:
+            # a run: sizes from the manifest, else from this id's earlier ok row; a source
+            # that would cost a request is read once, when the load stage GETs it
+            at = self.prior.find(req.ids) if len(self.prior) else np.full(n, -1, np.int64)
+            candidate = at >= 0  # done before: worth learning whether its source changed
+            pw, ph = self.prior.sizes(at)
+            from_prior = usable & ~req.has_src & (pw > 0) & (ph > 0)
+            src_w, src_h = np.where(from_prior, pw, src_w), np.where(from_prior, ph, src_h)
+            remote = ~req.has_bytes & ~_local(req.image)
+            deferred = usable & ~req.has_src & ~from_prior & remote
+            self.stats["deferred"] += int(deferred.sum())
+            self.stats["sizes_from_prior"] += int(from_prior.sum())
+            version = _versions(batch)
+            if version is not None:  # the catalogue's own version of the source: no request at all
+                has_v = np.asarray(pc.is_valid(version).to_numpy(zero_copy_only=False), bool) & ~req.has_bytes
+                identity[has_v] = np.asarray(pc.binary_join_element_wise(VERSION_PREFIX, version, "").to_pylist(),
+                                             dtype=object)[has_v]
+                self.stats["version"] += int((has_v & usable).sum())
+        # sizes unknown (dry runs; local files and inline bytes in runs): read headers,
+        # which also give the source's identity
+        self._probe(batch, req, usable & ~req.has_src & ~from_prior & ~deferred, True, src_w, src_h, image_code,
+                    image_msg, identity)
 
         def geometry():
-            return plan_geometry(GeometryInput(
-                src_w=src_w, src_h=src_h, width=req.width, height=req.height,
+            g = plan_geometry(GeometryInput(
+                src_w=np.where(deferred, 1, src_w), src_h=np.where(deferred, 1, src_h),
+                width=req.width, height=req.height,
                 has_width=req.has_width, has_height=req.has_height,
                 ratio_num=req.ratio_num, ratio_den=req.ratio_den, has_ratio=req.has_ratio,
                 offset_x=req.offset_x, offset_y=req.offset_y,
@@ -161,17 +236,43 @@ class PlanStage:
                 anchor_h=req.anchor_h, anchor_v=req.anchor_v, auto_crop=req.auto_crop, fast=req.fast,
                 request_code=request_code, id_code=id_code, image_code=image_code,
             ), self.rules)
+            if deferred.any():  # geometry waits for the source's size (the load stage plans it)
+                later = deferred & np.isin(g["code"], [0] + [CODE[c] for c in codes.GEOMETRY_CODES])
+                g["code"] = np.where(later, 0, g["code"]).astype(np.int16)
+                g["geometry_valid"] = g["geometry_valid"] & ~later
+                g["generated"] = g["generated"] | later
+            return g
 
         out = geometry()
         if self.identify:
-            # runs: the identity of rows that passed (size + ETag/mtime, a digest of inline
-            # bytes); rejected rows never touch their image
-            need = (out["code"] == 0) & (identity == None)  # noqa: E711 - elementwise
-            if self._probe(batch, req, need, False, src_w, src_h, image_code, image_msg, identity):
+            # runs: the identity of rows that passed and may be done already (local files,
+            # inline bytes: always, it is cheap); rejected rows never touch their image
+            need = (out["code"] == 0) & (identity == None) & ~deferred  # noqa: E711 - elementwise
+            cheap = need & (req.has_bytes | _local(req.image))
+            vanished = self._probe(batch, req, cheap, False, src_w, src_h, image_code, image_msg, identity)
+            remote = need & ~cheap & candidate
+            if remote.any():
+                todo = np.flatnonzero(remote)
+                ident, errors, st = sources.identities(req.image.take(pa.array(todo)), self.cfg.input,
+                                                       self.cfg.input.header_threads)
+                self.identity_stats.add(st)
+                identity[todo] = ident
+                for j, err in enumerate(errors):
+                    if err is not None:
+                        image_code[todo[j]], image_msg[todo[j]] = CODE[err.code], err.message
+                        vanished = True
+            if vanished:
                 out = geometry()  # an image that vanished: its code comes before geometry
         table = self._table(batch, req, out, rows, src_w, src_h, id_msg, image_msg)
         if self.identify:
-            table = table.append_column("request_hash", request_hashes(table, identity, self.cfg))
+            table = table.append_column("source_identity", pa.array(identity, pa.string()))
+            hashable = np.where(deferred, None, identity)  # no geometry yet: hashed when planned, at load
+            hashes = request_hashes(table, hashable, self.cfg)
+            table = table.append_column("request_hash", hashes)
+            # what the load stage needs to plan a row again: only rows that will reach it
+            # (a done row's sizes came from its own earlier run: it needs nothing)
+            replan = (deferred | (from_prior & ~self.prior.done.contains(hashes))) & (out["code"] == 0)
+            table = table.append_column(REQUEST, _requests(batch, replan))
             if "image_bytes" in batch.column_names:  # the loader needs them
                 table = table.append_column("image_bytes", batch.column("image_bytes").cast(pa.large_binary()))
         return table
@@ -300,6 +401,8 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
         "output_megapixels": round(float((W * H)[ok].sum()) / 1e6, 3),
         "generated": {"high": int((gen & ~fast).sum()), "fast": int((gen & fast).sum())},
         "passthrough_ok": int((ok & ~gen).sum()),
+        # the hosted API: one task per generated row and variant
+        "api_tasks": int(plan.column("num_variants").fill_null(1).to_numpy()[gen].sum()),
         "generated_shapes": len(shapes),
         "top_generated_shapes": dict(sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
         "max_shapes": cfg.model.optimize.max_shapes,
@@ -325,6 +428,9 @@ def format_summary(s: dict) -> str:
                      "To fill the canvas with the photo instead, set sizing.fit: contain and sizing.allow_upscale: "
                      "true (the reference is scaled to sizing.fill_fraction of each side), or ask for a smaller "
                      "canvas; plan.warn_generated_share sets this threshold")
+    if s["backend"] == "bfl-api":
+        lines.append(f"API tasks: {s['api_tasks']:,} (one per generated row and variant; rows needing no generation "
+                     f"cost none), {s['output_megapixels']:,} MP out; the API reports each task's cost in credits")
     if s["backend"] != "flux-fill":  # compiled shapes and GPU time are the diffusion model's
         return "\n".join(lines)
     if s["generated_shapes"]:

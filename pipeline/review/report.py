@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +22,8 @@ import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from .. import codes, storage
-from ..io import color
+from ..config import InputConfig
+from ..io import color, sources
 from ..io.outputs import OutputStore, conform
 from ..plan.rows import derive_seeds
 
@@ -53,14 +55,26 @@ def _thumb(data: bytes) -> str | None:
         return None
 
 
-def _read(uri: str | None, options: dict) -> bytes | None:
+def _read(uri: str | None, input_cfg) -> bytes | None:
+    """One GET (a source over http(s) too), or None: a gap in the page, never a failed report."""
     if not uri:
         return None
     try:
-        fs, path = storage.filesystem(uri, options)
-        return storage.retry(fs.cat_file, path, attempts=3)
+        return sources.read(uri, input_cfg)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _input(options: dict | None, run: dict | None):
+    """Where the sources are read from: the run's own input settings (http ones too)."""
+    section = dict(((run or {}).get("config") or {}).get("input") or {})
+    section.update(manifest=section.get("manifest") or "-")
+    if options is not None:
+        section["storage_options"] = options
+    try:
+        return InputConfig.model_validate(section)
+    except Exception:  # noqa: BLE001 - an older run.json: its storage options are enough
+        return InputConfig(manifest="-", storage_options=options or section.get("storage_options") or {})
 
 
 def summarise(meta: pa.Table) -> dict:
@@ -85,7 +99,7 @@ SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("output_uri", 
                     ("source_width", pa.int64()), ("source_height", pa.int64()),
                     ("offset_x", pa.int64()), ("offset_y", pa.int64()),
                     ("visible_x0", pa.int64()), ("visible_y0", pa.int64()),
-                    ("visible_x1", pa.int64()), ("visible_y1", pa.int64())])
+                    ("visible_x1", pa.int64()), ("visible_y1", pa.int64()), ("request_hash", pa.string())])
 TABLE_ROWS = 5000  # the metrics table: the rows farthest from natural first, at most this many
 
 
@@ -124,10 +138,18 @@ def _full_link(store: OutputStore, uri: str | None) -> str:
 BEFORE_PX = 1600  # the enlarge view's "before" layer: the visible reference at display size, at most this
 
 
-def _before_file(store: OutputStore, r: dict, source: bytes) -> str | None:
+def _before_name(r: dict) -> str:
+    """Named by the row's request: an unchanged row keeps its file across rebuilds."""
+    return f"{REPORT_FILES}/before-{r['id']}-{(r.get('request_hash') or 'x')[:12]}.jpg"
+
+
+def _before_file(store: OutputStore, r: dict, source: bytes, existing: set[str]) -> str | None:
     """The enlarge view's "before": the source as displayed (sRGB), scaled and cropped as
     planned, written beside the page (report_files/) and loaded only when a row is opened.
     Returns its link relative to report.html."""
+    name = _before_name(r)
+    if name in existing:
+        return name
     if not source:
         return None
     try:
@@ -139,7 +161,6 @@ def _before_file(store: OutputStore, r: dict, source: bytes) -> str | None:
         ox, oy = (r.get("offset_x") or 0) * k, (r.get("offset_y") or 0) * k
         box = [round(r[c] * k - o) for c, o in (("visible_x0", ox), ("visible_y0", oy), ("visible_x1", ox),
                                                 ("visible_y1", oy))]
-        name = f"{REPORT_FILES}/before-{r['id']}.jpg"
         storage.retry(store.fs.pipe_file, store.path(name), _jpeg(im.crop(tuple(box)), 88))
         return name
     except Exception:  # noqa: BLE001 - no slider for this row rather than no report
@@ -157,16 +178,28 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
         run = store.read_json("run.json")
     except Exception:  # noqa: BLE001 - a report without run.json still works
         pass
-    src_opts = source_options if source_options is not None else (
-        (run or {}).get("config", {}).get("input", {}).get("storage_options", {}))
+    src_input = _input(source_options, run)
+    out_input = InputConfig(manifest="-", storage_options=store.options)
     esc = html.escape
+    try:
+        store.fs.invalidate_cache()
+        existing = {f"{REPORT_FILES}/{posixpath.basename(p)}" for p in
+                    store.fs.ls(store.path(REPORT_FILES), detail=False)}
+    except (FileNotFoundError, OSError):
+        existing = set()
+    images: dict = {}  # a row shown twice (sample and worst) is read once
+
+    def thumbs(r: dict) -> tuple[str | None, str | None, bytes]:
+        key = r["id"]
+        if key not in images:
+            source = _read(r.get("image"), src_input) or b""
+            images[key] = (_thumb(source), _thumb(_read(r.get("output_uri"), out_input) or b""), source)
+        return images[key]
 
     def card(r: dict, note: str = "") -> str:
         W, H = r["canvas_width"], r["canvas_height"]
         k = THUMB / max(W, H)  # one scale for both images: the after's longer side is THUMB px
-        source = _read(r.get("image"), src_opts) or b""
-        before = _thumb(source)
-        after = _thumb(_read(r.get("output_uri"), store.options) or b"")
+        before, after, source = thumbs(r)
         sw, sh = r.get("source_width") or 0, r.get("source_height") or 0
         bw, bh = max(1, round(sw * (r.get("scale") or 1) * k)), max(1, round(sh * (r.get("scale") or 1) * k))
         figs = []
@@ -177,7 +210,7 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
             x0, y0, x1, y1 = (r.get(c) or 0 for c in ("visible_x0", "visible_y0", "visible_x1", "visible_y1"))
             pos = (f"left:{100 * x0 / W:.2f}%;top:{100 * y0 / H:.2f}%;width:{100 * (x1 - x0) / W:.2f}%;"
                    f"height:{100 * (y1 - y0) / H:.2f}%")
-            slider = _before_file(store, r, source)
+            slider = _before_file(store, r, source, existing)
             figs.append(f'<figure><a class="zoom" href="{esc(_full_link(store, r.get("output_uri")))}" '
                         f'data-id="{esc(r["id"])}" data-before="{esc(slider or "")}" data-box="{pos}">'
                         f'<span class="frame"><img src="{after}" width="{round(W * k)}" height="{round(H * k)}" '
@@ -198,8 +231,10 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
     leaks = _rows(meta, pc.fill_null(meta.column("fill_leak_flag"), False), limit=200)
     picked = _pick_sample(meta, sample)
     store.fs.makedirs(store.path(REPORT_FILES), exist_ok=True)
-    # thumbnails are I/O and decoding: build the cards on a few threads
+    # thumbnails are I/O and decoding: read each shown row once, on a few threads
+    shown = {r["id"]: r for r in picked + seamed + leaks}
     with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(thumbs, shown.values()))
         gallery = "".join(pool.map(card, picked))
         worst_html = "".join(pool.map(card, seamed))
         leak_html = "".join(pool.map(lambda r: card(r, f' · fill {r.get("fill_color")} left in '

@@ -34,10 +34,11 @@ from .. import codes, storage
 from ..backends import needs_actor
 from ..config import Config, ConfigError, dump
 from ..io import manifest
+from ..io.done import sorted_keys
 from ..io.outputs import OutputStore, new_run_id
 from ..plan.stage import duplicate_first_rows
 from .stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
-from .triage import TriageStage, slices_table
+from .triage import TRIAGE_STATS, TriageCounts, TriageStage, slices_table
 
 log = logging.getLogger("outpaint")
 MODEL_ACTOR_ENV = {"OUTPAINT_MODEL_ACTOR": "1", "DIFFUSERS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error",
@@ -133,6 +134,8 @@ class Tally:
     megapixels: float = 0.0
     images: int = 0
     actors: dict = field(default_factory=dict)  # model actor -> (loop s, wall s), latest
+    api: dict | None = None  # bfl-api: tasks, outcomes, credits (this run's rows)
+    api_done: list = field(default_factory=list)  # bfl-api: requests whose task ended (journal clean-up)
 
     def busy(self) -> dict | None:
         """Denoising-loop time over actor time, per model actor and overall (None: no GPU backend)."""
@@ -154,12 +157,31 @@ class Tally:
         self.images += pc.sum(written.cast(pa.int64())).as_py() or 0
         self.megapixels += (pc.sum(pc.filter(area, written)).as_py() or 0.0) / 1e6
         self.done += batch.num_rows
+        if self.api is not None and "api_task_id" in batch.column_names:
+            self.add_api(batch)
         if "model_actor" in batch.column_names:  # GPU backends only: the rows a model generated
             gen = batch.filter(pc.is_valid(batch.column("model_actor")))
             for a, lp, wl in zip(*(gen.column(c).to_pylist() for c in ("model_actor", "model_loop_s",
                                                                         "model_wall_s"))):
                 if wl >= self.actors.get(a, (0.0, -1.0))[1]:
                     self.actors[a] = (lp, wl)
+
+    def add_api(self, batch: pa.Table) -> None:
+        a = self.api
+        task = pc.is_valid(batch.column("api_task_id"))
+        ok = pc.fill_null(pc.equal(batch.column("status"), codes.OK), False)
+        code = batch.column("error_code")
+        a["submitted"] += pc.sum(task.cast(pa.int64())).as_py() or 0
+        a["ready"] += pc.sum(pc.and_(task, ok).cast(pa.int64())).as_py() or 0
+        for name, key in (("moderated", "moderated"), ("generation_failed", "errors")):
+            a[key] += pc.sum(pc.fill_null(pc.equal(code, name), False).cast(pa.int64())).as_py() or 0
+        a["cost_credits"] = round(a["cost_credits"] + (pc.sum(pc.filter(batch.column("cost_credits"), ok)).as_py()
+                                                       or 0.0), 4)
+        active = batch.column("api_active").drop_null()
+        if len(active):
+            a["active"] = active[-1].as_py()
+        ended = pc.or_(ok, pc.fill_null(pc.is_in(code, value_set=pa.array(["moderated", "invalid_request"])), False))
+        self.api_done += [h for h in pc.filter(batch.column("request_hash"), ended).to_pylist() if h]
 
     def line(self) -> str:
         el = max(time.time() - self.started, 1e-9)
@@ -170,6 +192,10 @@ class Tally:
         parts += [f"{k} {v:,}" for k, v in sorted(self.by_status.items())]
         if self.skipped:
             parts.append(f"skipped {self.skipped:,}")
+        if self.api is not None:
+            a = self.api
+            parts.append(f"API: {a['active']} active, {a['ready']:,} ready, {a['moderated']:,} moderated, "
+                         f"{a['cost_credits']:,.2f} credits")
         parts += [f"{rate:.2f} rows/s", f"ETA {_fmt_duration(eta) if self.done < self.total else '0m00s'}"]
         return "[outpaint] " + " · ".join(parts)
 
@@ -220,6 +246,10 @@ def actor_pool(ray, cfg: Config, rows_to_generate: int):
     ``actor_concurrency`` calls run at once in each (one in the GPU loop, the next
     preparing), with more batches' inputs already fetched (``actor_tasks_in_flight``)."""
     rt = cfg.runtime
+    if cfg.model.backend == "bfl-api":  # one process owns the API conversation: the account's task limit
+        n = cfg.model.api.max_active + 4  # is held in it; a few more calls wait on a slot, their inputs ready
+        return ray.data.ActorPoolStrategy(size=1, max_concurrent_calls_per_actor=n, enable_true_multi_threading=True,
+                                          max_tasks_in_flight_per_actor=2 * n)
     most = max(1, min(rt.num_actors, math.ceil(rows_to_generate / rt.batch_size)))
     # CUDA graph trees are recorded per thread: one caller thread, or they are recorded twice
     n = 1 if cfg.model.optimize.cuda_graphs else rt.actor_concurrency
@@ -235,6 +265,7 @@ class Work:
 
     def __init__(self, dataset=None, tables: list[pa.Table] | None = None):
         self.dataset, self.tables = dataset, tables or []
+        self.counts = TriageCounts()
         self.rows = dataset.count() if dataset is not None else sum(t.num_rows for t in self.tables)
 
     def to_dataset(self, ray):
@@ -249,21 +280,93 @@ class Work:
         return sum(p["generated"] for p in parts), sorted({q for p in parts for q in p["prompts"]})
 
 
-def triage(cfg: Config, store: OutputStore, run_id: str, index: manifest.ManifestIndex, done) -> Work:
-    """Phase 1: plan and resume-filter every row; the work rows come back."""
-    dups = duplicate_first_rows(index.ids, np.arange(index.rows, dtype=np.int64))
+def triage(cfg: Config, store: OutputStore, run_id: str, index: manifest.ManifestIndex, prior,
+           dups: dict | None = None) -> Work:
+    """Phase 1: plan and resume-filter every row; the work rows come back (with the
+    triage counts: how sources were identified)."""
+    if dups is None:
+        dups = duplicate_first_rows(index.ids, np.arange(index.rows, dtype=np.int64))
     if len(index.slices) <= 1:
         # one slice is one task's worth: run it here, and a run with nothing to do
         # never starts Ray (memory: one slice of at most plan_block_rows rows)
-        stage = TriageStage(cfg, store, run_id, duplicates=dups, done=done, chunk_rows=cfg.runtime.plan_block_rows)
-        return Work(tables=[t for piece in index.slices for t in stage.chunks(piece)])
+        stage = TriageStage(cfg, store, run_id, duplicates=dups, prior=prior, chunk_rows=cfg.runtime.plan_block_rows)
+        work = Work(tables=[t for piece in index.slices for t in stage.chunks(piece)])
+        work.counts = stage.counts
+        return work
+    # once, to every task, through the output store: the driver then drops its copy
+    shared = store.share_prior(prior, run_id) if prior is not None and len(prior) else None
+    prior = None
     ray = ensure_ray(cfg)
-    stage = TriageStage(cfg, store, run_id, duplicates=ray.put(dups) if dups else None,
-                        done=ray.put(done) if done is not None and len(done) else None,
-                        chunk_rows=cfg.runtime.plan_block_rows)
+    stage = TriageStage(cfg, store, run_id, duplicates=ray.put(dups) if dups else None, prior=shared,
+                        chunk_rows=cfg.runtime.plan_block_rows, stats_to_store=True)
     sl = slices_table(index.slices)
     ds = ray.data.from_arrow([sl.slice(i, 1) for i in range(sl.num_rows)])  # one task per slice
-    return Work(dataset=ds.map_batches(stage, batch_format="pyarrow", batch_size=None).materialize())
+    work = Work(dataset=ds.map_batches(stage, batch_format="pyarrow", batch_size=None).materialize())
+    if shared is not None:
+        store.fs.rm_file(shared)
+    for part in store.read_jsons(f"{TRIAGE_STATS}/{run_id}-"):
+        work.counts.add(part)
+    return work
+
+
+def check_api(cfg: Config, out, quiet: bool) -> float | None:
+    """bfl-api: the key from ``model.api.key_env``, checked against GET /v1/credits before any
+    work (exit 2 naming the key's variable, never its value); the balance, printed."""
+    if cfg.model.backend != "bfl-api":
+        return None
+    from ..backends.bfl import ApiClient, ApiError, api_key
+
+    try:
+        balance = ApiClient(cfg.model.api, api_key(cfg.model.api)).credits()
+    except ApiError as e:
+        raise ConfigError(str(e)) from None
+    except ConnectionError as e:
+        raise ConfigError(f"model.api.endpoint: {e}") from None
+    if not quiet:
+        print(f"[outpaint] bfl-api {cfg.model.api.endpoint}: key from {cfg.model.api.key_env} accepted, balance "
+              f"{balance:,.2f} credits; at most {cfg.model.api.max_active} tasks at once"
+              + (f", budget {cfg.model.api.max_cost_credits:g} credits" if cfg.model.api.max_cost_credits else ""),
+              file=out, flush=True)
+    return balance
+
+
+def finish_api(cfg: Config, tally: Tally) -> None:
+    """bfl-api after the image stages: the balance left, and the journal entries of tasks
+    that ended (their rows are written) removed; unfinished ones stay for the next run."""
+    from ..backends.bfl import ApiClient, ApiError, Journal, api_key
+
+    a = tally.api
+    a.pop("active", None)
+    try:
+        a["credits_left"] = ApiClient(cfg.model.api, api_key(cfg.model.api)).credits()
+    except (ApiError, ConnectionError):
+        a["credits_left"] = None
+    journal = Journal(cfg.output.uri, cfg.output.storage_options)
+    a["journal_removed"] = journal.forget(tally.api_done)
+
+
+def identity_line(counts: TriageCounts, prior_info: dict | None, mode: str) -> str | None:
+    """One line: how this run learnt which sources changed and which outputs exist."""
+    st = counts.identity
+    parts = []
+    if st.listed or st.prefixes:
+        parts.append(f"{st.listed:,} sources identified from {st.listing_pages:,} listing requests over "
+                     f"{st.prefixes:,} prefix{'es' if st.prefixes != 1 else ''}")
+    if st.head:
+        how = sorted(v for k, v in st.decisions.items() if k != "listing")
+        parts.append(f"{st.head:,} looked up one by one ({'; '.join(how) or 'HEAD a row'})")
+    if counts.version:
+        parts.append(f"{counts.version:,} by image_version (no request)")
+    if counts.sizes_from_prior:
+        parts.append(f"{counts.sizes_from_prior:,} sizes from earlier runs")
+    if counts.deferred:
+        parts.append(f"{counts.deferred:,} new remote sources read once, when loaded")
+    if prior_info and prior_info.get("existence"):
+        parts.append(f"outputs: {prior_info['existence']}")
+    if not parts:
+        return None
+    why = st.decisions.get("listing")
+    return f"[outpaint] sources ({mode}): " + "; ".join(parts) + (f" — {why}" if why else "")
 
 
 def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
@@ -280,9 +383,12 @@ def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
     ds = ds.map_batches(LoadStage(cfg), **task)
     ds = ds.map_batches(
         OutpaintStage, fn_constructor_args=(cfg, prompts if len(prompts) <= 1024 else None),
-        batch_format="pyarrow", batch_size=cfg.runtime.batch_size,
+        # the API actor runs a call's rows concurrently (each waits on its task): a block a call
+        batch_format="pyarrow", batch_size=None if cfg.model.backend == "bfl-api" else cfg.runtime.batch_size,
         compute=actor_pool(ray, cfg, gen),
-        num_gpus=gpus_per_actor(ray, cfg), num_cpus=cfg.runtime.num_cpus_per_actor,
+        num_gpus=gpus_per_actor(ray, cfg),
+        # the API actor waits on the network: a quarter CPU, the rest to the load and write tasks
+        num_cpus=0.25 if cfg.model.backend == "bfl-api" else cfg.runtime.num_cpus_per_actor,
         # Its own environment (quiet model libraries) also makes the actor's remote args
         # differ from the CPU stages', so Ray never fuses decoding into it, GPU or not.
         runtime_env={"env_vars": MODEL_ACTOR_ENV},
@@ -305,7 +411,9 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     versions = check_versions(out)
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     index = manifest.scan(cfg, cfg.runtime.plan_block_rows)  # schema problems fail before any work
+    manifest.check_reachable(index)
     store.check_writable()
+    api_balance = check_api(cfg, out, quiet)  # bfl-api: a missing or refused key stops here, nothing submitted
     if cfg.output.c2pa is not None:  # a key or certificate problem stops the run here, not row by row
         from ..io.provenance import ContentCredentials
 
@@ -313,27 +421,42 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     if cfg.output.mode == "error_if_exists" and store.has_outputs():
         raise ConfigError(f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
                           "use resume (skip finished rows) or overwrite, or another output.uri")
-    ids = index.ids.combine_chunks()
+    # the duplicate rule needs every id at once: found now, while the driver holds least;
+    # after it, the driver keeps the ids' sorted fingerprints only (16 bytes a row)
+    n_rows = index.rows
+    dups = duplicate_first_rows(index.ids, np.arange(n_rows, dtype=np.int64))
+    ids = sorted_keys(index.ids)
+    index.ids = None
     # metadata from earlier runs: then compaction must pick the latest row per id
     earlier = bool(store.metadata_files())
-    done = store.done_set(ids) if cfg.output.mode == "resume" and earlier else None
+    prior, prior_info = store.prior(ids) if cfg.output.mode == "resume" and earlier else (None, None)
 
     if not quiet:
-        print(f"[outpaint] planning {index.rows:,} rows ({len(index.slices):,} slices)", file=out, flush=True)
-    work = triage(cfg, store, run_id, index, done)
+        print(f"[outpaint] planning {n_rows:,} rows ({len(index.slices):,} slices)", file=out, flush=True)
+    box = [prior]  # handed over, not kept: triage may put it in Ray's object store and drop it here
+    del prior
+    work = triage(cfg, store, run_id, index, box.pop(), dups)
+    del dups
+    triage_counts = work.counts
     work_rows = work.rows
     tally = Tally(total=work_rows)
+    if cfg.model.backend == "bfl-api":
+        tally.api = {"submitted": 0, "ready": 0, "moderated": 0, "errors": 0, "cost_credits": 0.0, "active": 0,
+                     "credits_at_start": api_balance}
     bulk = store.read_metadata_parts(f"{run_id}-t", ["status", "error_code"])
     if bulk is not None:
         codes.add_counts(tally.by_status, tally.by_code, bulk)
         tally.bulk = bulk.num_rows
-    tally.skipped = index.rows - work_rows - tally.bulk
+    tally.skipped = n_rows - work_rows - tally.bulk
     if not quiet:
         st = tally.by_status
         print(f"[outpaint] planned in {time.time() - t_start:.1f}s: {work_rows:,} to do, "
               f"{tally.skipped:,} already done, {st.get(codes.REJECTED, 0):,} rejected, "
               f"{st.get(codes.FAILED, 0):,} failed", file=out, flush=True)
     del bulk
+    line = identity_line(work.counts, prior_info, cfg.input.identity)
+    if line and not quiet:
+        print(line, file=out, flush=True)
 
     pending: list[pa.Table] = []
     pending_rows, part = 0, 0
@@ -364,9 +487,13 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         flush()
         del work
     work_s = time.time() - tally.started if work_rows else 0.0
+    if tally.api is not None:
+        finish_api(cfg, tally)
     # A first run wrote every manifest row exactly once (bulk parts by manifest position,
     # work parts by the driver): nothing to deduplicate, so no catalogue-sized key table.
-    rows_kept = store.compact(f"{run_id}-c") if earlier else store.count_metadata_rows()
+    # compaction only when this run added parts to earlier metadata (an all-done rerun adds none)
+    wrote = tally.bulk > 0 or work_rows > 0
+    rows_kept = store.compact(f"{run_id}-c") if earlier and wrote else store.count_metadata_rows()
     st, cd = store.count_rows(ids)
     wall = time.time() - t_start
     result = {
@@ -374,7 +501,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         "started_at": t_start,
         "finished_at": time.time(),
         "wall_s": round(wall, 3),
-        "rows": index.rows,
+        "rows": n_rows,
         "work_rows": work_rows,
         "manifest": {"by_status": {k: st.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
                      "by_code": dict(sorted(cd.items()))},
@@ -390,10 +517,14 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
         "config": dump(cfg),
         "versions": package_versions(),
         "submitted_from": versions,
+        "sources": {**triage_counts.as_dict(), "outputs_check": prior_info},
+        "api": tally.api,
     }
     store.write_json("run.json", result)
     try:
-        if cfg.output.report:
+        # nothing changed since the last run (every row skipped, no metadata written): the
+        # page it wrote still holds (a catalogue-sized rerun pays no thumbnail requests)
+        if cfg.output.report and (wrote or not storage.retry(store.fs.exists, store.path("report.html"))):
             from ..review import report
 
             report.write(store, cfg.input.storage_options, sample=cfg.output.report_sample)

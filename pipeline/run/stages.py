@@ -10,6 +10,9 @@ and, where the output keeps another colour space, as the output stores it.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import socket
 import threading
@@ -21,13 +24,16 @@ import numpy as np
 import pyarrow as pa
 
 from .. import codes, storage
-from ..backends import Job, keeps_reference, make_backend, warmup_shapes
+from ..backends import Job, RowError, keeps_reference, make_backend, warmup_shapes
 from ..config import Config
-from ..io import color, provenance
+from ..io import color, provenance, sources
 from ..io.headers import SourceLimits
+from ..io.headers import inspect as inspect_header
+from ..io.manifest import ROW_INDEX
 from ..io.imageio import ImageError, decode, encode, resize
 from ..io.outputs import OutputStore, image_name
-from ..plan.hashing import model_name
+from ..plan.hashing import HASHED_FIELDS, model_name, request_hashes
+from ..plan.stage import GEOMETRY_COLUMNS, REQUEST, VERSION_PREFIX, PlanStage
 from ..review import quality
 from ..review.compose import (crop_box, effective_feather, extend_alpha, feathered_paste, flatten_alpha,
                               generated_sides, match_colors, paste_back)
@@ -67,7 +73,11 @@ OUTPUT_FIELDS = [
 # GPU backends: the model actor (host:pid) and its cumulative busy clock when this
 # row's batch finished; the run reports loop / wall per actor ("GPUs busy")
 BUSY_FIELDS = [("model_actor", pa.string()), ("model_loop_s", pa.float64()), ("model_wall_s", pa.float64())]
-OUTPUT_FIELDS += BUSY_FIELDS
+# the hosted API: the row's task and what it cost; the API actor's counters when the row
+# finished (tasks in flight, credits spent so far), for the run's progress line
+API_FIELDS = [("api_task_id", pa.string()), ("cost_credits", pa.float64()), ("api_note", pa.string())]
+API_COUNTERS = [("api_active", pa.int64()), ("api_spent", pa.float64())]
+OUTPUT_FIELDS += BUSY_FIELDS + API_FIELDS + API_COUNTERS
 # what the load stage hands the write stage (model backends: through Arrow), never in the
 # metadata: the reference (model's view; the output's where it differs), the output's
 # colour space, and the source metadata the output carries
@@ -75,7 +85,10 @@ CARRIED = [("ref_pixels", PIXELS), ("ref_out_pixels", PIXELS), ("ref_alpha", PIX
            ("out_icc", pa.large_binary()), ("tag_srgb", pa.bool_()), ("out_channels", pa.int8()),
            ("rights_exif", pa.large_binary()), ("rights_xmp", pa.list_(pa.string())),
            ("source_bytes", pa.large_binary()), ("source_format", pa.string())]  # C2PA's parent ingredient
-DROPPED_COLUMNS = (*dict(CARRIED), "out_pixels", "image_bytes")
+DROPPED_COLUMNS = (*dict(CARRIED), "out_pixels", "image_bytes", REQUEST)
+# what planning a row at load sets (its size known only then)
+PLANNED = ("status", "error_code", "error_message", "source_width", "source_height", *GEOMETRY_COLUMNS,
+           "generated", "steps")
 
 
 def bulk_metadata(plan: pa.Table, run_id: str, completed_at: float) -> pa.Table:
@@ -160,22 +173,64 @@ class LoadStage:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.limits = SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
+        self._planner: PlanStage | None = None
 
-    def _fetch(self, row: dict) -> bytes:
+    def __getstate__(self):  # Ray tasks build their own planner
+        return {**self.__dict__, "_planner": None}
+
+    def _fetch(self, row: dict) -> tuple[bytes, str]:
+        """The source's bytes and identity, in one request (inline bytes: their digest)."""
         if row.get("image_bytes") is not None:
-            return row["image_bytes"]
-        uri = row["image"]
-        try:
-            fs, path = storage.filesystem(uri, self.cfg.input.storage_options)
-            return storage.retry(fs.cat_file, path)
-        except FileNotFoundError:
-            raise ImageError("image_not_found", f"{uri} does not exist (it did when planning)") from None
+            data = row["image_bytes"]
+            return data, "sha256=" + hashlib.sha256(data).hexdigest()
+        return sources.fetch(row["image"], self.cfg.input)
 
-    def load(self, row: dict) -> Reference:
+    @property
+    def planner(self) -> PlanStage:
+        if self._planner is None:
+            self._planner = PlanStage(self.cfg)
+        return self._planner
+
+    def plan_here(self, row: dict, data: bytes) -> None:
+        """A row whose source size triage did not know (a remote source, new), or took
+        from an earlier run: planned now, from the size its bytes declare. A rejected row
+        stops here with its code."""
+        hd = inspect_header(io.BytesIO(data), len(data), row["image"] or "image_bytes", self.limits)
+        if hd.code:
+            raise ImageError(hd.code, hd.message)
+        if row["canvas_width"] is not None and (hd.width, hd.height) == (row["source_width"], row["source_height"]):
+            return  # planned with the right size
+        request = {**json.loads(row[REQUEST]), "image_width": hd.width, "image_height": hd.height,
+                   ROW_INDEX: row[ROW_INDEX]}
+        planned = self.planner(pa.Table.from_pylist([request])).to_pylist()[0]
+        for name in PLANNED:
+            row[name] = planned[name]
+        if row["status"] != codes.OK:
+            row["steps"] = 0
+
+    def identify(self, row: dict, identity: str) -> None:
+        """The request hash of what was actually fetched: computed here where triage had no
+        identity (a remote source, new), redone where the source changed since. A
+        manifest's ``image_version`` stands for the source's identity: it is kept."""
+        known = row.get("source_identity")
+        if known is not None and known.startswith(VERSION_PREFIX):
+            identity = known
+        if row["request_hash"] is None or identity != known:
+            row["source_identity"] = identity
+            one = pa.Table.from_pylist([{k: row[k] for k in HASHED_FIELDS}])
+            row["request_hash"] = request_hashes(one, np.array([identity], dtype=object), self.cfg)[0].as_py()
+
+    def load(self, row: dict, fetched: tuple[bytes, str] | None = None) -> Reference | None:
+        """The row's reference; None when planning it here rejected it."""
         what = row["image"] or "image_bytes"
         o = self.cfg.output
+        data, identity = fetched if fetched is not None else self._fetch(row)
+        if row.get(REQUEST) is not None:
+            self.plan_here(row, data)
+            if row["status"] != codes.OK:
+                return None
+        self.identify(row, identity)
         w, h = row["reference_width"], row["reference_height"]
-        data = self._fetch(row)
         img = decode(data, self.limits, what, target=(w, h), keep_gps=o.keep_gps, metadata=o.keep_metadata)
         if img.size != (row["source_width"], row["source_height"]):
             raise ImageError("image_unreadable", f"{what} decodes to {img.size[0]}×{img.size[1]} but its header said "
@@ -195,25 +250,39 @@ class LoadStage:
         return Reference(model, plan.to_output(crop, model), alpha, plan, img.rights,
                          data if o.c2pa is not None else None, img.format)
 
+    def _fetch_or_error(self, row: dict):
+        try:
+            return self._fetch(row)
+        except ImageError as e:
+            return e
+
     def load_rows(self, rows: list[dict]) -> None:
-        """Sets ``_ref`` (a ``Reference``), ``load_ms`` and the colour columns on each row to do."""
+        """Sets ``_ref`` (a ``Reference``), ``load_ms`` and the colour columns on each row to do.
+        Remote sources of a block are fetched concurrently, one GET each."""
+        todo = [row for row in rows if _todo(row)]
         for row in rows:
             row["_ref"] = row["load_ms"] = None
             for name, _ in COLOR_FIELDS:
                 row[name] = None
-            if not _todo(row):
-                continue
+        local = all(row.get("image_bytes") is not None or storage.is_local(row["image"]) for row in todo)
+        t0 = time.perf_counter()
+        fetched = storage.map_io(self._fetch_or_error, todo, self.cfg.input.header_threads, local)
+        fetch_ms = _ms(t0) / max(1, len(todo))
+        for row, got in zip(todo, fetched):
             t0 = time.perf_counter()
             try:
-                ref = row["_ref"] = self.load(row)
-                src = ref.color.source
-                row["color_profile"], row["color_transform"] = src.description, ref.color.transform_name
-                row["color_note"], row["output_profile"] = src.note, ref.color.output_profile
+                if isinstance(got, ImageError):
+                    raise got
+                ref = row["_ref"] = self.load(row, got)
+                if ref is not None:
+                    src = ref.color.source
+                    row["color_profile"], row["color_transform"] = src.description, ref.color.transform_name
+                    row["color_note"], row["output_profile"] = src.note, ref.color.output_profile
             except ImageError as e:
                 _fail(row, e.code, e.message)
             except MemoryError:
                 _fail(row, "image_too_large", f"{row['image']}: out of memory while decoding")
-            row["load_ms"] = _ms(t0)
+            row["load_ms"] = round(_ms(t0) + fetch_ms, 3)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -268,7 +337,7 @@ class OutpaintStage:
     """
 
     ADDS = [("out_pixels", pa.list_(PIXELS)), ("generate_ms", pa.float64()), ("fill_color", pa.string()),
-            ("model", pa.string()), *BUSY_FIELDS]
+            ("model", pa.string()), *BUSY_FIELDS, *API_FIELDS, *API_COUNTERS]
 
     def __init__(self, cfg: Config, prompts: list[str] | None = None, backend=None, lazy: bool = False):
         """``backend``: an already built one (benchmarks); default: built from ``cfg.model``,
@@ -280,7 +349,9 @@ class OutpaintStage:
         self._lock = threading.Lock()  # concurrent calls of one actor build it once
         if backend is None and not lazy:
             self.backend  # noqa: B018 - load now: a model that cannot load fails the actor, not rows
-        self.batch_size = cfg.runtime.batch_size
+        self.api = cfg.model.backend == "bfl-api"
+        # the API backend runs a call's rows concurrently, each on its own task: all at once
+        self.batch_size = 1 << 30 if self.api else cfg.runtime.batch_size
         self.model = model_name(cfg)
         self.actor = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -295,33 +366,38 @@ class OutpaintStage:
         with self._lock:
             if self._backend is None:
                 self._backend = make_backend(self.cfg.model, prompts=self.prompts, warmup=warmup_shapes(self.cfg),
-                                             batch_size=self.cfg.runtime.batch_size)
+                                             batch_size=self.cfg.runtime.batch_size, output=self.cfg.output)
         return self._backend
 
     def _run(self, items: list[tuple[dict, int]]) -> list[np.ndarray | Exception]:
-        """Outpaint (row, variant) pairs in one backend call; isolate failures."""
+        """Outpaint (row, variant) pairs in one backend call; isolate failures. What the
+        backend says of each row (fill, API task, cost) goes on the row, failed or not."""
         jobs = [Job(ref=row["_ref"].model, width=row["canvas_width"], height=row["canvas_height"],
                     x0=row["visible_x0"], y0=row["visible_y0"], seed=variant_seed(row["seed"], k),
                     prompt=row["prompt"] or "", mode=row["mode"], steps=row["steps"],
-                    pad_left=row["pad_left"], pad_top=row["pad_top"])
+                    pad_left=row["pad_left"], pad_top=row["pad_top"], row_id=row["id"],
+                    key=(row.get("request_hash") or row["id"]) + (f"-{k}" if k else ""))
                 for row, k in items]
         try:
-            images = list(self.backend.outpaint(jobs))
-            for (row, _), job in zip(items, jobs):
-                row["fill_color"] = job.fill_color
-            return images
+            results: list = list(self.backend.outpaint(jobs))
         except Exception as e:  # noqa: BLE001 - isolate the failing rows below
-            if len(items) == 1:
-                return [e]
-            # one bad row must not fail its batch: retry singly
-            return [r for item in items for r in self._run([item])]
+            if len(items) > 1:  # one bad row must not fail its batch: retry singly
+                return [r for item in items for r in self._run([item])]
+            results = [e]
+        for (row, _), job, res in zip(items, jobs, results):
+            row["fill_color"] = job.fill_color
+            for name, value in {**(job.info or {}), **(getattr(res, "info", None) or {})}.items():
+                if value is not None or row.get(name) is None:
+                    row[name] = value
+        return results
 
     def outpaint_rows(self, rows: list[dict]) -> None:
         """Sets ``_out`` (one H x W x 3 sRGB array per variant; None where nothing is
         generated: the output is the reference), ``generate_ms``, ``fill_color``, ``model``."""
         work: list[tuple[dict, int]] = []
         for row in rows:
-            for name in ("_out", "generate_ms", "fill_color", "model", *dict(BUSY_FIELDS)):
+            for name in ("_out", "generate_ms", "fill_color", "model", *dict(BUSY_FIELDS), *dict(API_FIELDS),
+                         *dict(API_COUNTERS)):
                 row[name] = None
             if not _todo(row):
                 continue
@@ -340,6 +416,10 @@ class OutpaintStage:
                 row["generate_ms"] += per_item
                 if row["status"] != codes.OK:
                     continue
+                if isinstance(res, RowError):
+                    _fail(row, res.code, res.message)
+                    row["_out"] = None
+                    continue
                 if isinstance(res, Exception):
                     _fail(row, "generation_failed", f"the {self.cfg.model.backend} backend failed on this row: "
                                                     f"{type(res).__name__}: {res}")
@@ -347,6 +427,10 @@ class OutpaintStage:
                     continue
                 assert res.shape == (row["canvas_height"], row["canvas_width"], 3)
                 row["_out"][k] = res
+        if self.api and work:  # the hosted API takes no seed: a row's seed is not what made it
+            active, spent = self.backend.snapshot()
+            for row, _ in work:
+                row["seed"], row["api_active"], row["api_spent"] = None, active, spent
         busy = getattr(self._backend, "busy", None)
         if busy is not None and work:
             loop_s, wall_s = busy.snapshot()

@@ -13,7 +13,7 @@ driver.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 
 from .. import codes
 from ..config import Config
-from ..io import manifest
-from ..io.done import DoneSet
+from ..io import manifest, sources
+from ..io.done import Prior
 from ..io.outputs import OutputStore
 from ..plan.stage import PlanStage
 from .stages import bulk_metadata
@@ -45,46 +45,71 @@ def _resolve(value):
     return value
 
 
+TRIAGE_STATS = "_tmp/triage"  # under output.uri: each Ray triage task's counts, read by the driver
+
+
 @dataclass
 class TriageCounts:
     rows: int = 0
     done: int = 0
     work: int = 0
     bulk: int = 0
+    deferred: int = 0          # remote sources of unknown size: planned when loaded
+    sizes_from_prior: int = 0  # sizes taken from the id's earlier ok row
+    version: int = 0           # identities from image_version
+    identity: sources.IdentityStats = field(default_factory=sources.IdentityStats)
+
+    def add_plan(self, planner: PlanStage) -> None:
+        for k, v in planner.stats.items():
+            setattr(self, k, getattr(self, k) + v)
+        self.identity.add(planner.identity_stats)
+
+    def add(self, other: dict) -> None:
+        for k in ("rows", "done", "work", "bulk", "deferred", "sizes_from_prior", "version"):
+            setattr(self, k, getattr(self, k) + other.get(k, 0))
+        self.identity.add(sources.IdentityStats(**other.get("identity", {})))
+
+    def as_dict(self) -> dict:
+        out = {k: getattr(self, k) for k in ("rows", "done", "work", "bulk", "deferred", "sizes_from_prior",
+                                              "version")}
+        out["identity"] = self.identity.as_dict()
+        return out
 
 
 class TriageStage:
     """Slices -> work rows (a generator of plan tables), bulk metadata written aside.
 
-    ``duplicates`` (id -> first manifest row) and ``done`` (a ``DoneSet``) may be Ray
-    object refs, fetched once per task (zero-copy for the fingerprint arrays).
+    ``duplicates`` (id -> first manifest row) may be a Ray object ref, fetched once per
+    task; ``prior`` (a ``Prior``: the done set and recorded source sizes) a ``Prior`` or the
+    path the output store shared it at (``OutputStore.share_prior``), read once per task.
     """
 
-    def __init__(self, cfg: Config, store: OutputStore, run_id: str, duplicates=None, done=None,
-                 chunk_rows: int = 65_536):
+    def __init__(self, cfg: Config, store: OutputStore, run_id: str, duplicates=None, prior=None,
+                 chunk_rows: int = 65_536, stats_to_store: bool = False):
         self.cfg = cfg
         self.store = store
         self.run_id = run_id
         self.duplicates = duplicates
-        self.done = done
+        self.prior = prior
         self.chunk_rows = chunk_rows
+        self.stats_to_store = stats_to_store  # Ray tasks leave their counts for the driver
         self.counts = TriageCounts()  # of this instance (tests, direct use)
 
-    def triage(self, plan: pa.Table, done: DoneSet | None) -> tuple[pa.Table, pa.Table]:
+    def triage(self, plan: pa.Table, prior: Prior | None) -> tuple[pa.Table, pa.Table]:
         """A planned chunk -> (work rows, rows finished here); done rows are neither."""
         ok = np.asarray(pc.equal(plan.column("status"), codes.OK).to_numpy(zero_copy_only=False), bool)
         already = np.zeros(plan.num_rows, bool)
-        if done is not None and len(done) and ok.any():
-            already[ok] = done.contains(plan.column("request_hash").filter(pa.array(ok)))
+        if prior is not None and len(prior) and ok.any():
+            already[ok] = prior.done.contains(plan.column("request_hash").filter(pa.array(ok)))
         self.counts.rows += plan.num_rows
         self.counts.done += int(already.sum())
         return plan.filter(pa.array(ok & ~already)), plan.filter(pa.array(~ok))
 
     def chunks(self, piece: manifest.Slice) -> Iterator[pa.Table]:
-        planner = PlanStage(self.cfg, _resolve(self.duplicates), identify=True)
-        done = _resolve(self.done)
+        prior = self.store.read_prior(self.prior) if isinstance(self.prior, str) else _resolve(self.prior)
+        planner = PlanStage(self.cfg, _resolve(self.duplicates), identify=True, prior=prior)
         for k, rows in enumerate(manifest.read_slice(piece, self.cfg, self.chunk_rows)):
-            work, finished = self.triage(planner(rows), done)
+            work, finished = self.triage(planner(rows), prior)
             if finished.num_rows:
                 # one part per chunk, named by its place in the manifest: a retried task
                 # rewrites the same part, so no row is ever written twice
@@ -94,6 +119,9 @@ class TriageStage:
             self.counts.work += work.num_rows
             if work.num_rows:
                 yield work
+        self.counts.add_plan(planner)
+        if self.stats_to_store:
+            self.store.write_json(f"{TRIAGE_STATS}/{self.run_id}-{piece.row0:012d}.json", self.counts.as_dict())
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for row in batch.select(list(SLICE_FIELDS)).to_pylist():

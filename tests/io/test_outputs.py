@@ -61,23 +61,59 @@ def test_superseded_images_go_current_and_failed_ones_stay(tmp_path):
 
 
 def test_resume_check_needs_every_output(tmp_path):
-    """done_rows: ok rows whose image (every variant) exists; columnar over the uris."""
+    """prior: ok rows whose image (every variant) exists; checked by one listing of
+    images/ or a request per image, whichever is cheaper: the same answer."""
+    import hashlib
+
+
     store = OutputStore(str(tmp_path))
     os.makedirs(tmp_path / "images")
     for name in ("a.png", "v-0.png", "v-1.png", "w-0.png"):
         (tmp_path / "images" / name).write_bytes(b"img")
     uris = lambda *names: [store.uri_of("images", n) for n in names]  # noqa: E731
+    h = {k: hashlib.sha256(k.encode()).hexdigest()[:32] for k in "abvwf"}
     store.write_metadata_part(pa.table({
         "id": ["a", "b", "v", "w", "f"], "status": ["ok", "ok", "ok", "ok", "failed"],
-        "request_hash": ["ha", "hb", "hv", "hw", "hf"], "completed_at": [1.0] * 5,
-        "error_code": [None, None, None, None, "x"],
+        "request_hash": [h[k] for k in "abvwf"], "completed_at": [1.0] * 5,
+        "error_code": [None, None, None, None, "x"], "source_width": [10, 20, 30, 40, 50],
+        "source_height": [11, 21, 31, 41, 51],
         "output_uri": [uris("a.png")[0], uris("b.png")[0], uris("v-0.png")[0], uris("w-0.png")[0], None],
         "output_uris": [None, None, uris("v-0.png", "v-1.png"), uris("w-0.png", "w-1.png"), None]}), "p")
-    for limit in (0, 10_000):  # one listing of images/, or a request per image: the same answer
-        assert sorted(store.done_rows(probe_limit=limit).column("id").to_pylist()) == ["a", "v"]
-        # b's image is missing, w lacks variant 1, f failed
-    assert sorted(store.done_rows().to_pylist(), key=lambda r: r["id"]) == [
-        {"id": "a", "request_hash": "ha"}, {"id": "v", "request_hash": "hv"}]
+
+    def done_ids(prior, ids=("a", "b", "v", "w", "f", "new")):
+        at = prior.find(pa.array(list(ids)))
+        return sorted(i for i, k in zip(ids, at) if k >= 0)
+
+    listed, info = store.prior(pa.array(["a", "b", "v", "w", "f", "new"]))
+    assert done_ids(listed) == ["a", "v"] and "checked one request each" in info["existence"]
+    # b's image is missing, w lacks variant 1, f failed; the sizes they had come along
+    assert listed.sizes(listed.find(pa.array(["v", "a", "b"]))) [0].tolist() == [30, 10, 0]
+    assert listed.done.contains(pa.array([h["a"], h["b"], h["v"]])).tolist() == [True, False, True]
     # only the manifest's ids are checked (a daily manifest of new rows checks nothing)
-    assert store.done_rows(pa.array(["v", "new"])).column("id").to_pylist() == ["v"]
-    assert store.done_rows(pa.array(["new"])).num_rows == 0
+    assert done_ids(store.prior(pa.array(["v", "new"]))[0]) == ["v"]
+    assert len(store.prior(pa.array(["new"]))[0]) == 0
+    # a later row of another request for the same id decides (its image replaced a's)
+    store.write_metadata_part(pa.table({"id": ["a"], "status": ["ok"], "request_hash": ["0" * 32],
+                                        "completed_at": [2.0], "output_uri": uris("a.png")}), "q")
+    later, _ = store.prior(pa.array(["a", "v"]))
+    assert later.done.contains(pa.array([h["a"], "0" * 32])).tolist() == [False, True]
+
+
+def test_prior_lists_images_when_cheaper_than_a_request_each(tmp_path):
+    """1,500 ok rows in the metadata, 1,200 images on disk: more than 1,000 names to check
+    on a local disk, so one listing of images/ answers (hashed names, no set of strings)."""
+    import hashlib
+
+    store = OutputStore(str(tmp_path))
+    os.makedirs(tmp_path / "images")
+    n = 1500
+    ids = [f"sku-{i:05d}" for i in range(n)]
+    for i in range(1200):
+        (tmp_path / "images" / f"{ids[i]}.png").write_bytes(b"x")
+    store.write_metadata_part(pa.table({
+        "id": ids, "status": ["ok"] * n, "completed_at": [1.0] * n,
+        "request_hash": [hashlib.sha256(i.encode()).hexdigest()[:32] for i in ids],
+        "output_uri": [store.uri_of("images", f"{i}.png") for i in ids]}), "p")
+    prior, info = store.prior(pa.array(ids))
+    assert len(prior) == 1200 and info["existence"].startswith("images/ listed (1,200 names")
+    assert (prior.find(pa.array(ids)) >= 0).tolist() == [True] * 1200 + [False] * 300

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,6 +24,7 @@ from pipeline import storage
 from pipeline.config import ConfigError
 
 from ..conftest import relay, write_config, write_manifest
+from ..servers import LoopbackServer
 
 
 # ------------------------------------------------------------------ retry layer
@@ -77,7 +78,7 @@ def test_retry_backs_off_on_transient_and_stops_on_permanent():
 
 # ------------------------------------------------------------------ fault-injecting proxy
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """HTTP proxy on 127.0.0.1 in front of the moto server that fails requests on a fixed
     schedule: every ``slowdown``-th answers 503 SlowDown, every ``reset``-th closes the
     connection without an answer, every ``delay``-th waits 0.2 s. Bounded: it serves only
@@ -135,14 +136,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._start(Handler)
 
 
 def _s3_job(tmp_path, fs, bucket, opts, photos, out_prefix):
@@ -211,8 +205,8 @@ def test_access_denied_source_fails_its_row_without_retries(tmp_path, photos, s3
         proxy.close()
     assert r["manifest"]["by_status"] == {"ok": 1, "rejected": 0, "failed": 1}
     meta = {x["id"]: x for x in pq.read_table(f"{bucket}/out/metadata", filesystem=fs).to_pylist()}
-    assert meta["closed"]["error_code"] == "image_not_found"
-    assert "permission denied" in meta["closed"]["error_message"].lower()
+    assert meta["closed"]["error_code"] == "image_access_denied"  # its own code: credentials, not a missing file
+    assert "access denied" in meta["closed"]["error_message"].lower()
     assert len(proxy.denied) <= 2  # a 403 is permanent: asked once (plus the SDK's own probe), never retried
 
 

@@ -53,10 +53,11 @@ def test_done_rows_are_dropped(tmp_path, photos):
     store = OutputStore(cfg.output.uri)
     index = manifest.scan(cfg)
     first = pa.concat_tables(list(TriageStage(cfg, store, "a").chunks(index.slices[0])))
-    from pipeline.io.done import DoneSet, fingerprints
+    from pipeline.io.done import Prior, fingerprints, key_fingerprints
 
     hi, lo, _ = fingerprints(first.column("request_hash").slice(0, 2))
-    stage = TriageStage(cfg, store, "b", done=DoneSet(hi, lo))
+    ihi, ilo = key_fingerprints(first.column("id").slice(0, 2))
+    stage = TriageStage(cfg, store, "b", prior=Prior(ihi, ilo, hi, lo, [0, 0], [0, 0]))
     again = pa.concat_tables(list(stage.chunks(index.slices[0])))
     assert again.column("id").to_pylist() == first.column("id").to_pylist()[2:]
     assert stage.counts.done == 2
