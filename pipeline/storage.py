@@ -131,6 +131,12 @@ def is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_transient(cause)
 
 
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait before retry ``attempt`` (0, 1, ...): capped exponential, jittered
+    over its upper half so that many clients spread out but none retries at once."""
+    return min(cap, base * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
 def retry(fn, *args, attempts: int = 6, base: float = 0.2, cap: float = 5.0, **kwargs):
     """Call ``fn`` with capped exponential backoff and full jitter on transient errors.
 

@@ -33,7 +33,6 @@ import base64
 import io
 import json
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +40,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .. import storage
+from ..io.sources import retry_after
 from . import Job, RowError
 
 SUBMIT_PATH = "/v1/flux-tools/outpainting-v1"
@@ -126,14 +127,8 @@ def _detail(body: dict) -> str:
     return str(d if d is not None else body)[:300]
 
 
-def _retry_after(headers: dict) -> float | None:
-    for k, v in headers.items():
-        if k.lower() == "retry-after":
-            try:
-                return max(0.0, float(v))
-            except ValueError:
-                return None
-    return None
+def _header(headers: dict, name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
 
 
 class Journal:
@@ -141,8 +136,6 @@ class Journal:
     request (hash + variant): what a rerun needs to never pay twice."""
 
     def __init__(self, uri: str, storage_options: dict | None = None):
-        from .. import storage
-
         self.storage = storage
         self.fs, self.root = storage.filesystem(uri.rstrip("/") + "/" + JOURNAL, storage_options)
         self.local = storage.is_local(uri)
@@ -315,7 +308,7 @@ class BflApiBackend:
                     ambiguous_retried = True
                     job.info["api_note"] = "submitted twice after a lost answer: may have been charged twice"
                     continue
-                wait = min(10.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                wait = storage.backoff(attempt, 0.5, 10.0)
                 if waited + wait > self.cfg.max_wait_s:
                     raise RowError("generation_failed", f"the API could not be reached: {e}") from None
                 time.sleep(wait)
@@ -334,7 +327,8 @@ class BflApiBackend:
                 job.info.update(api_task_id=task["id"])
                 return task
             if r.status == 429:
-                wait = _retry_after(r.headers) or min(10.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                wait = retry_after(_header(r.headers, "Retry-After"))
+                wait = storage.backoff(attempt, 0.5, 10.0) if wait is None else wait
                 if waited + wait > self.cfg.max_wait_s:
                     raise RowError("generation_failed", f"the API kept answering 429 (too many active tasks) for "
                                    f"{waited:.0f} s; lower model.api.max_active or run again") from None

@@ -57,15 +57,7 @@ class DoneSet:
 
     def contains(self, hashes) -> np.ndarray:
         hi, lo, valid = fingerprints(hashes)
-        found = np.zeros(len(hi), bool)
-        if not len(self.hi):
-            return found
-        left = np.searchsorted(self.hi, hi, "left")
-        right = np.searchsorted(self.hi, hi, "right")
-        for k in range(int((right - left).max(initial=0))):  # almost always one pass
-            at = np.minimum(left + k, len(self.lo) - 1)
-            found |= (left + k < right) & (self.lo[at] == lo)
-        return found & valid
+        return (_sorted_lookup(self.hi, self.lo, hi, lo) >= 0) & valid
 
 
 # ---------------------------------------------------------------- string hashing
@@ -126,9 +118,7 @@ def sorted_keys(strings) -> tuple[np.ndarray, np.ndarray]:
     (16 bytes a string; what the driver keeps of a manifest's ids once it needs no text)."""
     hi, lo = key_fingerprints(strings)
     order = np.lexsort((lo, hi))
-    hi = hi[order]
-    lo = lo[order]
-    return hi, lo
+    return hi[order], lo[order]
 
 
 def _sorted_lookup(hi: np.ndarray, lo: np.ndarray, qhi: np.ndarray, qlo: np.ndarray) -> np.ndarray:
@@ -152,26 +142,23 @@ class Prior:
     gives none). 40 bytes an id."""
 
     def __init__(self, id_hi, id_lo, hash_hi, hash_lo, width, height):
-        order = np.lexsort((id_lo, id_hi))
-        self.id_hi = np.asarray(id_hi, np.uint64)[order]
-        self.id_lo = np.asarray(id_lo, np.uint64)[order]
-        self.width = np.asarray(width, np.int32)[order]
-        self.height = np.asarray(height, np.int32)[order]
-        del order
-        self.done = DoneSet(np.asarray(hash_hi, np.uint64), np.asarray(hash_lo, np.uint64))
+        self._sort({"id_hi": id_hi, "id_lo": id_lo, "hash_hi": hash_hi, "hash_lo": hash_lo, "w": width, "h": height})
 
     @classmethod
     def from_fields(cls, fields: dict) -> "Prior":
         """From a dict of the six arrays, taken out of it one at a time as they are sorted
         (peak: one array's copy, not all six)."""
         self = cls.__new__(cls)
+        self._sort(fields)
+        return self
+
+    def _sort(self, fields: dict) -> None:
         order = np.lexsort((fields["id_lo"], fields["id_hi"]))
         for name, key, dtype in (("id_hi", "id_hi", np.uint64), ("id_lo", "id_lo", np.uint64),
                                  ("width", "w", np.int32), ("height", "h", np.int32)):
             setattr(self, name, np.asarray(fields.pop(key), dtype)[order])
         del order
-        self.done = DoneSet(fields.pop("hash_hi"), fields.pop("hash_lo"))
-        return self
+        self.done = DoneSet(np.asarray(fields.pop("hash_hi"), np.uint64), np.asarray(fields.pop("hash_lo"), np.uint64))
 
     def save(self, f) -> None:
         """Its arrays, one after another, to an open binary file (``load`` reads them back)."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import email.utils
 import posixpath
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,7 +82,7 @@ class HttpClient:
             try:
                 r = self.pool.request(method, url, preload_content=True, redirect=True)
             except (self.urllib3.exceptions.HTTPError, OSError) as e:
-                wait = min(8.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                wait = storage.backoff(attempt, 0.2, 8.0)
                 if waited + wait > self.max_wait_s:
                     raise ConnectionError(f"{url}: {type(e).__name__}: {e}") from None
             else:
@@ -97,7 +96,7 @@ class HttpClient:
                     raise HTTPStatusError(url, r.status, r.reason or "")
                 wait = retry_after(r.headers.get("Retry-After")) if r.status in (429, 503) else None
                 if wait is None:
-                    wait = min(8.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                    wait = storage.backoff(attempt, 0.2, 8.0)
                 if waited + wait > self.max_wait_s:
                     raise ConnectionError(f"HTTP {r.status} for {url}, still after {waited:.0f} s of retries "
                                           f"(input.http.max_wait_s = {self.max_wait_s:g})")
@@ -106,16 +105,19 @@ class HttpClient:
             attempt += 1
 
 
+RETRY_AFTER_MIN_S = 0.1  # "Retry-After: 0" over and over must still add up to the bounded wait
+
+
 def retry_after(value: str | None) -> float | None:
-    """``Retry-After``: seconds, or an HTTP date."""
+    """``Retry-After``: seconds, or an HTTP date (at least ``RETRY_AFTER_MIN_S``)."""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return max(RETRY_AFTER_MIN_S, float(value))
     try:
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
+        return max(RETRY_AFTER_MIN_S, when.timestamp() - time.time())
     except (TypeError, ValueError):
         return None
 
@@ -308,10 +310,16 @@ def identities(uris: pa.Array, input_cfg, threads: int = 32) -> tuple[np.ndarray
     todo = np.ones(n, bool)
     dirs = _directory(uris).dictionary_encode()
     groups = dirs.indices.to_numpy(zero_copy_only=False)
+    # rows grouped by directory in one sort (a directory per SKU: as many groups as rows)
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    by_group = {int(groups[rows[0]]): rows for rows in np.split(order, bounds)}
     resolve = storage.Resolver(input_cfg.storage_options)
     values = uris.to_pylist()
     for g, d in enumerate(dirs.dictionary.to_pylist()):
-        rows = np.flatnonzero(groups == g)
+        rows = by_group.get(g)
+        if rows is None:
+            continue
         if is_http(d) or mode == "head":
             stats.decisions["http" if is_http(d) else "head"] = "HEAD a row" if is_http(d) else "input.identity: head"
             continue
@@ -329,8 +337,7 @@ def identities(uris: pa.Array, input_cfg, threads: int = 32) -> tuple[np.ndarray
                 stats.decisions[type(fs).__name__] = "HEAD a row (fewer than 1,000 rows in a directory)"
                 continue
         else:
-            wanted = {resolve(values[i])[1]: i for i in rows}
-            found, pages, complete = _list_s3(fs, dir_path, set(wanted), budget * 1000)
+            found, pages, complete = _list_s3(fs, dir_path, {resolve(values[i])[1] for i in rows}, budget * 1000)
         stats.prefixes += 1
         stats.listing_pages += pages
         for i in rows:

@@ -191,45 +191,62 @@ class LoadStage:
             self._planner = PlanStage(self.cfg)
         return self._planner
 
-    def plan_here(self, row: dict, data: bytes) -> None:
-        """A row whose source size triage did not know (a remote source, new), or took
-        from an earlier run: planned now, from the size its bytes declare. A rejected row
-        stops here with its code."""
-        hd = inspect_header(io.BytesIO(data), len(data), row["image"] or "image_bytes", self.limits)
-        if hd.code:
-            raise ImageError(hd.code, hd.message)
-        if row["canvas_width"] is not None and (hd.width, hd.height) == (row["source_width"], row["source_height"]):
-            return  # planned with the right size
-        request = {**json.loads(row[REQUEST]), "image_width": hd.width, "image_height": hd.height,
-                   ROW_INDEX: row[ROW_INDEX]}
-        planned = self.planner(pa.Table.from_pylist([request])).to_pylist()[0]
-        for name in PLANNED:
-            row[name] = planned[name]
-        if row["status"] != codes.OK:
-            row["steps"] = 0
-
-    def identify(self, row: dict, identity: str) -> None:
-        """The request hash of what was actually fetched: computed here where triage had no
-        identity (a remote source, new), redone where the source changed since. A
-        manifest's ``image_version`` stands for the source's identity: it is kept."""
-        known = row.get("source_identity")
-        if known is not None and known.startswith(VERSION_PREFIX):
-            identity = known
-        if row["request_hash"] is None or identity != known:
-            row["source_identity"] = identity
-            one = pa.Table.from_pylist([{k: row[k] for k in HASHED_FIELDS}])
-            row["request_hash"] = request_hashes(one, np.array([identity], dtype=object), self.cfg)[0].as_py()
+    def prepare(self, rows: list[dict], fetched: list[tuple[bytes, str]]) -> None:
+        """Planning and request hashes of fetched rows, one vectorised call each for the
+        whole block (a first run over remote sources defers every row to here). Planned
+        now: rows whose source size triage did not know (a remote source, new) or took
+        from an earlier run, from the size their bytes declare; a rejected or unreadable
+        row stops here with its code. Hashed now: rows triage had no identity for, and
+        rows whose source changed since (a manifest's ``image_version`` stands for the
+        source's identity and is kept)."""
+        requests, replanned = [], []
+        for row, (data, _) in zip(rows, fetched):
+            if row.get(REQUEST) is None:
+                continue
+            hd = inspect_header(io.BytesIO(data), len(data), row["image"] or "image_bytes", self.limits)
+            if hd.code:
+                _fail(row, hd.code, hd.message)
+            elif row["canvas_width"] is None or (hd.width, hd.height) != (row["source_width"], row["source_height"]):
+                requests.append({**json.loads(row[REQUEST]), "image_width": hd.width, "image_height": hd.height,
+                                 ROW_INDEX: row[ROW_INDEX]})
+                replanned.append(row)
+        if requests:
+            planned = self.planner(pa.Table.from_pylist(requests))
+            by_row = dict(zip(planned.column(ROW_INDEX).to_pylist(), range(planned.num_rows)))
+            cols = {name: planned.column(name).to_pylist() for name in PLANNED}
+            for row in replanned:
+                i = by_row[row[ROW_INDEX]]
+                for name in PLANNED:
+                    row[name] = cols[name][i]
+                if row["status"] != codes.OK:
+                    row["steps"] = 0
+        rehash, identities = [], []
+        for row, (_, identity) in zip(rows, fetched):
+            if not _todo(row):
+                continue
+            known = row.get("source_identity")
+            if known is not None and known.startswith(VERSION_PREFIX):
+                identity = known
+            if row["request_hash"] is None or identity != known:
+                row["source_identity"] = identity
+                rehash.append(row)
+                identities.append(identity)
+        if rehash:
+            table = pa.Table.from_pylist([{k: row[k] for k in HASHED_FIELDS} for row in rehash])
+            for row, h in zip(rehash, request_hashes(table, np.array(identities, dtype=object), self.cfg).to_pylist()):
+                row["request_hash"] = h
 
     def load(self, row: dict, fetched: tuple[bytes, str] | None = None) -> Reference | None:
-        """The row's reference; None when planning it here rejected it."""
+        """The row's reference; None when planning it here rejected it. ``fetched``: its
+        bytes and identity, already ``prepare``d (``load_rows``); default: fetched here."""
         what = row["image"] or "image_bytes"
         o = self.cfg.output
-        data, identity = fetched if fetched is not None else self._fetch(row)
-        if row.get(REQUEST) is not None:
-            self.plan_here(row, data)
-            if row["status"] != codes.OK:
-                return None
-        self.identify(row, identity)
+        if fetched is None:
+            fetched = self._fetch(row)
+            self.prepare([row], [fetched])
+        if not _todo(row):
+            return None
+        data = fetched[0]
         w, h = row["reference_width"], row["reference_height"]
         img = decode(data, self.limits, what, target=(w, h), keep_gps=o.keep_gps, metadata=o.keep_metadata)
         if img.size != (row["source_width"], row["source_height"]):
@@ -267,12 +284,19 @@ class LoadStage:
         local = all(row.get("image_bytes") is not None or storage.is_local(row["image"]) for row in todo)
         t0 = time.perf_counter()
         fetched = storage.map_io(self._fetch_or_error, todo, self.cfg.input.header_threads, local)
-        fetch_ms = _ms(t0) / max(1, len(todo))
         for row, got in zip(todo, fetched):
+            if isinstance(got, ImageError):
+                _fail(row, got.code, got.message)
+        ok = [(row, got) for row, got in zip(todo, fetched) if _todo(row)]
+        self.prepare([row for row, _ in ok], [got for _, got in ok])
+        fetch_ms = _ms(t0) / max(1, len(todo))  # fetching and preparing, shared by the block's rows
+        for row in todo:
+            row["load_ms"] = round(fetch_ms, 3)
+        for row, got in ok:
+            if not _todo(row):
+                continue
             t0 = time.perf_counter()
             try:
-                if isinstance(got, ImageError):
-                    raise got
                 ref = row["_ref"] = self.load(row, got)
                 if ref is not None:
                     src = ref.color.source

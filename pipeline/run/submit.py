@@ -26,7 +26,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
 import signal
 import sys
 import tempfile
@@ -91,7 +90,7 @@ def call(fn, *args, what: str, out, attempts: int = 6, base: float = 1.0, **kwar
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if not _transient(e) or attempt == attempts - 1:
                 raise ConfigError(f"job server: {what} failed: {first}") from None
-            wait = min(30.0, base * 2 ** attempt) * random.uniform(0.5, 1.0)
+            wait = storage.backoff(attempt, base, 30.0)
             print(f"[outpaint] job server busy ({first[:120]}); {what}: retry {attempt + 1} in {wait:.1f}s",
                   file=out, flush=True)
             time.sleep(wait)

@@ -5,6 +5,7 @@ Retry-After). Every figure is the servers' own count of the requests they receiv
 from __future__ import annotations
 
 import concurrent.futures
+import email.utils
 import time
 import uuid
 
@@ -69,6 +70,19 @@ def test_http_429_honours_retry_after_within_a_bounded_wait(image_dir):
         with pytest.raises(ImageError) as e:
             sources.fetch(srv.url("p3.jpg"), input_cfg(http={"max_wait_s": 2}))
         assert time.perf_counter() - t0 < 3 and "429" in e.value.message and e.value.code == "image_not_found"
+        srv.throttle["p4.jpg"] = (10**6, "0")  # "retry at once", for ever: still bounded by max_wait_s
+        t0 = time.perf_counter()
+        with pytest.raises(ImageError):
+            sources.fetch(srv.url("p4.jpg"), input_cfg(http={"max_wait_s": 1}))
+        assert time.perf_counter() - t0 < 2 and 5 <= srv.paths.count(("GET", "p4.jpg")) <= 12
+
+
+def test_retry_after_reads_seconds_and_dates():
+    assert sources.retry_after("3") == 3.0 and sources.retry_after(" 0 ") == sources.RETRY_AFTER_MIN_S
+    assert sources.retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == sources.RETRY_AFTER_MIN_S  # in the past
+    soon = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= sources.retry_after(soon) <= 30.5
+    assert sources.retry_after(None) is None and sources.retry_after("soon") is None
 
 
 def test_http_connections_per_host_are_limited(image_dir):

@@ -124,6 +124,32 @@ def test_http_sources_one_get_each_then_one_head_each_then_none(tmp_path, cdn, r
     assert cdn.reset() == {} and last["counts"]["skipped"] == 20 and last["work_rows"] == 0
 
 
+def test_http_rows_planned_from_their_get_are_rejected_or_failed_there(tmp_path, cdn, ray_local):
+    """Remote rows of unknown size are planned in one batch at load, from the GET's bytes:
+    a placement that only the size shows to be invalid is rejected with its geometry
+    code, an unreadable file fails, and the block's other rows go on."""
+    (cdn.root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 8)
+    rows = [{"id": f"sku-{i:04d}", "image": cdn.url(f"sku-{i:04d}.jpg"), "aspect_ratio": "4:3"} for i in range(6)]
+    rows += [{"id": "offset", "image": cdn.url("sku-0007.jpg"), "aspect_ratio": "4:3", "reference_offset_x": 500},
+             {"id": "broken", "image": cdn.url("broken.jpg"), "aspect_ratio": "1:1"}]
+    data = {"input": {"manifest": write_manifest(tmp_path / "m.parquet", rows)},
+            "output": {"uri": str(tmp_path / "out"), "report": False}, "model": {"backend": "solid"},
+            "runtime": {"batch_size": 16}}
+    summary = run(config_mod.from_dict(data), quiet=True)
+    assert cdn.reset() == {"GET": 8}
+    meta = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "metadata").to_pylist()}
+    assert len(meta) == 8 and summary["images_written"] == 6
+    assert (meta["offset"]["status"], meta["offset"]["error_code"]) == ("rejected", "out_of_bounds")
+    assert meta["offset"]["source_width"] == 96 and meta["offset"]["output_uri"] is None
+    assert (meta["broken"]["status"], meta["broken"]["error_code"]) == ("failed", "image_unreadable")
+    for i in range(6):
+        r = meta[f"sku-{i:04d}"]
+        assert r["status"] == "ok" and (r["canvas_width"], r["canvas_height"]) == (96, 72)
+        assert r["request_hash"] and r["source_identity"].startswith("size=")
+    hashes = {meta[f"sku-{i:04d}"]["request_hash"] for i in range(6)}
+    assert len(hashes) == 6  # each row hashed with its own identity
+
+
 def test_a_missing_http_client_fails_at_start_in_one_line(tmp_path):
     m = write_manifest(tmp_path / "m.parquet", [{"id": "a", "image": "https://cdn.example/a.jpg",
                                                  "aspect_ratio": "1:1"}])
