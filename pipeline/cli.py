@@ -8,50 +8,43 @@ import sys
 
 import pyarrow.parquet as pq
 
+from . import api, storage
 from . import config as config_mod
-from . import storage
-from .io import manifest
 from .config import ConfigError
 
 
 def _load(args) -> config_mod.Config:
-    cfg = config_mod.load(args.config, getattr(args, "set", []))
+    cfg = api.load_config(args.config, getattr(args, "set", []))
     if getattr(args, "verbose", False):
         cfg.runtime.verbose = True
     return cfg
 
 
 def cmd_validate(args) -> int:
-    cfg = _load(args)
-    index = manifest.scan(cfg)
-    _, paths = manifest.files(cfg)
+    found = api.validate(_load(args))
     print(f"config ok: {args.config}")
-    print(f"manifest ok: {len(paths)} file(s), {index.rows:,} rows, columns: {', '.join(index.schema.names)}")
+    print(f"manifest ok: {len(found.files)} file(s), {found.rows:,} rows, columns: {', '.join(found.columns)}")
     return 0
 
 
 def cmd_manifest(args) -> int:
-    from .io.catalogue import Target, build, summary_line, write
+    from .io.catalogue import Target, summary_line
 
-    targets = [Target(aspect_ratio=r) for r in args.aspect_ratio or []]
     if (args.width is None) != (args.height is None):
         raise ConfigError("--width and --height go together")
-    if args.width is not None:
-        targets.append(Target(width=args.width, height=args.height))
+    size = (args.width, args.height) if args.width is not None else None
     opts = json.loads(args.storage_options) if args.storage_options else {}
-    table = build(args.sources, targets, mode=args.mode, output_format=args.format, storage_options=opts)
-    print(summary_line(table, write(table, args.out, opts), targets))
+    table, written = api.make_manifest(args.sources, args.out, aspect_ratios=args.aspect_ratio or [], size=size,
+                                       mode=args.mode, output_format=args.format, storage_options=opts)
+    targets = [Target(aspect_ratio=r) for r in args.aspect_ratio or []] + ([Target(width=size[0], height=size[1])] if size else [])
+    print(summary_line(table, written, targets))
     return 0
 
 
 def cmd_plan(args) -> int:
-    from .plan.stage import format_summary, plan_manifest, summarise
-
     cfg = _load(args)
-    manifest.read_schema(cfg)
-    table = manifest.read(cfg)
-    plan = plan_manifest(cfg, table)
-    summary = summarise(plan, cfg)
+    plan = api.plan(None, cfg)
+    summary = api.plan_summary(plan, cfg)
     if args.out:
         fs, path = storage.filesystem(args.out, cfg.output.storage_options)
         fs.makedirs(path, exist_ok=True)
@@ -59,16 +52,13 @@ def cmd_plan(args) -> int:
         with fs.open(storage.join(path, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"plan: {storage.join(args.out, 'plan.parquet')} ({plan.num_rows:,} rows)")
-    print(format_summary(summary))
+    print(api.format_plan_summary(summary))
     return 0
 
 
 def cmd_run(args) -> int:
-    from .run.runner import run
-
-    cfg = _load(args)
-    result = run(cfg, quiet=args.quiet)
-    bad = result["manifest"]["by_status"].get("rejected", 0) + result["manifest"]["by_status"].get("failed", 0)
+    result = api.run(_load(args), quiet=args.quiet, progress=args.progress)
+    bad = result.by_status.get("rejected", 0) + result.by_status.get("failed", 0)
     if args.strict and bad:
         print(f"outpaint: --strict: {bad:,} rows were rejected or failed (see metadata/ and run.json)",
               file=sys.stderr)
@@ -77,27 +67,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .run.submit import exit_code, submit
+    from .run.submit import exit_code
 
-    cfg = _load(args)
-    manifest.read_schema(cfg)  # a bad manifest fails here, not on the cluster
-    _, status = submit(cfg, args.address, wait=not args.no_wait, timeout_s=args.timeout, strict=args.strict,
-                       job_id=args.submission_id, stop_on_exit=args.stop_on_exit)
+    _, status = api.submit(_load(args), args.address, wait=not args.no_wait, timeout_s=args.timeout,
+                           strict=args.strict, job_id=args.submission_id, stop_on_exit=args.stop_on_exit)
     return 0 if args.no_wait else exit_code(status)
 
 
 def cmd_report(args) -> int:
-    from .io.outputs import OutputStore
-    from .review import report
-
-    out_opts, src_opts = {}, None
-    if args.config:
-        cfg = _load(args)
-        out_opts, src_opts = cfg.output.storage_options, cfg.input.storage_options
-    try:
-        uri, summary = report.write(OutputStore(args.output_uri, out_opts), src_opts)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from None
+    uri, summary = api.report(args.output_uri, _load(args) if args.config else None)
     print(f"report: {uri}")
     print(f"rows: {summary['rows']:,}  " + "  ".join(f"{k} {v:,}" for k, v in summary["by_status"].items())
           + f"  output {summary['output_megapixels']:,} MP")
@@ -114,7 +92,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def cmd_bench(args) -> int:
-    from .run.bench import bench, format_result
+    from .run.bench import format_result
 
     cfg = _load(args)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -127,7 +105,7 @@ def cmd_bench(args) -> int:
         sizes = [0]
     if any(b < 1 for b in sizes):
         raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,2,4")
-    result = bench(cfg, size=args.size, images=args.images, modes=modes, ref_fraction=args.ref_fraction,
+    result = api.bench(cfg, size=args.size, images=args.images, modes=modes, ref_fraction=args.ref_fraction,
                    random_weights=args.random_weights, batch_sizes=sizes)
     print(format_result(result))
     if args.json:
@@ -138,9 +116,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_make_test_model(args) -> int:
-    from .backends.testmodel import make_test_model
-
-    out = make_test_model(args.dir, seed=args.seed, fill=args.fill)
+    out = api.make_test_model(args.dir, seed=args.seed, fill=args.fill)
     print(f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "
           f"model.path: {out}, model.dtype: float32 on CPU")
     return 0
@@ -175,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_plan)
     sp = with_config("run", "run the job: outpaint every row, write images + metadata (resumes by default)")
     sp.add_argument("--strict", action="store_true", help="exit 1 if any row was rejected or failed")
-    sp.add_argument("--quiet", action="store_true", help="no progress lines or summary table")
+    sp.add_argument("--quiet", action="store_true", help="no progress or summary table")
+    sp.add_argument("--progress", choices=["auto", "bar", "line", "none"], default="auto",
+                    help="auto: a progress bar on a terminal, a line every runtime.progress_interval_s in logs")
     sp.add_argument("--verbose", action="store_true", help="also Ray's and the model libraries' logs and warnings")
     sp.set_defaults(func=cmd_run)
     sp = with_config("submit", "run the config as a job on a Ray cluster (idempotent; exit 0 succeeded, "

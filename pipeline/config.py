@@ -75,33 +75,40 @@ class HttpConfig(_Section):
 
 
 class InputConfig(_Section):
-    manifest: str = Field(description="manifest file, directory or glob, any fsspec URI")
+    """Where the manifest and the source images are."""
+
+    manifest: str = Field(description="manifest file, directory (recursive) or glob, any fsspec URI")
     format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = Field(
         "auto", description="manifest file format; auto: by extension (.parquet, .csv, .tsv, .jsonl/.ndjson/.json)")
-    image_root: Optional[str] = Field(None, description="prefix for relative `image` values")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    image_root: Optional[str] = Field(None, description="prefix for relative `image` values (absolute paths and "
+                                      "URIs are kept)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec for the manifest "
+                                            "and the images (credentials: prefer the environment)")
     header_threads: int = Field(32, ge=1, le=512, description="parallel header reads / HEADs")
     identity: Literal["auto", "listing", "head"] = Field(
         "auto", description="how a rerun learns whether sources changed: auto = object-store directories listed "
         "(1,000 keys a request) when cheaper than a HEAD a row, else a HEAD (stat) a row; listing; head")
     listing_budget: float = Field(0.25, gt=0, le=10, description="auto: at most this many listing pages per row "
                                   "looked up before a directory falls back to a HEAD a row")
-    http: HttpConfig = Field(default_factory=HttpConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig, description="http(s) sources")
 
 
 class Defaults(_Section):
     """Row values that a manifest column overrides."""
 
-    mode: Mode = "high"
-    output_format: OutputFormat = "png"
-    auto_crop: bool = False
-    anchor: Anchor = "center"
-    prompt: str = ""
+    mode: Mode = Field("high", description="high (full steps, pixel-space canvas) | fast (reference encoded "
+                       "alone, fewer steps)")
+    output_format: OutputFormat = Field("png", description="png | jpeg (or jpg) | webp")
+    auto_crop: bool = Field(False, description="crop a reference that extends past the canvas instead of rejecting "
+                            "the row (out_of_bounds)")
+    anchor: Anchor = Field("center", description="where a reference without offsets sits on its canvas")
+    prompt: str = Field("", description="guidance for the model; empty = continue the scene")
     num_variants: int = Field(1, ge=1, le=16, description="outputs per row: {id}-{k} when more than one")
     # Targets: a row with any target of its own ignores these (never "both targets").
-    width: Optional[int] = None
-    height: Optional[int] = None
-    aspect_ratio: Optional[Union[str, float]] = None
+    width: Optional[int] = Field(None, description="a default target: canvas width (with height)")
+    height: Optional[int] = Field(None, description="a default target: canvas height (with width)")
+    aspect_ratio: Optional[Union[str, float]] = Field(None, description="a default target: canvas ratio 'W:H' or "
+                                                      "a number (16:9 stays a ratio, quoted or not)")
 
     @field_validator("output_format", mode="before")
     @classmethod
@@ -126,15 +133,23 @@ class Defaults(_Section):
 
 
 class SizingConfig(_Section):
-    max_pixels: int = Field(MAX_PIXELS_CEILING, gt=0, le=MAX_PIXELS_CEILING)
-    fit: Literal["none", "contain"] = "none"
-    fill_fraction: float = Field(0.8, gt=0, le=1.0)
-    allow_upscale: bool = False
+    """How big canvases are and how references sit on them (docs/contracts.md, Geometry)."""
+
+    max_pixels: int = Field(MAX_PIXELS_CEILING, gt=0, le=MAX_PIXELS_CEILING, description="canvas budget (4 MP "
+                            "at most); aspect-ratio canvases scale the reference down to fit it")
+    fit: Literal["none", "contain"] = Field("none", description="contain: with explicit sizes, scale the "
+                                            "reference to fill_fraction of each canvas side")
+    fill_fraction: float = Field(0.8, gt=0, le=1.0, description="fit: contain: share of each canvas side the "
+                                 "reference may span")
+    allow_upscale: bool = Field(False, description="fit: contain may enlarge small references")
 
 
 class LimitsConfig(_Section):
-    max_source_pixels: int = Field(64 * 1024 * 1024, gt=0, le=1 << 32)
-    max_source_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    """Caps checked from each source's header before any pixel is decoded."""
+
+    max_source_pixels: int = Field(64 * 1024 * 1024, gt=0, le=1 << 32, description="decoded size limit "
+                                   "(image_too_large)")
+    max_source_bytes: int = Field(256 * 1024 * 1024, gt=0, description="file size limit (image_too_large)")
 
 
 SHAPE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -149,11 +164,12 @@ class OptimizeConfig(_Section):
 
     compile: Literal["auto", "none", "blocks", "full"] = Field(
         "auto", description="torch.compile the transformer's repeated blocks (short compile) or all of it")
-    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"] = "default"
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"] = Field(
+        "default", description="torch.compile mode")
     cuda_graphs: bool = Field(False, description="CUDA graphs for the compiled blocks (pays off at small "
                               "canvases; not yet measured here); runs one call at a time per actor")
     fuse_qkv: bool = Field(True, description="one QKV projection GEMM per attention instead of three")
-    channels_last_vae: Literal["auto", "on", "off"] = "auto"
+    channels_last_vae: Literal["auto", "on", "off"] = Field("auto", description="NHWC convolutions in the VAE")
     attention: str = Field("native", description="diffusers attention backend: " + ", ".join(ATTENTION_BACKENDS))
     fp8: bool = Field(False, description="torchao dynamic float8 (rowwise) transformer linears; CUDA >= 8.9")
     bucket_px: int = Field(16, ge=16, le=1024, description="canvases are generated at multiples of this "
@@ -200,14 +216,14 @@ class ApiConfig(_Section):
     key_env: str = Field("BFL_API_KEY", description="the environment variable holding the API key (only there)")
     max_active: int = Field(24, ge=1, le=256, description="the account's concurrent-task limit, held across the "
                             "whole run")
-    safety_tolerance: int = Field(2, ge=0, le=5)
+    safety_tolerance: int = Field(2, ge=0, le=5, description="moderation: 0 (strict) .. 5 (permissive)")
     max_cost_credits: Optional[float] = Field(None, gt=0, description="stop submitting once the run has spent "
                                               "this many credits (1 credit = 0.01 USD)")
     poll_interval_s: float = Field(0.5, gt=0, description="first poll after submitting; backs off from here")
     poll_max_interval_s: float = Field(1.0, gt=0, description="polls back off to this: a finished task waits at most this long to be seen")
     task_timeout_s: float = Field(600.0, gt=0, description="a task still Pending after this fails its row "
                                   "(it stays journaled: a rerun polls it again)")
-    request_timeout_s: float = Field(60.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0, description="one HTTP request to the API")
     max_wait_s: float = Field(600.0, ge=0, description="the most a row waits out 429s and unreachable API")
     upload_format: Literal["png", "jpeg"] = Field("png", description="how the reference is sent")
     result_format: Literal["png", "jpeg"] = Field("png", description="what the API returns (png: lossless)")
@@ -223,17 +239,26 @@ class ApiConfig(_Section):
 
 
 class ModelConfig(_Section):
-    backend: Literal["classical", "solid", "flux-fill", "bfl-api"] = "classical"
-    api: ApiConfig = Field(default_factory=ApiConfig)
-    path: Optional[str] = None
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    fill: Optional[Literal["grey", "contrast", "green", "blue", "magenta"]] = None
+    """What generates the unknown area (docs/backends.md)."""
+
+    backend: Literal["classical", "solid", "flux-fill", "bfl-api"] = Field(
+        "classical", description="classical (CPU, no weights) | solid (plain padding) | flux-fill (FLUX.1 Fill on "
+        "GPUs) | bfl-api (the hosted API, no GPU)")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="bfl-api: the hosted FLUX Outpainting API")
+    path: Optional[str] = Field(None, description="flux-fill: a diffusers directory, a Hugging Face id in the "
+                                "offline cache, or an object-storage URI synced once per node")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for an "
+                                            "object-storage model.path")
+    fill: Optional[Literal["grey", "contrast", "green", "blue", "magenta"]] = Field(
+        None, description="flux-fill: what the unknown area holds before generation (default: the checkpoint's "
+        "own, grey for FLUX.1-Fill-dev)")
     steps: int = Field(50, ge=1, le=1000, description="denoising steps in high mode")
     fast_steps: Optional[int] = Field(None, ge=1, le=1000, description="default: a third of steps")
-    guidance: float = Field(30.0, ge=0)
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
-    # flux-fill
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    guidance: float = Field(30.0, ge=0, description="flux-fill: guidance scale (FLUX.1-Fill-dev is distilled "
+                            "for 30)")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="flux-fill: weights and "
+                                                             "compute (float32 for the tiny test model on CPU)")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="flux-fill: auto = cuda where present")
     mask_grow_px: int = Field(0, ge=0, le=64, description="grow the mask into the reference (blending)")
     quantize: Literal["none", "float8", "int8"] = Field(
         "none", description="transformer weight storage (torchao, weight-only; changes pixels: part of the "
@@ -241,16 +266,17 @@ class ModelConfig(_Section):
     text_encoder_device: Literal["auto", "cpu", "model"] = Field(
         "auto", description="where the text encoders embed the prompts (then they are dropped): auto = cpu "
         "when model.quantize is set (to fit small GPUs), else the model's device")
-    max_sequence_length: int = Field(512, ge=1, le=512)
+    max_sequence_length: int = Field(512, ge=1, le=512, description="flux-fill: T5 prompt tokens")
     free_text_encoders: bool = Field(True, description="drop the text encoders once every prompt is embedded")
     cache_dir: Optional[str] = Field(None, description="where object-storage model URIs are synced (per node)")
-    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig)
-    # solid backend: constant colour, or the reference's edges extended and blurred
-    solid_mode: Literal["edge", "color"] = "edge"
-    solid_color: tuple[int, int, int] = (255, 255, 255)
-    solid_blur: float = Field(0.0, ge=0, le=256)
-    # classical backend: strength of the photo's own texture continued over the fill (0 = smooth, 1 = matched)
-    classical_grain: float = Field(1.0, ge=0, le=4)
+    optimize: OptimizeConfig = Field(default_factory=OptimizeConfig, description="flux-fill speed "
+                                     "(docs/gpu.md); auto = on with CUDA, off on CPU")
+    solid_mode: Literal["edge", "color"] = Field("edge", description="solid: edge (the reference's border "
+                                                 "extended) | color")
+    solid_color: tuple[int, int, int] = Field((255, 255, 255), description="solid color: RGB 0..255")
+    solid_blur: float = Field(0.0, ge=0, le=256, description="solid edge: Gaussian blur radius of the extension")
+    classical_grain: float = Field(1.0, ge=0, le=4, description="classical: strength of the photo's own texture "
+                                   "continued over the fill (0 = smooth, 1 = matched)")
 
     @field_validator("solid_color")
     @classmethod
@@ -274,10 +300,12 @@ class ModelConfig(_Section):
 
 
 class ImageEncoding(_Section):
-    jpeg_quality: int = Field(95, ge=1, le=100)
-    webp_quality: int = Field(95, ge=1, le=100)
-    webp_lossless: bool = False
-    png_compress_level: int = Field(6, ge=0, le=9)
+    """Encoder settings of the written images."""
+
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality")
+    webp_quality: int = Field(95, ge=1, le=100, description="WebP quality (lossy)")
+    webp_lossless: bool = Field(False, description="lossless WebP")
+    png_compress_level: int = Field(6, ge=0, le=9, description="zlib level: 0 (fastest) .. 9 (smallest)")
 
 
 # The IPTC Digital Source Type vocabulary (NewsCodes): terms output.digital_source_type takes
@@ -295,25 +323,33 @@ class C2paConfig(_Section):
 
     cert: str = Field(description="PEM certificate chain, signing certificate first (any fsspec URI)")
     key_env: str = Field(description="environment variable holding the PEM private key (never in the config)")
-    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = Field(
+        "es256", description="signature algorithm of the certificate's key")
     ta_url: Optional[str] = Field(None, description="RFC 3161 timestamp authority URL (none: untimestamped)")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for cert")
 
 
 class OutputConfig(_Section):
-    uri: str
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    passthrough_columns: list[str] = Field(default_factory=list)
-    mode: Literal["resume", "overwrite", "error_if_exists"] = "resume"
-    encoding: ImageEncoding = Field(default_factory=ImageEncoding)
-    # sources with transparency: flatten onto `background`, or keep alpha (png/webp;
-    # jpeg always flattens). The generated area is opaque.
-    alpha: Literal["flatten", "preserve"] = "flatten"
-    background: tuple[int, int, int] = (255, 255, 255)
+    """Where and how outputs are written (docs/contracts.md, Outputs)."""
+
+    uri: str = Field(description="local path or fsspec URI (s3://, gs://, az://): images/, metadata/, run.json, "
+                     "report.html")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="passed to fsspec for the output "
+                                            "(credentials: prefer the environment)")
+    passthrough_columns: list[str] = Field(default_factory=list, description="manifest columns copied to the "
+                                           "metadata unchanged")
+    mode: Literal["resume", "overwrite", "error_if_exists"] = Field(
+        "resume", description="resume (skip rows already ok with the same request) | overwrite (redo every row) | "
+        "error_if_exists (refuse to start over earlier outputs)")
+    encoding: ImageEncoding = Field(default_factory=ImageEncoding, description="encoder settings")
+    # The generated area is opaque whatever this says.
+    alpha: Literal["flatten", "preserve"] = Field("flatten", description="sources with transparency: flatten onto "
+                                                  "background, or preserve (png/webp; jpeg always flattens)")
+    background: tuple[int, int, int] = Field((255, 255, 255), description="alpha: flatten: RGB 0..255")
     metadata_part_rows: int = Field(10_000, ge=1, description="rows per metadata part file while running")
-    # seams: blend the reference into the generated area over this many px, on generated
-    # sides only (never where the reference touches the canvas edge); 0 = exact paste
-    feather_px: int = Field(8, ge=0, le=128)
+    # never where the reference touches the canvas edge
+    feather_px: int = Field(8, ge=0, le=128, description="blend band inside the reference, on generated sides "
+                            "only (0 = exact paste)")
     color_match: bool = Field(False, description="match the generated area's colours to the reference border")
     # colour management: the model works in sRGB; the output keeps the source's profile
     # (preserve: its reference values byte-exact) or is converted to sRGB and tagged (srgb)
@@ -345,13 +381,16 @@ class OutputConfig(_Section):
 
 
 class RuntimeConfig(_Section):
+    """Where and how the run executes: Ray, actors, blocks, progress."""
+
     @model_validator(mode="after")
     def _actors(self):
         if self.min_actors is not None and self.min_actors > self.num_actors:
             raise ValueError("min_actors must not exceed num_actors (the autoscaling range is min..num)")
         return self
 
-    seed: int = Field(0, ge=0, lt=1 << 63)
+    seed: int = Field(0, ge=0, lt=1 << 63, description="run seed: per-row seeds derive from (seed, id) unless "
+                      "the row has one")
     ray_address: Optional[str] = Field(None, description="existing cluster; default: start a local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="local Ray only: CPUs to use (default all)")
     num_actors: int = Field(1, ge=1, description="model actors (actor backends, e.g. flux-fill): the most")
@@ -362,7 +401,7 @@ class RuntimeConfig(_Section):
     num_gpus_per_actor: Optional[float] = Field(
         None, ge=0, description="default: 1 for flux-fill (0 with model.device: cpu, or on a local Ray "
         "without GPUs), 0 for the CPU backends; the autoscaler scales GPU groups by it")
-    num_cpus_per_actor: float = Field(1.0, gt=0)
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved by each model actor")
     # Two calls in flight per model actor: while one runs the denoising loop the other
     # uploads and VAE-encodes the next batch (model.optimize.pipelining), and Ray
     # prefetches further batches' inputs (actor_tasks_in_flight).
@@ -371,28 +410,33 @@ class RuntimeConfig(_Section):
     block_rows: int = Field(16, ge=1, description="work rows per Ray block through the image stages")
     plan_block_rows: int = Field(65_536, ge=1, description="manifest rows per triage chunk (plan + resume "
                                  "filter + bulk metadata, columnar); Parquet slices are whole row groups")
-    progress_interval_s: float = Field(5.0, gt=0)
-    ray_progress_bars: bool = False
+    progress_interval_s: float = Field(5.0, gt=0, description="seconds between progress lines (logs; a "
+                                       "terminal or notebook shows a progress bar)")
+    ray_progress_bars: bool = Field(False, description="Ray Data's own per-operator progress bars")
     verbose: bool = Field(False, description="Ray's and the model libraries' logs and warnings (outpaint run --verbose)")
 
 
 class PlanConfig(_Section):
-    # Cost estimate only: FLUX at 1024x1024 (4096 tokens) costs ~74 TFLOP a step;
-    # ~0.093 s/step on one H100 in bf16 at the compute bound.
-    seconds_per_step_at_1mp: float = Field(0.093, gt=0)
+    """What `outpaint plan` estimates and warns about."""
+
+    # FLUX at 1024x1024 (4096 tokens) costs ~74 TFLOP a step: ~0.093 s on one H100 in bf16
+    seconds_per_step_at_1mp: float = Field(0.093, gt=0, description="GPU-time estimate: seconds per denoising "
+                                           "step at 1024x1024 (outpaint bench prints your hardware's)")
     warn_generated_share: float = Field(0.75, gt=0, le=1, description="plan warns about rows whose canvas "
                                         "is more than this share generated (the reference too small for it)")
 
 
 class Config(_Section):
-    input: InputConfig
-    defaults: Defaults = Field(default_factory=Defaults)
-    sizing: SizingConfig = Field(default_factory=SizingConfig)
-    limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    output: OutputConfig
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    plan: PlanConfig = Field(default_factory=PlanConfig)
+    """One run: YAML, validated once at start."""
+
+    input: InputConfig = Field(description="the manifest and the sources")
+    defaults: Defaults = Field(default_factory=Defaults, description="row values a manifest column overrides")
+    sizing: SizingConfig = Field(default_factory=SizingConfig, description="canvas sizes and placement")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="caps on sources")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the backend")
+    output: OutputConfig = Field(description="where outputs go and how they are encoded")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Ray, actors, progress")
+    plan: PlanConfig = Field(default_factory=PlanConfig, description="outpaint plan's estimates")
 
 
 # --------------------------------------------------------------------------- loading

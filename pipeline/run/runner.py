@@ -37,6 +37,7 @@ from ..io import manifest
 from ..io.done import sorted_keys
 from ..io.outputs import OutputStore, new_run_id
 from ..plan.stage import duplicate_first_rows
+from .progress import Progress
 from .stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
 from .triage import TRIAGE_STATS, TriageCounts, TriageStage, slices_table
 
@@ -183,19 +184,26 @@ class Tally:
         ended = pc.or_(ok, pc.fill_null(pc.is_in(code, value_set=pa.array(["moderated", "invalid_request"])), False))
         self.api_done += [h for h in pc.filter(batch.column("request_hash"), ended).to_pylist() if h]
 
-    def line(self) -> str:
-        el = max(time.time() - self.started, 1e-9)
-        rate = self.done / el
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        pct = 100.0 * self.done / max(self.total, 1)
-        parts = [f"{self.done:,}/{self.total:,} work rows ({pct:.1f}%)"]
-        parts += [f"{k} {v:,}" for k, v in sorted(self.by_status.items())]
+    def _parts(self) -> list[str]:
+        parts = [f"{k} {v:,}" for k, v in sorted(self.by_status.items())]
         if self.skipped:
             parts.append(f"skipped {self.skipped:,}")
         if self.api is not None:
             a = self.api
             parts.append(f"API: {a['active']} active, {a['ready']:,} ready, {a['moderated']:,} moderated, "
                          f"{a['cost_credits']:,.2f} credits")
+        return parts
+
+    def postfix(self) -> str:
+        """What a progress bar shows beside its count and rate."""
+        return " · ".join(self._parts())
+
+    def line(self) -> str:
+        el = max(time.time() - self.started, 1e-9)
+        rate = self.done / el
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        pct = 100.0 * self.done / max(self.total, 1)
+        parts = [f"{self.done:,}/{self.total:,} work rows ({pct:.1f}%)", *self._parts()]
         parts += [f"{rate:.2f} rows/s", f"ETA {_fmt_duration(eta) if self.done < self.total else '0m00s'}"]
         return "[outpaint] " + " · ".join(parts)
 
@@ -400,8 +408,10 @@ def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
     return ds.map_batches(WriteStage(cfg, store, run_id), **task)
 
 
-def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
-    """Run the job; returns the run summary (also written to ``run.json``)."""
+def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "auto") -> dict:
+    """Run the job; returns the run summary (also written to ``run.json``). ``progress``:
+    auto (a bar on a terminal or in a notebook, else a line every
+    ``runtime.progress_interval_s``), bar, line or none."""
     t_start = time.time()
     run_id = new_run_id()
     if cfg.runtime.ray_address and storage.is_local(cfg.output.uri):
@@ -460,7 +470,7 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
 
     pending: list[pa.Table] = []
     pending_rows, part = 0, 0
-    last_print = time.time()
+    shown = Progress("none" if quiet else progress, work_rows, out, cfg.runtime.progress_interval_s)
 
     def flush():
         nonlocal pending, pending_rows, part
@@ -480,12 +490,10 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
                 pending_rows += batch.num_rows
             if pending_rows >= cfg.output.metadata_part_rows:
                 flush()
-            now = time.time()
-            if not quiet and now - last_print >= cfg.runtime.progress_interval_s:
-                print(tally.line(), file=out, flush=True)
-                last_print = now
+            shown.update(tally)
         flush()
         del work
+    shown.close(tally)
     work_s = time.time() - tally.started if work_rows else 0.0
     if tally.api is not None:
         finish_api(cfg, tally)
@@ -531,7 +539,5 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr) -> dict:
     except Exception as e:  # noqa: BLE001 - the review page must never fail a finished run
         print(f"[outpaint] report.html not written: {type(e).__name__}: {e}", file=out)
     if not quiet:
-        if work_rows and time.time() - last_print > 0.5:
-            print(tally.line(), file=out)
         print(summary_table(result), file=out)
     return result

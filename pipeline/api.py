@@ -1,0 +1,358 @@
+"""The Python API: everything the command line does, for notebooks and for Ray Data
+pipelines of your own (docs/python-api.md). The ``outpaint`` command is a thin layer
+over these functions; what is here is the stable surface, the rest of the package is
+not.
+
+    from pipeline import api as outpaint
+
+    cfg = outpaint.load_config("configs/example.yaml")
+    table = outpaint.plan(None, cfg)            # a pyarrow.Table: one planned row per manifest row
+    result = outpaint.outpaint(None, cfg)       # run the job; None = the config's own manifest
+    result = outpaint.outpaint(ds, cfg)         # or a Ray Dataset / table / DataFrame of manifest rows
+    stages = outpaint.stages(cfg)               # the stages, for ds.map_batches on your own dataset
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+
+from . import storage
+from .config import Config, ConfigError, apply_overrides, dump, from_dict, load
+from .io import manifest as manifest_io
+
+ManifestLike = Any  # None (the config's), a URI, a pyarrow Table, a pandas DataFrame, rows (dicts), a Ray Dataset
+IN_MEMORY = "<in-memory manifest>"  # input.manifest of a config whose rows come from the caller
+
+
+# ------------------------------------------------------------------ config
+
+def load_config(source: str | os.PathLike | Mapping | Config, overrides: Sequence[str] = (),
+                storage_options: dict | None = None) -> Config:
+    """A validated config from a YAML file (any fsspec URI), a dict or a ``Config``, with
+    ``key.path=value`` overrides (as ``--set``). A dict may leave ``input`` out when the
+    rows are handed to ``plan``/``outpaint`` directly. Raises ``ConfigError`` naming the key."""
+    if isinstance(source, Config):
+        if not overrides:
+            return source
+        source = dump(source)
+    if isinstance(source, (str, os.PathLike)):
+        return load(os.fspath(source), list(overrides), storage_options)
+    data = copy.deepcopy(dict(source))
+    data.setdefault("input", {}).setdefault("manifest", IN_MEMORY)
+    return from_dict(apply_overrides(data, list(overrides)), "(dict)")
+
+
+def _with_manifest(cfg: Config, uri: str) -> Config:
+    data = dump(cfg)
+    data["input"]["manifest"] = uri
+    return from_dict(data)
+
+
+# ------------------------------------------------------------------ validate
+
+@dataclass
+class Validation:
+    """What ``validate`` found: the manifest's files, rows and columns."""
+
+    files: list[str]
+    rows: int
+    columns: list[str]
+
+
+def validate(config) -> Validation:
+    """The config and the manifest's schema, nothing else (no image is read)."""
+    cfg = load_config(config)
+    index = manifest_io.scan(cfg)
+    fs, paths = manifest_io.files(cfg)
+    return Validation([storage.unstrip(fs, p) for p in paths], index.rows, list(index.schema.names))
+
+
+# ------------------------------------------------------------------ manifests from data
+
+def _is_dataset(obj) -> bool:
+    return type(obj).__name__ in ("Dataset", "MaterializedDataset") and hasattr(obj, "write_parquet")
+
+
+def as_table(rows) -> pa.Table:
+    """Manifest rows as a pyarrow Table: a Table, a pandas DataFrame, a dict of columns or
+    a list of row dicts."""
+    if isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, pa.RecordBatch):
+        return pa.Table.from_batches([rows])
+    if type(rows).__name__ == "DataFrame":
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    if isinstance(rows, Mapping):
+        return pa.table(dict(rows))
+    if isinstance(rows, Iterable):
+        rows = list(rows)
+        names = list(dict.fromkeys(k for row in rows for k in row))  # every row's keys, not the first's
+        return pa.table({k: [row.get(k) for row in rows] for k in names})
+    raise TypeError(f"a manifest must be a URI, a pyarrow Table, a pandas DataFrame, rows or a Ray Dataset, "
+                    f"not {type(rows).__name__}")
+
+
+def stage_manifest(rows: ManifestLike, cfg: Config) -> tuple[Config, str | None]:
+    """The config to run ``rows`` with: ``rows`` written as Parquet under the output's
+    ``_tmp/`` (a Ray Dataset by Ray Data's own parallel writer, never through this
+    process), then read like any manifest, at catalogue scale. Returns the config and the
+    staged directory (to remove after), or the config unchanged for ``None`` / a URI."""
+    if rows is None:
+        if cfg.input.manifest == IN_MEMORY:
+            raise ConfigError("no manifest: give rows to plan()/outpaint() or set input.manifest")
+        return cfg, None
+    if isinstance(rows, (str, os.PathLike)):
+        return _with_manifest(cfg, os.fspath(rows)), None
+    fs, root = storage.filesystem(cfg.output.uri, cfg.output.storage_options)
+    if _is_dataset(rows):
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        key = hashlib.sha256(repr(rows).encode() + os.urandom(8)).hexdigest()[:12]
+        path = storage.join(root, "_tmp", f"manifest-{key}")
+        rows.write_parquet(path, filesystem=PyFileSystem(FSSpecHandler(fs)))
+    else:
+        table = as_table(rows)
+        manifest_io.check_schema(table.schema, cfg, "(rows)")
+        key = hashlib.sha256(repr(table.schema).encode() + str(table.num_rows).encode() + os.urandom(8)).hexdigest()
+        path = storage.join(root, "_tmp", f"manifest-{key[:12]}")
+        fs.makedirs(path, exist_ok=True)
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, storage.join(path, "part-0.parquet"), filesystem=fs)
+    return _with_manifest(cfg, storage.unstrip(fs, path)), path
+
+
+def _remove_staged(cfg: Config, path: str | None) -> None:
+    if path is None:
+        return
+    fs, _ = storage.filesystem(cfg.output.uri, cfg.output.storage_options)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+# ------------------------------------------------------------------ plan
+
+def plan(manifest: ManifestLike, config) -> pa.Table:
+    """The dry run: one planned row per manifest row (geometry, status, code, message),
+    as a pyarrow Table in manifest order. Reads image headers where sizes are not in the
+    manifest; generates nothing and writes nothing but a staged copy of in-memory rows."""
+    from .plan.stage import plan_manifest
+
+    cfg = load_config(config)
+    if manifest is not None and not isinstance(manifest, (str, os.PathLike)) and not _is_dataset(manifest):
+        table = as_table(manifest)
+        manifest_io.check_schema(table.schema, cfg, "(rows)")
+        if manifest_io.ROW_INDEX not in table.column_names:
+            table = table.append_column(manifest_io.ROW_INDEX, pa.array(range(table.num_rows), pa.int64()))
+        return plan_manifest(cfg, table)
+    cfg, staged = stage_manifest(manifest, cfg)
+    try:
+        manifest_io.read_schema(cfg)
+        return plan_manifest(cfg, manifest_io.read(cfg))
+    finally:
+        _remove_staged(cfg, staged)
+
+
+def plan_summary(table: pa.Table, config) -> dict:
+    """Counts per status and code, output megapixels, rows mostly generated, and for
+    flux-fill the generated shapes and estimated GPU time (what ``outpaint plan`` prints)."""
+    from .plan.stage import summarise
+
+    return summarise(table, load_config(config))
+
+
+def format_plan_summary(summary: dict) -> str:
+    from .plan.stage import format_summary
+
+    return format_summary(summary)
+
+
+# ------------------------------------------------------------------ run
+
+@dataclass
+class RunResult:
+    """What a run did (``run.json``, whole, in ``summary``)."""
+
+    summary: dict
+    output_uri: str
+    storage_options: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.summary["run_id"]
+
+    @property
+    def rows(self) -> int:
+        return self.summary["rows"]
+
+    @property
+    def by_status(self) -> dict[str, int]:
+        """Every manifest row's latest status: ok / rejected / failed."""
+        return dict(self.summary["manifest"]["by_status"])
+
+    @property
+    def by_code(self) -> dict[str, int]:
+        return dict(self.summary["manifest"]["by_code"])
+
+    @property
+    def images_written(self) -> int:
+        return self.summary["images_written"]
+
+    @property
+    def skipped(self) -> int:
+        return self.summary["counts"]["skipped"]
+
+    def metadata(self, columns: list[str] | None = None) -> pa.Table:
+        """The output's metadata: one row per manifest row (latest run's wins)."""
+        from .io.outputs import OutputStore
+
+        table = OutputStore(self.output_uri, self.storage_options).read_metadata(columns)
+        return table if table is not None else pa.table({})
+
+
+def outpaint(manifest: ManifestLike, config, *, progress: str = "auto", quiet: bool = False,
+             out=None) -> RunResult:
+    """Run the job over ``manifest`` (``None``: the config's ``input.manifest``; or a URI,
+    a pyarrow Table, a pandas DataFrame, row dicts, a Ray Dataset) and return what it did.
+    Resumes like ``outpaint run``: rows already done with the same request are skipped.
+    ``progress``: ``auto`` (a bar in a terminal or notebook, lines in logs), ``bar``,
+    ``line`` or ``none``."""
+    from .run.runner import run as run_job
+
+    cfg = load_config(config)
+    cfg, staged = stage_manifest(manifest, cfg)
+    try:
+        summary = run_job(cfg, quiet=quiet, out=out if out is not None else sys.stderr,
+                          progress="none" if quiet else progress)
+    finally:
+        _remove_staged(cfg, staged)
+    return RunResult(summary, cfg.output.uri, dict(cfg.output.storage_options))
+
+
+def run(config, **kwargs) -> RunResult:
+    """``outpaint(None, config)``: the config's own manifest."""
+    return outpaint(None, config, **kwargs)
+
+
+# ------------------------------------------------------------------ the stages, for your own Ray Data pipeline
+
+@dataclass
+class Stages:
+    """The pipeline's stages for ``ds.map_batches`` over a dataset of your own (pyarrow
+    batches): ``plan`` (geometry, codes, request hash), then either ``process`` (load,
+    outpaint and write in one CPU task: the CPU backends) or ``load`` -> ``Outpaint`` (a
+    class, for an actor pool: ``fn_constructor_args=stages.outpaint_args``) -> ``write``.
+    Each takes a pyarrow Table and returns one, and is callable without Ray. The write
+    stages write images under ``output.uri`` and return the metadata rows (every row,
+    whatever its fate): write those wherever you like, e.g. ``ds.write_parquet``."""
+
+    config: Config
+    plan: Any
+    load: Any
+    write: Any
+    process: Any
+    Outpaint: type
+    outpaint_args: tuple
+    needs_actor: bool
+
+    def apply(self, ds, *, batch_size: int | None = None, concurrency: int = 1):
+        """The whole chain on a Ray Dataset of manifest rows; returns the metadata dataset."""
+        manifest_io.check_schema(ds.schema().base_schema if hasattr(ds.schema(), "base_schema")
+                                 else pa.schema(zip(ds.schema().names, ds.schema().types)), self.config)
+        task = dict(batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(self.plan, **task)
+        if not self.needs_actor:
+            return ds.map_batches(self.process, **task)
+        import ray
+
+        ds = ds.map_batches(self.load, **task)
+        ds = ds.map_batches(self.Outpaint, fn_constructor_args=self.outpaint_args, batch_format="pyarrow",
+                            batch_size=batch_size or self.config.runtime.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=concurrency))
+        return ds.map_batches(self.write, **task)
+
+
+def stages(config, run_id: str | None = None) -> Stages:
+    """The stages of ``config`` (``run_id`` tags the metadata rows; default: a new one)."""
+    from .backends import needs_actor
+    from .io.outputs import OutputStore, new_run_id
+    from .plan.stage import PlanStage
+    from .run.stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
+
+    cfg = load_config(config)
+    store = OutputStore(cfg.output.uri, cfg.output.storage_options)
+    run_id = run_id or new_run_id()
+    return Stages(cfg, PlanStage(cfg, identify=True), LoadStage(cfg), WriteStage(cfg, store, run_id),
+                  ProcessStage(cfg, store, run_id), OutpaintStage, (cfg,), needs_actor(cfg.model))
+
+
+# ------------------------------------------------------------------ the other commands
+
+def report(output_uri: str, config=None) -> tuple[str, dict]:
+    """Rebuild ``report.html`` of an output; returns its URI and the summary."""
+    from .io.outputs import OutputStore
+    from .review import report as report_mod
+
+    out_opts, src_opts = {}, None
+    if config is not None:
+        cfg = load_config(config)
+        out_opts, src_opts = cfg.output.storage_options, cfg.input.storage_options
+    try:
+        return report_mod.write(OutputStore(output_uri, out_opts), src_opts)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from None
+
+
+def make_manifest(sources: Sequence[str], out: str, *, aspect_ratios: Sequence[str] = (),
+                  size: tuple[int, int] | None = None, mode: str | None = None, output_format: str | None = None,
+                  storage_options: dict | None = None) -> tuple[pa.Table, str]:
+    """A manifest from folders, globs or bucket prefixes of images (``outpaint manifest``):
+    one row per image and target; returns the table and the written file's URI."""
+    from .io.catalogue import Target, build, write
+
+    targets = [Target(aspect_ratio=r) for r in aspect_ratios]
+    if size is not None:
+        targets.append(Target(width=size[0], height=size[1]))
+    table = build(list(sources), targets, mode=mode, output_format=output_format, storage_options=storage_options)
+    return table, write(table, out, storage_options)
+
+
+def submit(config, address: str, **kwargs) -> tuple[str, str]:
+    """Run the config as a Ray job on a cluster (``outpaint submit``): idempotent, logs
+    streamed; returns (submission id, final status). Keywords as ``run.submit.submit``:
+    wait, timeout_s, strict, job_id, stop_on_exit."""
+    from .run.submit import submit as submit_job
+
+    cfg = load_config(config)
+    manifest_io.read_schema(cfg)  # a bad manifest fails here, not on the cluster
+    return submit_job(cfg, address, **kwargs)
+
+
+def bench(config, **kwargs) -> dict:
+    """Time the configured backend on synthetic canvases (``outpaint bench``): s/image,
+    images/hour, MFU, peak memory. Keywords: size, images, modes, ref_fraction,
+    random_weights, batch_sizes."""
+    from .run.bench import bench as bench_backend
+
+    return bench_backend(load_config(config), **kwargs)
+
+
+def make_test_model(directory: str | os.PathLike, seed: int = 0, fill: str | None = None) -> str:
+    """A tiny FLUX Fill pipeline with random weights (real diffusers classes), for trials."""
+    from .backends.testmodel import make_test_model as make
+
+    return make(os.fspath(directory), seed=seed, fill=fill)
+
+
+__all__ = ["Config", "ConfigError", "RunResult", "Stages", "Validation", "as_table", "format_plan_summary",
+           "load_config", "make_manifest", "make_test_model", "outpaint", "plan", "plan_summary", "report", "run",
+           "stages", "submit", "bench", "validate"]
