@@ -30,21 +30,33 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline import config as config_mod  # noqa: E402
-from pipeline.backends import Job  # noqa: E402
-from pipeline.backends.classical import ClassicalBackend  # noqa: E402
-from pipeline.backends.solid import SolidBackend  # noqa: E402
-from pipeline.review.compose import generated_sides, paste_back  # noqa: E402
-from pipeline.review.quality import psnr, seam_score  # noqa: E402
+from pipeline import config as config_mod
+from pipeline.backends import Job
+from pipeline.backends.classical import ClassicalBackend
+from pipeline.backends.solid import SolidBackend
+from pipeline.review.compose import generated_sides, paste_back
+from pipeline.review.quality import psnr, seam_score
 
-PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "camera.png", "rocket.jpg", "motorcycle_left.png",
-          "retina.jpg", "hubble_deep_field.jpg", "brick.png", "grass.png", "gravel.png", "moon.png"]
+PHOTOS = [
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "camera.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "moon.png",
+]
 
 
 def crops(h: int, w: int):
-    yield "centre60", (int(h * .2), int(w * .2), int(h * .8), int(w * .8))
-    yield "left70", (0, int(w * .3), h, w)             # extend to the left only
-    yield "corner", (0, 0, int(h * .7), int(w * .7))    # extend right and down
+    yield "centre60", (int(h * 0.2), int(w * 0.2), int(h * 0.8), int(w * 0.8))
+    yield "left70", (0, int(w * 0.3), h, w)  # extend to the left only
+    yield "corner", (0, 0, int(h * 0.7), int(w * 0.7))  # extend right and down
 
 
 def telea(canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -60,8 +72,11 @@ def streak_index(out: np.ndarray, mask: np.ndarray, sides) -> float:
     dx = np.abs(np.diff(g, axis=1))[mask[:, 1:] & mask[:, :-1]].mean()
     left, top, right, bottom = sides
     horizontal = left or right  # extended sideways: streaks run horizontally -> small dx, large dy
-    along, across = (dx, dy) if horizontal and not (top or bottom) else ((dy, dx) if (top or bottom) and not horizontal
-                                                                          else (min(dx, dy), max(dx, dy)))
+    along, across = (
+        (dx, dy)
+        if horizontal and not (top or bottom)
+        else ((dy, dx) if (top or bottom) and not horizontal else (min(dx, dy), max(dx, dy)))
+    )
     return float(across / (along + 0.05))
 
 
@@ -74,7 +89,10 @@ def patchmatch(canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def texture(out: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     import cv2
 
-    lap = [np.abs(cv2.Laplacian(x.astype(np.float32).mean(axis=2), cv2.CV_32F, ksize=1))[mask] for x in (out, truth)]
+    lap = [
+        np.abs(cv2.Laplacian(x.astype(np.float32).mean(axis=2), cv2.CV_32F, ksize=1))[mask]
+        for x in (out, truth)
+    ]
     return float((lap[0].mean() + 0.05) / (lap[1].mean() + 0.05))
 
 
@@ -87,11 +105,16 @@ def main() -> int:
     data = Path(skimage.__file__).parent / "data"
     cfg = config_mod.from_dict({"input": {"manifest": "-"}, "output": {"uri": "-"}})
     classical = ClassicalBackend(cfg.model)
-    solid = SolidBackend(config_mod.from_dict({"input": {"manifest": "-"}, "output": {"uri": "-"},
-                                               "model": {"backend": "solid"}}).model)
-    methods = {"classical": lambda job: classical.outpaint([job])[0],
-               "telea": lambda job: telea(*job.canvas()),
-               "solid": lambda job: solid.outpaint([job])[0]}
+    solid = SolidBackend(
+        config_mod.from_dict(
+            {"input": {"manifest": "-"}, "output": {"uri": "-"}, "model": {"backend": "solid"}}
+        ).model
+    )
+    methods = {
+        "classical": lambda job: classical.outpaint([job])[0],
+        "telea": lambda job: telea(*job.canvas()),
+        "solid": lambda job: solid.outpaint([job])[0],
+    }
     try:
         if "--no-patchmatch" not in sys.argv:
             from patchmatch import patch_match
@@ -124,26 +147,42 @@ def main() -> int:
                 r["seam"].append(seam_score(out, x0, y0, x1, y1, sides))
                 r["psnr"].append(psnr(out, truth, mask))
                 r["streak"].append(streak_index(out, mask, sides))
-                line += f"{r['lp_psnr'][-1]:>18.2f} / {r['texture'][-1]:4.2f} / {r['seam'][-1]:4.2f}"
+                line += (
+                    f"{r['lp_psnr'][-1]:>18.2f} / {r['texture'][-1]:4.2f} / {r['seam'][-1]:4.2f}"
+                )
             print(line, flush=True)
     truth_seams = []
     for name in PHOTOS:  # the photo's own boundary, for reference
         truth = read_png(data / name)
         H, W = truth.shape[:2]
         for _, (y0, x0, y1, x1) in crops(H, W):
-            truth_seams.append(seam_score(truth, x0, y0, x1, y1, generated_sides(W, H, x0, y0, x1, y1)))
+            truth_seams.append(
+                seam_score(truth, x0, y0, x1, y1, generated_sides(W, H, x0, y0, x1, y1))
+            )
     n = len(results["classical"]["psnr"])
-    print(f"\nmeans over {n} crops of {len(PHOTOS)} photos; the photos themselves: seam "
-          f"{np.mean(truth_seams):.2f}, texture 1.00")
-    print(f"{'method':<12}{'lowpass PSNR':>13}{'texture':>9}{'seam':>7}{'PSNR':>8}{'streak':>8}{'s/MP':>8}")
+    print(
+        f"\nmeans over {n} crops of {len(PHOTOS)} photos; the photos themselves: seam "
+        f"{np.mean(truth_seams):.2f}, texture 1.00"
+    )
+    print(
+        f"{'method':<12}{'lowpass PSNR':>13}{'texture':>9}{'seam':>7}{'PSNR':>8}{'streak':>8}{'s/MP':>8}"
+    )
     for k, r in results.items():
-        print(f"{k:<12}{np.mean(r['lp_psnr']):>10.2f} dB{np.mean(r['texture']):>9.2f}{np.mean(r['seam']):>7.2f}"
-              f"{np.mean(r['psnr']):>8.2f}{np.mean(r['streak']):>8.2f}{r['s'] / r['mp']:>8.2f}")
+        print(
+            f"{k:<12}{np.mean(r['lp_psnr']):>10.2f} dB{np.mean(r['texture']):>9.2f}{np.mean(r['seam']):>7.2f}"
+            f"{np.mean(r['psnr']):>8.2f}{np.mean(r['streak']):>8.2f}{r['s'] / r['mp']:>8.2f}"
+        )
     c = results["classical"]
-    ok = (np.mean(c["lp_psnr"]) >= 15.9, 0.6 <= np.mean(c["texture"]) <= 1.4, 0.8 <= np.mean(c["seam"]) <= 1.25,
-          c["s"] / c["mp"] <= 1.0)
-    print("classical targets (lowpass PSNR >= 15.9, texture 0.6-1.4, seam 0.8-1.25, <= 1 s/MP): "
-          + ", ".join("met" if x else "MISSED" for x in ok))
+    ok = (
+        np.mean(c["lp_psnr"]) >= 15.9,
+        0.6 <= np.mean(c["texture"]) <= 1.4,
+        0.8 <= np.mean(c["seam"]) <= 1.25,
+        c["s"] / c["mp"] <= 1.0,
+    )
+    print(
+        "classical targets (lowpass PSNR >= 15.9, texture 0.6-1.4, seam 0.8-1.25, <= 1 s/MP): "
+        + ", ".join("met" if x else "MISSED" for x in ok)
+    )
     return 0
 
 

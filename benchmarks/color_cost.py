@@ -39,8 +39,12 @@ from pipeline.plan.stage import PlanStage  # noqa: E402
 from pipeline.run.stages import LoadStage, WriteStage  # noqa: E402
 
 ICC = Path("/usr/share/color/icc")
-PROFILES = {"adobe": ICC / "colord/AdobeRGB1998.icc", "prophoto": ICC / "colord/ProPhotoRGB.icc",
-            "gray": ICC / "ghostscript/default_gray.icc", "cmyk": ICC / "ghostscript/default_cmyk.icc"}
+PROFILES = {
+    "adobe": ICC / "colord/AdobeRGB1998.icc",
+    "prophoto": ICC / "colord/ProPhotoRGB.icc",
+    "gray": ICC / "ghostscript/default_gray.icc",
+    "cmyk": ICC / "ghostscript/default_cmyk.icc",
+}
 
 
 def median_time(fn, reps: int) -> float:
@@ -70,11 +74,17 @@ def sources(rgb: np.ndarray) -> dict[str, bytes]:
             continue
         icc = path.read_bytes()
         mode = {"gray": "L", "cmyk": "CMYK"}.get(name, "RGB")
-        t = ImageCms.buildTransform(ImageCms.createProfile("sRGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)), "RGB",
-                                    mode)
+        t = ImageCms.buildTransform(
+            ImageCms.createProfile("sRGB"), ImageCms.ImageCmsProfile(io.BytesIO(icc)), "RGB", mode
+        )
         img = ImageCms.applyTransform(Image.fromarray(rgb), t)
         buf = io.BytesIO()
-        img.save(buf, "JPEG" if name == "cmyk" else "PNG", icc_profile=icc, **({"quality": 95} if name == "cmyk" else {}))
+        img.save(
+            buf,
+            "JPEG" if name == "cmyk" else "PNG",
+            icc_profile=icc,
+            **({"quality": 95} if name == "cmyk" else {}),
+        )
         out[name] = buf.getvalue()
     return out
 
@@ -86,17 +96,32 @@ def colour_cost(reps: int, tmp: str) -> dict:
     for name, data in sources(rgb).items():
         src = os.path.join(tmp, f"{name}.bin")
         Path(src).write_bytes(data)
-        cfg = config_mod.from_dict({"input": {"manifest": "unused"}, "output": {"uri": os.path.join(tmp, name)}})
+        cfg = config_mod.from_dict(
+            {"input": {"manifest": "unused"}, "output": {"uri": os.path.join(tmp, name)}}
+        )
         import pyarrow as pa
 
-        plan = PlanStage(cfg, identify=True)(pa.table({"id": [name], "image": [src], "width": [W], "height": [H],
-                                                       "manifest_row": [0]}))
+        plan = PlanStage(cfg, identify=True)(
+            pa.table(
+                {"id": [name], "image": [src], "width": [W], "height": [H], "manifest_row": [0]}
+            )
+        )
         row = plan.to_pylist()[0]
         load, write = LoadStage(cfg), WriteStage(cfg, OutputStore(cfg.output.uri), "b")
         backend = make_backend(cfg.model)
         ref = load.load(row)
-        generated = backend.outpaint([Job(ref=ref.model, width=W, height=H, x0=row["visible_x0"],
-                                          y0=row["visible_y0"], seed=1)])[0]
+        generated = backend.outpaint(
+            [
+                Job(
+                    ref=ref.model,
+                    width=W,
+                    height=H,
+                    x0=row["visible_x0"],
+                    y0=row["visible_y0"],
+                    seed=1,
+                )
+            ]
+        )[0]
         r = dict(row, _ref=ref)
 
         def load_only():
@@ -110,11 +135,17 @@ def colour_cost(reps: int, tmp: str) -> dict:
             ref.color.output.from_model(generated)
 
         mp = W * H / 1e6
-        t_load, t_write, t_steps = (median_time(f, reps) for f in (load_only, paste_encode, steps_only))
-        results[name] = {"load_ms_per_mp": round(1000 * t_load / mp, 2), "write_ms_per_mp": round(1000 * t_write / mp, 2),
-                         "colour_steps_ms_per_mp": round(1000 * t_steps / mp, 2),
-                         "row_ms_per_mp": round(1000 * (t_load + t_write) / mp, 2),
-                         "transform": ref.color.transform_name, "output_profile": ref.color.output_profile}
+        t_load, t_write, t_steps = (
+            median_time(f, reps) for f in (load_only, paste_encode, steps_only)
+        )
+        results[name] = {
+            "load_ms_per_mp": round(1000 * t_load / mp, 2),
+            "write_ms_per_mp": round(1000 * t_write / mp, 2),
+            "colour_steps_ms_per_mp": round(1000 * t_steps / mp, 2),
+            "row_ms_per_mp": round(1000 * (t_load + t_write) / mp, 2),
+            "transform": ref.color.transform_name,
+            "output_profile": ref.color.output_profile,
+        }
     base = results["srgb-untagged"]["row_ms_per_mp"]
     for v in results.values():
         v["row_vs_untagged"] = round(v["row_ms_per_mp"] / base, 3)
@@ -125,8 +156,10 @@ def mosaic() -> Image.Image:
     import skimage
 
     d = Path(skimage.__file__).parent / "data"
-    tiles = [Image.open(d / n).convert("RGB").resize((500, 400)) for n in
-             ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")]
+    tiles = [
+        Image.open(d / n).convert("RGB").resize((500, 400))
+        for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
+    ]
     c = Image.new("RGB", (6000, 4000))
     k = 0
     for y in range(0, 4000, 400):
@@ -139,8 +172,11 @@ def mosaic() -> Image.Image:
 def draft_speedup(reps: int) -> dict:
     import skimage
 
-    natural = Image.open(Path(skimage.__file__).parent / "data" / "astronaut.png").convert("RGB") \
+    natural = (
+        Image.open(Path(skimage.__file__).parent / "data" / "astronaut.png")
+        .convert("RGB")
         .resize((6000, 4000), Image.LANCZOS)
+    )
     limits = SourceLimits(1 << 30, 1 << 30)
     target = (1024, 683)  # a 6000 x 4000 photo on a 1024 x 1024 canvas: reference 1024 x 683
     out = {}
@@ -158,10 +194,15 @@ def draft_speedup(reps: int) -> dict:
         a, b = full(), drafted()
         d = np.abs(a.astype(int) - b)
         tf, td = median_time(full, reps), median_time(drafted, reps)
-        out[name] = {"jpeg_mb": round(len(data) / 1e6, 2), "full_ms": round(1000 * tf, 1),
-                     "draft_ms": round(1000 * td, 1), "speedup": round(tf / td, 2),
-                     "mean_abs_diff": round(float(d.mean()), 3), "p99_abs_diff": float(np.percentile(d, 99)),
-                     "max_abs_diff": int(d.max())}
+        out[name] = {
+            "jpeg_mb": round(len(data) / 1e6, 2),
+            "full_ms": round(1000 * tf, 1),
+            "draft_ms": round(1000 * td, 1),
+            "speedup": round(tf / td, 2),
+            "mean_abs_diff": round(float(d.mean()), 3),
+            "p99_abs_diff": float(np.percentile(d, 99)),
+            "max_abs_diff": int(d.max()),
+        }
     return out
 
 
@@ -173,8 +214,12 @@ def main() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                  "colour": colour_cost(args.reps, tmp), "draft": draft_speedup(args.reps)}
+        result = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "colour": colour_cost(args.reps, tmp),
+            "draft": draft_speedup(args.reps),
+        }
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -36,15 +36,22 @@ def make_rejected(path: str, n: int) -> None:
     import pyarrow.parquet as pq
 
     k = np.arange(n) % 3
-    pq.write_table(pa.table({
-        "id": [f"sku-{i:09d}" for i in range(n)],
-        "image": [f"missing/{i}.jpg" for i in range(n)],
-        "image_width": np.where(k == 2, 900, 800), "image_height": np.full(n, 600),
-        "width": np.where(k == 0, 32, np.where(k == 1, 5000, 1000)),
-        "height": np.where(k == 0, 32, np.where(k == 1, 5000, 1000)),
-        "reference_offset_x": pa.array(np.where(k == 2, 500, 0), mask=k != 2),
-        "reference_offset_y": pa.array(np.zeros(n, np.int64), mask=k != 2),
-    }), path, row_group_size=65_536)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"sku-{i:09d}" for i in range(n)],
+                "image": [f"missing/{i}.jpg" for i in range(n)],
+                "image_width": np.where(k == 2, 900, 800),
+                "image_height": np.full(n, 600),
+                "width": np.where(k == 0, 32, np.where(k == 1, 5000, 1000)),
+                "height": np.where(k == 0, 32, np.where(k == 1, 5000, 1000)),
+                "reference_offset_x": pa.array(np.where(k == 2, 500, 0), mask=k != 2),
+                "reference_offset_y": pa.array(np.zeros(n, np.int64), mask=k != 2),
+            }
+        ),
+        path,
+        row_group_size=65_536,
+    )
 
 
 def make_tiny(root: str, path: str, n: int, first: int = 0, sources: int = 50) -> None:
@@ -60,9 +67,16 @@ def make_tiny(root: str, path: str, n: int, first: int = 0, sources: int = 50) -
         if not os.path.exists(p):
             Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(p)
     ids = range(first, first + n)
-    pq.write_table(pa.table({"id": [f"tiny-{i:07d}" for i in ids],
-                             "image": [f"src/{i % sources}.png" for i in ids],
-                             "aspect_ratio": ["1:1"] * n}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"tiny-{i:07d}" for i in ids],
+                "image": [f"src/{i % sources}.png" for i in ids],
+                "aspect_ratio": ["1:1"] * n,
+            }
+        ),
+        path,
+    )
 
 
 def one_run(code: str, manifest: str, root: str, out: str, backend: str) -> None:
@@ -74,28 +88,50 @@ def one_run(code: str, manifest: str, root: str, out: str, backend: str) -> None
     from pipeline.run.runner import run
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    cfg = config_mod.from_dict({"input": {"manifest": manifest, "image_root": root},
-                                "output": {"uri": out, "report": False}, "model": {"backend": backend}})
+    cfg = config_mod.from_dict(
+        {
+            "input": {"manifest": manifest, "image_root": root},
+            "output": {"uri": out, "report": False},
+            "model": {"backend": backend},
+        }
+    )
     t0 = time.perf_counter()
     r = run(cfg, quiet=True)
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print("RESULT " + json.dumps({"wall_s": wall, "rows": r["rows"], "rss_gib": rss,
-                                  "by_status": r["manifest"]["by_status"], "skipped": r["counts"]["skipped"]}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "wall_s": wall,
+                "rows": r["rows"],
+                "rss_gib": rss,
+                "by_status": r["manifest"]["by_status"],
+                "skipped": r["counts"]["skipped"],
+            }
+        )
+    )
 
 
 def timed(code: str, manifest: str, root: str, out: str, backend: str = "solid") -> dict:
     # Ray's local workers inherit PYTHONPATH: they import the same code as the driver
     env = dict(os.environ, PYTHONPATH=code + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, __file__, "--one", code, manifest, root, out, backend],
-                         capture_output=True, text=True, cwd=code, env=env)
+    res = subprocess.run(
+        [sys.executable, __file__, "--one", code, manifest, root, out, backend],
+        capture_output=True,
+        text=True,
+        cwd=code,
+        env=env,
+    )
     for line in res.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     raise RuntimeError(f"run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
 
 
-def scenarios(code: str, work: str, rows_a: list[int], tiny: int, new: int, label: str, reps: int = 3) -> dict:
+def scenarios(
+    code: str, work: str, rows_a: list[int], tiny: int, new: int, label: str, reps: int = 3
+) -> dict:
     out: dict = {}
     for n in rows_a:
         m = os.path.join(work, f"rejected-{n}.parquet")
@@ -103,16 +139,21 @@ def scenarios(code: str, work: str, rows_a: list[int], tiny: int, new: int, labe
             make_rejected(m, n)
         r = timed(code, m, work, os.path.join(work, f"out-{label}-A-{n}"))
         # every row accounted for (the old runner read each image first: image_not_found)
-        assert r["by_status"]["rejected"] == n or label == "old" and sum(r["by_status"].values()) == n, r
+        assert (
+            r["by_status"]["rejected"] == n or label == "old" and sum(r["by_status"].values()) == n
+        ), r
         out[f"A{n}"] = r
-        print(f"  [{label}] A {n:>9,} rejected rows: {r['wall_s']:7.2f} s = {n / r['wall_s']:>9,.0f} rows/s, "
-              f"driver peak RSS {r['rss_gib']:.2f} GiB", flush=True)
+        print(
+            f"  [{label}] A {n:>9,} rejected rows: {r['wall_s']:7.2f} s = {n / r['wall_s']:>9,.0f} rows/s, "
+            f"driver peak RSS {r['rss_gib']:.2f} GiB",
+            flush=True,
+        )
     m_b = os.path.join(work, f"tiny-{tiny}.parquet")
     m_new = os.path.join(work, f"tiny-new-{new}.parquet")
     m_c = os.path.join(work, f"tiny-{tiny}+{new}.parquet")
     if not os.path.exists(m_c):
-        import pyarrow.parquet as pq
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         make_tiny(work, m_b, tiny)
         make_tiny(work, m_new, new, first=tiny)
@@ -122,9 +163,12 @@ def scenarios(code: str, work: str, rows_a: list[int], tiny: int, new: int, labe
     assert first["by_status"]["ok"] == tiny, first
     again = timed(code, m_b, work, o_b)
     assert again["skipped"] == tiny, again
-    print(f"  [{label}] B {tiny:,} tiny images: first run {first['wall_s']:.2f} s ({tiny / first['wall_s']:,.0f} rows/s); "
-          f"rerun, all done: {again['wall_s']:.2f} s = {tiny / again['wall_s']:,.0f} rows/s, "
-          f"driver peak RSS {again['rss_gib']:.2f} GiB", flush=True)
+    print(
+        f"  [{label}] B {tiny:,} tiny images: first run {first['wall_s']:.2f} s ({tiny / first['wall_s']:,.0f} rows/s); "
+        f"rerun, all done: {again['wall_s']:.2f} s = {tiny / again['wall_s']:,.0f} rows/s, "
+        f"driver peak RSS {again['rss_gib']:.2f} GiB",
+        flush=True,
+    )
     # C, repeated (each from the state B left; fresh runs into new outputs): medians
     saved = o_b + "-saved"
     shutil.copytree(o_b, saved)
@@ -138,9 +182,12 @@ def scenarios(code: str, work: str, rows_a: list[int], tiny: int, new: int, labe
         fresh.append(timed(code, m_new, work, os.path.join(work, f"out-{label}-C-fresh-{k}")))
     c_s = sorted(r["wall_s"] for r in cs)[reps // 2]
     f_s = sorted(r["wall_s"] for r in fresh)[reps // 2]
-    walls = lambda rs: ", ".join("%.2f" % r["wall_s"] for r in rs)  # noqa: E731
-    print(f"  [{label}] C {tiny:,} done + {new} new: {c_s:.2f} s vs the {new} alone {f_s:.2f} s = {c_s / f_s:.2f}x "
-          f"(medians of {reps}; C {walls(cs)}, alone {walls(fresh)})", flush=True)
+    walls = lambda rs: ", ".join("%.2f" % r["wall_s"] for r in rs)
+    print(
+        f"  [{label}] C {tiny:,} done + {new} new: {c_s:.2f} s vs the {new} alone {f_s:.2f} s = {c_s / f_s:.2f}x "
+        f"(medians of {reps}; C {walls(cs)}, alone {walls(fresh)})",
+        flush=True,
+    )
     out.update(B_first=first, B_rerun=again, C=cs, C_fresh=fresh, C_ratio=c_s / f_s)
     return out
 
@@ -165,38 +212,63 @@ def per_row(n: int) -> None:
         make_tiny(work, os.path.join(work, "m.parquet"), n)
         t = pq.read_table(os.path.join(work, "m.parquet"))
         sized = t.append_column("image_width", pa.array(np.full(n, 64))).append_column(
-            "image_height", pa.array(np.full(n, 48)))
+            "image_height", pa.array(np.full(n, 48))
+        )
         pq.write_table(sized, os.path.join(work, "sized.parquet"))
         for name, label in (("sized", "sizes in the manifest"), ("m", "sizes from headers")):
-            cfg = config_mod.from_dict({"input": {"manifest": os.path.join(work, f"{name}.parquet"),
-                                                  "image_root": work}, "output": {"uri": os.path.join(work, "o")}})
+            cfg = config_mod.from_dict(
+                {
+                    "input": {
+                        "manifest": os.path.join(work, f"{name}.parquet"),
+                        "image_root": work,
+                    },
+                    "output": {"uri": os.path.join(work, "o")},
+                }
+            )
             index = manifest.scan(cfg)
             store = OutputStore(os.path.join(work, "o"))
-            rows = pa.concat_tables([x for s in index.slices for x in TriageStage(cfg, store, "a").chunks(s)])
+            rows = pa.concat_tables(
+                [x for s in index.slices for x in TriageStage(cfg, store, "a").chunks(s)]
+            )
             hi, lo, _ = fingerprints(rows.column("request_hash"))
             ihi, ilo = key_fingerprints(rows.column("id"))
-            prior = Prior(ihi, ilo, hi, lo, rows.column("source_width").to_numpy(),
-                          rows.column("source_height").to_numpy())
+            prior = Prior(
+                ihi,
+                ilo,
+                hi,
+                lo,
+                rows.column("source_width").to_numpy(),
+                rows.column("source_height").to_numpy(),
+            )
             stage = TriageStage(cfg, store, "b", prior=prior)
             t0 = time.perf_counter()
             left = sum(x.num_rows for s in index.slices for x in stage.chunks(s))
             dt = time.perf_counter() - t0
             assert left == 0 and stage.counts.done == n
-            print(f"  per row, all done, {label}: {n:,} rows in {dt:.2f} s = {n / dt:,.0f} rows/s "
-                  f"({1e6 * dt / n:.1f} us a row, one core)", flush=True)
+            print(
+                f"  per row, all done, {label}: {n:,} rows in {dt:.2f} s = {n / dt:,.0f} rows/s "
+                f"({1e6 * dt / n:.1f} us a row, one core)",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rows-a", type=int, nargs="+", default=[200_000, 1_000_000])
     ap.add_argument("--tiny", type=int, default=5000)
     ap.add_argument("--new", type=int, default=100)
-    ap.add_argument("--baseline-rev", default=None, help="git revision of the old runner (e.g. d173e6e)")
+    ap.add_argument(
+        "--baseline-rev", default=None, help="git revision of the old runner (e.g. d173e6e)"
+    )
     ap.add_argument("--baseline-rows-a", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=3, help="repetitions of scenario C (median)")
-    ap.add_argument("--per-row", type=int, default=0, help="also time the all-done path per row on N rows")
+    ap.add_argument(
+        "--per-row", type=int, default=0, help="also time the all-done path per row on N rows"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="orch-")
@@ -208,17 +280,28 @@ def main() -> None:
         results["new"] = scenarios(ROOT, work, args.rows_a, args.tiny, args.new, "new", args.reps)
         if args.baseline_rev:
             old = os.path.join(work, "baseline-code")
-            subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", old, args.baseline_rev],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["git", "-C", ROOT, "worktree", "add", "--detach", old, args.baseline_rev],
+                check=True,
+                capture_output=True,
+            )
             try:
-                results["baseline"] = scenarios(old, work, [args.baseline_rows_a], args.tiny, args.new, "old", 1)
+                results["baseline"] = scenarios(
+                    old, work, [args.baseline_rows_a], args.tiny, args.new, "old", 1
+                )
             finally:
-                subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", old], capture_output=True)
+                subprocess.run(
+                    ["git", "-C", ROOT, "worktree", "remove", "--force", old], capture_output=True
+                )
             n = args.baseline_rows_a
-            a_new = max((v for k, v in results["new"].items() if k.startswith("A")), key=lambda v: v["rows"])
+            a_new = max(
+                (v for k, v in results["new"].items() if k.startswith("A")), key=lambda v: v["rows"]
+            )
             a_old = results["baseline"][f"A{n}"]
-            print(f"A rows/s: {a_new['rows'] / a_new['wall_s']:,.0f} vs baseline {n / a_old['wall_s']:,.0f} "
-                  f"= {(a_new['rows'] / a_new['wall_s']) / (n / a_old['wall_s']):.1f}x")
+            print(
+                f"A rows/s: {a_new['rows'] / a_new['wall_s']:,.0f} vs baseline {n / a_old['wall_s']:,.0f} "
+                f"= {(a_new['rows'] / a_new['wall_s']) / (n / a_old['wall_s']):.1f}x"
+            )
             b_new, b_old = results["new"]["B_rerun"], results["baseline"]["B_rerun"]
             print(f"B rerun: {b_old['wall_s'] / b_new['wall_s']:.1f}x faster than the baseline")
         if args.json:

@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline import config as config_mod  # noqa: E402
-from pipeline.backends.solid import nearest_edge_fill  # noqa: E402
-from pipeline.backends.canvas import compose  # noqa: E402
-from pipeline.review.compose import paste_back  # noqa: E402
-from pipeline.io.headers import SourceLimits  # noqa: E402
-from pipeline.io.imageio import decode, encode  # noqa: E402
+from pipeline import config as config_mod
+from pipeline.backends.canvas import compose
+from pipeline.backends.solid import nearest_edge_fill
+from pipeline.io.headers import SourceLimits
+from pipeline.io.imageio import decode, encode
+from pipeline.review.compose import paste_back
 
 
 def make_sources(d: Path, rows: int) -> list[Path]:
@@ -38,7 +38,14 @@ def make_sources(d: Path, rows: int) -> list[Path]:
     from PIL import Image
 
     data = Path(skimage.__file__).parent / "data"
-    photos = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "camera.png"]
+    photos = [
+        "astronaut.png",
+        "coffee.png",
+        "chelsea.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "camera.png",
+    ]
     out = []
     for i in range(rows):
         src = Image.open(data / photos[i % len(photos)]).convert("RGB")
@@ -82,16 +89,26 @@ def main(argv=None) -> int:
         (work / "src").mkdir()
         sources = make_sources(work / "src", args.rows)
         ids = [f"row-{i:04d}" for i in range(args.rows)]
-        pq.write_table(pa.table({"id": ids, "image": [str(p) for p in sources],
-                                 "width": [args.size] * args.rows, "height": [args.size] * args.rows}),
-                       work / "manifest.parquet")
-        cfg = config_mod.from_dict({
-            "input": {"manifest": str(work / "manifest.parquet")},
-            # the review page is a fixed per-run cost (~1 s of thumbnails) the loop does not have
-            "output": {"uri": str(work / "pipeline"), "mode": "overwrite", "report": False},
-            "model": {"backend": "solid", "solid_mode": "edge"},
-            "runtime": {"num_cpus": args.cpus, "block_rows": args.block_rows},
-        })
+        pq.write_table(
+            pa.table(
+                {
+                    "id": ids,
+                    "image": [str(p) for p in sources],
+                    "width": [args.size] * args.rows,
+                    "height": [args.size] * args.rows,
+                }
+            ),
+            work / "manifest.parquet",
+        )
+        cfg = config_mod.from_dict(
+            {
+                "input": {"manifest": str(work / "manifest.parquet")},
+                # the review page is a fixed per-run cost (~1 s of thumbnails) the loop does not have
+                "output": {"uri": str(work / "pipeline"), "mode": "overwrite", "report": False},
+                "model": {"backend": "solid", "solid_mode": "edge"},
+                "runtime": {"num_cpus": args.cpus, "block_rows": args.block_rows},
+            }
+        )
         t0 = time.perf_counter()
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
         t_init = time.perf_counter() - t0
@@ -110,11 +127,15 @@ def main(argv=None) -> int:
         assert np.array_equal(a, b), "pipeline and loop outputs differ"
 
         loop_ips, pipe_ips = args.rows / t_loop, args.rows / t_pipe
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cpus; ray {ray.__version__}; "
-              f"{args.rows} rows -> {args.size}x{args.size} PNG ({args.size * args.size / 1e6:.2f} MP)")
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cpus; ray {ray.__version__}; "
+            f"{args.rows} rows -> {args.size}x{args.size} PNG ({args.size * args.size / 1e6:.2f} MP)"
+        )
         print(f"ray.init (one-off, not counted)   {t_init:8.2f} s")
         print(f"serial loop (1 process)           {loop_ips:8.2f} images/s  ({t_loop:.2f} s)")
-        print(f"outpaint run ({args.cpus} cpus, solid)      {pipe_ips:8.2f} images/s  ({t_pipe:.2f} s)")
+        print(
+            f"outpaint run ({args.cpus} cpus, solid)      {pipe_ips:8.2f} images/s  ({t_pipe:.2f} s)"
+        )
         print(f"ratio pipeline / loop             {pipe_ips / loop_ips:8.2f}x  (target >= 1.5x)")
     finally:
         ray.shutdown()

@@ -28,12 +28,12 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline import config as config_mod  # noqa: E402
-from pipeline.codes import CODES  # noqa: E402
-from pipeline.plan.geometry import SizingRules, plan_geometry, plan_geometry_threaded  # noqa: E402
-from pipeline.plan.geometry_ref import columns_from_rows, plan_row  # noqa: E402
-from pipeline.io.manifest import ROW_INDEX  # noqa: E402
-from pipeline.plan.stage import PlanStage, plan_manifest  # noqa: E402
+from pipeline import config as config_mod
+from pipeline.codes import CODES
+from pipeline.io.manifest import ROW_INDEX
+from pipeline.plan.geometry import SizingRules, plan_geometry, plan_geometry_threaded
+from pipeline.plan.geometry_ref import columns_from_rows, plan_row
+from pipeline.plan.stage import PlanStage, plan_manifest
 
 RATIOS = [(1, 1), (4, 5), (16, 9), (9, 16), (3, 2), (191, 100)]
 
@@ -54,33 +54,48 @@ def synth_rows(n: int, seed: int = 0, mix: str = "stress") -> list[dict]:
     kind = rng.random(n)
     rows = []
     for i in range(n):
-        r = {"src_w": int(w[i]), "src_h": int(h[i]), "fast": bool(i % 3 == 0), "auto_crop": bool(i % 7 == 0)}
+        r = {
+            "src_w": int(w[i]),
+            "src_h": int(h[i]),
+            "fast": bool(i % 3 == 0),
+            "auto_crop": bool(i % 7 == 0),
+        }
         if kind[i] < 0.6:
             r["ratio"] = RATIOS[i % len(RATIOS)]
         else:
-            r["width"], r["height"] = int(rng.integers(256, canvas_hi)), int(rng.integers(256, canvas_hi))
+            r["width"], r["height"] = (
+                int(rng.integers(256, canvas_hi)),
+                int(rng.integers(256, canvas_hi)),
+            )
             if kind[i] > 0.9:
-                r["offset_x"], r["offset_y"] = int(rng.integers(-300, 800)), int(rng.integers(-300, 800))
+                r["offset_x"], r["offset_y"] = (
+                    int(rng.integers(-300, 800)),
+                    int(rng.integers(-300, 800)),
+                )
         rows.append(r)
     return rows
 
 
 def synth_table(rows: list[dict]) -> pa.Table:
     n = len(rows)
-    return pa.table({
-        "id": [f"sku-{i:08d}" for i in range(n)],
-        "image": [f"images/sku-{i:08d}.jpg" for i in range(n)],
-        "image_width": [r["src_w"] for r in rows],
-        "image_height": [r["src_h"] for r in rows],
-        "aspect_ratio": [f"{r['ratio'][0]}:{r['ratio'][1]}" if "ratio" in r else None for r in rows],
-        "width": [r.get("width") for r in rows],
-        "height": [r.get("height") for r in rows],
-        "reference_offset_x": [r.get("offset_x") for r in rows],
-        "reference_offset_y": [r.get("offset_y") for r in rows],
-        "auto_crop": [r["auto_crop"] for r in rows],
-        "mode": ["fast" if r["fast"] else "high" for r in rows],
-        ROW_INDEX: pa.array(np.arange(n, dtype=np.int64)),
-    })
+    return pa.table(
+        {
+            "id": [f"sku-{i:08d}" for i in range(n)],
+            "image": [f"images/sku-{i:08d}.jpg" for i in range(n)],
+            "image_width": [r["src_w"] for r in rows],
+            "image_height": [r["src_h"] for r in rows],
+            "aspect_ratio": [
+                f"{r['ratio'][0]}:{r['ratio'][1]}" if "ratio" in r else None for r in rows
+            ],
+            "width": [r.get("width") for r in rows],
+            "height": [r.get("height") for r in rows],
+            "reference_offset_x": [r.get("offset_x") for r in rows],
+            "reference_offset_y": [r.get("offset_y") for r in rows],
+            "auto_crop": [r["auto_crop"] for r in rows],
+            "mode": ["fast" if r["fast"] else "high" for r in rows],
+            ROW_INDEX: pa.array(np.arange(n, dtype=np.int64)),
+        }
+    )
 
 
 def best_of(fn, repeats: int) -> float:
@@ -99,7 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mix", choices=[*MIXES, "both"], default="both")
     args = ap.parse_args(argv)
-    for mix in (MIXES if args.mix == "both" else [args.mix]):
+    for mix in MIXES if args.mix == "both" else [args.mix]:
         bench(args, mix)
     return 0
 
@@ -137,16 +152,28 @@ def bench(args, mix: str) -> None:
     thr_rps = args.rows / t_thr
     man_rps = args.rows / t_manifest
     cpus = os.cpu_count()
-    print(f"machine: {platform.machine()} {cpus} cpus, python {platform.python_version()}, numpy {np.__version__}")
+    print(
+        f"machine: {platform.machine()} {cpus} cpus, python {platform.python_version()}, numpy {np.__version__}"
+    )
     scaled = int(np.sum(plan.column("scale").fill_null(1.0).to_numpy() < 1.0))
-    print(f"== mix '{mix}': {args.rows:,} rows (ok {ok:,}, rejected/failed {args.rows - ok:,}, "
-          f"reference scaled {scaled:,}); per-row baseline on {len(sample):,}")
+    print(
+        f"== mix '{mix}': {args.rows:,} rows (ok {ok:,}, rejected/failed {args.rows - ok:,}, "
+        f"reference scaled {scaled:,}); per-row baseline on {len(sample):,}"
+    )
     print(f"geometry, per-row plan_row (1 thread)     {ref_rps:>12,.0f} rows/s")
-    print(f"geometry, vectorised (1 thread)           {vec_rps:>12,.0f} rows/s  {vec_rps / ref_rps:6.1f}x per-row")
-    print(f"geometry, vectorised ({cpus} threads, chunks)  {thr_rps:>12,.0f} rows/s  {thr_rps / ref_rps:6.1f}x per-row")
+    print(
+        f"geometry, vectorised (1 thread)           {vec_rps:>12,.0f} rows/s  {vec_rps / ref_rps:6.1f}x per-row"
+    )
+    print(
+        f"geometry, vectorised ({cpus} threads, chunks)  {thr_rps:>12,.0f} rows/s  {thr_rps / ref_rps:6.1f}x per-row"
+    )
     print("full PlanStage, 1 thread (parse, ids, seeds, messages, Arrow out)")
-    print(f"                                          {stage_rps:>12,.0f} rows/s  {stage_rps / ref_rps:6.1f}x per-row geometry")
-    print(f"plan_manifest, {cpus} threads (outpaint plan) {man_rps:>12,.0f} rows/s  {man_rps / ref_rps:6.1f}x per-row geometry")
+    print(
+        f"                                          {stage_rps:>12,.0f} rows/s  {stage_rps / ref_rps:6.1f}x per-row geometry"
+    )
+    print(
+        f"plan_manifest, {cpus} threads (outpaint plan) {man_rps:>12,.0f} rows/s  {man_rps / ref_rps:6.1f}x per-row geometry"
+    )
 
 
 if __name__ == "__main__":

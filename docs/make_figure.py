@@ -15,7 +15,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageOps
 
-ROWS = ("coffee-portrait", "astronaut-banner", "camera-offset")  # three shapes: 4:5, 16:9, a placed tile
+ROWS = (
+    "coffee-portrait",
+    "astronaut-banner",
+    "camera-offset",
+)  # three shapes: 4:5, 16:9, a placed tile
 HEIGHT = 300  # px of each image in the picture
 GAP = 12
 
@@ -36,8 +40,10 @@ def before(row: dict, k: float) -> Image.Image:
     with Image.open(row["image"]) as im:
         src = ImageOps.exif_transpose(im).convert("RGB")
     scale = (row["scale"] or 1.0) * k
-    src = src.resize((max(1, round(row["source_width"] * scale)), max(1, round(row["source_height"] * scale))),
-                     Image.LANCZOS)
+    src = src.resize(
+        (max(1, round(row["source_width"] * scale)), max(1, round(row["source_height"] * scale))),
+        Image.LANCZOS,
+    )
     canvas.paste(src, (round(row["offset_x"] * k), round(row["offset_y"] * k)))
     return canvas
 
@@ -50,7 +56,9 @@ def main(output: str, target: str) -> None:
         row = rows[name]
         k = HEIGHT / row["canvas_height"]
         with Image.open(row["output_uri"]) as im:
-            after = im.convert("RGB").resize((round(row["canvas_width"] * k), HEIGHT), Image.LANCZOS)
+            after = im.convert("RGB").resize(
+                (round(row["canvas_width"] * k), HEIGHT), Image.LANCZOS
+            )
         pairs.append((before(row, k), after))
     width = max(b.width + a.width for b, a in pairs) + 3 * GAP
     sheet = Image.new("RGB", (width, len(pairs) * (HEIGHT + GAP) + GAP), (255, 255, 255))

@@ -18,8 +18,9 @@ import copy
 import hashlib
 import os
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -33,8 +34,12 @@ IN_MEMORY = "<in-memory manifest>"  # input.manifest of a config whose rows come
 
 # ------------------------------------------------------------------ config
 
-def load_config(source: str | os.PathLike | Mapping | Config, overrides: Sequence[str] = (),
-                storage_options: dict | None = None) -> Config:
+
+def load_config(
+    source: str | os.PathLike | Mapping | Config,
+    overrides: Sequence[str] = (),
+    storage_options: dict | None = None,
+) -> Config:
     """A validated config from a YAML file (any fsspec URI), a dict or a ``Config``, with
     ``key.path=value`` overrides (as ``--set``). A dict may leave ``input`` out when the
     rows are handed to ``plan``/``outpaint`` directly. Raises ``ConfigError`` naming the key."""
@@ -57,6 +62,7 @@ def _with_manifest(cfg: Config, uri: str) -> Config:
 
 # ------------------------------------------------------------------ validate
 
+
 @dataclass
 class Validation:
     """What ``validate`` found: the manifest's files, rows and columns."""
@@ -76,8 +82,11 @@ def validate(config) -> Validation:
 
 # ------------------------------------------------------------------ manifests from data
 
+
 def _is_dataset(obj) -> bool:
-    return type(obj).__name__ in ("Dataset", "MaterializedDataset") and hasattr(obj, "write_parquet")
+    return type(obj).__name__ in ("Dataset", "MaterializedDataset") and hasattr(
+        obj, "write_parquet"
+    )
 
 
 def as_table(rows) -> pa.Table:
@@ -93,10 +102,14 @@ def as_table(rows) -> pa.Table:
         return pa.table(dict(rows))
     if isinstance(rows, Iterable):
         rows = list(rows)
-        names = list(dict.fromkeys(k for row in rows for k in row))  # every row's keys, not the first's
+        names = list(
+            dict.fromkeys(k for row in rows for k in row)
+        )  # every row's keys, not the first's
         return pa.table({k: [row.get(k) for row in rows] for k in names})
-    raise TypeError(f"a manifest must be a URI, a pyarrow Table, a pandas DataFrame, rows or a Ray Dataset, "
-                    f"not {type(rows).__name__}")
+    raise TypeError(
+        f"a manifest must be a URI, a pyarrow Table, a pandas DataFrame, rows or a Ray Dataset, "
+        f"not {type(rows).__name__}"
+    )
 
 
 def stage_manifest(rows: ManifestLike, cfg: Config) -> tuple[Config, str | None]:
@@ -120,7 +133,9 @@ def stage_manifest(rows: ManifestLike, cfg: Config) -> tuple[Config, str | None]
     else:
         table = as_table(rows)
         manifest_io.check_schema(table.schema, cfg, "(rows)")
-        key = hashlib.sha256(repr(table.schema).encode() + str(table.num_rows).encode() + os.urandom(8)).hexdigest()
+        key = hashlib.sha256(
+            repr(table.schema).encode() + str(table.num_rows).encode() + os.urandom(8)
+        ).hexdigest()
         path = storage.join(root, "_tmp", f"manifest-{key[:12]}")
         fs.makedirs(path, exist_ok=True)
         import pyarrow.parquet as pq
@@ -141,6 +156,7 @@ def _remove_staged(cfg: Config, path: str | None) -> None:
 
 # ------------------------------------------------------------------ plan
 
+
 def plan(manifest: ManifestLike, config) -> pa.Table:
     """The dry run: one planned row per manifest row (geometry, status, code, message),
     as a pyarrow Table in manifest order. Reads image headers where sizes are not in the
@@ -148,11 +164,17 @@ def plan(manifest: ManifestLike, config) -> pa.Table:
     from .plan.stage import plan_manifest
 
     cfg = load_config(config)
-    if manifest is not None and not isinstance(manifest, (str, os.PathLike)) and not _is_dataset(manifest):
+    if (
+        manifest is not None
+        and not isinstance(manifest, (str, os.PathLike))
+        and not _is_dataset(manifest)
+    ):
         table = as_table(manifest)
         manifest_io.check_schema(table.schema, cfg, "(rows)")
         if manifest_io.ROW_INDEX not in table.column_names:
-            table = table.append_column(manifest_io.ROW_INDEX, pa.array(range(table.num_rows), pa.int64()))
+            table = table.append_column(
+                manifest_io.ROW_INDEX, pa.array(range(table.num_rows), pa.int64())
+            )
         return plan_manifest(cfg, table)
     cfg, staged = stage_manifest(manifest, cfg)
     try:
@@ -177,6 +199,7 @@ def format_plan_summary(summary: dict) -> str:
 
 
 # ------------------------------------------------------------------ run
+
 
 @dataclass
 class RunResult:
@@ -219,8 +242,9 @@ class RunResult:
         return table if table is not None else pa.table({})
 
 
-def outpaint(manifest: ManifestLike, config, *, progress: str = "auto", quiet: bool = False,
-             out=None) -> RunResult:
+def outpaint(
+    manifest: ManifestLike, config, *, progress: str = "auto", quiet: bool = False, out=None
+) -> RunResult:
     """Run the job over ``manifest`` (``None``: the config's ``input.manifest``; or a URI,
     a pyarrow Table, a pandas DataFrame, row dicts, a Ray Dataset) and return what it did.
     Resumes like ``outpaint run``: rows already done with the same request are skipped.
@@ -231,8 +255,12 @@ def outpaint(manifest: ManifestLike, config, *, progress: str = "auto", quiet: b
     cfg = load_config(config)
     cfg, staged = stage_manifest(manifest, cfg)
     try:
-        summary = run_job(cfg, quiet=quiet, out=out if out is not None else sys.stderr,
-                          progress="none" if quiet else progress)
+        summary = run_job(
+            cfg,
+            quiet=quiet,
+            out=out if out is not None else sys.stderr,
+            progress="none" if quiet else progress,
+        )
     finally:
         _remove_staged(cfg, staged)
     return RunResult(summary, cfg.output.uri, dict(cfg.output.storage_options))
@@ -244,6 +272,7 @@ def run(config, **kwargs) -> RunResult:
 
 
 # ------------------------------------------------------------------ the stages, for your own Ray Data pipeline
+
 
 @dataclass
 class Stages:
@@ -266,8 +295,12 @@ class Stages:
 
     def apply(self, ds, *, batch_size: int | None = None, concurrency: int = 1):
         """The whole chain on a Ray Dataset of manifest rows; returns the metadata dataset."""
-        manifest_io.check_schema(ds.schema().base_schema if hasattr(ds.schema(), "base_schema")
-                                 else pa.schema(zip(ds.schema().names, ds.schema().types)), self.config)
+        manifest_io.check_schema(
+            ds.schema().base_schema
+            if hasattr(ds.schema(), "base_schema")
+            else pa.schema(zip(ds.schema().names, ds.schema().types)),
+            self.config,
+        )
         task = dict(batch_format="pyarrow", batch_size=None)
         ds = ds.map_batches(self.plan, **task)
         if not self.needs_actor:
@@ -275,9 +308,13 @@ class Stages:
         import ray
 
         ds = ds.map_batches(self.load, **task)
-        ds = ds.map_batches(self.Outpaint, fn_constructor_args=self.outpaint_args, batch_format="pyarrow",
-                            batch_size=batch_size or self.config.runtime.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=concurrency))
+        ds = ds.map_batches(
+            self.Outpaint,
+            fn_constructor_args=self.outpaint_args,
+            batch_format="pyarrow",
+            batch_size=batch_size or self.config.runtime.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+        )
         return ds.map_batches(self.write, **task)
 
 
@@ -291,11 +328,20 @@ def stages(config, run_id: str | None = None) -> Stages:
     cfg = load_config(config)
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     run_id = run_id or new_run_id()
-    return Stages(cfg, PlanStage(cfg, identify=True), LoadStage(cfg), WriteStage(cfg, store, run_id),
-                  ProcessStage(cfg, store, run_id), OutpaintStage, (cfg,), needs_actor(cfg.model))
+    return Stages(
+        cfg,
+        PlanStage(cfg, identify=True),
+        LoadStage(cfg),
+        WriteStage(cfg, store, run_id),
+        ProcessStage(cfg, store, run_id),
+        OutpaintStage,
+        (cfg,),
+        needs_actor(cfg.model),
+    )
 
 
 # ------------------------------------------------------------------ the other commands
+
 
 def report(output_uri: str, config=None) -> tuple[str, dict]:
     """Rebuild ``report.html`` of an output; returns its URI and the summary."""
@@ -312,9 +358,16 @@ def report(output_uri: str, config=None) -> tuple[str, dict]:
         raise ConfigError(str(e)) from None
 
 
-def make_manifest(sources: Sequence[str], out: str, *, aspect_ratios: Sequence[str] = (),
-                  size: tuple[int, int] | None = None, mode: str | None = None, output_format: str | None = None,
-                  storage_options: dict | None = None) -> tuple[pa.Table, str]:
+def make_manifest(
+    sources: Sequence[str],
+    out: str,
+    *,
+    aspect_ratios: Sequence[str] = (),
+    size: tuple[int, int] | None = None,
+    mode: str | None = None,
+    output_format: str | None = None,
+    storage_options: dict | None = None,
+) -> tuple[pa.Table, str]:
     """A manifest from folders, globs or bucket prefixes of images (``outpaint manifest``):
     one row per image and target; returns the table and the written file's URI."""
     from .io.catalogue import Target, build, write
@@ -322,7 +375,13 @@ def make_manifest(sources: Sequence[str], out: str, *, aspect_ratios: Sequence[s
     targets = [Target(aspect_ratio=r) for r in aspect_ratios]
     if size is not None:
         targets.append(Target(width=size[0], height=size[1]))
-    table = build(list(sources), targets, mode=mode, output_format=output_format, storage_options=storage_options)
+    table = build(
+        list(sources),
+        targets,
+        mode=mode,
+        output_format=output_format,
+        storage_options=storage_options,
+    )
     return table, write(table, out, storage_options)
 
 
@@ -353,6 +412,24 @@ def make_test_model(directory: str | os.PathLike, seed: int = 0, fill: str | Non
     return make(os.fspath(directory), seed=seed, fill=fill)
 
 
-__all__ = ["Config", "ConfigError", "RunResult", "Stages", "Validation", "as_table", "format_plan_summary",
-           "load_config", "make_manifest", "make_test_model", "outpaint", "plan", "plan_summary", "report", "run",
-           "stages", "submit", "bench", "validate"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "RunResult",
+    "Stages",
+    "Validation",
+    "as_table",
+    "format_plan_summary",
+    "load_config",
+    "make_manifest",
+    "make_test_model",
+    "outpaint",
+    "plan",
+    "plan_summary",
+    "report",
+    "run",
+    "stages",
+    "submit",
+    "bench",
+    "validate",
+]

@@ -23,7 +23,9 @@ def _load(args) -> config_mod.Config:
 def cmd_validate(args) -> int:
     found = api.validate(_load(args))
     print(f"config ok: {args.config}")
-    print(f"manifest ok: {len(found.files)} file(s), {found.rows:,} rows, columns: {', '.join(found.columns)}")
+    print(
+        f"manifest ok: {len(found.files)} file(s), {found.rows:,} rows, columns: {', '.join(found.columns)}"
+    )
     return 0
 
 
@@ -34,9 +36,18 @@ def cmd_manifest(args) -> int:
         raise ConfigError("--width and --height go together")
     size = (args.width, args.height) if args.width is not None else None
     opts = json.loads(args.storage_options) if args.storage_options else {}
-    table, written = api.make_manifest(args.sources, args.out, aspect_ratios=args.aspect_ratio or [], size=size,
-                                       mode=args.mode, output_format=args.format, storage_options=opts)
-    targets = [Target(aspect_ratio=r) for r in args.aspect_ratio or []] + ([Target(width=size[0], height=size[1])] if size else [])
+    table, written = api.make_manifest(
+        args.sources,
+        args.out,
+        aspect_ratios=args.aspect_ratio or [],
+        size=size,
+        mode=args.mode,
+        output_format=args.format,
+        storage_options=opts,
+    )
+    targets = [Target(aspect_ratio=r) for r in args.aspect_ratio or []] + (
+        [Target(width=size[0], height=size[1])] if size else []
+    )
     print(summary_line(table, written, targets))
     return 0
 
@@ -60,8 +71,10 @@ def cmd_run(args) -> int:
     result = api.run(_load(args), quiet=args.quiet, progress=args.progress)
     bad = result.by_status.get("rejected", 0) + result.by_status.get("failed", 0)
     if args.strict and bad:
-        print(f"outpaint: --strict: {bad:,} rows were rejected or failed (see metadata/ and run.json)",
-              file=sys.stderr)
+        print(
+            f"outpaint: --strict: {bad:,} rows were rejected or failed (see metadata/ and run.json)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -69,16 +82,26 @@ def cmd_run(args) -> int:
 def cmd_submit(args) -> int:
     from .run.submit import exit_code
 
-    _, status = api.submit(_load(args), args.address, wait=not args.no_wait, timeout_s=args.timeout,
-                           strict=args.strict, job_id=args.submission_id, stop_on_exit=args.stop_on_exit)
+    _, status = api.submit(
+        _load(args),
+        args.address,
+        wait=not args.no_wait,
+        timeout_s=args.timeout,
+        strict=args.strict,
+        job_id=args.submission_id,
+        stop_on_exit=args.stop_on_exit,
+    )
     return 0 if args.no_wait else exit_code(status)
 
 
 def cmd_report(args) -> int:
     uri, summary = api.report(args.output_uri, _load(args) if args.config else None)
     print(f"report: {uri}")
-    print(f"rows: {summary['rows']:,}  " + "  ".join(f"{k} {v:,}" for k, v in summary["by_status"].items())
-          + f"  output {summary['output_megapixels']:,} MP")
+    print(
+        f"rows: {summary['rows']:,}  "
+        + "  ".join(f"{k} {v:,}" for k, v in summary["by_status"].items())
+        + f"  output {summary['output_megapixels']:,} MP"
+    )
     for k, v in summary["by_code"].items():
         print(f"  {k:<26} {v:>10,}")
     return 0
@@ -86,8 +109,14 @@ def cmd_report(args) -> int:
 
 def _size(text: str) -> tuple[int, int]:
     m = config_mod.SHAPE.match(text)
-    if not m or int(m[1]) * int(m[2]) > config_mod.MAX_PIXELS_CEILING or 0 in (int(m[1]), int(m[2])):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WxH with at most {config_mod.MAX_PIXELS_CEILING:,} pixels")
+    if (
+        not m
+        or int(m[1]) * int(m[2]) > config_mod.MAX_PIXELS_CEILING
+        or 0 in (int(m[1]), int(m[2]))
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected WxH with at most {config_mod.MAX_PIXELS_CEILING:,} pixels"
+        )
     return int(m[1]), int(m[2])
 
 
@@ -100,13 +129,22 @@ def cmd_bench(args) -> int:
     if bad or not modes:
         raise ConfigError(f"--modes {args.modes!r}: give high, fast or high,fast")
     try:
-        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()] if args.batch_sizes else []
+        sizes = (
+            [int(b) for b in args.batch_sizes.split(",") if b.strip()] if args.batch_sizes else []
+        )
     except ValueError:
         sizes = [0]
     if any(b < 1 for b in sizes):
         raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,2,4")
-    result = api.bench(cfg, size=args.size, images=args.images, modes=modes, ref_fraction=args.ref_fraction,
-                   random_weights=args.random_weights, batch_sizes=sizes)
+    result = api.bench(
+        cfg,
+        size=args.size,
+        images=args.images,
+        modes=modes,
+        ref_fraction=args.ref_fraction,
+        random_weights=args.random_weights,
+        batch_sizes=sizes,
+    )
     print(format_result(result))
     if args.json:
         fs, path = storage.filesystem(args.json, cfg.output.storage_options)
@@ -117,27 +155,50 @@ def cmd_bench(args) -> int:
 
 def cmd_make_test_model(args) -> int:
     out = api.make_test_model(args.dir, seed=args.seed, fill=args.fill)
-    print(f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "
-          f"model.path: {out}, model.dtype: float32 on CPU")
+    print(
+        f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "
+        f"model.path: {out}, model.dtype: float32 on CPU"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="outpaint", description="Batch outpainting of image catalogues on Ray Data.")
+    p = argparse.ArgumentParser(
+        prog="outpaint", description="Batch outpainting of image catalogues on Ray Data."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, help_: str):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("config", help="YAML config (any fsspec URI)")
-        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set runtime.seed=7 (repeatable)")
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set runtime.seed=7 (repeatable)",
+        )
         return sp
 
-    sp = sub.add_parser("manifest", help="write a manifest from a folder, glob or bucket prefix of images")
-    sp.add_argument("sources", nargs="+", metavar="SOURCE", help="folder (recursive), glob or prefix, any fsspec URI")
-    sp.add_argument("--out", required=True, help="manifest to write: .parquet, .csv, .tsv or .jsonl")
-    sp.add_argument("--aspect-ratio", action="append", metavar="W:H", help="a target ratio (repeatable: one row "
-                    "per image and ratio, ids suffixed with the ratio)")
+    sp = sub.add_parser(
+        "manifest", help="write a manifest from a folder, glob or bucket prefix of images"
+    )
+    sp.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="folder (recursive), glob or prefix, any fsspec URI",
+    )
+    sp.add_argument(
+        "--out", required=True, help="manifest to write: .parquet, .csv, .tsv or .jsonl"
+    )
+    sp.add_argument(
+        "--aspect-ratio",
+        action="append",
+        metavar="W:H",
+        help="a target ratio (repeatable: one row "
+        "per image and ratio, ids suffixed with the ratio)",
+    )
     sp.add_argument("--width", type=int, help="an explicit canvas width (with --height)")
     sp.add_argument("--height", type=int, help="an explicit canvas height (with --width)")
     sp.add_argument("--mode", choices=["high", "fast"], help="mode column (default: the config's)")
@@ -149,46 +210,99 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config("plan", "dry run: geometry, status and code per row, and a summary")
     sp.add_argument("--out", help="write plan.parquet and summary.json under this directory/URI")
     sp.set_defaults(func=cmd_plan)
-    sp = with_config("run", "run the job: outpaint every row, write images + metadata (resumes by default)")
-    sp.add_argument("--strict", action="store_true", help="exit 1 if any row was rejected or failed")
+    sp = with_config(
+        "run", "run the job: outpaint every row, write images + metadata (resumes by default)"
+    )
+    sp.add_argument(
+        "--strict", action="store_true", help="exit 1 if any row was rejected or failed"
+    )
     sp.add_argument("--quiet", action="store_true", help="no progress or summary table")
-    sp.add_argument("--progress", choices=["auto", "bar", "line", "none"], default="auto",
-                    help="auto: a progress bar on a terminal, a line every runtime.progress_interval_s in logs")
-    sp.add_argument("--verbose", action="store_true", help="also Ray's and the model libraries' logs and warnings")
+    sp.add_argument(
+        "--progress",
+        choices=["auto", "bar", "line", "none"],
+        default="auto",
+        help="auto: a progress bar on a terminal, a line every runtime.progress_interval_s in logs",
+    )
+    sp.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also Ray's and the model libraries' logs and warnings",
+    )
     sp.set_defaults(func=cmd_run)
-    sp = with_config("submit", "run the config as a job on a Ray cluster (idempotent; exit 0 succeeded, "
-                     "1 failed/stopped, 2 bad input/unreachable, 3 still running at --timeout)")
-    sp.add_argument("--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265")
+    sp = with_config(
+        "submit",
+        "run the config as a job on a Ray cluster (idempotent; exit 0 succeeded, "
+        "1 failed/stopped, 2 bad input/unreachable, 3 still running at --timeout)",
+    )
+    sp.add_argument(
+        "--address", required=True, help="the cluster's job server, e.g. http://HEAD:8265"
+    )
     sp.add_argument("--no-wait", action="store_true", help="return once submitted (or attached)")
-    sp.add_argument("--timeout", type=float, default=24 * 3600,
-                    help="seconds to wait; past it exit 3 and the job keeps running")
-    sp.add_argument("--strict", action="store_true", help="the job fails if any row was rejected or failed")
-    sp.add_argument("--submission-id", help="the job's id (default: derived from the config and output.uri; "
-                    "a running job with it is attached to)")
-    sp.add_argument("--stop-on-exit", action=argparse.BooleanOptionalAction, default=None,
-                    help="stop the job on SIGTERM/Ctrl-C while waiting (default: on)")
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        default=24 * 3600,
+        help="seconds to wait; past it exit 3 and the job keeps running",
+    )
+    sp.add_argument(
+        "--strict", action="store_true", help="the job fails if any row was rejected or failed"
+    )
+    sp.add_argument(
+        "--submission-id",
+        help="the job's id (default: derived from the config and output.uri; "
+        "a running job with it is attached to)",
+    )
+    sp.add_argument(
+        "--stop-on-exit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stop the job on SIGTERM/Ctrl-C while waiting (default: on)",
+    )
     sp.set_defaults(func=cmd_submit)
-    sp = with_config("bench", "time the configured model on synthetic canvases: s/image, images/hour, MFU, memory")
-    sp.add_argument("--size", type=_size, help="canvas WxH (default: the defaults' width x height, else 1024x1024)")
+    sp = with_config(
+        "bench",
+        "time the configured model on synthetic canvases: s/image, images/hour, MFU, memory",
+    )
+    sp.add_argument(
+        "--size",
+        type=_size,
+        help="canvas WxH (default: the defaults' width x height, else 1024x1024)",
+    )
     sp.add_argument("--images", type=int, default=8, help="images timed per mode (after warm-up)")
     sp.add_argument("--modes", default="high,fast", help="high, fast or high,fast")
-    sp.add_argument("--ref-fraction", type=float, default=0.75, help="reference size as a fraction of each side")
+    sp.add_argument(
+        "--ref-fraction", type=float, default=0.75, help="reference size as a fraction of each side"
+    )
     sp.add_argument("--json", help="also write the figures as JSON here (any fsspec URI)")
-    sp.add_argument("--batch-sizes", help="flux-fill: also time these batch sizes, e.g. 1,2,4 (for runtime.batch_size)")
-    sp.add_argument("--random-weights", action="store_true",
-                    help="flux-fill: FLUX.1 Fill's full-size architecture with random weights (same speed; "
-                         "size hardware before the weights are there)")
+    sp.add_argument(
+        "--batch-sizes",
+        help="flux-fill: also time these batch sizes, e.g. 1,2,4 (for runtime.batch_size)",
+    )
+    sp.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="flux-fill: FLUX.1 Fill's full-size architecture with random weights (same speed; "
+        "size hardware before the weights are there)",
+    )
     sp.set_defaults(func=cmd_bench)
     sp = sub.add_parser("report", help="rebuild report.html of an output and print its summary")
     sp.add_argument("output_uri", help="the run's output.uri")
     sp.add_argument("--config", help="take storage options from this config (remote outputs)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS
+    )
     sp.set_defaults(func=cmd_report)
-    sp = sub.add_parser("make-test-model", help="write a tiny FLUX Fill pipeline with random weights (tests, trials)")
+    sp = sub.add_parser(
+        "make-test-model",
+        help="write a tiny FLUX Fill pipeline with random weights (tests, trials)",
+    )
     sp.add_argument("dir", help="output directory")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--fill", choices=["grey", "contrast", "green", "blue", "magenta"],
-                    help="record the fill this 'checkpoint' was trained on (outpaint_profile.json)")
+    sp.add_argument(
+        "--fill",
+        choices=["grey", "contrast", "green", "blue", "magenta"],
+        help="record the fill this 'checkpoint' was trained on (outpaint_profile.json)",
+    )
     sp.set_defaults(func=cmd_make_test_model)
     return p
 

@@ -39,12 +39,29 @@ CODES: tuple[str | None, ...] = (
     "budget_exhausted",
 )
 CODE = {name: i for i, name in enumerate(CODES) if name}
-IMAGE_CODES = frozenset({"image_not_found", "image_unreadable", "image_too_large", "unsupported_image",
-                         "image_access_denied"})
-FAILED_CODES = IMAGE_CODES | {"generation_failed", "moderated", "insufficient_credits", "budget_exhausted"}
+IMAGE_CODES = frozenset(
+    {
+        "image_not_found",
+        "image_unreadable",
+        "image_too_large",
+        "unsupported_image",
+        "image_access_denied",
+    }
+)
+FAILED_CODES = IMAGE_CODES | {
+    "generation_failed",
+    "moderated",
+    "insufficient_credits",
+    "budget_exhausted",
+}
 GEOMETRY_CODES = (
-    "canvas_too_small", "canvas_too_large", "out_of_bounds", "no_overlap",
-    "reference_too_small", "reference_aspect", "aligned_canvas_too_large",
+    "canvas_too_small",
+    "canvas_too_large",
+    "out_of_bounds",
+    "no_overlap",
+    "reference_too_small",
+    "reference_aspect",
+    "aligned_canvas_too_large",
 )
 
 
@@ -56,7 +73,9 @@ def status_of(code: str | None) -> str:
 
 def status_array(code_idx: np.ndarray) -> pa.Array:
     """Code indices -> Arrow status strings, by a dictionary lookup (no per-row Python)."""
-    return pa.array([status_of(c) for c in CODES], pa.string()).take(pa.array(code_idx.astype(np.int32)))
+    return pa.array([status_of(c) for c in CODES], pa.string()).take(
+        pa.array(code_idx.astype(np.int32))
+    )
 
 
 def code_array(code_idx: np.ndarray) -> pa.Array:

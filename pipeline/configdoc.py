@@ -56,7 +56,9 @@ def type_name(annotation) -> str:
         return f"[{', '.join(type_name(a) for a in args)}]"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "section"
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, str(annotation))
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+        annotation, str(annotation)
+    )
 
 
 def _bounds(field: FieldInfo) -> str:
@@ -133,4 +135,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
 
-def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int, threads: int | None = None) -> list[T]:
+def map_chunks(
+    fn: Callable[[int, int], T], n: int, chunk: int, threads: int | None = None
+) -> list[T]:
     """``fn(start, stop)`` for consecutive chunks of ``range(n)``, results in order."""
     bounds = [(s, min(s + chunk, n)) for s in range(0, n, chunk)] or [(0, 0)]
     threads = min(threads or os.cpu_count() or 1, len(bounds))

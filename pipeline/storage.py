@@ -11,7 +11,8 @@ import errno
 import posixpath
 import random
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fsspec.core import url_to_fs
 
@@ -79,7 +80,9 @@ def unstrip(fs, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def expand(uri: str, storage_options: Mapping[str, Any] | None = None, suffix: str | tuple = ".parquet"):
+def expand(
+    uri: str, storage_options: Mapping[str, Any] | None = None, suffix: str | tuple = ".parquet"
+):
     """Expand a file, a directory (recursively, files ending in ``suffix``, one or a tuple) or a glob.
 
     Returns ``(fs, [paths])`` sorted, so that runs over the same input see rows in the
@@ -89,8 +92,11 @@ def expand(uri: str, storage_options: Mapping[str, Any] | None = None, suffix: s
     if any(c in path for c in "*?["):
         paths = [p for p in fs.glob(path) if fs.isfile(p)]
     elif fs.isdir(path):
-        paths = [p for p in fs.find(path) if p.endswith(suffix)
-                 and not posixpath.basename(p).startswith((".", "_"))]
+        paths = [
+            p
+            for p in fs.find(path)
+            if p.endswith(suffix) and not posixpath.basename(p).startswith((".", "_"))
+        ]
     elif fs.exists(path):
         paths = [path]
     else:
@@ -103,10 +109,28 @@ def expand(uri: str, storage_options: Mapping[str, Any] | None = None, suffix: s
 
 # --------------------------------------------------------------------------- retries
 
-_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
-                    "ThrottlingException", "RequestTimeTooSkewed", "503", "500", "502", "504"}
-_TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.ECONNABORTED,
-                    errno.EAGAIN, errno.EIO}
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeTooSkewed",
+    "503",
+    "500",
+    "502",
+    "504",
+}
+_TRANSIENT_ERRNO = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.ECONNABORTED,
+    errno.EAGAIN,
+    errno.EIO,
+}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -116,9 +140,19 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return True
     name = type(exc).__name__
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-                "ServerDisconnectedError", "ClientConnectionError", "ClientOSError", "ClientPayloadError",
-                "ResponseStreamingError", "IncompleteReadError", "ProtocolError"):
+    if name in (
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        "ServerDisconnectedError",
+        "ClientConnectionError",
+        "ClientOSError",
+        "ClientPayloadError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+        "ProtocolError",
+    ):
         return True
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -134,7 +168,7 @@ def is_transient(exc: BaseException) -> bool:
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Seconds to wait before retry ``attempt`` (0, 1, ...): capped exponential, jittered
     over its upper half so that many clients spread out but none retries at once."""
-    return min(cap, base * 2 ** attempt) * random.uniform(0.5, 1.0)
+    return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
 
 
 def retry(fn, *args, attempts: int = 6, base: float = 0.2, cap: float = 5.0, **kwargs):
@@ -146,8 +180,8 @@ def retry(fn, *args, attempts: int = 6, base: float = 0.2, cap: float = 5.0, **k
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - classified below
+        except Exception as e:
             if attempt == attempts - 1 or not is_transient(e):
                 raise
-            time.sleep(random.uniform(0, min(cap, base * (2 ** attempt))))
+            time.sleep(random.uniform(0, min(cap, base * (2**attempt))))
     raise AssertionError("unreachable")

@@ -35,8 +35,18 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-FIELDS = {"input_image", "width", "height", "reference_offset_x", "reference_offset_y", "auto_crop", "mode",
-          "output_format", "prompt", "safety_tolerance"}
+FIELDS = {
+    "input_image",
+    "width",
+    "height",
+    "reference_offset_x",
+    "reference_offset_y",
+    "auto_crop",
+    "mode",
+    "output_format",
+    "prompt",
+    "safety_tolerance",
+}
 MAX_PIXELS = 4_194_304
 PATH = "/v1/flux-tools/outpainting-v1"
 
@@ -84,16 +94,23 @@ class _Http:
 
 
 class BflServer:
-    def __init__(self, key: str = "test-key", credits: float = 1000.0, max_active: int = 24,
-                 latency: tuple[float, float] = (0.2, 0.4), sample_ttl: float = 600.0, cost: float = 2.5,
-                 seed: int = 0):
+    def __init__(
+        self,
+        key: str = "test-key",
+        credits: float = 1000.0,
+        max_active: int = 24,
+        latency: tuple[float, float] = (0.2, 0.4),
+        sample_ttl: float = 600.0,
+        cost: float = 2.5,
+        seed: int = 0,
+    ):
         self.key, self.credits, self.max_active = key, credits, max_active
         self.latency, self.sample_ttl, self.cost = latency, sample_ttl, cost
         self.secret = uuid.uuid4().bytes
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.tasks: dict[str, dict] = {}
-        self.submissions: list[dict] = []   # every accepted POST: id, a digest of its input, time
+        self.submissions: list[dict] = []  # every accepted POST: id, a digest of its input, time
         self.refused: dict[str, int] = {"403": 0, "402": 0, "422": 0, "429": 0}
         self.max_seen_active = 0
         self.polls = 0
@@ -135,18 +152,28 @@ class BflServer:
                     return self.reply(400, {"detail": "body is not JSON"})
                 errors = _validation(body)
                 try:
-                    ref = Image.open(io.BytesIO(base64.b64decode(body.get("input_image", ""), validate=True)))
+                    ref = Image.open(
+                        io.BytesIO(base64.b64decode(body.get("input_image", ""), validate=True))
+                    )
                     ref.load()
                 except Exception:  # noqa: BLE001
-                    errors.append({"loc": ["body", "input_image"], "msg": "input_image is not a base64 image",
-                                   "type": "value_error"})
+                    errors.append(
+                        {
+                            "loc": ["body", "input_image"],
+                            "msg": "input_image is not a base64 image",
+                            "type": "value_error",
+                        }
+                    )
                 if errors:
                     with api.lock:
                         api.refused["422"] += 1
                     return self.reply(422, {"detail": errors})
                 with api.lock:
                     now = time.time()
-                    for tid_, t in api.tasks.items():  # tasks finish on the server's clock, polled or not
+                    for (
+                        tid_,
+                        t,
+                    ) in api.tasks.items():  # tasks finish on the server's clock, polled or not
                         if t["status"] == "Pending" and now >= t["ready_at"]:
                             api._finish(tid_, t)
                     active = sum(1 for t in api.tasks.values() if t["status"] == "Pending")
@@ -158,15 +185,33 @@ class BflServer:
                         return self.reply(402, {"detail": "Insufficient credits"})
                     tid = str(uuid.uuid4())
                     lat = api.rng.uniform(*api.latency)
-                    api.tasks[tid] = {"status": "Pending", "body": body, "ref": ref.convert("RGB"),
-                                      "ready_at": time.time() + lat, "finished": None}
-                    api.submissions.append({"id": tid, "input": hashlib.sha256(raw).hexdigest(),
-                                            "prompt": body.get("prompt", ""), "time": time.time()})
+                    api.tasks[tid] = {
+                        "status": "Pending",
+                        "body": body,
+                        "ref": ref.convert("RGB"),
+                        "ready_at": time.time() + lat,
+                        "finished": None,
+                    }
+                    api.submissions.append(
+                        {
+                            "id": tid,
+                            "input": hashlib.sha256(raw).hexdigest(),
+                            "prompt": body.get("prompt", ""),
+                            "time": time.time(),
+                        }
+                    )
                     api.max_seen_active = max(api.max_seen_active, active + 1)
                 w, h = body["width"], body["height"]
-                return self.reply(200, {"id": tid, "polling_url": f"{api.poll.url}/v1/get_result?id={tid}",
-                                        "cost": api.cost, "input_mp": round(ref.width * ref.height / 1e6, 3),
-                                        "output_mp": round(w * h / 1e6, 3)})
+                return self.reply(
+                    200,
+                    {
+                        "id": tid,
+                        "polling_url": f"{api.poll.url}/v1/get_result?id={tid}",
+                        "cost": api.cost,
+                        "input_mp": round(ref.width * ref.height / 1e6, 3),
+                        "output_mp": round(w * h / 1e6, 3),
+                    },
+                )
 
             def do_GET(self):
                 url = urlsplit(self.path)
@@ -202,7 +247,9 @@ class BflServer:
                     return
                 data = task["sample"]
                 self.send_response(200)
-                self.send_header("Content-Type", "image/" + task["body"].get("output_format", "png"))
+                self.send_header(
+                    "Content-Type", "image/" + task["body"].get("output_format", "png")
+                )
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -218,18 +265,32 @@ class BflServer:
             self.polls += 1
             task = self.tasks.get(tid)
             if task is None:
-                return {"id": tid, "status": "Task not found", "result": None, "progress": None, "details": None}
+                return {
+                    "id": tid,
+                    "status": "Task not found",
+                    "result": None,
+                    "progress": None,
+                    "details": None,
+                }
             if task["status"] == "Pending" and time.time() >= task["ready_at"]:
                 self._finish(tid, task)
-            out = {"id": tid, "status": task["status"], "result": None, "progress": None, "details": None,
-                   "preview": None}
+            out = {
+                "id": tid,
+                "status": task["status"],
+                "result": None,
+                "progress": None,
+                "details": None,
+                "preview": None,
+            }
             if task["status"] == "Pending":
                 out["progress"] = 0.5
             elif task["status"] == "Ready":
                 exp = task["finished"] + self.sample_ttl
-                out["result"] = {"sample": f"{self.delivery.url}/samples/{tid}.{task['ext']}?exp={exp}"
-                                           f"&sig={self.sign(tid, exp)}",
-                                 "prompt": task["body"].get("prompt", "")}
+                out["result"] = {
+                    "sample": f"{self.delivery.url}/samples/{tid}.{task['ext']}?exp={exp}"
+                    f"&sig={self.sign(tid, exp)}",
+                    "prompt": task["body"].get("prompt", ""),
+                }
             elif task["status"] == "Error":
                 out["details"] = {"error": "The generation failed (test: the prompt asked for it)"}
             return out
@@ -264,7 +325,7 @@ class BflServer:
         border = np.concatenate([ref[0], ref[-1], ref[:, 0], ref[:, -1]]).mean(axis=0)
         canvas = np.empty((H, W, 3), np.uint8)
         canvas[:] = border.astype(np.uint8)
-        canvas[max(0, y):y + h, max(0, x):x + w] = ref[max(0, -y):H - y, max(0, -x):W - x]
+        canvas[max(0, y) : y + h, max(0, x) : x + w] = ref[max(0, -y) : H - y, max(0, -x) : W - x]
         return Image.fromarray(canvas)
 
     def active(self) -> int:

@@ -29,8 +29,14 @@ def photos() -> dict[str, Path]:
     import skimage
 
     d = Path(skimage.__file__).parent / "data"
-    names = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
-             "camera": "camera.png", "rocket": "rocket.jpg", "retina": "retina.jpg"}
+    names = {
+        "astronaut": "astronaut.png",
+        "coffee": "coffee.png",
+        "chelsea": "chelsea.png",
+        "camera": "camera.png",
+        "rocket": "rocket.jpg",
+        "retina": "retina.jpg",
+    }
     out = {k: d / v for k, v in names.items()}
     assert all(p.exists() for p in out.values())
     return out
@@ -41,8 +47,11 @@ def write_manifest(path, rows: list[dict], schema: pa.Schema | None = None, file
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    table = pa.table({c: [r.get(c) for r in rows] for c in cols}) if schema is None else \
-        pa.Table.from_pylist(rows, schema=schema)
+    table = (
+        pa.table({c: [r.get(c) for r in rows] for c in cols})
+        if schema is None
+        else pa.Table.from_pylist(rows, schema=schema)
+    )
     pq.write_table(table, str(path), filesystem=filesystem)
     return str(path)
 
@@ -96,7 +105,9 @@ def s3_server():
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
@@ -109,7 +120,11 @@ def s3_server():
     else:
         proc.kill()
         pytest.fail("moto server did not start")
-    opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"}}
+    opts = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"},
+    }
     yield {"endpoint": endpoint, "storage_options": opts}
     proc.terminate()
     proc.wait(10)
@@ -121,7 +136,9 @@ def s3_bucket(s3_server, request):
     import s3fs
 
     fs = s3fs.S3FileSystem(**s3_server["storage_options"])
-    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].strip("-")
+    name = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[
+        :40
+    ].strip("-")
     fs.mkdir(name)
     fs.invalidate_cache()
     yield fs, name, s3_server["storage_options"]

@@ -60,8 +60,11 @@ class CountingProxy(LoopbackServer):
             def _any(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 query = urlsplit(self.path).query
-                kind = "LIST" if self.command == "GET" and ("list-type" in query or "prefix=" in query) \
+                kind = (
+                    "LIST"
+                    if self.command == "GET" and ("list-type" in query or "prefix=" in query)
                     else self.command
+                )
                 with lock:
                     proxy.counts[kind] += 1
                     proxy.paths.append((kind, self.path))
@@ -84,8 +87,10 @@ class ImageServer(LoopbackServer):
         self.root = Path(root)
         self.counts: Counter = Counter()
         self.paths: list[tuple[str, str]] = []
-        self.throttle: dict[str, tuple[int, str]] = {}  # path -> (429 answers left, Retry-After value)
-        self.status: dict[str, int] = {}                 # path -> fixed status (401, 403, 404...)
+        self.throttle: dict[
+            str, tuple[int, str]
+        ] = {}  # path -> (429 answers left, Retry-After value)
+        self.status: dict[str, int] = {}  # path -> fixed status (401, 403, 404...)
         self.active = 0
         self.max_active = 0
         lock = threading.Lock()
@@ -101,7 +106,9 @@ class ImageServer(LoopbackServer):
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))  # HEAD: the length a GET would have
+                self.send_header(
+                    "Content-Length", str(len(body))
+                )  # HEAD: the length a GET would have
                 self.end_headers()
                 if self.command != "HEAD" and status != 304:
                     self.wfile.write(body)
@@ -119,7 +126,9 @@ class ImageServer(LoopbackServer):
                     left, after = server.throttle.get(path, (0, ""))
                     if left > 0:
                         server.throttle[path] = (left - 1, after)
-                        return self._send(429, {"Retry-After": after} if after else {}, b"slow down")
+                        return self._send(
+                            429, {"Retry-After": after} if after else {}, b"slow down"
+                        )
                     file = server.root / path
                     if not file.is_file():
                         return self._send(404, {}, b"not found")
@@ -131,8 +140,11 @@ class ImageServer(LoopbackServer):
                         headers["ETag"] = tag
                     if last_modified:
                         headers["Last-Modified"] = modified
-                    if (etag and self.headers.get("If-None-Match") == tag) or \
-                            (not etag and last_modified and self.headers.get("If-Modified-Since") == modified):
+                    if (etag and self.headers.get("If-None-Match") == tag) or (
+                        not etag
+                        and last_modified
+                        and self.headers.get("If-Modified-Since") == modified
+                    ):
                         return self._send(304, headers)  # no body
                     return self._send(200, headers, data)
                 finally:
@@ -155,5 +167,8 @@ class ImageServer(LoopbackServer):
 
 def counted_options(storage_options: dict, proxy: CountingProxy) -> dict:
     """s3fs options that go through ``proxy`` (a fresh filesystem instance: nothing cached)."""
-    return {**storage_options, "skip_instance_cache": True,
-            "client_kwargs": {**storage_options["client_kwargs"], "endpoint_url": proxy.endpoint}}
+    return {
+        **storage_options,
+        "skip_instance_cache": True,
+        "client_kwargs": {**storage_options["client_kwargs"], "endpoint_url": proxy.endpoint},
+    }

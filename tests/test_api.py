@@ -19,8 +19,10 @@ EXAMPLE = ROOT / "configs" / "example"
 
 
 def _config(tmp_path, passthrough=(), **extra) -> outpaint.Config:
-    data = {"input": {"image_root": str(EXAMPLE / "images")},
-            "output": {"uri": str(tmp_path / "out"), "passthrough_columns": list(passthrough)}}
+    data = {
+        "input": {"image_root": str(EXAMPLE / "images")},
+        "output": {"uri": str(tmp_path / "out"), "passthrough_columns": list(passthrough)},
+    }
     data.update(extra)
     return outpaint.load_config(data)
 
@@ -30,8 +32,12 @@ def test_this_file_uses_only_the_public_api():
     used = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert {m for m in used if m.startswith("pipeline")} == {"pipeline"}
-    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "pipeline"
-             for a in n.names}
+    names = {
+        a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module == "pipeline"
+        for a in n.names
+    }
     assert names == {"api"}
 
 
@@ -44,13 +50,31 @@ def test_plan_and_run_the_example_manifest_from_a_ray_dataset(tmp_path, ray_loca
     assert planned.num_rows == 10
     by_id = {r["id"]: r for r in planned.to_pylist()}
     # the same plan as the example job's own manifest file
-    reference = outpaint.plan(None, outpaint.load_config(ROOT / "configs" / "example.yaml",
-                                                         [f"input.image_root={EXAMPLE / 'images'}",
-                                                          f"input.manifest={EXAMPLE / 'manifest.parquet'}"]))
+    reference = outpaint.plan(
+        None,
+        outpaint.load_config(
+            ROOT / "configs" / "example.yaml",
+            [
+                f"input.image_root={EXAMPLE / 'images'}",
+                f"input.manifest={EXAMPLE / 'manifest.parquet'}",
+            ],
+        ),
+    )
     for row in reference.to_pylist():
         got = by_id[row["id"]]
-        assert (got["status"], got["error_code"], got["canvas_width"], got["canvas_height"], got["offset_x"]) == \
-            (row["status"], row["error_code"], row["canvas_width"], row["canvas_height"], row["offset_x"])
+        assert (
+            got["status"],
+            got["error_code"],
+            got["canvas_width"],
+            got["canvas_height"],
+            got["offset_x"],
+        ) == (
+            row["status"],
+            row["error_code"],
+            row["canvas_width"],
+            row["canvas_height"],
+            row["offset_x"],
+        )
     summary = outpaint.plan_summary(planned, cfg)
     assert summary["by_status"] == {"ok": 8, "rejected": 1, "failed": 1}
     assert "rows: 10" in outpaint.format_plan_summary(summary)
@@ -65,7 +89,9 @@ def test_plan_and_run_the_example_manifest_from_a_ray_dataset(tmp_path, ray_loca
         if r["status"] == "ok":
             with Image.open(r["output_uri"]) as im:
                 assert im.size == (r["canvas_width"], r["canvas_height"])
-    assert not list((tmp_path / "out" / "_tmp").glob("manifest-*")), "the staged manifest is removed after the run"
+    assert not list((tmp_path / "out" / "_tmp").glob("manifest-*")), (
+        "the staged manifest is removed after the run"
+    )
 
     again = outpaint.outpaint(ds, cfg, quiet=True)
     assert again.skipped == 8 and again.images_written == 0 and again.by_status == result.by_status
@@ -73,11 +99,17 @@ def test_plan_and_run_the_example_manifest_from_a_ray_dataset(tmp_path, ray_loca
 
 def test_rows_in_memory_plan_like_a_file_and_bad_columns_are_named(tmp_path):
     cfg = _config(tmp_path, defaults={"aspect_ratio": "1:1"})
-    rows = [{"id": "a", "image": "coffee.jpg"}, {"id": "b", "image": "coffee.jpg", "width": 40, "height": 40},
-            {"id": "a", "image": "chelsea.jpg"}]
+    rows = [
+        {"id": "a", "image": "coffee.jpg"},
+        {"id": "b", "image": "coffee.jpg", "width": 40, "height": 40},
+        {"id": "a", "image": "chelsea.jpg"},
+    ]
     planned = outpaint.plan(rows, cfg).to_pylist()
-    assert [(r["status"], r["error_code"]) for r in planned] == [("ok", None), ("rejected", "canvas_too_small"),
-                                                                  ("rejected", "duplicate_id")]
+    assert [(r["status"], r["error_code"]) for r in planned] == [
+        ("ok", None),
+        ("rejected", "canvas_too_small"),
+        ("rejected", "duplicate_id"),
+    ]
     with Image.open(EXAMPLE / "images" / "coffee.jpg") as im:
         side = max(im.size)
     assert (planned[0]["canvas_width"], planned[0]["canvas_height"]) == (side, side)
@@ -96,13 +128,17 @@ def test_stages_run_without_ray_on_a_table(tmp_path):
     planned = stages.plan(pa.table({"id": ["cup", "gone"], "image": ["coffee.jpg", "nope.jpg"]}))
     assert planned.column("status").to_pylist() == ["ok", "failed"]
     meta = stages.process(planned).to_pylist()
-    assert [(m["id"], m["status"], m["error_code"], m["run_id"]) for m in meta] == \
-        [("cup", "ok", None, "r1"), ("gone", "failed", "image_not_found", "r1")]
+    assert [(m["id"], m["status"], m["error_code"], m["run_id"]) for m in meta] == [
+        ("cup", "ok", None, "r1"),
+        ("gone", "failed", "image_not_found", "r1"),
+    ]
     with Image.open(meta[0]["output_uri"]) as im:
         out = np.asarray(im.convert("RGB"))
     assert out.shape == (500, 900, 3)
     with Image.open(EXAMPLE / "images" / "coffee.jpg") as im:
         src = np.asarray(im.convert("RGB"))
     x0, y0 = meta[0]["visible_x0"], meta[0]["visible_y0"]
-    inner = out[y0 + 8:y0 + src.shape[0] - 8, x0 + 8:x0 + src.shape[1] - 8].astype(int)
-    assert np.abs(inner - src[8:-8, 8:-8].astype(int)).max() <= 1  # the original pixels, untouched (PNG)
+    inner = out[y0 + 8 : y0 + src.shape[0] - 8, x0 + 8 : x0 + src.shape[1] - 8].astype(int)
+    assert (
+        np.abs(inner - src[8:-8, 8:-8].astype(int)).max() <= 1
+    )  # the original pixels, untouched (PNG)

@@ -48,7 +48,9 @@ def script(page: Path, workdir: Path) -> tuple[str, int]:
         found = found[1:]  # the install and test commands: .ci/run runs them
     for k, (lang, info, body) in enumerate(found):
         if "no-run" in info.split():
-            assert body.lstrip().startswith(NO_RUN), f"{page.name}: a no-run block must start with {NO_RUN!r}:\n{body}"
+            assert body.lstrip().startswith(NO_RUN), (
+                f"{page.name}: a no-run block must start with {NO_RUN!r}:\n{body}"
+            )
             continue
         if lang == "yaml" and info.startswith("file="):
             name = info.split("=", 1)[1].split()[0]
@@ -73,12 +75,18 @@ PAGES = sorted([p for p in DOCS.glob("*.md")] + [ROOT / "README.md"], key=lambda
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_command_of_the_page_runs(page, tmp_path, request):
     for name in COPIED:
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "results"))
+        shutil.copytree(
+            ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "results")
+        )
     text, ran = script(page, tmp_path)
     if not ran:
         pytest.skip(f"{page.name} shows no command")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONUNBUFFERED="1",
-               HOME=str(tmp_path / "home"))
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        PYTHONUNBUFFERED="1",
+        HOME=str(tmp_path / "home"),
+    )
     if "s3://" in text:
         import s3fs
 
@@ -87,29 +95,42 @@ def test_every_command_of_the_page_runs(page, tmp_path, request):
         fs = s3fs.S3FileSystem(**opts)
         if not fs.exists("catalogue"):
             fs.mkdir("catalogue")
-        env.update(AWS_ENDPOINT_URL=s3["endpoint"], AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                   AWS_DEFAULT_REGION="eu-west-1")
+        env.update(
+            AWS_ENDPOINT_URL=s3["endpoint"],
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="eu-west-1",
+        )
     (tmp_path / "home").mkdir()
     (tmp_path / "page.sh").write_text(text)
-    proc = subprocess.run(["bash", "page.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{page.name}: a command failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n" \
-                                 f"{proc.stderr[-6000:]}"
+    proc = subprocess.run(
+        ["bash", "page.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, (
+        f"{page.name}: a command failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n"
+        f"{proc.stderr[-6000:]}"
+    )
 
 
 def test_configuration_page_is_what_the_generator_writes():
     from pipeline.configdoc import render
 
-    assert (DOCS / "configuration.md").read_text() == render(), \
+    assert (DOCS / "configuration.md").read_text() == render(), (
         "docs/configuration.md is stale: python -m pipeline.configdoc > docs/configuration.md"
+    )
 
 
 def test_the_script_builder_runs_blocks_and_refuses_silent_skips(tmp_path):
     """The runner above would be hollow if it dropped blocks: check it on a page made here."""
     page = tmp_path / "p.md"
-    page.write_text("```bash\necho one\n```\n\n```yaml file=c.yaml\na: 1\n```\n\n```python\nprint(2)\n```\n\n"
-                    "```bash no-run\n# not run by the tests: needs a cluster\nray up\n```\n")
+    page.write_text(
+        "```bash\necho one\n```\n\n```yaml file=c.yaml\na: 1\n```\n\n```python\nprint(2)\n```\n\n"
+        "```bash no-run\n# not run by the tests: needs a cluster\nray up\n```\n"
+    )
     text, ran = script(page, tmp_path)
-    assert ran == 2 and "echo one" in text and "python _snippet_2.py" in text and "ray up" not in text
+    assert (
+        ran == 2 and "echo one" in text and "python _snippet_2.py" in text and "ray up" not in text
+    )
     assert (tmp_path / "c.yaml").read_text() == "a: 1\n"
     page.write_text("```bash no-run\nray up\n```\n")
     with pytest.raises(AssertionError):

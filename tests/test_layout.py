@@ -29,19 +29,27 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
                 target = ".".join(base + ([node.module] if node.module else []))
             elif node.module and (node.module == "pipeline" or node.module.startswith("pipeline.")):
-                target = node.module[len("pipeline."):] if node.module != "pipeline" else ""
+                target = node.module[len("pipeline.") :] if node.module != "pipeline" else ""
             else:
                 continue
             names = [a.name for a in node.names]
-            for name in names:  # ``from . import storage`` names a module; ``from .x import f`` does not
+            for (
+                name
+            ) in names:  # ``from . import storage`` names a module; ``from .x import f`` does not
                 full = f"{target}.{name}" if target else name
-                out.add(full if (ROOT / (full.replace(".", "/") + ".py")).exists()
-                        or (ROOT / full.replace(".", "/")).is_dir() else target)
+                out.add(
+                    full
+                    if (ROOT / (full.replace(".", "/") + ".py")).exists()
+                    or (ROOT / full.replace(".", "/")).is_dir()
+                    else target
+                )
         elif isinstance(node, ast.Import):
-            out |= {a.name[len("pipeline."):] for a in node.names if a.name.startswith("pipeline.")}
+            out |= {
+                a.name[len("pipeline.") :] for a in node.names if a.name.startswith("pipeline.")
+            }
     return {o for o in out if o}
 
 
@@ -86,13 +94,23 @@ def test_shared_modules_import_only_each_other():
 
 def test_the_layering_has_no_cycles_and_every_module_is_placed():
     graph = {_module(p): _imports(p) for p in ROOT.rglob("*.py")}
-    loose = sorted(m for m in graph if "." not in m and m not in SHARED | {"cli", "__main__", "api", "configdoc", ""}
-                   and m not in SUBPACKAGES)
+    loose = sorted(
+        m
+        for m in graph
+        if "." not in m
+        and m not in SHARED | {"cli", "__main__", "api", "configdoc", ""}
+        and m not in SUBPACKAGES
+    )
     assert not loose, f"modules at the top that are neither shared nor an entry point: {loose}"
-    layers = {(_layer(a), _layer(b)) for a, deps in graph.items() for b in deps if _layer(a) != _layer(b)}
+    layers = {
+        (_layer(a), _layer(b)) for a, deps in graph.items() for b in deps if _layer(a) != _layer(b)
+    }
     order = ["top", "io", "backends", "plan", "review", "run"]
-    upward = sorted((a, b) for a, b in layers
-                    if a in order and b in order and order.index(b) > order.index(a) and a != "top")
+    upward = sorted(
+        (a, b)
+        for a, b in layers
+        if a in order and b in order and order.index(b) > order.index(a) and a != "top"
+    )
     assert not upward, f"imports running upward: {upward}"
 
 

@@ -17,8 +17,9 @@ May import: the top-level shared modules and ``io``. Never ``plan``, ``review`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -29,21 +30,21 @@ from .canvas import compose
 class Job:
     """One row's outpainting request, as a backend sees it."""
 
-    ref: np.ndarray          # the visible reference, vh x vw x 3 uint8 (scaled, cropped)
-    width: int               # canvas W x H
+    ref: np.ndarray  # the visible reference, vh x vw x 3 uint8 (scaled, cropped)
+    width: int  # canvas W x H
     height: int
-    x0: int                  # reference top-left on the canvas
+    x0: int  # reference top-left on the canvas
     y0: int
     seed: int
     prompt: str = ""
-    mode: str = "high"       # high | fast
+    mode: str = "high"  # high | fast
     steps: int = 0
-    pad_left: int = 0        # fast mode: canvas offset inside the 16-aligned canvas
+    pad_left: int = 0  # fast mode: canvas offset inside the 16-aligned canvas
     pad_top: int = 0
-    fill_color: str | None = None   # set by the backend: what the unknown area held
-    key: str | None = None          # the row's request (hash + variant): what a backend journals by
+    fill_color: str | None = None  # set by the backend: what the unknown area held
+    key: str | None = None  # the row's request (hash + variant): what a backend journals by
     row_id: str | None = None
-    info: dict | None = None        # set by the backend: extra metadata of this row (API task id, cost)
+    info: dict | None = None  # set by the backend: extra metadata of this row (API task id, cost)
 
     def canvas(self, fill=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
         """(canvas H x W x 3 with the reference placed, mask True = to generate)."""
@@ -69,8 +70,13 @@ class Backend(Protocol):
         """Images H x W x 3 uint8, one per job (any order of shapes and modes)."""
 
 
-def make_backend(model_cfg, prompts: Sequence[str] | None = None, warmup: Sequence[tuple[int, int, str]] = (),
-                 batch_size: int = 1, output=None) -> Backend:
+def make_backend(
+    model_cfg,
+    prompts: Sequence[str] | None = None,
+    warmup: Sequence[tuple[int, int, str]] = (),
+    batch_size: int = 1,
+    output=None,
+) -> Backend:
     """``warmup``/``batch_size``: canvases a GPU backend compiles before its first batch;
     ``output``: the run's output config (the API backend journals its tasks there)."""
     name = model_cfg.backend

@@ -33,24 +33,42 @@ def resolve(opt, device) -> dict:
     compile_ = opt.compile if opt.compile != "auto" else ("blocks" if cuda else "none")
     mode = opt.compile_mode
     if opt.cuda_graphs and compile_ != "none":
-        mode = "reduce-overhead" if mode == "default" else ("max-autotune" if mode.startswith("max") else mode)
-    return {"compile": compile_, "compile_mode": mode, "fuse_qkv": opt.fuse_qkv,
-            "channels_last_vae": opt.channels_last_vae == "on" or (opt.channels_last_vae == "auto" and cuda),
-            "attention": opt.attention, "fp8": opt.fp8, "bucket_px": opt.bucket_px, "max_shapes": opt.max_shapes}
+        mode = (
+            "reduce-overhead"
+            if mode == "default"
+            else ("max-autotune" if mode.startswith("max") else mode)
+        )
+    return {
+        "compile": compile_,
+        "compile_mode": mode,
+        "fuse_qkv": opt.fuse_qkv,
+        "channels_last_vae": opt.channels_last_vae == "on"
+        or (opt.channels_last_vae == "auto" and cuda),
+        "attention": opt.attention,
+        "fp8": opt.fp8,
+        "bucket_px": opt.bucket_px,
+        "max_shapes": opt.max_shapes,
+    }
 
 
 def check_fp8(torch, device) -> None:
     if device.type != "cuda":
-        raise OptimizeError("model.optimize.fp8 needs a CUDA GPU; this actor runs on "
-                            f"{device.type}: set model.optimize.fp8: false")
+        raise OptimizeError(
+            "model.optimize.fp8 needs a CUDA GPU; this actor runs on "
+            f"{device.type}: set model.optimize.fp8: false"
+        )
     cap = torch.cuda.get_device_capability(device)
     if cap < (8, 9):
-        raise OptimizeError(f"model.optimize.fp8 needs compute capability >= 8.9 (Ada, Hopper or newer); "
-                            f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}: set model.optimize.fp8: false")
+        raise OptimizeError(
+            f"model.optimize.fp8 needs compute capability >= 8.9 (Ada, Hopper or newer); "
+            f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}: set model.optimize.fp8: false"
+        )
     try:
         import torchao  # noqa: F401
     except ImportError:
-        raise OptimizeError("model.optimize.fp8 needs torchao: pip install 'outpaint[fp8]'") from None
+        raise OptimizeError(
+            "model.optimize.fp8 needs torchao: pip install 'outpaint[fp8]'"
+        ) from None
 
 
 def _fp8_linear(module, fqn: str) -> bool:
@@ -59,11 +77,17 @@ def _fp8_linear(module, fqn: str) -> bool:
     layers are the ones ``model.quantize`` stores in 8 bits (~99 % of FLUX's weights)."""
     import torch
 
-    return (isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0
-            and module.out_features % 16 == 0 and "embed" not in fqn and not fqn.startswith("norm_out"))
+    return (
+        isinstance(module, torch.nn.Linear)
+        and module.in_features % 16 == 0
+        and module.out_features % 16 == 0
+        and "embed" not in fqn
+        and not fqn.startswith("norm_out")
+    )
 
 
 # ---------------------------------------------------------------- weight storage (model.quantize)
+
 
 def check_quantize(torch, device, mode: str) -> None:
     """Before any weight is read: the setting can run here, else which key to change."""
@@ -72,12 +96,16 @@ def check_quantize(torch, device, mode: str) -> None:
     try:
         import torchao  # noqa: F401
     except ImportError:
-        raise OptimizeError(f"model.quantize: {mode} needs torchao: pip install 'outpaint[quantize]'") from None
+        raise OptimizeError(
+            f"model.quantize: {mode} needs torchao: pip install 'outpaint[quantize]'"
+        ) from None
     if mode == "float8" and device.type == "cuda":
         cap = torch.cuda.get_device_capability(device)
         if cap < (8, 9):
-            raise OptimizeError(f"model.quantize: float8 needs compute capability >= 8.9; "
-                                f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}: set model.quantize: int8")
+            raise OptimizeError(
+                f"model.quantize: float8 needs compute capability >= 8.9; "
+                f"{torch.cuda.get_device_name(device)} is {cap[0]}.{cap[1]}: set model.quantize: int8"
+            )
 
 
 def quantize(transformer, mode: str) -> None:
@@ -85,8 +113,11 @@ def quantize(transformer, mode: str) -> None:
     where the weights are (on the CPU at load: the full-precision ones never reach the GPU)."""
     from torchao.quantization import Float8WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
-    quantize_(transformer, Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig(),
-              filter_fn=_fp8_linear)
+    quantize_(
+        transformer,
+        Int8WeightOnlyConfig() if mode == "int8" else Float8WeightOnlyConfig(),
+        filter_fn=_fp8_linear,
+    )
 
 
 def tensor_bytes(t) -> int:
@@ -99,7 +130,9 @@ def tensor_bytes(t) -> int:
 
 
 def module_bytes(module) -> int:
-    return sum(tensor_bytes(p) for p in module.parameters()) + sum(tensor_bytes(b) for b in module.buffers())
+    return sum(tensor_bytes(p) for p in module.parameters()) + sum(
+        tensor_bytes(b) for b in module.buffers()
+    )
 
 
 def storage_bytes(transformer, mode: str) -> int:
@@ -116,10 +149,16 @@ def storage_bytes(transformer, mode: str) -> int:
             w = m.weight
             # 1 byte a weight, plus one scale per output row in the model's dtype
             total += w.numel() + w.shape[0] * w.element_size()
-            total += sum(p.numel() * p.element_size() for n, p in m.named_parameters(recurse=False) if n != "weight")
+            total += sum(
+                p.numel() * p.element_size()
+                for n, p in m.named_parameters(recurse=False)
+                if n != "weight"
+            )
         else:
             total += sum(p.numel() * p.element_size() for p in own)
-    return total + sum(b.numel() * b.element_size() for b in transformer.buffers() if isinstance(b, torch.Tensor))
+    return total + sum(
+        b.numel() * b.element_size() for b in transformer.buffers() if isinstance(b, torch.Tensor)
+    )
 
 
 def check_fits(torch, device, weights: int, headroom: int, key: str = "model.quantize") -> None:
@@ -132,7 +171,8 @@ def check_fits(torch, device, weights: int, headroom: int, key: str = "model.qua
             f"the model needs ~{(weights + headroom) / 2**30:.1f} GiB on {torch.cuda.get_device_name(device)} "
             f"({weights / 2**30:.1f} GiB of weights), which has {free / 2**30:.1f} GiB free of "
             f"{total / 2**30:.1f}: set {key}: int8 (or float8 on compute capability >= 8.9), "
-            "or a smaller runtime.batch_size")
+            "or a smaller runtime.batch_size"
+        )
 
 
 UNFUSED = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
@@ -167,15 +207,25 @@ def apply(pipe, opt, device) -> dict:
         pipe.vae.to(memory_format=torch.channels_last)
     if s["fp8"]:
         check_fp8(torch, device)
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+            quantize_,
+        )
 
-        quantize_(tr, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_fp8_linear)
+        quantize_(
+            tr,
+            Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+            filter_fn=_fp8_linear,
+        )
     if s["compile"] != "none":
         import torch._dynamo
 
         cfg = torch._dynamo.config
         # bounded compilation: past this many shapes torch stops specialising
-        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+        name = (
+            "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        )  # torch < 2.6
         setattr(cfg, name, max(getattr(cfg, name), s["max_shapes"]))
         kwargs = {"mode": None if s["compile_mode"] == "default" else s["compile_mode"]}
         if s["compile"] == "blocks":
@@ -205,8 +255,12 @@ def uncompile(pipe, settings: dict, error: BaseException) -> None:
         for m in pipe.transformer.modules():
             if getattr(m, "_compiled_call_impl", None) is not None:
                 m._compiled_call_impl = None
-    log.warning("outpaint: torch.compile failed, running eager instead (model.optimize.compile: none "
-                "silences this): %s: %s", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+    log.warning(
+        "outpaint: torch.compile failed, running eager instead (model.optimize.compile: none "
+        "silences this): %s: %s",
+        type(error).__name__,
+        str(error).splitlines()[0] if str(error) else "",
+    )
     settings["compile"] = f"none (compile failed: {type(error).__name__})"
 
 

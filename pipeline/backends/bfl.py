@@ -56,7 +56,9 @@ class ApiError(Exception):
 def api_key(api_cfg) -> str:
     key = os.environ.get(api_cfg.key_env, "").strip()
     if not key:
-        raise ApiError(f"model.api.key_env: the environment variable {api_cfg.key_env} (the API key) is not set")
+        raise ApiError(
+            f"model.api.key_env: the environment variable {api_cfg.key_env} (the API key) is not set"
+        )
     return key
 
 
@@ -77,8 +79,13 @@ class ApiClient:
         self.endpoint = api_cfg.endpoint.rstrip("/")
         self.urllib3 = urllib3
         self._key = key
-        self.pool = urllib3.PoolManager(num_pools=8, maxsize=api_cfg.max_active + 8, retries=False, block=False,
-                                        timeout=urllib3.Timeout(total=api_cfg.request_timeout_s))
+        self.pool = urllib3.PoolManager(
+            num_pools=8,
+            maxsize=api_cfg.max_active + 8,
+            retries=False,
+            block=False,
+            timeout=urllib3.Timeout(total=api_cfg.request_timeout_s),
+        )
 
     def call(self, method: str, url: str, body: dict | None = None) -> Reply:
         """One request; connection problems raise ``ConnectionError`` saying whether the
@@ -88,20 +95,28 @@ class ApiClient:
         if data is not None:
             headers["content-type"] = "application/json"
         try:
-            r = self.pool.request(method, url, body=data, headers=headers, preload_content=True, redirect=False)
+            r = self.pool.request(
+                method, url, body=data, headers=headers, preload_content=True, redirect=False
+            )
         except self.urllib3.exceptions.NewConnectionError as e:
-            raise ConnectionError(f"cannot connect to {url.split('?')[0]}: {type(e).__name__}") from None
+            raise ConnectionError(
+                f"cannot connect to {url.split('?')[0]}: {type(e).__name__}"
+            ) from None
         except self.urllib3.exceptions.ConnectTimeoutError:
             raise ConnectionError(f"connecting to {url.split('?')[0]} timed out") from None
         except (self.urllib3.exceptions.HTTPError, OSError) as e:
-            err = ConnectionError(f"{url.split('?')[0]}: the connection was lost ({type(e).__name__})")
+            err = ConnectionError(
+                f"{url.split('?')[0]}: the connection was lost ({type(e).__name__})"
+            )
             err.sent = True  # the request may have been received
             raise err from None
         try:
             parsed = json.loads(r.data) if r.data else {}
         except ValueError:
             parsed = {"detail": r.data[:200].decode("utf-8", "replace")}
-        return Reply(r.status, parsed if isinstance(parsed, dict) else {"detail": parsed}, dict(r.headers))
+        return Reply(
+            r.status, parsed if isinstance(parsed, dict) else {"detail": parsed}, dict(r.headers)
+        )
 
     def download(self, url: str) -> bytes:
         """A signed result URL: no key (it is another host)."""
@@ -113,8 +128,10 @@ class ApiClient:
     def credits(self) -> float:
         r = self.call("GET", f"{self.endpoint}/v1/credits")
         if r.status in (401, 403):
-            raise ApiError(f"the API refused the key in {self.cfg.key_env} ({r.status}: "
-                           f"{_detail(r.body)}); check model.api.key_env and model.api.endpoint")
+            raise ApiError(
+                f"the API refused the key in {self.cfg.key_env} ({r.status}: "
+                f"{_detail(r.body)}); check model.api.key_env and model.api.endpoint"
+            )
         if r.status != 200 or "credits" not in r.body:
             raise ApiError(f"GET /v1/credits answered {r.status}: {_detail(r.body)}")
         return float(r.body["credits"])
@@ -123,7 +140,9 @@ class ApiClient:
 def _detail(body: dict) -> str:
     d = body.get("detail")
     if isinstance(d, list):  # FastAPI validation errors
-        return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}" for e in d)
+        return "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}" for e in d
+        )
     return str(d if d is not None else body)[:300]
 
 
@@ -144,7 +163,10 @@ class Journal:
     def _listed(self, kind: str) -> dict[str, str]:
         try:
             self.fs.invalidate_cache()
-            return {p.rsplit("/", 1)[-1].split(".")[0]: p for p in self.fs.ls(f"{self.root}/{kind}", detail=False)}
+            return {
+                p.rsplit("/", 1)[-1].split(".")[0]: p
+                for p in self.fs.ls(f"{self.root}/{kind}", detail=False)
+            }
         except (FileNotFoundError, OSError):
             return {}
 
@@ -186,8 +208,12 @@ class Journal:
     def forget(self, requests: list[str]) -> int:
         """Remove the entries of these requests (and their variants): their rows are written."""
         wanted = set(requests)
-        paths = [p for entries in (self.tasks, self.results) for key, p in entries.items()
-                 if key.split("-")[0] in wanted]
+        paths = [
+            p
+            for entries in (self.tasks, self.results)
+            for key, p in entries.items()
+            if key.split("-")[0] in wanted
+        ]
         if paths:
             self.storage.retry(self.fs.rm, paths)
         return len(paths)
@@ -203,12 +229,21 @@ class BflApiBackend:
         self.journal = journal
         self.slots = threading.BoundedSemaphore(self.cfg.max_active)
         self.lock = threading.Lock()
-        self.active = 0          # tasks of this run in flight at the API
-        self.committed = 0.0     # credits of tasks in flight (charged only if Ready)
-        self.spent = 0.0         # credits of Ready tasks
+        self.active = 0  # tasks of this run in flight at the API
+        self.committed = 0.0  # credits of tasks in flight (charged only if Ready)
+        self.spent = 0.0  # credits of Ready tasks
         self.last_cost = 0.0
-        self.stopped: tuple[str, str] | None = None  # (code, message) once nothing more may be submitted
-        self.counts = {"submitted": 0, "ready": 0, "moderated": 0, "errors": 0, "resumed": 0, "reused": 0}
+        self.stopped: tuple[str, str] | None = (
+            None  # (code, message) once nothing more may be submitted
+        )
+        self.counts = {
+            "submitted": 0,
+            "ready": 0,
+            "moderated": 0,
+            "errors": 0,
+            "resumed": 0,
+            "reused": 0,
+        }
 
     # ---------------------------------------------------------------- the backend interface
     def outpaint(self, jobs) -> list:
@@ -239,8 +274,11 @@ class BflApiBackend:
         saved = self.journal.result(key) if self.journal else None
         if saved is not None:  # downloaded by an earlier run that stopped before writing the image
             entry = self.journal.task(key) or {}
-            job.info.update(api_task_id=entry.get("id"), cost_credits=entry.get("cost"),
-                            api_note="result reused from an earlier run (not paid again)")
+            job.info.update(
+                api_task_id=entry.get("id"),
+                cost_credits=entry.get("cost"),
+                api_note="result reused from an earlier run (not paid again)",
+            )
             with self.lock:
                 self.counts["reused"] += 1
             return self._image(saved, job)
@@ -257,7 +295,9 @@ class BflApiBackend:
                         self.active -= 1
             if got is not None:
                 return got
-            job.info["api_note"] = "an earlier run's task was no longer retrievable: submitted again"
+            job.info["api_note"] = (
+                "an earlier run's task was no longer retrievable: submitted again"
+            )
         return self._submit_and_follow(job, key)
 
     def _submit_and_follow(self, job: Job, key: str) -> np.ndarray:
@@ -267,9 +307,12 @@ class BflApiBackend:
                     raise RowError(*self.stopped)
                 budget = self.cfg.max_cost_credits
                 if budget is not None and self.spent + self.committed + self.last_cost > budget:
-                    self.stopped = ("budget_exhausted", f"model.api.max_cost_credits = {budget:g} reached "
-                                    f"({self.spent:g} spent, {self.committed:g} in flight): nothing more is submitted; "
-                                    "raise the budget and run again to continue")
+                    self.stopped = (
+                        "budget_exhausted",
+                        f"model.api.max_cost_credits = {budget:g} reached "
+                        f"({self.spent:g} spent, {self.committed:g} in flight): nothing more is submitted; "
+                        "raise the budget and run again to continue",
+                    )
                     raise RowError(*self.stopped)
                 self.active += 1
             try:
@@ -282,11 +325,21 @@ class BflApiBackend:
     def _payload(self, job: Job) -> dict:
         buf = io.BytesIO()
         fmt = self.cfg.upload_format
-        Image.fromarray(job.ref).save(buf, format="PNG" if fmt == "png" else "JPEG",
-                                      **({"quality": 95} if fmt == "jpeg" else {}))
-        body = {"input_image": base64.b64encode(buf.getvalue()).decode(), "width": job.width, "height": job.height,
-                "reference_offset_x": job.x0, "reference_offset_y": job.y0, "mode": job.mode,
-                "output_format": self.cfg.result_format, "safety_tolerance": self.cfg.safety_tolerance}
+        Image.fromarray(job.ref).save(
+            buf,
+            format="PNG" if fmt == "png" else "JPEG",
+            **({"quality": 95} if fmt == "jpeg" else {}),
+        )
+        body = {
+            "input_image": base64.b64encode(buf.getvalue()).decode(),
+            "width": job.width,
+            "height": job.height,
+            "reference_offset_x": job.x0,
+            "reference_offset_y": job.y0,
+            "mode": job.mode,
+            "output_format": self.cfg.result_format,
+            "safety_tolerance": self.cfg.safety_tolerance,
+        }
         if job.prompt:
             body["prompt"] = job.prompt
         return body
@@ -301,23 +354,38 @@ class BflApiBackend:
             except ConnectionError as e:
                 if getattr(e, "sent", False):  # it may have been received: no blind second POST
                     if not self.cfg.retry_ambiguous_submit or ambiguous_retried:
-                        raise RowError("generation_failed", f"the submission's answer was lost ({e}): the task may "
-                                       "exist and be charged, so it was not submitted again; a rerun submits it "
-                                       "(model.api.retry_ambiguous_submit repeats it at once)",
-                                       {"api_note": "maybe submitted, not repeated"}) from None
+                        raise RowError(
+                            "generation_failed",
+                            f"the submission's answer was lost ({e}): the task may "
+                            "exist and be charged, so it was not submitted again; a rerun submits it "
+                            "(model.api.retry_ambiguous_submit repeats it at once)",
+                            {"api_note": "maybe submitted, not repeated"},
+                        ) from None
                     ambiguous_retried = True
-                    job.info["api_note"] = "submitted twice after a lost answer: may have been charged twice"
+                    job.info["api_note"] = (
+                        "submitted twice after a lost answer: may have been charged twice"
+                    )
                     continue
                 wait = storage.backoff(attempt, 0.5, 10.0)
                 if waited + wait > self.cfg.max_wait_s:
-                    raise RowError("generation_failed", f"the API could not be reached: {e}") from None
+                    raise RowError(
+                        "generation_failed", f"the API could not be reached: {e}"
+                    ) from None
                 time.sleep(wait)
                 waited, attempt = waited + wait, attempt + 1
                 continue
             if r.status == 200 and r.body.get("id") and r.body.get("polling_url"):
-                task = {"id": r.body["id"], "polling_url": r.body["polling_url"], "cost": r.body.get("cost"),
-                        "key": key, "row": job.row_id, "time": time.time()}
-                if self.journal is not None:  # before polling: a crash from here on never pays again
+                task = {
+                    "id": r.body["id"],
+                    "polling_url": r.body["polling_url"],
+                    "cost": r.body.get("cost"),
+                    "key": key,
+                    "row": job.row_id,
+                    "time": time.time(),
+                }
+                if (
+                    self.journal is not None
+                ):  # before polling: a crash from here on never pays again
                     self.journal.write_task(key, task)
                 with self.lock:
                     self.counts["submitted"] += 1
@@ -330,33 +398,50 @@ class BflApiBackend:
                 wait = retry_after(_header(r.headers, "Retry-After"))
                 wait = storage.backoff(attempt, 0.5, 10.0) if wait is None else wait
                 if waited + wait > self.cfg.max_wait_s:
-                    raise RowError("generation_failed", f"the API kept answering 429 (too many active tasks) for "
-                                   f"{waited:.0f} s; lower model.api.max_active or run again") from None
+                    raise RowError(
+                        "generation_failed",
+                        f"the API kept answering 429 (too many active tasks) for "
+                        f"{waited:.0f} s; lower model.api.max_active or run again",
+                    ) from None
                 time.sleep(wait)
                 waited, attempt = waited + wait, attempt + 1
                 continue
             if r.status == 422:
-                raise RowError("invalid_request", f"the API rejected the request: {_detail(r.body)}")
+                raise RowError(
+                    "invalid_request", f"the API rejected the request: {_detail(r.body)}"
+                )
             if r.status == 402:
                 with self.lock:
-                    self.stopped = ("insufficient_credits", f"the API answered 402 ({_detail(r.body)}): the "
-                                    "account's credits are spent; nothing more is submitted; top up and run again")
+                    self.stopped = (
+                        "insufficient_credits",
+                        f"the API answered 402 ({_detail(r.body)}): the "
+                        "account's credits are spent; nothing more is submitted; top up and run again",
+                    )
                 raise RowError(*self.stopped)
             if r.status in (401, 403):
                 with self.lock:
-                    self.stopped = ("generation_failed", f"the API refused the key ({r.status}: {_detail(r.body)}); "
-                                    f"check model.api.key_env ({self.cfg.key_env})")
+                    self.stopped = (
+                        "generation_failed",
+                        f"the API refused the key ({r.status}: {_detail(r.body)}); "
+                        f"check model.api.key_env ({self.cfg.key_env})",
+                    )
                 raise RowError(*self.stopped)
             if r.status >= 500:  # it may have been received: no blind second POST
                 if self.cfg.retry_ambiguous_submit and not ambiguous_retried:
                     ambiguous_retried = True
-                    job.info["api_note"] = "submitted twice after a 5xx: may have been charged twice"
-                    time.sleep(min(5.0, 0.5 * 2 ** attempt))
+                    job.info["api_note"] = (
+                        "submitted twice after a 5xx: may have been charged twice"
+                    )
+                    time.sleep(min(5.0, 0.5 * 2**attempt))
                     attempt += 1
                     continue
-                raise RowError("generation_failed", f"the API answered {r.status} to the submission "
-                               f"({_detail(r.body)}): the task may exist and be charged, so it was not submitted "
-                               "again; a rerun submits it", {"api_note": "maybe submitted, not repeated"})
+                raise RowError(
+                    "generation_failed",
+                    f"the API answered {r.status} to the submission "
+                    f"({_detail(r.body)}): the task may exist and be charged, so it was not submitted "
+                    "again; a rerun submits it",
+                    {"api_note": "maybe submitted, not repeated"},
+                )
             raise RowError("generation_failed", f"the API answered {r.status}: {_detail(r.body)}")
 
     def _follow(self, task: dict, job: Job, key: str, resumed: bool) -> np.ndarray | None:
@@ -378,12 +463,18 @@ class BflApiBackend:
                     outcome = r.body
                     break
                 if r.status in (401, 403):
-                    raise RowError("generation_failed", f"polling the task was refused ({r.status}); check "
-                                   f"model.api.key_env ({self.cfg.key_env})")
+                    raise RowError(
+                        "generation_failed",
+                        f"polling the task was refused ({r.status}); check "
+                        f"model.api.key_env ({self.cfg.key_env})",
+                    )
                 if time.time() - start > self.cfg.task_timeout_s:
-                    raise RowError("generation_failed", f"task {task['id']} was still {status or 'unanswered'} after "
-                                   f"{self.cfg.task_timeout_s:g} s (model.api.task_timeout_s); it stays journaled: "
-                                   "a rerun polls it again instead of paying twice")
+                    raise RowError(
+                        "generation_failed",
+                        f"task {task['id']} was still {status or 'unanswered'} after "
+                        f"{self.cfg.task_timeout_s:g} s (model.api.task_timeout_s); it stays journaled: "
+                        "a rerun polls it again instead of paying twice",
+                    )
                 interval = min(self.cfg.poll_max_interval_s, interval * 1.5)
             status = outcome["status"]
             if status == "Ready":
@@ -392,8 +483,10 @@ class BflApiBackend:
                 except Exception as e:  # noqa: BLE001 - an expired or lost result
                     if resumed:
                         return None
-                    raise RowError("generation_failed", f"task {task['id']} was Ready but its result could not "
-                                   f"be downloaded ({e})") from None
+                    raise RowError(
+                        "generation_failed",
+                        f"task {task['id']} was Ready but its result could not be downloaded ({e})",
+                    ) from None
                 if self.journal is not None:
                     self.journal.write_result(key, data)
                 with self.lock:
@@ -403,18 +496,27 @@ class BflApiBackend:
             if status == "Task not found":
                 if resumed:
                     return None
-                raise RowError("generation_failed", f"the API no longer knows task {task['id']} (Task not found)")
+                raise RowError(
+                    "generation_failed",
+                    f"the API no longer knows task {task['id']} (Task not found)",
+                )
             job.info["cost_credits"] = 0.0  # moderated and failed tasks are not charged
             if status in ("Request Moderated", "Content Moderated"):
                 with self.lock:
                     self.counts["moderated"] += 1
-                raise RowError("moderated", f"the API's moderation refused the {'input' if 'Request' in status else 'output'}"
-                               f" ({status}; not charged): change the image or prompt, or model.api.safety_tolerance")
+                raise RowError(
+                    "moderated",
+                    f"the API's moderation refused the {'input' if 'Request' in status else 'output'}"
+                    f" ({status}; not charged): change the image or prompt, or model.api.safety_tolerance",
+                )
             with self.lock:
                 self.counts["errors"] += 1
             details = outcome.get("details")
-            raise RowError("generation_failed", f"the API reported Error for task {task['id']}"
-                           + (f": {json.dumps(details)[:300]}" if details else ""))
+            raise RowError(
+                "generation_failed",
+                f"the API reported Error for task {task['id']}"
+                + (f": {json.dumps(details)[:300]}" if details else ""),
+            )
         finally:
             with self.lock:
                 self.committed = max(0.0, self.committed - cost)
@@ -423,6 +525,9 @@ class BflApiBackend:
     def _image(data: bytes, job: Job) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             rgb = im.convert("RGB")
-            if rgb.size != (job.width, job.height):  # the canvas was planned exactly; never trust, resize
+            if rgb.size != (
+                job.width,
+                job.height,
+            ):  # the canvas was planned exactly; never trust, resize
                 rgb = rgb.resize((job.width, job.height), Image.LANCZOS)
             return np.asarray(rgb)

@@ -10,21 +10,28 @@ from __future__ import annotations
 import numpy as np
 
 
-def compose(ref: np.ndarray, W: int, H: int, vx0: int, vy0: int, fill=(0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
+def compose(
+    ref: np.ndarray, W: int, H: int, vx0: int, vy0: int, fill=(0, 0, 0)
+) -> tuple[np.ndarray, np.ndarray]:
     """-> (canvas H x W x 3 uint8 with the reference placed and ``fill`` elsewhere,
     mask H x W bool, True = to generate)."""
     h, w = ref.shape[:2]
     canvas = np.empty((H, W, 3), dtype=np.uint8)
     canvas[:] = np.asarray(fill, dtype=np.uint8)
-    canvas[vy0:vy0 + h, vx0:vx0 + w] = ref
+    canvas[vy0 : vy0 + h, vx0 : vx0 + w] = ref
     mask = np.ones((H, W), dtype=bool)
-    mask[vy0:vy0 + h, vx0:vx0 + w] = False
+    mask[vy0 : vy0 + h, vx0 : vx0 + w] = False
     return canvas, mask
 
 
 # Fill colours a checkpoint may have been trained on (the hosted API's: green, blue,
 # magenta) and FLUX.1-Fill-dev's own: masked pixels zeroed in [-1, 1], i.e. mid-grey.
-FILL_COLORS = {"green": (0, 255, 0), "blue": (0, 0, 255), "magenta": (255, 0, 255), "grey": (128, 128, 128)}
+FILL_COLORS = {
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "magenta": (255, 0, 255),
+    "grey": (128, 128, 128),
+}
 CONTRAST_CHOICES = ("green", "blue", "magenta")
 
 
@@ -32,8 +39,14 @@ def border_pixels(ref: np.ndarray, band: int = 4) -> np.ndarray:
     """The reference's outer band as N x 3 (the colours the fill must stand apart from)."""
     h, w = ref.shape[:2]
     b = max(1, min(band, h // 2, w // 2))
-    return np.concatenate([ref[:b].reshape(-1, 3), ref[-b:].reshape(-1, 3),
-                           ref[:, :b].reshape(-1, 3), ref[:, -b:].reshape(-1, 3)])
+    return np.concatenate(
+        [
+            ref[:b].reshape(-1, 3),
+            ref[-b:].reshape(-1, 3),
+            ref[:, :b].reshape(-1, 3),
+            ref[:, -b:].reshape(-1, 3),
+        ]
+    )
 
 
 def contrast_fill(ref: np.ndarray) -> str:

@@ -45,7 +45,11 @@ def push_pull(img: np.ndarray, known: np.ndarray, min_size: int = 2) -> np.ndarr
         up = cv2.pyrUp(est, dstsize=(c.shape[1], c.shape[0])).reshape(c.shape)
         local = c / np.maximum(ww, 1e-6)[:, :, None]
         # trust the level's own average where it saw enough known pixels
-        alpha = np.clip(ww * 2.0, 0.0, 1.0)[:, :, None] if lvl > 0 else known[:, :, None].astype(np.float32)
+        alpha = (
+            np.clip(ww * 2.0, 0.0, 1.0)[:, :, None]
+            if lvl > 0
+            else known[:, :, None].astype(np.float32)
+        )
         est = alpha * local + (1.0 - alpha) * up
     return est
 
@@ -56,7 +60,9 @@ def border_noise_sigma(ref: np.ndarray, band: int = 8) -> float:
     h, w = g.shape
     b = max(1, min(band, h // 4, w // 4))
     lap = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
-    ring = np.concatenate([lap[:b].ravel(), lap[-b:].ravel(), lap[:, :b].ravel(), lap[:, -b:].ravel()])
+    ring = np.concatenate(
+        [lap[:b].ravel(), lap[-b:].ravel(), lap[:, :b].ravel(), lap[:, -b:].ravel()]
+    )
     # Laplacian of white noise with sigma s has std ~ sqrt(20) s; median|N(0,1)| ~ 0.6745
     return float(np.median(ring) / 0.6745 / np.sqrt(20.0))
 
@@ -72,7 +78,7 @@ def planar_trend(canvas: np.ndarray, known: np.ndarray, band: int = 12) -> tuple
     ring = np.zeros_like(known)
     ring[y0:y1, x0:x1] = True
     b = max(1, min(band, (y1 - y0) // 3, (x1 - x0) // 3))
-    ring[y0 + b:y1 - b, x0 + b:x1 - b] = False
+    ring[y0 + b : y1 - b, x0 + b : x1 - b] = False
     ring &= known
     ry, rx = np.nonzero(ring)
     A = np.stack([np.ones(len(rx)), rx, ry], 1)
@@ -105,8 +111,12 @@ def boundary_blend(canvas: np.ndarray, mask: np.ndarray, tau: float = 3.0) -> np
     rows = np.flatnonzero(~mask.all(axis=1))
     cols = np.flatnonzero(~mask.all(axis=0))
     H, W = mask.shape
-    dy = np.maximum(np.maximum(rows[0] - np.arange(H), np.arange(H) - rows[-1]), 0).astype(np.float32)
-    dx = np.maximum(np.maximum(cols[0] - np.arange(W), np.arange(W) - cols[-1]), 0).astype(np.float32)
+    dy = np.maximum(np.maximum(rows[0] - np.arange(H), np.arange(H) - rows[-1]), 0).astype(
+        np.float32
+    )
+    dx = np.maximum(np.maximum(cols[0] - np.arange(W), np.arange(W) - cols[-1]), 0).astype(
+        np.float32
+    )
     d = np.hypot(dy[:, None], dx[None, :])
     return np.where(mask, np.exp(-d / tau), 1.0).astype(np.float32)
 
@@ -129,8 +139,10 @@ def _tile_patches(hp: np.ndarray, ring: np.ndarray, H: int, W: int, patch: int, 
     for ty in range(0, H + pad, step):
         for tx in range(0, W + pad, step):
             k = rng.integers(len(oy))
-            out[ty:ty + patch, tx:tx + patch] += hp[oy[k]:oy[k] + patch, ox[k]:ox[k] + patch] * win
-    return out[pad // 2:pad // 2 + H, pad // 2:pad // 2 + W]
+            out[ty : ty + patch, tx : tx + patch] += (
+                hp[oy[k] : oy[k] + patch, ox[k] : ox[k] + patch] * win
+            )
+    return out[pad // 2 : pad // 2 + H, pad // 2 : pad // 2 + W]
 
 
 # Far from the reference the border band's patches are busier than the photo continues
@@ -141,8 +153,16 @@ FAR_GAIN = 1.0
 CALM_PERCENTILE = 50
 
 
-def synthesize_texture(ref: np.ndarray, H: int, W: int, x0: int, y0: int, seed: int,
-                       near: float = 12.0, patch: int = 32) -> np.ndarray:
+def synthesize_texture(
+    ref: np.ndarray,
+    H: int,
+    W: int,
+    x0: int,
+    y0: int,
+    seed: int,
+    near: float = 12.0,
+    patch: int = 32,
+) -> np.ndarray:
     """High-frequency texture for an H x W canvas with ``ref`` at (x0, y0) (float32, zero
     mean): mirrored from the reference next to it, random border-band patches far from it."""
     h, w = ref.shape[:2]
@@ -155,19 +175,33 @@ def synthesize_texture(ref: np.ndarray, H: int, W: int, x0: int, y0: int, seed: 
     # patch origins whose patch lies in the reference and overlaps its outer band
     band = max(p, min(h, w) // 4)
     ring = np.zeros((h - p + 1, w - p + 1), bool)
-    ring[:max(1, band - p + 1)] = ring[-max(1, band - p + 1):] = True
-    ring[:, :max(1, band - p + 1)] = ring[:, -max(1, band - p + 1):] = True
+    ring[: max(1, band - p + 1)] = ring[-max(1, band - p + 1) :] = True
+    ring[:, : max(1, band - p + 1)] = ring[:, -max(1, band - p + 1) :] = True
     # only the calmer half of the band's patches: grain and surface texture, not the edge
     # fragments of objects cut by the frame (which read as scratches when scattered)
-    energy = cv2.boxFilter((hp ** 2).sum(axis=2), -1, (p, p), anchor=(0, 0), normalize=True,
-                           borderType=cv2.BORDER_CONSTANT)[:h - p + 1, :w - p + 1]
+    energy = cv2.boxFilter(
+        (hp**2).sum(axis=2),
+        -1,
+        (p, p),
+        anchor=(0, 0),
+        normalize=True,
+        borderType=cv2.BORDER_CONSTANT,
+    )[: h - p + 1, : w - p + 1]
     calm = ring & (energy <= np.percentile(energy[ring], CALM_PERCENTILE))
-    far = FAR_GAIN * _tile_patches(hp, calm if calm.any() else ring, H, W, p, np.random.default_rng(seed))
+    far = FAR_GAIN * _tile_patches(
+        hp, calm if calm.any() else ring, H, W, p, np.random.default_rng(seed)
+    )
     # distance from the reference: mirrored texture near it, patches beyond
-    dy = np.maximum(np.maximum(y0 - np.arange(H), np.arange(H) - (y0 + h - 1)), 0).astype(np.float32)
-    dx = np.maximum(np.maximum(x0 - np.arange(W), np.arange(W) - (x0 + w - 1)), 0).astype(np.float32)
+    dy = np.maximum(np.maximum(y0 - np.arange(H), np.arange(H) - (y0 + h - 1)), 0).astype(
+        np.float32
+    )
+    dx = np.maximum(np.maximum(x0 - np.arange(W), np.arange(W) - (x0 + w - 1)), 0).astype(
+        np.float32
+    )
     wm = np.exp(-np.hypot(dy[:, None], dx[None, :]) / near)[:, :, None]
-    return (wm * mirrored + (1 - wm) * far) / np.sqrt(wm ** 2 + (1 - wm) ** 2)  # mixing keeps the variance
+    return (wm * mirrored + (1 - wm) * far) / np.sqrt(
+        wm**2 + (1 - wm) ** 2
+    )  # mixing keeps the variance
 
 
 class ClassicalBackend:

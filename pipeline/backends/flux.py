@@ -29,7 +29,7 @@ import json
 import os
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ from .testmodel import PROFILE_FILE
 
 # FLUX.1's values; a checkpoint's own come from its configs (``FluxFillBackend.__init__``)
 VAE_SCALE = 8  # pixels per latent cell: 2 ** (len(vae.block_out_channels) - 1)
-GRID = 16      # VAE scale x 2: latents are packed 2 x 2 into the transformer's tokens
+GRID = 16  # VAE scale x 2: latents are packed 2 x 2 into the transformer's tokens
 
 
 def model_grid(path: str | None, storage_options: dict | None = None) -> int:
@@ -50,11 +50,13 @@ def model_grid(path: str | None, storage_options: dict | None = None) -> int:
     if not path:
         return GRID
     try:
-        local = path[len("file://"):] if path.startswith("file://") else path
+        local = path[len("file://") :] if path.startswith("file://") else path
         if not storage.has_scheme(path) and not os.path.isdir(local):
             from huggingface_hub import snapshot_download
 
-            local = snapshot_download(local, local_files_only=True, allow_patterns=["vae/config.json"])
+            local = snapshot_download(
+                local, local_files_only=True, allow_patterns=["vae/config.json"]
+            )
         uri = storage.join(local if not storage.has_scheme(path) else path, "vae", "config.json")
         fs, p = storage.filesystem(uri, storage_options)
         with fs.open(p, "r") as f:
@@ -66,7 +68,10 @@ def model_grid(path: str | None, storage_options: dict | None = None) -> int:
 
 # ---------------------------------------------------------------- model location
 
-def resolve_model_path(path: str, storage_options: dict | None = None, cache_dir: str | None = None) -> str:
+
+def resolve_model_path(
+    path: str, storage_options: dict | None = None, cache_dir: str | None = None
+) -> str:
     """A local directory for ``model.path``: a directory as is; an object-storage URI
     synced once per node into the cache (a lock, then a completion marker); otherwise a
     Hugging Face id resolved from the local cache only (never a download)."""
@@ -74,7 +79,7 @@ def resolve_model_path(path: str, storage_options: dict | None = None, cache_dir
 
     if storage.has_scheme(path) and not path.startswith("file://"):
         return _sync_uri(path, storage_options or {}, cache_dir)
-    local = path[len("file://"):] if path.startswith("file://") else path
+    local = path[len("file://") :] if path.startswith("file://") else path
     if os.path.isdir(local):
         return local
     try:
@@ -84,7 +89,8 @@ def resolve_model_path(path: str, storage_options: dict | None = None, cache_dir
     except Exception as e:  # noqa: BLE001 - any failure means: not available offline
         raise FileNotFoundError(
             f"model.path {path!r} is neither a local directory, an object-storage URI, nor a Hugging Face id "
-            f"in the local cache (no downloads at run time): {type(e).__name__}: {e}") from None
+            f"in the local cache (no downloads at run time): {type(e).__name__}: {e}"
+        ) from None
 
 
 def _sync_uri(uri: str, storage_options: dict, cache_dir: str | None) -> str:
@@ -92,7 +98,11 @@ def _sync_uri(uri: str, storage_options: dict, cache_dir: str | None) -> str:
 
     from .. import storage
 
-    root = cache_dir or os.environ.get("OUTPAINT_MODEL_CACHE") or os.path.expanduser("~/.cache/outpaint/models")
+    root = (
+        cache_dir
+        or os.environ.get("OUTPAINT_MODEL_CACHE")
+        or os.path.expanduser("~/.cache/outpaint/models")
+    )
     local = os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16])
     done = os.path.join(local, ".outpaint-complete")
     if os.path.exists(done):
@@ -126,6 +136,7 @@ def profile_fill(model_dir: str) -> str:
 
 # ---------------------------------------------------------------- backend
 
+
 class BusyClock:
     """How busy the model was: denoising-loop seconds over the seconds since the first
     call began. Near 1 means the GPU never waited for input (the ``GPUs busy`` figure a
@@ -155,8 +166,14 @@ class FluxFillBackend:
     name = "flux-fill"
     needs_actor = True
 
-    def __init__(self, model_cfg, prompts: Sequence[str] | None = None, pipe=None,
-                 warmup: Sequence[tuple[int, int, str]] = (), batch_size: int = 1):
+    def __init__(
+        self,
+        model_cfg,
+        prompts: Sequence[str] | None = None,
+        pipe=None,
+        warmup: Sequence[tuple[int, int, str]] = (),
+        batch_size: int = 1,
+    ):
         """``pipe``: an already built pipeline (benchmarks); default: load ``model.path``.
         ``warmup``: (width, height, mode) canvases compiled now, at ``batch_size`` rows."""
         import torch
@@ -165,20 +182,26 @@ class FluxFillBackend:
         self.torch = torch
         self.cfg = model_cfg
         want = model_cfg.device
-        self.device = torch.device("cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available())
-                                   else "cpu")
+        self.device = torch.device(
+            "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+        )
         self.dtype = getattr(torch, model_cfg.dtype)
         if model_cfg.optimize.fp8:  # before loading ~24 GB of weights
             accel.check_fp8(torch, self.device)
         accel.check_quantize(torch, self.device, model_cfg.quantize)
         # text encoders: embed on the CPU when the GPU is small (quantized), then dropped
         on_cpu = model_cfg.text_encoder_device == "cpu" or (
-            model_cfg.text_encoder_device == "auto" and model_cfg.quantize != "none")
+            model_cfg.text_encoder_device == "auto" and model_cfg.quantize != "none"
+        )
         self.text_device = torch.device("cpu") if on_cpu else self.device
         loaded_here = pipe is None
         if pipe is None:
-            path = resolve_model_path(model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir)
-            pipe = FluxFillPipeline.from_pretrained(path, torch_dtype=self.dtype, local_files_only=True)
+            path = resolve_model_path(
+                model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir
+            )
+            pipe = FluxFillPipeline.from_pretrained(
+                path, torch_dtype=self.dtype, local_files_only=True
+            )
             self.fill = model_cfg.fill or profile_fill(path)
         else:
             self.fill = model_cfg.fill or "grey"
@@ -186,11 +209,20 @@ class FluxFillBackend:
             if model_cfg.optimize.fuse_qkv:  # fuse first: the fused projection is quantized too
                 accel.fuse_qkv(pipe.transformer)
             accel.quantize(pipe.transformer, model_cfg.quantize)
-        self.weight_bytes = {"transformer": accel.module_bytes(pipe.transformer), "vae": accel.module_bytes(pipe.vae),
-                             "text_encoders": sum(accel.module_bytes(m) for m in (pipe.text_encoder,
-                                                                                  pipe.text_encoder_2) if m is not None)}
-        on_gpu = self.weight_bytes["transformer"] + self.weight_bytes["vae"] + (
-            0 if on_cpu else self.weight_bytes["text_encoders"])
+        self.weight_bytes = {
+            "transformer": accel.module_bytes(pipe.transformer),
+            "vae": accel.module_bytes(pipe.vae),
+            "text_encoders": sum(
+                accel.module_bytes(m)
+                for m in (pipe.text_encoder, pipe.text_encoder_2)
+                if m is not None
+            ),
+        }
+        on_gpu = (
+            self.weight_bytes["transformer"]
+            + self.weight_bytes["vae"]
+            + (0 if on_cpu else self.weight_bytes["text_encoders"])
+        )
         # activations: ~2 GiB a batch row at 1-2 MP in bf16 (an estimate; outpaint bench measures)
         if loaded_here:  # a pipeline handed in (benchmarks) is already where it runs
             accel.check_fits(torch, self.device, on_gpu, batch_size * 2 * 2**30)
@@ -241,7 +273,10 @@ class FluxFillBackend:
         t0 = time.perf_counter()
         ref = np.full((self.grid, self.grid, 3), 128, np.uint8)
         for W, H, mode in dict.fromkeys(shapes):
-            jobs = [Job(ref, W, H, 0, 0, seed=i, prompt=prompt, mode=mode, steps=1) for i in range(batch_size)]
+            jobs = [
+                Job(ref, W, H, 0, 0, seed=i, prompt=prompt, mode=mode, steps=1)
+                for i in range(batch_size)
+            ]
             self.outpaint(jobs)
         self.sync()
         return time.perf_counter() - t0
@@ -258,11 +293,16 @@ class FluxFillBackend:
     def _embed(self, prompt: str):
         if prompt not in self._prompt_cache:
             if self.pipe.text_encoder is None:
-                raise RuntimeError(f"prompt {prompt!r} was not known when the text encoders were freed")
+                raise RuntimeError(
+                    f"prompt {prompt!r} was not known when the text encoders were freed"
+                )
             with self.torch.no_grad():
                 emb, pooled, text_ids = self.pipe.encode_prompt(
-                    prompt=prompt, prompt_2=None, device=self.text_device,
-                    max_sequence_length=self.cfg.max_sequence_length)
+                    prompt=prompt,
+                    prompt_2=None,
+                    device=self.text_device,
+                    max_sequence_length=self.cfg.max_sequence_length,
+                )
             emb, pooled, text_ids = (t.to(self.device, self.dtype) for t in (emb, pooled, text_ids))
             self._stream_done()
             self._prompt_cache[prompt] = (emb[0], pooled[0], text_ids)
@@ -289,7 +329,11 @@ class FluxFillBackend:
 
     def _upload(self, array):
         """Host (NumPy or CPU tensor) -> device; from pinned memory, asynchronously, on CUDA."""
-        t = array if isinstance(array, self.torch.Tensor) else self.torch.from_numpy(np.ascontiguousarray(array))
+        t = (
+            array
+            if isinstance(array, self.torch.Tensor)
+            else self.torch.from_numpy(np.ascontiguousarray(array))
+        )
         if self.device.type == "cuda":
             t = t.pin_memory()
         return t.to(self.device, self.dtype, non_blocking=True)
@@ -306,7 +350,9 @@ class FluxFillBackend:
         """The fill colour's latent vector, once per actor (a flat patch of 8 x 8 cells, a centre cell)."""
         if name not in self._fill_latents:
             side = 8 * self.vae_scale
-            patch = np.broadcast_to(self._fill_value(name)[:, None, None], (3, side, side))[None].copy()
+            patch = np.broadcast_to(self._fill_value(name)[:, None, None], (3, side, side))[
+                None
+            ].copy()
             lat = self._encode(patch)[0, :, 4, 4].clone()
             self._stream_done()  # other threads' streams will read it: finish it first
             self._fill_latents[name] = lat
@@ -344,9 +390,10 @@ class FluxFillBackend:
             h, w = job.ref.shape[:2]
             mask = np.ones((AH, AW), np.float32)
             if h > 2 * g and w > 2 * g:  # what stays known: the reference less the grown margin
-                canvas[:, job.y0 + g:job.y0 + h - g, job.x0 + g:job.x0 + w - g] = \
-                    self._to_unit(job.ref[g:h - g, g:w - g])
-                mask[job.y0 + g:job.y0 + h - g, job.x0 + g:job.x0 + w - g] = 0.0
+                canvas[:, job.y0 + g : job.y0 + h - g, job.x0 + g : job.x0 + w - g] = self._to_unit(
+                    job.ref[g : h - g, g : w - g]
+                )
+                mask[job.y0 + g : job.y0 + h - g, job.x0 + g : job.x0 + w - g] = 0.0
             imgs.append(canvas)
             masks.append(mask)
         cond = self._encode(np.stack(imgs))
@@ -365,8 +412,10 @@ class FluxFillBackend:
         for job in jobs:
             job.fill_color = self._fill_name(job)
             if (job.x0 + job.pad_left) % s or (job.y0 + job.pad_top) % s:
-                raise ValueError(f"the reference at ({job.x0 + job.pad_left}, {job.y0 + job.pad_top}) is not on "
-                                 f"this checkpoint's {s}-px latent grid: plan with its alignment grid ({grid})")
+                raise ValueError(
+                    f"the reference at ({job.x0 + job.pad_left}, {job.y0 + job.pad_top}) is not on "
+                    f"this checkpoint's {s}-px latent grid: plan with its alignment grid ({grid})"
+                )
             rh, rw = job.ref.shape[:2]
             ref = np.empty((3, -(-rh // grid) * grid, -(-rw // grid) * grid), np.float32)
             ref[:] = self._fill_value(job.fill_color)[:, None, None]
@@ -393,7 +442,7 @@ class FluxFillBackend:
             m = torch.ones((h, w), device=self.device, dtype=self.dtype)
             if ky1 > ky0 and kx1 > kx0:
                 m[ky0:ky1, kx0:kx1] = 0.0
-                cond[:, ky0:ky1, kx0:kx1] = ref_lat[:, ky0 - ly:ky1 - ly, kx0 - lx:kx1 - lx]
+                cond[:, ky0:ky1, kx0:kx1] = ref_lat[:, ky0 - ly : ky1 - ly, kx0 - lx : kx1 - lx]
             conds.append(cond)
             masks.append(m[None].expand(s * s, -1, -1))
         return torch.stack(conds), torch.stack(masks)
@@ -413,25 +462,42 @@ class FluxFillBackend:
         embeds = [self._embed(j.prompt) for j in jobs]
         sched = self.scheduler_cls.from_config(self.pipe.scheduler.config)
         cfgs = sched.config
-        mu = calculate_shift((h // 2) * (w // 2), cfgs.get("base_image_seq_len", 256),
-                             cfgs.get("max_image_seq_len", 4096), cfgs.get("base_shift", 0.5),
-                             cfgs.get("max_shift", 1.15))
+        mu = calculate_shift(
+            (h // 2) * (w // 2),
+            cfgs.get("base_image_seq_len", 256),
+            cfgs.get("max_image_seq_len", 4096),
+            cfgs.get("base_shift", 0.5),
+            cfgs.get("max_shift", 1.15),
+        )
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu, device=self.device)
         return {
-            "h": h, "w": w, "latents": latents, "cond": cond, "sched": sched,
-            "prompt_embeds": torch.stack([e[0] for e in embeds]), "pooled": torch.stack([e[1] for e in embeds]),
+            "h": h,
+            "w": w,
+            "latents": latents,
+            "cond": cond,
+            "sched": sched,
+            "prompt_embeds": torch.stack([e[0] for e in embeds]),
+            "pooled": torch.stack([e[1] for e in embeds]),
             "text_ids": embeds[0][2],
-            "img_ids": self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, self.device, self.dtype),
-            "guidance": (torch.full((b,), self.cfg.guidance, device=self.device, dtype=torch.float32)
-                         if self.transformer.config.guidance_embeds else None),
+            "img_ids": self.pipe._prepare_latent_image_ids(
+                b, h // 2, w // 2, self.device, self.dtype
+            ),
+            "guidance": (
+                torch.full((b,), self.cfg.guidance, device=self.device, dtype=torch.float32)
+                if self.transformer.config.guidance_embeds
+                else None
+            ),
         }
 
     def noise(self, seed: int, h: int, w: int):
         """A row's initial noise (channels x h x w latent cells), from a CPU generator
         seeded with the row seed: the same whatever the batch, device or thread."""
         torch = self.torch
-        return torch.randn((self.channels, h, w), generator=torch.Generator("cpu").manual_seed(int(seed)),
-                           dtype=torch.float32)
+        return torch.randn(
+            (self.channels, h, w),
+            generator=torch.Generator("cpu").manual_seed(int(seed)),
+            dtype=torch.float32,
+        )
 
     def _loop(self, p: dict):
         """The flow-matching loop: one batched transformer call per step."""
@@ -440,9 +506,14 @@ class FluxFillBackend:
         for t in sched.timesteps:
             noise_pred = self.transformer(
                 hidden_states=self.torch.cat((latents, cond), dim=2),
-                timestep=t.expand(b).to(latents.dtype) / 1000, guidance=p["guidance"],
-                pooled_projections=p["pooled"], encoder_hidden_states=p["prompt_embeds"],
-                txt_ids=p["text_ids"], img_ids=p["img_ids"], return_dict=False)[0]
+                timestep=t.expand(b).to(latents.dtype) / 1000,
+                guidance=p["guidance"],
+                pooled_projections=p["pooled"],
+                encoder_hidden_states=p["prompt_embeds"],
+                txt_ids=p["text_ids"],
+                img_ids=p["img_ids"],
+                return_dict=False,
+            )[0]
             latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
         return latents
 
@@ -451,7 +522,10 @@ class FluxFillBackend:
         try:
             return self._loop(p)
         except Exception as e:
-            if self.optimizations["compile"] not in ("blocks", "full") or not accel.is_compile_error(e):
+            if self.optimizations["compile"] not in (
+                "blocks",
+                "full",
+            ) or not accel.is_compile_error(e):
                 raise
             accel.uncompile(self.pipe, self.optimizations, e)
             self.transformer = self.pipe.transformer
@@ -459,13 +533,22 @@ class FluxFillBackend:
 
     def _decode(self, latents, jobs: Sequence[Job], h: int, w: int, fast: bool) -> list[np.ndarray]:
         torch = self.torch
-        lat = self._unpack(latents, h, w) / self.vae.config.scaling_factor + self.vae.config.shift_factor
+        lat = (
+            self._unpack(latents, h, w) / self.vae.config.scaling_factor
+            + self.vae.config.shift_factor
+        )
         img = self.vae.decode(lat, return_dict=False)[0]
-        img = ((img.float().clamp(-1, 1) + 1.0) * 127.5 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        img = (
+            ((img.float().clamp(-1, 1) + 1.0) * 127.5 + 0.5)
+            .to(torch.uint8)
+            .permute(0, 2, 3, 1)
+            .cpu()
+            .numpy()
+        )
         out = []
         for job, im in zip(jobs, img):
             oy, ox = (job.pad_top, job.pad_left) if fast else (0, 0)
-            out.append(np.ascontiguousarray(im[oy:oy + job.height, ox:ox + job.width]))
+            out.append(np.ascontiguousarray(im[oy : oy + job.height, ox : ox + job.width]))
         return out
 
     def _side_stream(self):
@@ -477,7 +560,9 @@ class FluxFillBackend:
             s = self._local.stream = self.torch.cuda.Stream(self.device)
         return s
 
-    def _denoise(self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int) -> list[np.ndarray]:
+    def _denoise(
+        self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int
+    ) -> list[np.ndarray]:
         """prepare -> loop (under the GPU lock) -> decode. On CUDA, preparing and decoding
         run on this thread's side stream, so another thread's loop keeps the GPU busy."""
         import contextlib
@@ -500,7 +585,10 @@ class FluxFillBackend:
                 # the loop's own duration: GPU events on CUDA (the host does not wait for it)
                 t0 = time.perf_counter()
                 if cuda:
-                    ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                    ev = (
+                        torch.cuda.Event(enable_timing=True),
+                        torch.cuda.Event(enable_timing=True),
+                    )
                     ev[0].record(main)
                 latents = self._compiled_or_eager_loop(p)
                 if cuda:

@@ -29,7 +29,6 @@ class SolidBackend:
         # what the unknown area held: recorded per row as fill_color
         self.fill_label = ("#%02x%02x%02x" % self.color) if self.mode == "color" else "edge"
 
-
     def outpaint(self, jobs):
         out = []
         for job in jobs:
@@ -41,7 +40,9 @@ class SolidBackend:
             else:
                 img = nearest_edge_fill(canvas, mask)
                 if self.blur > 0:
-                    blurred = np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(self.blur)))
+                    blurred = np.asarray(
+                        Image.fromarray(img).filter(ImageFilter.GaussianBlur(self.blur))
+                    )
                     img = np.where(mask[:, :, None], blurred, img)
             out.append(img)
         return out

@@ -56,7 +56,7 @@ def find_images(sources: list[str], storage_options: dict | None = None) -> Foun
     for src in sources:
         fs, path = storage.filesystem(src, storage_options)
         if any(c in path for c in "*?["):
-            base = path[:min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+            base = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
             paths = [p for p in fs.glob(path) if fs.isfile(p)]
         elif fs.isdir(path):
             base, paths = path.rstrip("/"), fs.find(path)
@@ -64,8 +64,11 @@ def find_images(sources: list[str], storage_options: dict | None = None) -> Foun
             base, paths = posixpath.dirname(path), [path]
         else:
             raise ConfigError(f"{src}: no such folder, file or glob match")
-        paths = sorted(p for p in paths if p.lower().endswith(IMAGE_EXTENSIONS)
-                       and not posixpath.basename(p).startswith("."))
+        paths = sorted(
+            p
+            for p in paths
+            if p.lower().endswith(IMAGE_EXTENSIONS) and not posixpath.basename(p).startswith(".")
+        )
         out.uris += [storage.unstrip(fs, p) for p in paths]
         out.rel += [posixpath.relpath(p, base) if base else p for p in paths]
     if not out.uris:
@@ -79,18 +82,30 @@ def ids_from_paths(rel: list[str]) -> list[str]:
     for r in rel:
         stem = posixpath.splitext(r)[0].replace("/", "__")
         s = _UNSAFE.sub("-", stem).lstrip(".") or "image"
-        base.append(s[:MAX_ID - 20])
+        base.append(s[: MAX_ID - 20])
     counts: dict[str, int] = {}
     for b in base:
         counts[b] = counts.get(b, 0) + 1
-    return [b if counts[b] == 1 else f"{b}-{hashlib.sha1(r.encode()).hexdigest()[:8]}" for b, r in zip(base, rel)]
+    return [
+        b if counts[b] == 1 else f"{b}-{hashlib.sha1(r.encode()).hexdigest()[:8]}"
+        for b, r in zip(base, rel)
+    ]
 
 
-def build(sources: list[str], targets: list[Target], *, mode: str | None = None,
-          output_format: str | None = None, storage_options: dict | None = None, threads: int = 32) -> pa.Table:
+def build(
+    sources: list[str],
+    targets: list[Target],
+    *,
+    mode: str | None = None,
+    output_format: str | None = None,
+    storage_options: dict | None = None,
+    threads: int = 32,
+) -> pa.Table:
     """The manifest table: one row per image and target."""
     if not targets:
-        raise ConfigError("give at least one target: --aspect-ratio W:H (repeatable) or --width W --height H")
+        raise ConfigError(
+            "give at least one target: --aspect-ratio W:H (repeatable) or --width W --height H"
+        )
     for t in targets:
         if t.aspect_ratio is not None:
             try:
@@ -100,8 +115,9 @@ def build(sources: list[str], targets: list[Target], *, mode: str | None = None,
     found = find_images(sources, storage_options)
     ids = ids_from_paths(found.rel)
     limits = headers.SourceLimits(1 << 40, 1 << 40)  # sizes only: the run applies the real limits
-    w, h, code, _, _ = headers.probe_many(found.uris, None, np.ones(len(found.uris), bool), storage_options or {},
-                                          limits, threads)
+    w, h, code, _, _ = headers.probe_many(
+        found.uris, None, np.ones(len(found.uris), bool), storage_options or {}, limits, threads
+    )
     ok = code == None  # noqa: E711 - elementwise
     n, k = len(ids), len(targets)
     many = k > 1
@@ -118,10 +134,19 @@ def build(sources: list[str], targets: list[Target], *, mode: str | None = None,
         cols["mode"] = [mode] * (n * k)
     if output_format:
         cols["output_format"] = ["jpeg" if output_format == "jpg" else output_format] * (n * k)
-    types = {"image_width": pa.int64(), "image_height": pa.int64(), "width": pa.int64(), "height": pa.int64(),
-             "aspect_ratio": pa.string()}
+    types = {
+        "image_width": pa.int64(),
+        "image_height": pa.int64(),
+        "width": pa.int64(),
+        "height": pa.int64(),
+        "aspect_ratio": pa.string(),
+    }
     table = pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in cols.items()})
-    drop = [c for c in ("aspect_ratio", "width", "height") if table.column(c).null_count == table.num_rows]
+    drop = [
+        c
+        for c in ("aspect_ratio", "width", "height")
+        if table.column(c).null_count == table.num_rows
+    ]
     return table.drop_columns(drop)
 
 
@@ -143,8 +168,11 @@ def write(table: pa.Table, out: str, storage_options: dict | None = None) -> str
         pq.write_table(table, path, filesystem=fs)
     elif fmt in ("csv", "tsv"):
         with fs.open(path, "wb") as f:
-            pcsv.write_csv(table, f, pcsv.WriteOptions(delimiter="\t" if fmt == "tsv" else ",",
-                                                       quoting_style="needed"))
+            pcsv.write_csv(
+                table,
+                f,
+                pcsv.WriteOptions(delimiter="\t" if fmt == "tsv" else ",", quoting_style="needed"),
+            )
     else:
         import json
 
@@ -158,6 +186,7 @@ def summary_line(table: pa.Table, out: str, targets: list[Target]) -> str:
     images = table.num_rows // max(len(targets), 1)
     unread = table.column("image_width").null_count // max(len(targets), 1)
     tail = f"; {unread:,} unreadable (the run will record why)" if unread else ""
-    return (f"manifest: {out}: {table.num_rows:,} rows = {images:,} images x {len(targets)} "
-            f"target{'s' if len(targets) > 1 else ''} ({', '.join(t.tag for t in targets)}){tail}")
-
+    return (
+        f"manifest: {out}: {table.num_rows:,} rows = {images:,} images x {len(targets)} "
+        f"target{'s' if len(targets) > 1 else ''} ({', '.join(t.tag for t in targets)}){tail}"
+    )

@@ -28,14 +28,33 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageCms
 
-INTENTS = {"perceptual": ImageCms.Intent.PERCEPTUAL, "relative": ImageCms.Intent.RELATIVE_COLORIMETRIC,
-           "saturation": ImageCms.Intent.SATURATION, "absolute": ImageCms.Intent.ABSOLUTE_COLORIMETRIC}
+INTENTS = {
+    "perceptual": ImageCms.Intent.PERCEPTUAL,
+    "relative": ImageCms.Intent.RELATIVE_COLORIMETRIC,
+    "saturation": ImageCms.Intent.SATURATION,
+    "absolute": ImageCms.Intent.ABSOLUTE_COLORIMETRIC,
+}
 UNTAGGED = "sRGB (untagged)"
 SRGB_NAME = "sRGB"
 # what a profile must describe for the pixels it is embedded with (ICC colour space signatures)
-_SPACE_OF_MODE = {"RGB": "RGB ", "RGBA": "RGB ", "RGBX": "RGB ", "P": "RGB ", "PA": "RGB ", "L": "GRAY",
-                  "LA": "GRAY", "La": "GRAY", "I;16": "GRAY", "I;16L": "GRAY", "I;16B": "GRAY", "I;16N": "GRAY",
-                  "I": "GRAY", "F": "GRAY", "1": "GRAY", "CMYK": "CMYK"}
+_SPACE_OF_MODE = {
+    "RGB": "RGB ",
+    "RGBA": "RGB ",
+    "RGBX": "RGB ",
+    "P": "RGB ",
+    "PA": "RGB ",
+    "L": "GRAY",
+    "LA": "GRAY",
+    "La": "GRAY",
+    "I;16": "GRAY",
+    "I;16L": "GRAY",
+    "I;16B": "GRAY",
+    "I;16N": "GRAY",
+    "I": "GRAY",
+    "F": "GRAY",
+    "1": "GRAY",
+    "CMYK": "CMYK",
+}
 
 
 @lru_cache(maxsize=1)
@@ -71,8 +90,13 @@ def transform(src: bytes | None, dst: bytes | None, in_mode: str, out_mode: str,
     key = (_digest(src) if src else None, _digest(dst) if dst else None, in_mode, out_mode, intent)
     t = _transforms.get(key)
     if t is None:
-        t = ImageCms.buildTransform(profile(src or srgb_bytes()), profile(dst or srgb_bytes()), in_mode, out_mode,
-                                    renderingIntent=INTENTS[intent])
+        t = ImageCms.buildTransform(
+            profile(src or srgb_bytes()),
+            profile(dst or srgb_bytes()),
+            in_mode,
+            out_mode,
+            renderingIntent=INTENTS[intent],
+        )
         with _lock:
             _transforms[key] = t
     return t
@@ -87,20 +111,23 @@ def apply(t, pixels: np.ndarray, in_mode: str) -> np.ndarray:
 
 def describe(icc: bytes) -> str:
     p = profile(icc)
-    text = (p.profile.profile_description or "").strip() or ImageCms.getProfileDescription(p).strip()
+    text = (p.profile.profile_description or "").strip() or ImageCms.getProfileDescription(
+        p
+    ).strip()
     return text or "unnamed ICC profile"
 
 
 # ------------------------------------------------------------------ a source's colour
 
+
 @dataclass(frozen=True)
 class SourceColor:
     """What a decoded source's stored values mean."""
 
-    icc: bytes | None            # a usable embedded profile (None: sRGB)
-    space: str                   # "srgb" | "rgb" | "gray" | "cmyk"
-    description: str             # the profile's description, or "sRGB (untagged)"
-    note: str | None = None      # why an embedded profile was ignored, or a fallback used
+    icc: bytes | None  # a usable embedded profile (None: sRGB)
+    space: str  # "srgb" | "rgb" | "gray" | "cmyk"
+    description: str  # the profile's description, or "sRGB (untagged)"
+    note: str | None = None  # why an embedded profile was ignored, or a fallback used
 
 
 def read_source(img: Image.Image) -> SourceColor:
@@ -110,9 +137,13 @@ def read_source(img: Image.Image) -> SourceColor:
     mode = img.mode
     if not icc:
         if mode == "CMYK":
-            return SourceColor(fallback_cmyk(), "cmyk", FALLBACK_CMYK_NAME,
-                               "no embedded profile: CMYK converted through outpaint's fallback CMYK profile "
-                               f"({FALLBACK_CMYK_NAME})")
+            return SourceColor(
+                fallback_cmyk(),
+                "cmyk",
+                FALLBACK_CMYK_NAME,
+                "no embedded profile: CMYK converted through outpaint's fallback CMYK profile "
+                f"({FALLBACK_CMYK_NAME})",
+            )
         return SourceColor(None, "srgb", UNTAGGED)
     try:
         p = profile(icc)
@@ -121,31 +152,46 @@ def read_source(img: Image.Image) -> SourceColor:
         return _ignored(img, f"embedded ICC profile unreadable ({type(e).__name__}: {str(e)[:80]})")
     want = _SPACE_OF_MODE.get(mode)
     if space != want:
-        return _ignored(img, f"embedded ICC profile is for {space.strip() or '?'} but the image is {mode}")
+        return _ignored(
+            img, f"embedded ICC profile is for {space.strip() or '?'} but the image is {mode}"
+        )
     kind = {"RGB ": "rgb", "GRAY": "gray", "CMYK": "cmyk"}[space]
     try:  # a profile can open and still not build (a missing or truncated tag)
-        transform(icc, None, "CMYK" if kind == "cmyk" else ("L" if kind == "gray" else "RGB"), "RGB", "relative")
+        transform(
+            icc,
+            None,
+            "CMYK" if kind == "cmyk" else ("L" if kind == "gray" else "RGB"),
+            "RGB",
+            "relative",
+        )
     except Exception as e:  # noqa: BLE001
-        return _ignored(img, f"embedded ICC profile cannot be used ({type(e).__name__}: {str(e)[:80]})")
+        return _ignored(
+            img, f"embedded ICC profile cannot be used ({type(e).__name__}: {str(e)[:80]})"
+        )
     return SourceColor(icc, kind, describe(icc))
 
 
 def _ignored(img: Image.Image, why: str) -> SourceColor:
     if img.mode == "CMYK":
-        return SourceColor(fallback_cmyk(), "cmyk", FALLBACK_CMYK_NAME,
-                           f"{why}; converted through outpaint's fallback CMYK profile ({FALLBACK_CMYK_NAME})")
+        return SourceColor(
+            fallback_cmyk(),
+            "cmyk",
+            FALLBACK_CMYK_NAME,
+            f"{why}; converted through outpaint's fallback CMYK profile ({FALLBACK_CMYK_NAME})",
+        )
     return SourceColor(None, "srgb", UNTAGGED, f"{why}; treated as untagged sRGB")
 
 
 # ------------------------------------------------------------------ a row's colour plan
 
+
 @dataclass(frozen=True)
 class OutputSpace:
     """The colour space an output is written in: what the write stage needs."""
 
-    icc: bytes | None            # the output's own profile when it is not sRGB (preserve + tagged source)
-    tag_srgb: bool               # else: embed sRGB (output.color: srgb, a converted CMYK or grey source)
-    mode: str                    # "RGB" | "L"
+    icc: bytes | None  # the output's own profile when it is not sRGB (preserve + tagged source)
+    tag_srgb: bool  # else: embed sRGB (output.color: srgb, a converted CMYK or grey source)
+    mode: str  # "RGB" | "L"
     intent: str
 
     def from_model(self, canvas: np.ndarray) -> np.ndarray:
@@ -169,7 +215,7 @@ class ColorPlan:
     source: SourceColor
     stored: str
     output: OutputSpace
-    transform_name: str          # metadata color_transform
+    transform_name: str  # metadata color_transform
 
     @property
     def _stored_icc(self) -> bytes | None:
@@ -179,7 +225,11 @@ class ColorPlan:
         """The reference as the model sees it: sRGB, 3 channels."""
         if self._stored_icc is None:
             return ref if ref.shape[2] == 3 else np.repeat(ref, 3, axis=2)
-        return apply(transform(self._stored_icc, None, self.stored, "RGB", self.output.intent), ref, self.stored)
+        return apply(
+            transform(self._stored_icc, None, self.stored, "RGB", self.output.intent),
+            ref,
+            self.stored,
+        )
 
     def to_output(self, ref: np.ndarray, model_ref: np.ndarray) -> np.ndarray:
         """The reference as the output stores it: the source's own values when the output
@@ -194,7 +244,9 @@ class ColorPlan:
         return SRGB_NAME if self.output.tag_srgb else None
 
 
-def plan(source: SourceColor, stored: str, output_color: str, output_format: str, intent: str) -> ColorPlan:
+def plan(
+    source: SourceColor, stored: str, output_color: str, output_format: str, intent: str
+) -> ColorPlan:
     """The colour plan of a row: ``output.color`` (preserve | srgb) for this source and format."""
     space = source.space
 
@@ -205,10 +257,16 @@ def plan(source: SourceColor, stored: str, output_color: str, output_format: str
         return ColorPlan(source, stored, out(tag=True), "cmyk_to_srgb")
     if space == "srgb":
         return ColorPlan(source, stored, out(tag=output_color == "srgb"), "none")
-    keep = output_color == "preserve" and not (space == "gray" and output_format == "webp")  # no grey WebP
+    keep = output_color == "preserve" and not (
+        space == "gray" and output_format == "webp"
+    )  # no grey WebP
     if keep:
-        return ColorPlan(source, stored, out(icc=source.icc, mode="L" if space == "gray" else "RGB"), "none")
-    return ColorPlan(source, stored, out(tag=True), "gray_to_srgb" if space == "gray" else "to_srgb")
+        return ColorPlan(
+            source, stored, out(icc=source.icc, mode="L" if space == "gray" else "RGB"), "none"
+        )
+    return ColorPlan(
+        source, stored, out(tag=True), "gray_to_srgb" if space == "gray" else "to_srgb"
+    )
 
 
 def to_srgb_image(img: Image.Image) -> Image.Image:
@@ -233,17 +291,17 @@ FALLBACK_CMYK_NAME = "outpaint fallback CMYK (coated offset, FOGRA39-like)"
 # Solids and overprints of coated offset print on white paper (ISO 12647-2 / FOGRA39 aims,
 # CIELAB D50): the 8 Neugebauer primaries without black. Black's are derived (below).
 _PRIMARIES_LAB = {
-    (0, 0, 0): (95.0, 0.0, -2.0),      # paper
-    (1, 0, 0): (55.0, -37.0, -50.0),   # C
-    (0, 1, 0): (48.0, 74.0, -3.0),     # M
-    (0, 0, 1): (89.0, -5.0, 93.0),     # Y
-    (1, 1, 0): (24.0, 22.0, -46.0),    # C+M (blue)
-    (1, 0, 1): (50.0, -65.0, 27.0),    # C+Y (green)
-    (0, 1, 1): (47.0, 68.0, 48.0),     # M+Y (red)
-    (1, 1, 1): (23.0, 0.0, 0.0),       # C+M+Y
+    (0, 0, 0): (95.0, 0.0, -2.0),  # paper
+    (1, 0, 0): (55.0, -37.0, -50.0),  # C
+    (0, 1, 0): (48.0, 74.0, -3.0),  # M
+    (0, 0, 1): (89.0, -5.0, 93.0),  # Y
+    (1, 1, 0): (24.0, 22.0, -46.0),  # C+M (blue)
+    (1, 0, 1): (50.0, -65.0, 27.0),  # C+Y (green)
+    (0, 1, 1): (47.0, 68.0, 48.0),  # M+Y (red)
+    (1, 1, 1): (23.0, 0.0, 0.0),  # C+M+Y
 }
 _K_LAB = (16.0, 0.0, 0.0)
-_DOT_GAIN = 0.14       # tone value increase at 50 %
+_DOT_GAIN = 0.14  # tone value increase at 50 %
 _YULE_NIELSEN = 2.0
 _GRID = 9
 _D50 = np.array([0.9642, 1.0, 0.8249])
@@ -254,14 +312,16 @@ def _lab_to_xyz(lab: np.ndarray) -> np.ndarray:
     fy = (L + 16) / 116
     f = np.stack([fy + a / 500, fy, fy - b / 200], -1)
     e = 6 / 29
-    return np.where(f > e, f ** 3, 3 * e * e * (f - 4 / 29)) * _D50
+    return np.where(f > e, f**3, 3 * e * e * (f - 4 / 29)) * _D50
 
 
 def _xyz_to_lab(xyz: np.ndarray) -> np.ndarray:
     t = xyz / _D50
     e = 6 / 29
-    f = np.where(t > e ** 3, np.cbrt(t), t / (3 * e * e) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+    f = np.where(t > e**3, np.cbrt(t), t / (3 * e * e) + 4 / 29)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
 
 
 def _cmyk_lab_grid(n: int) -> np.ndarray:
@@ -277,10 +337,15 @@ def _cmyk_lab_grid(n: int) -> np.ndarray:
     for (pc, pm, py), lab in _PRIMARIES_LAB.items():
         xyz = _lab_to_xyz(np.array(lab))
         for pk in (0, 1):
-            w = ((c if pc else 1 - c) * (m if pm else 1 - m) * (y if py else 1 - y) * (k if pk else 1 - k))
+            w = (
+                (c if pc else 1 - c)
+                * (m if pm else 1 - m)
+                * (y if py else 1 - y)
+                * (k if pk else 1 - k)
+            )
             refl = xyz * (k_ratio if pk else 1.0)
             acc += w[..., None] * (refl ** (1 / _YULE_NIELSEN))
-    xyz = acc ** _YULE_NIELSEN
+    xyz = acc**_YULE_NIELSEN
     return _xyz_to_lab(xyz / paper * _D50)  # media-relative: paper is the PCS white
 
 
@@ -294,8 +359,15 @@ def _tag_text(text: str) -> bytes:
 
 def _tag_desc(text: str) -> bytes:
     raw = text.encode("ascii") + b"\0"
-    return (b"desc" + b"\0" * 4 + struct.pack(">I", len(raw)) + raw + struct.pack(">II", 0, 0)
-            + struct.pack(">HB", 0, 0) + b"\0" * 67)
+    return (
+        b"desc"
+        + b"\0" * 4
+        + struct.pack(">I", len(raw))
+        + raw
+        + struct.pack(">II", 0, 0)
+        + struct.pack(">HB", 0, 0)
+        + b"\0" * 67
+    )
 
 
 def _tag_xyz(xyz) -> bytes:
@@ -305,13 +377,21 @@ def _tag_xyz(xyz) -> bytes:
 def _tag_lut16_cmyk(n: int) -> bytes:
     lab = _cmyk_lab_grid(n).reshape(-1, 3)
     enc = np.empty_like(lab)
-    enc[:, 0] = np.clip(lab[:, 0], 0, 100) / 100 * 0xFF00          # ICC v2 16-bit Lab encoding
+    enc[:, 0] = np.clip(lab[:, 0], 0, 100) / 100 * 0xFF00  # ICC v2 16-bit Lab encoding
     enc[:, 1:] = (np.clip(lab[:, 1:], -128, 127.99) + 128) * 256
     clut = np.round(enc).astype(">u2").tobytes()
     identity = b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
     curve = struct.pack(">HH", 0, 0xFFFF)
-    return (b"mft2" + b"\0" * 4 + struct.pack(">BBBB", 4, 3, n, 0) + identity + struct.pack(">HH", 2, 2)
-            + curve * 4 + clut + curve * 3)
+    return (
+        b"mft2"
+        + b"\0" * 4
+        + struct.pack(">BBBB", 4, 3, n, 0)
+        + identity
+        + struct.pack(">HH", 2, 2)
+        + curve * 4
+        + clut
+        + curve * 3
+    )
 
 
 def _icc(device_class: bytes, space: bytes, pcs: bytes, tags: dict[bytes, bytes]) -> bytes:
@@ -322,10 +402,20 @@ def _icc(device_class: bytes, space: bytes, pcs: bytes, tags: dict[bytes, bytes]
         table.append(struct.pack(">4sII", sig, offset + len(body), len(data)))
         body += data
     size = offset + len(body)
-    header = (struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, device_class, space, pcs)
-              + struct.pack(">6H", 2026, 1, 1, 0, 0, 0) + b"acsp" + b"\0" * 4 + struct.pack(">I", 0)
-              + b"\0" * 8 + b"\0" * 8 + struct.pack(">I", 0) + b"".join(_s15(v) for v in _D50)
-              + b"\0" * 4 + b"\0" * 16 + b"\0" * 28)
+    header = (
+        struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, device_class, space, pcs)
+        + struct.pack(">6H", 2026, 1, 1, 0, 0, 0)
+        + b"acsp"
+        + b"\0" * 4
+        + struct.pack(">I", 0)
+        + b"\0" * 8
+        + b"\0" * 8
+        + struct.pack(">I", 0)
+        + b"".join(_s15(v) for v in _D50)
+        + b"\0" * 4
+        + b"\0" * 16
+        + b"\0" * 28
+    )
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + b"".join(table) + body
 
@@ -335,9 +425,14 @@ def fallback_cmyk() -> bytes:
     """The one profile for CMYK sources that carry none: built here, deterministically
     (no file to ship or find), from coated-offset aims; see ``_PRIMARIES_LAB``."""
     paper = _lab_to_xyz(np.array(_PRIMARIES_LAB[(0, 0, 0)]))
-    return _icc(b"prtr", b"CMYK", b"Lab ", {
-        b"desc": _tag_desc(FALLBACK_CMYK_NAME),
-        b"cprt": _tag_text("No copyright: generated by outpaint (pipeline/io/color.py)"),
-        b"wtpt": _tag_xyz(paper),
-        b"A2B0": _tag_lut16_cmyk(_GRID),
-    })
+    return _icc(
+        b"prtr",
+        b"CMYK",
+        b"Lab ",
+        {
+            b"desc": _tag_desc(FALLBACK_CMYK_NAME),
+            b"cprt": _tag_text("No copyright: generated by outpaint (pipeline/io/color.py)"),
+            b"wtpt": _tag_xyz(paper),
+            b"A2B0": _tag_lut16_cmyk(_GRID),
+        },
+    )

@@ -27,13 +27,21 @@ def fingerprints(hashes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     hi, lo = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
     if n == 0:
         return hi, lo, np.zeros(0, bool)
-    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + n + 1]
-    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
-    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool) & (np.diff(offsets) == 32)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset : arr.offset + n + 1]
+    data = (
+        np.frombuffer(arr.buffers()[2], np.uint8)
+        if arr.buffers()[2] is not None
+        else np.zeros(0, np.uint8)
+    )
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool) & (
+        np.diff(offsets) == 32
+    )
     all_idx = np.flatnonzero(valid)
     shifts = np.arange(60, -1, -4, dtype=np.uint64)
-    for start in range(0, len(all_idx), _CHUNK):  # (k, 32) nibbles: bounded, not 256 bytes a row at once
-        idx = all_idx[start:start + _CHUNK]
+    for start in range(
+        0, len(all_idx), _CHUNK
+    ):  # (k, 32) nibbles: bounded, not 256 bytes a row at once
+        idx = all_idx[start : start + _CHUNK]
         nib = _HEX[data[offsets[idx][:, None] + np.arange(32, dtype=np.int32)]]
         valid[idx] &= (nib != 255).all(axis=1)
         nib = nib.astype(np.uint64)
@@ -84,17 +92,31 @@ def hash64(strings, salt: int = 0) -> np.ndarray:
     """splitmix64(FNV-1a(s) ^ splitmix64(salt)) of every string of a column, uint64; nulls
     hash as "". FNV-1a is stepped over byte positions: (longest string) NumPy passes."""
     if isinstance(strings, pa.ChunkedArray):
-        return np.concatenate([hash64(c, salt) for c in strings.chunks]) if strings.num_chunks else \
-            np.zeros(0, np.uint64)
+        return (
+            np.concatenate([hash64(c, salt) for c in strings.chunks])
+            if strings.num_chunks
+            else np.zeros(0, np.uint64)
+        )
     if len(strings) > _CHUNK * 4:  # bounded temporaries: a few arrays of a chunk, not of the column
-        return np.concatenate([hash64(strings.slice(s, _CHUNK * 4), salt)
-                               for s in range(0, len(strings), _CHUNK * 4)])
-    arr = strings.cast(pa.string()).fill_null("") if not pa.types.is_string(strings.type) else strings.fill_null("")
+        return np.concatenate(
+            [hash64(strings.slice(s, _CHUNK * 4), salt) for s in range(0, len(strings), _CHUNK * 4)]
+        )
+    arr = (
+        strings.cast(pa.string()).fill_null("")
+        if not pa.types.is_string(strings.type)
+        else strings.fill_null("")
+    )
     n = len(arr)
     if n == 0:
         return np.zeros(0, np.uint64)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset: arr.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(1, np.uint8)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[
+        arr.offset : arr.offset + n + 1
+    ].astype(np.int64)
+    data = (
+        np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+        if arr.buffers()[2] is not None
+        else np.zeros(1, np.uint8)
+    )
     lengths = np.diff(offsets)
     h = np.full(n, FNV_OFFSET, dtype=np.uint64)
     prime = np.uint64(FNV_PRIME)
@@ -142,10 +164,19 @@ class Prior:
     gives none). 40 bytes an id."""
 
     def __init__(self, id_hi, id_lo, hash_hi, hash_lo, width, height):
-        self._sort({"id_hi": id_hi, "id_lo": id_lo, "hash_hi": hash_hi, "hash_lo": hash_lo, "w": width, "h": height})
+        self._sort(
+            {
+                "id_hi": id_hi,
+                "id_lo": id_lo,
+                "hash_hi": hash_hi,
+                "hash_lo": hash_lo,
+                "w": width,
+                "h": height,
+            }
+        )
 
     @classmethod
-    def from_fields(cls, fields: dict) -> "Prior":
+    def from_fields(cls, fields: dict) -> Prior:
         """From a dict of the six arrays, taken out of it one at a time as they are sorted
         (peak: one array's copy, not all six)."""
         self = cls.__new__(cls)
@@ -154,11 +185,18 @@ class Prior:
 
     def _sort(self, fields: dict) -> None:
         order = np.lexsort((fields["id_lo"], fields["id_hi"]))
-        for name, key, dtype in (("id_hi", "id_hi", np.uint64), ("id_lo", "id_lo", np.uint64),
-                                 ("width", "w", np.int32), ("height", "h", np.int32)):
+        for name, key, dtype in (
+            ("id_hi", "id_hi", np.uint64),
+            ("id_lo", "id_lo", np.uint64),
+            ("width", "w", np.int32),
+            ("height", "h", np.int32),
+        ):
             setattr(self, name, np.asarray(fields.pop(key), dtype)[order])
         del order
-        self.done = DoneSet(np.asarray(fields.pop("hash_hi"), np.uint64), np.asarray(fields.pop("hash_lo"), np.uint64))
+        self.done = DoneSet(
+            np.asarray(fields.pop("hash_hi"), np.uint64),
+            np.asarray(fields.pop("hash_lo"), np.uint64),
+        )
 
     def save(self, f) -> None:
         """Its arrays, one after another, to an open binary file (``load`` reads them back)."""
@@ -166,16 +204,18 @@ class Prior:
             np.save(f, a, allow_pickle=False)
 
     @classmethod
-    def load(cls, f) -> "Prior":
+    def load(cls, f) -> Prior:
         self = cls.__new__(cls)
-        self.id_hi, self.id_lo, self.width, self.height = (np.load(f, allow_pickle=False) for _ in range(4))
+        self.id_hi, self.id_lo, self.width, self.height = (
+            np.load(f, allow_pickle=False) for _ in range(4)
+        )
         done = DoneSet.__new__(DoneSet)
         done.hi, done.lo = (np.load(f, allow_pickle=False) for _ in range(2))
         self.done = done
         return self
 
     @classmethod
-    def empty(cls) -> "Prior":
+    def empty(cls) -> Prior:
         z = np.zeros(0, np.uint64)
         return cls(z, z, z, z, np.zeros(0, np.int32), np.zeros(0, np.int32))
 

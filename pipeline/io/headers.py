@@ -49,16 +49,24 @@ def inspect(fileobj, nbytes: int, uri: str | None, limits: SourceLimits) -> Head
     """Parse one header from an open binary file object positioned at 0."""
     what = _describe(uri)
     if nbytes == 0:
-        return Header(code="image_unreadable", message=f"{what} is empty (0 bytes); re-export the image")
+        return Header(
+            code="image_unreadable", message=f"{what} is empty (0 bytes); re-export the image"
+        )
     if nbytes > limits.max_source_bytes:
-        return Header(nbytes=nbytes, code="image_too_large",
-                      message=f"{what} is {nbytes:,} bytes, over limits.max_source_bytes = "
-                              f"{limits.max_source_bytes:,}; shrink the file or raise the limit")
+        return Header(
+            nbytes=nbytes,
+            code="image_too_large",
+            message=f"{what} is {nbytes:,} bytes, over limits.max_source_bytes = "
+            f"{limits.max_source_bytes:,}; shrink the file or raise the limit",
+        )
     head = fileobj.read(32)
     fileobj.seek(0)
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _UNSUPPORTED_BRANDS:
-        return Header(nbytes=nbytes, code="unsupported_image",
-                      message=f"{what} is HEIF/AVIF ({head[8:12].decode()}), which is not supported; convert it to PNG, JPEG or WebP")
+        return Header(
+            nbytes=nbytes,
+            code="unsupported_image",
+            message=f"{what} is HEIF/AVIF ({head[8:12].decode()}), which is not supported; convert it to PNG, JPEG or WebP",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -80,33 +88,65 @@ def inspect(fileobj, nbytes: int, uri: str | None, limits: SourceLimits) -> Head
                 except Exception:  # malformed EXIF: the loader will ignore it too
                     orientation = 1
     except Image.DecompressionBombError:
-        return Header(nbytes=nbytes, code="image_too_large",
-                      message=f"{what} declares a size Pillow refuses to open (decompression bomb guard)")
+        return Header(
+            nbytes=nbytes,
+            code="image_too_large",
+            message=f"{what} declares a size Pillow refuses to open (decompression bomb guard)",
+        )
     except UnidentifiedImageError:
-        return Header(nbytes=nbytes, code="image_unreadable",
-                      message=f"{what} is not a readable image (corrupt, truncated, or not an image file)")
+        return Header(
+            nbytes=nbytes,
+            code="image_unreadable",
+            message=f"{what} is not a readable image (corrupt, truncated, or not an image file)",
+        )
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        return Header(nbytes=nbytes, code="image_unreadable",
-                      message=f"{what}: the image header could not be read ({type(e).__name__}: {e})")
+        return Header(
+            nbytes=nbytes,
+            code="image_unreadable",
+            message=f"{what}: the image header could not be read ({type(e).__name__}: {e})",
+        )
     if fmt not in SUPPORTED_FORMATS:
-        return Header(width=w, height=h, format=fmt, nbytes=nbytes, code="unsupported_image",
-                      message=f"{what} is {fmt or 'an unknown format'}, which is not supported; "
-                              f"use one of {', '.join(sorted(SUPPORTED_FORMATS))}")
+        return Header(
+            width=w,
+            height=h,
+            format=fmt,
+            nbytes=nbytes,
+            code="unsupported_image",
+            message=f"{what} is {fmt or 'an unknown format'}, which is not supported; "
+            f"use one of {', '.join(sorted(SUPPORTED_FORMATS))}",
+        )
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     if w <= 0 or h <= 0:
-        return Header(nbytes=nbytes, code="image_unreadable", message=f"{what} declares an empty size {w}×{h}")
+        return Header(
+            nbytes=nbytes, code="image_unreadable", message=f"{what} declares an empty size {w}×{h}"
+        )
     if w * h > limits.max_source_pixels:
-        return Header(width=w, height=h, format=fmt, nbytes=nbytes, code="image_too_large",
-                      message=f"{what} is {w}×{h} = {w * h:,} px, over limits.max_source_pixels = "
-                              f"{limits.max_source_pixels:,}; downscale the source or raise the limit")
+        return Header(
+            width=w,
+            height=h,
+            format=fmt,
+            nbytes=nbytes,
+            code="image_too_large",
+            message=f"{what} is {w}×{h} = {w * h:,} px, over limits.max_source_pixels = "
+            f"{limits.max_source_pixels:,}; downscale the source or raise the limit",
+        )
     return Header(width=w, height=h, format=fmt, nbytes=nbytes)
 
 
 def identity_of(info: dict) -> str:
     """A string that changes when the object changes: size plus ETag / generation / mtime."""
     parts = [f"size={info.get('size')}"]
-    for key in ("ETag", "etag", "md5Hash", "generation", "VersionId", "mtime", "LastModified", "last_modified"):
+    for key in (
+        "ETag",
+        "etag",
+        "md5Hash",
+        "generation",
+        "VersionId",
+        "mtime",
+        "LastModified",
+        "last_modified",
+    ):
         v = info.get(key)
         if v is not None:
             parts.append(f"{key}={v}")
@@ -114,17 +154,25 @@ def identity_of(info: dict) -> str:
     return ";".join(parts)
 
 
-def probe(uri: str, storage_options: dict, limits: SourceLimits, want_header: bool = True,
-          resolve: storage.Resolver | None = None) -> Header:
+def probe(
+    uri: str,
+    storage_options: dict,
+    limits: SourceLimits,
+    want_header: bool = True,
+    resolve: storage.Resolver | None = None,
+) -> Header:
     """Identity (always) and header (if asked) of one source URI."""
     try:
         fs, path = (resolve or storage.Resolver(storage_options))(uri)
         info = storage.retry(fs.info, path)
         if info.get("type") == "directory":
-            return Header(code="image_not_found", message=f"{uri} is a directory, not an image file")
+            return Header(
+                code="image_not_found", message=f"{uri} is a directory, not an image file"
+            )
         ident = identity_of(info)
         if not want_header:
             return Header(nbytes=int(info.get("size") or 0), identity=ident)
+
         def header():
             with fs.open(path, "rb", block_size=HEADER_BLOCK) as f:
                 return inspect(f, int(info.get("size") or 0), uri, limits)
@@ -133,24 +181,37 @@ def probe(uri: str, storage_options: dict, limits: SourceLimits, want_header: bo
         hd.identity = ident
         return hd
     except FileNotFoundError:
-        return Header(code="image_not_found", message=f"{uri} does not exist; check the path and input.image_root")
+        return Header(
+            code="image_not_found",
+            message=f"{uri} does not exist; check the path and input.image_root",
+        )
     except IsADirectoryError:
         return Header(code="image_not_found", message=f"{uri} is a directory, not an image file")
     except PermissionError as e:
-        return Header(code="image_not_found", message=f"{uri} cannot be read: permission denied ({e})")
+        return Header(
+            code="image_not_found", message=f"{uri} cannot be read: permission denied ({e})"
+        )
     except Exception as e:  # noqa: BLE001 - storage still failing after retries: this row only
-        return Header(code="image_not_found", message=f"{uri} could not be read after retries: "
-                                                      f"{type(e).__name__}: {e}")
+        return Header(
+            code="image_not_found",
+            message=f"{uri} could not be read after retries: {type(e).__name__}: {e}",
+        )
 
 
 def probe_bytes(data: bytes, limits: SourceLimits, want_header: bool = True) -> Header:
     ident = "sha256=" + hashlib.sha256(data).hexdigest()
-    hd = inspect(io.BytesIO(data), len(data), None, limits) if want_header else Header(nbytes=len(data))
+    hd = (
+        inspect(io.BytesIO(data), len(data), None, limits)
+        if want_header
+        else Header(nbytes=len(data))
+    )
     hd.identity = ident
     return hd
 
 
-def probe_many(uris, blobs, want_header, storage_options: dict, limits: SourceLimits, threads: int = 32):
+def probe_many(
+    uris, blobs, want_header, storage_options: dict, limits: SourceLimits, threads: int = 32
+):
     """Probe rows in parallel (I/O bound): ``uris[i]`` or ``blobs[i]``; None = skip.
 
     Returns (width, height, code, message, identity) arrays.
@@ -169,8 +230,16 @@ def probe_many(uris, blobs, want_header, storage_options: dict, limits: SourceLi
             return i, probe_bytes(blobs[i], limits, bool(want_header[i]))
         return i, probe(uris[i], storage_options, limits, bool(want_header[i]), resolve)
 
-    todo = [i for i in range(n) if uris[i] is not None or (blobs is not None and blobs[i] is not None)]
+    todo = [
+        i for i in range(n) if uris[i] is not None or (blobs is not None and blobs[i] is not None)
+    ]
     local = all(u is None or storage.is_local(u) for u in uris)
     for i, hd in storage.map_io(one, todo, threads, local):
-        w[i], h[i], code[i], msg[i], ident[i] = hd.width, hd.height, hd.code, hd.message, hd.identity
+        w[i], h[i], code[i], msg[i], ident[i] = (
+            hd.width,
+            hd.height,
+            hd.code,
+            hd.message,
+            hd.identity,
+        )
     return w, h, code, msg, ident

@@ -32,12 +32,12 @@ class ImageError(Exception):
 
 @dataclass
 class Decoded:
-    pixels: np.ndarray           # H x W x C uint8: C = 3 (RGB), or 1 (grey with a grey profile)
-    alpha: np.ndarray | None     # H x W uint8, None when the source is opaque
+    pixels: np.ndarray  # H x W x C uint8: C = 3 (RGB), or 1 (grey with a grey profile)
+    alpha: np.ndarray | None  # H x W uint8, None when the source is opaque
     format: str
-    size: tuple[int, int] = (0, 0)            # full (upright) size, before any draft reduction
-    color: color.SourceColor | None = None    # what the stored values mean
-    rights: provenance.Rights | None = None   # metadata carried to the output
+    size: tuple[int, int] = (0, 0)  # full (upright) size, before any draft reduction
+    color: color.SourceColor | None = None  # what the stored values mean
+    rights: provenance.Rights | None = None  # metadata carried to the output
 
     @property
     def rgb(self) -> np.ndarray:
@@ -78,7 +78,9 @@ def _split(img: Image.Image, src: color.SourceColor) -> tuple[np.ndarray, np.nda
             return grey[:, :, None], alpha
         return np.repeat(grey[:, :, None], 3, axis=2), alpha
     if mode == "CMYK":
-        srgb = ImageCms.applyTransform(img, color.transform(src.icc, None, "CMYK", "RGB", "relative"))
+        srgb = ImageCms.applyTransform(
+            img, color.transform(src.icc, None, "CMYK", "RGB", "relative")
+        )
         return np.asarray(srgb), alpha
     if mode != "RGB":
         img = img.convert("RGB")  # YCbCr, LAB, HSV
@@ -93,8 +95,16 @@ def draft_size(w0: int, h0: int, target: tuple[int, int] | None) -> tuple[int, i
         return None
     return target[0] * 2, target[1] * 2
 
-def decode(data: bytes, limits: SourceLimits, what: str = "image", *, target: tuple[int, int] | None = None,
-           keep_gps: bool = False, metadata: bool = True) -> Decoded:
+
+def decode(
+    data: bytes,
+    limits: SourceLimits,
+    what: str = "image",
+    *,
+    target: tuple[int, int] | None = None,
+    keep_gps: bool = False,
+    metadata: bool = True,
+) -> Decoded:
     """Bytes -> Decoded; raises ``ImageError`` with the row's code and message.
 
     ``target``: the upright size the pixels will be resized to (a JPEG may then decode
@@ -103,19 +113,28 @@ def decode(data: bytes, limits: SourceLimits, what: str = "image", *, target: tu
     if len(data) == 0:
         raise ImageError("image_unreadable", f"{what} is empty (0 bytes); re-export the image")
     if len(data) > limits.max_source_bytes:
-        raise ImageError("image_too_large", f"{what} is {len(data):,} bytes, over limits.max_source_bytes = "
-                                            f"{limits.max_source_bytes:,}")
+        raise ImageError(
+            "image_too_large",
+            f"{what} is {len(data):,} bytes, over limits.max_source_bytes = "
+            f"{limits.max_source_bytes:,}",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > limits.max_source_pixels:  # from the header: nothing decoded yet
-                raise ImageError("image_too_large", f"{what} is {w}×{h} = {w * h:,} px, over "
-                                                    f"limits.max_source_pixels = {limits.max_source_pixels:,}")
+                raise ImageError(
+                    "image_too_large",
+                    f"{what} is {w}×{h} = {w * h:,} px, over "
+                    f"limits.max_source_pixels = {limits.max_source_pixels:,}",
+                )
             fmt = img.format or ""
             if fmt not in SUPPORTED_FORMATS:
-                raise ImageError("unsupported_image", f"{what} is {fmt or 'an unknown format'}, which is not supported")
+                raise ImageError(
+                    "unsupported_image",
+                    f"{what} is {fmt or 'an unknown format'}, which is not supported",
+                )
             img.seek(0)  # animated GIF/WebP/APNG: the first frame
             orientation = _orientation(img)
             upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -132,10 +151,14 @@ def decode(data: bytes, limits: SourceLimits, what: str = "image", *, target: tu
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("image_too_large", f"{what}: {e}") from None
     except UnidentifiedImageError:
-        raise ImageError("image_unreadable", f"{what} is not a readable image (corrupt, truncated, "
-                                             "or not an image file)") from None
+        raise ImageError(
+            "image_unreadable",
+            f"{what} is not a readable image (corrupt, truncated, or not an image file)",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError("image_unreadable", f"{what} could not be decoded ({type(e).__name__}: {e})") from None
+        raise ImageError(
+            "image_unreadable", f"{what} could not be decoded ({type(e).__name__}: {e})"
+        ) from None
     return Decoded(pixels=pixels, alpha=alpha, format=fmt, size=upright, color=src, rights=rights)
 
 
@@ -152,13 +175,27 @@ def resize(arr: np.ndarray, w: int, h: int) -> np.ndarray:
     if arr.shape[1] == w and arr.shape[0] == h:
         return arr
     one = arr.ndim == 3 and arr.shape[2] == 1
-    out = np.asarray(Image.fromarray(arr[:, :, 0] if one else arr).resize((w, h), Image.LANCZOS, reducing_gap=3.0))
+    out = np.asarray(
+        Image.fromarray(arr[:, :, 0] if one else arr).resize(
+            (w, h), Image.LANCZOS, reducing_gap=3.0
+        )
+    )
     return out[:, :, None] if one else out
 
 
-def encode(pixels: np.ndarray, fmt: str, alpha: np.ndarray | None = None, *, jpeg_quality: int = 95,
-           webp_quality: int = 95, webp_lossless: bool = False, png_compress_level: int = 6,
-           icc: bytes | None = None, exif: bytes | None = None, xmp: bytes | None = None) -> bytes:
+def encode(
+    pixels: np.ndarray,
+    fmt: str,
+    alpha: np.ndarray | None = None,
+    *,
+    jpeg_quality: int = 95,
+    webp_quality: int = 95,
+    webp_lossless: bool = False,
+    png_compress_level: int = 6,
+    icc: bytes | None = None,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
+) -> bytes:
     """RGB or grey (H x W x 1) pixels (+ alpha for png/webp) -> encoded bytes, with the
     colour profile, EXIF and XMP packet given (PNG: iCCP, eXIf, iTXt XML:com.adobe.xmp;
     JPEG: APP2, APP1; WebP: ICCP, EXIF, XMP chunks)."""
@@ -176,11 +213,25 @@ def encode(pixels: np.ndarray, fmt: str, alpha: np.ndarray | None = None, *, jpe
         img.save(buf, format="PNG", compress_level=png_compress_level, pnginfo=info, **extra)
     elif fmt == "jpeg":
         # 4:4:4 at high quality: chroma subsampling would smear the seam band
-        img.save(buf, format="JPEG", quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2,
-                 optimize=False, **extra, **({"xmp": xmp} if xmp else {}))
+        img.save(
+            buf,
+            format="JPEG",
+            quality=jpeg_quality,
+            subsampling=0 if jpeg_quality >= 90 else 2,
+            optimize=False,
+            **extra,
+            **({"xmp": xmp} if xmp else {}),
+        )
     elif fmt == "webp":
-        img.save(buf, format="WEBP", quality=webp_quality, lossless=webp_lossless, method=4, **extra,
-                 **({"xmp": xmp} if xmp else {}))
+        img.save(
+            buf,
+            format="WEBP",
+            quality=webp_quality,
+            lossless=webp_lossless,
+            method=4,
+            **extra,
+            **({"xmp": xmp} if xmp else {}),
+        )
     else:
         raise ValueError(f"unknown output format {fmt!r}")
     return buf.getvalue()

@@ -14,8 +14,8 @@ workers read their slice with ``read_slice``.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -57,12 +57,20 @@ HINTS = {
     "bbox_y1": "use reference_offset_y (the reference's top edge on the canvas)",
     "bbox_x0": "use reference_offset_x (the reference's left edge on the canvas)",
     "bbox_y0": "use reference_offset_y (the reference's top edge on the canvas)",
-    "x": "use reference_offset_x", "y": "use reference_offset_y",
-    "offset_x": "use reference_offset_x", "offset_y": "use reference_offset_y",
-    "ratio": "use aspect_ratio", "aspect": "use aspect_ratio",
-    "canvas_width": "use width", "canvas_height": "use height",
-    "url": "use image", "uri": "use image", "path": "use image", "image_url": "use image",
-    "format": "use output_format", "quality": "use mode",
+    "x": "use reference_offset_x",
+    "y": "use reference_offset_y",
+    "offset_x": "use reference_offset_x",
+    "offset_y": "use reference_offset_y",
+    "ratio": "use aspect_ratio",
+    "aspect": "use aspect_ratio",
+    "canvas_width": "use width",
+    "canvas_height": "use height",
+    "url": "use image",
+    "uri": "use image",
+    "path": "use image",
+    "image_url": "use image",
+    "format": "use output_format",
+    "quality": "use mode",
 }
 
 
@@ -71,8 +79,12 @@ def check_schema(schema: pa.Schema, cfg: Config, source: str = "") -> None:
     where = f"manifest {source}: " if source else "manifest: "
     names = [n for n in schema.names if n != ROW_INDEX]
     if "id" not in names:  # first: a missing id explains an "unknown" sku/key column
-        raise ConfigError(where + "no `id` column; every row needs a unique id (its columns are "
-                          + ", ".join(f"`{n}`" for n in names[:12]) + "); rename the key column to `id`")
+        raise ConfigError(
+            where
+            + "no `id` column; every row needs a unique id (its columns are "
+            + ", ".join(f"`{n}`" for n in names[:12])
+            + "); rename the key column to `id`"
+        )
     passthrough = set(cfg.output.passthrough_columns)
     unknown = [n for n in names if n not in COLUMNS and n not in passthrough]
     if unknown:
@@ -81,17 +93,27 @@ def check_schema(schema: pa.Schema, cfg: Config, source: str = "") -> None:
             hint = HINTS.get(n.lower())
             parts.append(f"`{n}` ({hint})" if hint else f"`{n}`")
         raise ConfigError(
-            where + "unknown column" + ("s " if len(unknown) > 1 else " ") + ", ".join(parts)
+            where
+            + "unknown column"
+            + ("s " if len(unknown) > 1 else " ")
+            + ", ".join(parts)
             + "; add it to output.passthrough_columns to copy it to the metadata"
         )
     missing_pt = [c for c in cfg.output.passthrough_columns if c not in names]
     if missing_pt:
-        raise ConfigError(where + f"output.passthrough_columns names {missing_pt} but the manifest has no such column")
+        raise ConfigError(
+            where
+            + f"output.passthrough_columns names {missing_pt} but the manifest has no such column"
+        )
     clash = [c for c in cfg.output.passthrough_columns if c in COLUMNS]
     if clash:
-        raise ConfigError(f"output.passthrough_columns: {clash} are manifest columns already in the metadata; remove them")
+        raise ConfigError(
+            f"output.passthrough_columns: {clash} are manifest columns already in the metadata; remove them"
+        )
     if "image" not in names and "image_bytes" not in names:
-        raise ConfigError(where + "no `image` or `image_bytes` column; each row needs its source image")
+        raise ConfigError(
+            where + "no `image` or `image_bytes` column; each row needs its source image"
+        )
     d = cfg.defaults
     has_target = {"width", "height", "aspect_ratio"} & set(names)
     if not has_target and d.aspect_ratio is None and d.width is None:
@@ -106,15 +128,30 @@ def check_schema(schema: pa.Schema, cfg: Config, source: str = "") -> None:
                 raise ConfigError(where + f"column `{col}` must be binary, is {t}")
 
 
-
-
 # --------------------------------------------------------------------------- formats
 
-EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv",
-              ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 # Text formats infer types per file; these columns are strings whatever they look like
 # (an id "00123" stays "00123", a ratio "1.5" is parsed by the planner like "3:2").
-TEXT_COLUMNS = ("id", "image", "aspect_ratio", "anchor", "mode", "output_format", "prompt", "image_version")
+TEXT_COLUMNS = (
+    "id",
+    "image",
+    "aspect_ratio",
+    "anchor",
+    "mode",
+    "output_format",
+    "prompt",
+    "image_version",
+)
 
 
 def file_format(path: str, cfg: Config) -> str:
@@ -128,14 +165,23 @@ def files(cfg: Config):
     """``(fs, paths)`` of the manifest: a file, a directory (every manifest file under
     it, recursively) or a glob."""
     # a directory's .json files may be anything (run.json): only explicit files or globs read them
-    suffixes = tuple(e for e, f in EXTENSIONS.items() if e != ".json" and cfg.input.format in ("auto", f))
+    suffixes = tuple(
+        e for e, f in EXTENSIONS.items() if e != ".json" and cfg.input.format in ("auto", f)
+    )
     try:
-        return storage.retry(storage.expand, cfg.input.manifest, cfg.input.storage_options, suffix=suffixes,
-                             attempts=3)
+        return storage.retry(
+            storage.expand,
+            cfg.input.manifest,
+            cfg.input.storage_options,
+            suffix=suffixes,
+            attempts=3,
+        )
     except FileNotFoundError as e:
         raise ConfigError(f"input.manifest: {e}") from None
     except Exception as e:  # noqa: BLE001 - credentials, network, permissions: stop before any work
-        raise ConfigError(f"input.manifest {cfg.input.manifest} cannot be read: {_first_line(e)}") from None
+        raise ConfigError(
+            f"input.manifest {cfg.input.manifest} cannot be read: {_first_line(e)}"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -144,25 +190,37 @@ def _first_line(e: BaseException) -> str:
 
 
 def _unreadable(fs, path: str, fmt: str, e: BaseException) -> ConfigError:
-    return ConfigError(f"input.manifest: {storage.unstrip(fs, path)} is not a readable {fmt} table "
-                       f"({_first_line(e)}); set input.format if its extension is misleading")
+    return ConfigError(
+        f"input.manifest: {storage.unstrip(fs, path)} is not a readable {fmt} table "
+        f"({_first_line(e)}); set input.format if its extension is misleading"
+    )
 
 
 def _read_text(fs, path: str, fmt: str, columns: list[str] | None = None) -> pa.Table:
     with fs.open(path, "rb") as f:
         if fmt in ("csv", "tsv"):
-            conv = pcsv.ConvertOptions(column_types={c: pa.string() for c in TEXT_COLUMNS},
-                                       strings_can_be_null=True, include_columns=columns,
-                                       include_missing_columns=False)
-            t = pcsv.read_csv(f, parse_options=pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
-                              convert_options=conv)
+            conv = pcsv.ConvertOptions(
+                column_types={c: pa.string() for c in TEXT_COLUMNS},
+                strings_can_be_null=True,
+                include_columns=columns,
+                include_missing_columns=False,
+            )
+            t = pcsv.read_csv(
+                f,
+                parse_options=pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
+                convert_options=conv,
+            )
         else:
             t = pjson.read_json(f)
             if columns is not None:
                 t = t.select([c for c in columns if c in t.column_names])
     for c in TEXT_COLUMNS:  # JSON numbers in string columns (e.g. numeric ids)
-        if c in t.column_names and c != "aspect_ratio" and not pa.types.is_string(t.column(c).type) \
-                and not pa.types.is_null(t.column(c).type):
+        if (
+            c in t.column_names
+            and c != "aspect_ratio"
+            and not pa.types.is_string(t.column(c).type)
+            and not pa.types.is_null(t.column(c).type)
+        ):
             t = t.set_column(t.column_names.index(c), c, t.column(c).cast(pa.string()))
     return t
 
@@ -224,6 +282,7 @@ def read(cfg: Config, columns: list[str] | None = None) -> pa.Table:
 
 # --------------------------------------------------------------------------- scale
 
+
 @dataclass(frozen=True)
 class Slice:
     """Rows of one manifest file that one worker task plans: Parquet row groups
@@ -274,7 +333,9 @@ def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
             check_schema(schema, cfg, uri)
             col = storage.retry(_ids, pf, slice_rows, schema.field("id").type)
             if "image" in schema.names and pf.metadata.num_row_groups:
-                schemes |= _schemes(storage.retry(pf.read_row_group, 0, columns=["image"]).column("image"))
+                schemes |= _schemes(
+                    storage.retry(pf.read_row_group, 0, columns=["image"]).column("image")
+                )
             start, rows = 0, 0
             for g in range(pf.metadata.num_row_groups):
                 rows += pf.metadata.row_group(g).num_rows
@@ -307,8 +368,13 @@ def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
 
 def _ids(pf, batch_rows: int, type_) -> pa.ChunkedArray:
     """The id column, a row group at a time (the reader's buffers stay one group's)."""
-    return pa.chunked_array([b.column(0) for b in pf.iter_batches(batch_size=batch_rows, columns=["id"],
-                                                                  use_threads=False)], type_)
+    return pa.chunked_array(
+        [
+            b.column(0)
+            for b in pf.iter_batches(batch_size=batch_rows, columns=["id"], use_threads=False)
+        ],
+        type_,
+    )
 
 
 def _schemes(images) -> set:
@@ -316,7 +382,9 @@ def _schemes(images) -> set:
     col = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
     if pa.types.is_null(col.type):
         return set()
-    head = pc.extract_regex(col.cast(pa.string()).drop_null(), r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://")
+    head = pc.extract_regex(
+        col.cast(pa.string()).drop_null(), r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*)://"
+    )
     found = {d["scheme"].lower() for d in head.drop_null().to_pylist()}
     return found | ({""} if head.null_count else set())
 
@@ -325,14 +393,22 @@ def check_reachable(index: ManifestIndex) -> None:
     """Fail at start, in one line, when the sources' scheme needs a package that is missing."""
     import importlib.util
 
-    needs = {"http": ("urllib3", "urllib3"), "https": ("urllib3", "urllib3"), "s3": ("s3fs", "outpaint[s3]"),
-             "gs": ("gcsfs", "outpaint[gcs]"), "gcs": ("gcsfs", "outpaint[gcs]"), "az": ("adlfs", "outpaint[azure]"),
-             "abfs": ("adlfs", "outpaint[azure]")}
+    needs = {
+        "http": ("urllib3", "urllib3"),
+        "https": ("urllib3", "urllib3"),
+        "s3": ("s3fs", "outpaint[s3]"),
+        "gs": ("gcsfs", "outpaint[gcs]"),
+        "gcs": ("gcsfs", "outpaint[gcs]"),
+        "az": ("adlfs", "outpaint[azure]"),
+        "abfs": ("adlfs", "outpaint[azure]"),
+    }
     for scheme in sorted(index.schemes):
         module, extra = needs.get(scheme, (None, None))
         if module and importlib.util.find_spec(module) is None:
-            raise ConfigError(f"the manifest's sources are {scheme}:// URIs, which need the {module} package: "
-                              f"pip install '{extra}'")
+            raise ConfigError(
+                f"the manifest's sources are {scheme}:// URIs, which need the {module} package: "
+                f"pip install '{extra}'"
+            )
 
 
 def read_slice(piece: Slice, cfg: Config, chunk_rows: int = 65_536) -> Iterator[pa.Table]:
@@ -342,8 +418,12 @@ def read_slice(piece: Slice, cfg: Config, chunk_rows: int = 65_536) -> Iterator[
     row = piece.row0
     if piece.format == "parquet":
         pf = storage.retry(pq.ParquetFile, path, filesystem=fs)
-        batches = (pa.Table.from_batches([b]) for b in
-                   pf.iter_batches(batch_size=chunk_rows, row_groups=range(piece.group0, piece.group1)))
+        batches = (
+            pa.Table.from_batches([b])
+            for b in pf.iter_batches(
+                batch_size=chunk_rows, row_groups=range(piece.group0, piece.group1)
+            )
+        )
     else:
         t = read_file(fs, path, piece.format)
         batches = (t.slice(s, chunk_rows) for s in range(0, t.num_rows, chunk_rows))

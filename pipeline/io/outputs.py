@@ -73,7 +73,9 @@ class OutputStore:
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
         except Exception as e:  # noqa: BLE001 - any storage error means "cannot run here"
-            raise ConfigError(f"output.uri {self.uri} is not writable: {type(e).__name__}: {e}") from None
+            raise ConfigError(
+                f"output.uri {self.uri} is not writable: {type(e).__name__}: {e}"
+            ) from None
 
     def has_outputs(self) -> bool:
         found: list = []
@@ -100,8 +102,11 @@ class OutputStore:
     def metadata_files(self) -> list[str]:
         try:
             self.fs.invalidate_cache()
-            return sorted(p for p in self.fs.find(self.path(METADATA)) if p.endswith(".parquet")
-                          and posixpath.basename(p).startswith("part-"))
+            return sorted(
+                p
+                for p in self.fs.find(self.path(METADATA))
+                if p.endswith(".parquet") and posixpath.basename(p).startswith("part-")
+            )
         except FileNotFoundError:
             return []
 
@@ -131,15 +136,24 @@ class OutputStore:
     def read_metadata_parts(self, shard_prefix: str, columns: list[str]) -> pa.Table | None:
         """``columns`` of the parts whose shard starts with ``shard_prefix`` (one run's
         bulk parts), as written; None when there are none."""
-        files = [f for f in self.metadata_files() if posixpath.basename(f).startswith(f"part-{shard_prefix}")]
+        files = [
+            f
+            for f in self.metadata_files()
+            if posixpath.basename(f).startswith(f"part-{shard_prefix}")
+        ]
         if not files:
             return None
-        return pa.concat_tables([storage.retry(pq.read_table, f, filesystem=self.fs, columns=columns)
-                                 for f in files], promote_options="permissive")
+        return pa.concat_tables(
+            [storage.retry(pq.read_table, f, filesystem=self.fs, columns=columns) for f in files],
+            promote_options="permissive",
+        )
 
     def count_metadata_rows(self) -> int:
         """Rows in every part, from the Parquet footers."""
-        return sum(storage.retry(pq.read_metadata, f, filesystem=self.fs).num_rows for f in self.metadata_files())
+        return sum(
+            storage.retry(pq.read_metadata, f, filesystem=self.fs).num_rows
+            for f in self.metadata_files()
+        )
 
     def count_rows(self, ids) -> tuple[dict, dict]:
         """Counts per status and per code of the (compacted) metadata rows of ``ids``
@@ -157,8 +171,12 @@ class OutputStore:
         for f in files:
             pf = storage.retry(pq.ParquetFile, f, filesystem=self.fs, pre_buffer=False)
             cols = [c for c in columns if c in pf.schema_arrow.names]
-            for g in range(pf.metadata.num_row_groups):  # one row group decoded at a time, no read-ahead
-                for batch in pf.iter_batches(batch_size=rows, columns=cols, row_groups=[g], use_threads=False):
+            for g in range(
+                pf.metadata.num_row_groups
+            ):  # one row group decoded at a time, no read-ahead
+                for batch in pf.iter_batches(
+                    batch_size=rows, columns=cols, row_groups=[g], use_threads=False
+                ):
                     yield pa.Table.from_batches([batch])
 
     def read_metadata(self, columns: list[str] | None = None) -> pa.Table | None:
@@ -187,8 +205,13 @@ class OutputStore:
         keys, offsets = [], [0]
         for f, sch in zip(old, schemas):
             cols = [c for c in _KEY_COLUMNS if c in sch.names]
-            t = storage.retry(pq.read_table, f, filesystem=self.fs, columns=cols,
-                              read_dictionary=[c for c in ("status", "error_code", "run_id") if c in cols])
+            t = storage.retry(
+                pq.read_table,
+                f,
+                filesystem=self.fs,
+                columns=cols,
+                read_dictionary=[c for c in ("status", "error_code", "run_id") if c in cols],
+            )
             keys.append(conform(t, key_schema))
             offsets.append(offsets[-1] + t.num_rows)
         every = pa.concat_tables(keys)
@@ -197,9 +220,14 @@ class OutputStore:
         kept = np.zeros(every.num_rows, bool)
         kept[latest.column("_g").to_numpy()] = True
         # rows that an id's newer ok row superseded: their images may have another name
-        ok_ids = (latest.filter(pc.equal(latest.column("status"), "ok")).column("id")
-                  if "status" in latest.column_names else pa.array([], pa.string()))
-        superseded = ~kept & np.asarray(pc.fill_null(pc.is_in(every.column("id"), value_set=ok_ids), False))
+        ok_ids = (
+            latest.filter(pc.equal(latest.column("status"), "ok")).column("id")
+            if "status" in latest.column_names
+            else pa.array([], pa.string())
+        )
+        superseded = ~kept & np.asarray(
+            pc.fill_null(pc.is_in(every.column("id"), value_set=ok_ids), False)
+        )
         del every, latest, keys
         candidates: set[str] = set()
         writer = _PartWriter(self, shard_prefix, schema, part_rows)
@@ -218,7 +246,10 @@ class OutputStore:
             cols = [c for c in ("output_uri", "output_uris") if c in schema.names]
             current: set[str] = set()
             for p in new:
-                current |= self._image_names(pq.read_table(p, filesystem=self.fs, columns=cols)) & candidates
+                current |= (
+                    self._image_names(pq.read_table(p, filesystem=self.fs, columns=cols))
+                    & candidates
+                )
             self._remove_images(sorted(candidates - current))
         for p in old:
             if p not in new:
@@ -233,7 +264,9 @@ class OutputStore:
             if c in t.column_names:
                 col = t.column(c)
                 vals = pc.list_flatten(col) if pa.types.is_list(col.type) else col
-                out.update(u[len(prefix):] for u in vals.drop_null().to_pylist() if u.startswith(prefix))
+                out.update(
+                    u[len(prefix) :] for u in vals.drop_null().to_pylist() if u.startswith(prefix)
+                )
         return out
 
     def _remove_images(self, names: list[str]) -> None:
@@ -265,26 +298,54 @@ class OutputStore:
         # (a request per 1,000 images) or a request per image of this manifest
         total = sum(storage.retry(pq.read_metadata, f, filesystem=self.fs).num_rows for f in files)
         wanted = len(manifest[0]) if manifest is not None else total
-        listed = self.listed_name_hashes() if wanted > (1000 if self.local else total / 1000) else None
-        cols = ("id", "status", "error_code", "request_hash", "output_uri", "output_uris", "completed_at",
-                "source_width", "source_height")
+        listed = (
+            self.listed_name_hashes() if wanted > (1000 if self.local else total / 1000) else None
+        )
+        cols = (
+            "id",
+            "status",
+            "error_code",
+            "request_hash",
+            "output_uri",
+            "output_uris",
+            "completed_at",
+            "source_width",
+            "source_height",
+        )
         # parts of more than one run (a crash before compaction) may hold an id twice: the
         # latest row decides; one run's parts (a first run, a compaction) hold each id once
         dedupe = len({_run_of(f) for f in files}) > 1
-        fields: dict[str, list[np.ndarray]] = {k: [] for k in ("id_hi", "id_lo", "ok", "hash_hi", "hash_lo", "w",
-                                                               "h") + (("when",) if dedupe else ())}
-        texts: list[pa.Array] = []      # a request per image: the names of the manifest's ok rows
+        fields: dict[str, list[np.ndarray]] = {
+            k: []
+            for k in ("id_hi", "id_lo", "ok", "hash_hi", "hash_lo", "w", "h")
+            + (("when",) if dedupe else ())
+        }
+        texts: list[pa.Array] = []  # a request per image: the names of the manifest's ok rows
         text_rows: list[np.ndarray] = []
         rows_before = 0
-        for t in self._metadata_batches(files, cols):  # row groups: bounded memory whatever a part's size
+        for t in self._metadata_batches(
+            files, cols
+        ):  # row groups: bounded memory whatever a part's size
             if "error_code" in t.column_names:  # duplicate_id rows are rejected rows of their own
-                t = t.filter(pc.invert(pc.fill_null(pc.equal(t.column("error_code"), "duplicate_id"), False)))
+                t = t.filter(
+                    pc.invert(pc.fill_null(pc.equal(t.column("error_code"), "duplicate_id"), False))
+                )
             hi, lo = key_fingerprints(t.column("id"))
-            member = np.ones(t.num_rows, bool) if manifest is None else _sorted_lookup(*manifest, hi, lo) >= 0
-            ok = member & (np.asarray(pc.fill_null(pc.equal(t.column("status"), "ok"), False))
-                           if "status" in t.column_names else False)
-            hh, hl, valid = fingerprints(t.column("request_hash")) if "request_hash" in t.column_names else \
-                (np.zeros(t.num_rows, np.uint64),) * 2 + (np.zeros(t.num_rows, bool),)
+            member = (
+                np.ones(t.num_rows, bool)
+                if manifest is None
+                else _sorted_lookup(*manifest, hi, lo) >= 0
+            )
+            ok = member & (
+                np.asarray(pc.fill_null(pc.equal(t.column("status"), "ok"), False))
+                if "status" in t.column_names
+                else False
+            )
+            hh, hl, valid = (
+                fingerprints(t.column("request_hash"))
+                if "request_hash" in t.column_names
+                else (np.zeros(t.num_rows, np.uint64),) * 2 + (np.zeros(t.num_rows, bool),)
+            )
             names, parent = _output_names(t, ok & valid)
             if listed is not None:  # every output of the row among the listed names
                 missing = ~_in_sorted(listed, hash64(names))
@@ -296,12 +357,22 @@ class OutputStore:
                 remap[idx] = np.arange(len(idx)) + rows_before
                 texts.append(names)
                 text_rows.append(remap[parent])
-            for k, v in (("id_hi", hi), ("id_lo", lo), ("ok", ok & valid), ("hash_hi", hh), ("hash_lo", hl),
-                         ("w", _int32(t, "source_width")), ("h", _int32(t, "source_height"))):
+            for k, v in (
+                ("id_hi", hi),
+                ("id_lo", lo),
+                ("ok", ok & valid),
+                ("hash_hi", hh),
+                ("hash_lo", hl),
+                ("w", _int32(t, "source_width")),
+                ("h", _int32(t, "source_height")),
+            ):
                 fields[k].append(v[idx])
             if dedupe:
-                fields["when"].append(t.column("completed_at").to_numpy(zero_copy_only=False).astype(np.float64)[idx]
-                                      if "completed_at" in t.column_names else np.zeros(len(idx)))
+                fields["when"].append(
+                    t.column("completed_at").to_numpy(zero_copy_only=False).astype(np.float64)[idx]
+                    if "completed_at" in t.column_names
+                    else np.zeros(len(idx))
+                )
             rows_before += len(idx)
             del t, names, hi, lo, hh, hl
         del manifest
@@ -392,8 +463,9 @@ class OutputStore:
             bucket, key, _ = self.fs.split_path(path)
 
             async def go():
-                async for obj in self.fs._iterdir(bucket, delimiter="", prefix=key.rstrip("/") + "/",
-                                                  max_items=stop_after):
+                async for obj in self.fs._iterdir(
+                    bucket, delimiter="", prefix=key.rstrip("/") + "/", max_items=stop_after
+                ):
                     if obj.get("type") == "file" and add(obj["name"].rsplit("/", 1)[-1]):
                         return
 
@@ -422,14 +494,20 @@ class OutputStore:
     def write_json(self, name: str, obj) -> None:
         if self.local:
             self.fs.makedirs(posixpath.dirname(self.path(name)), exist_ok=True)
-        storage.retry(self.fs.pipe_file, self.path(name), json.dumps(obj, indent=2, default=str).encode())
+        storage.retry(
+            self.fs.pipe_file, self.path(name), json.dumps(obj, indent=2, default=str).encode()
+        )
 
     def read_jsons(self, prefix: str) -> list:
         """Every ``{prefix}*.json`` (one listing), read and then removed."""
         parent, stem = posixpath.split(self.path(prefix))
         try:
             self.fs.invalidate_cache()
-            found = [p for p in self.fs.ls(parent, detail=False) if posixpath.basename(p).startswith(stem)]
+            found = [
+                p
+                for p in self.fs.ls(parent, detail=False)
+                if posixpath.basename(p).startswith(stem)
+            ]
         except FileNotFoundError:
             return []
         out = [json.loads(storage.retry(self.fs.cat_file, p)) for p in sorted(found)]
@@ -448,7 +526,12 @@ class _PartWriter:
     upload that commits on close (object stores)."""
 
     def __init__(self, store: OutputStore, shard_prefix: str, schema: pa.Schema, part_rows: int):
-        self.store, self.prefix, self.schema, self.part_rows = store, shard_prefix, schema, part_rows
+        self.store, self.prefix, self.schema, self.part_rows = (
+            store,
+            shard_prefix,
+            schema,
+            part_rows,
+        )
         self.done: list[str] = []
         self._writer = self._file = self._tmp = None
         self._rows = 0
@@ -520,10 +603,16 @@ def latest_per_id(t: pa.Table) -> pa.Table:
         idx = np.lexsort((idx, t.column("completed_at").fill_null(-1.0).to_numpy()))
     t = t.take(pa.array(idx))
     ids = t.column("id").cast(pa.string())
-    dup = (pc.fill_null(pc.equal(t.column("error_code"), "duplicate_id"), False)
-           if "error_code" in t.column_names else pa.array(np.zeros(n, bool)))
-    slot = (pc.if_else(dup, t.column("manifest_row").cast(pa.string()), "")
-            if "manifest_row" in t.column_names else pa.array([""] * n))
+    dup = (
+        pc.fill_null(pc.equal(t.column("error_code"), "duplicate_id"), False)
+        if "error_code" in t.column_names
+        else pa.array(np.zeros(n, bool))
+    )
+    slot = (
+        pc.if_else(dup, t.column("manifest_row").cast(pa.string()), "")
+        if "manifest_row" in t.column_names
+        else pa.array([""] * n)
+    )
     key = pc.binary_join_element_wise(ids, slot, "\x1f")
     keyed = pa.table({"key": key, "pos": pa.array(np.arange(n))})
     last = np.sort(keyed.group_by("key").aggregate([("pos", "max")]).column("pos_max").to_numpy())
@@ -533,7 +622,9 @@ def latest_per_id(t: pa.Table) -> pa.Table:
         if dup.any():
             d = t.filter(pa.array(dup))
             newest = d.group_by("id").aggregate([("run_id", "max")])
-            newest_run = dict(zip(newest.column("id").to_pylist(), newest.column("run_id_max").to_pylist()))
+            newest_run = dict(
+                zip(newest.column("id").to_pylist(), newest.column("run_id_max").to_pylist())
+            )
             runs = t.column("run_id").to_pylist()
             idl = t.column("id").to_pylist()
             keep = [not dd or runs[i] == newest_run[idl[i]] for i, dd in enumerate(dup)]
@@ -543,7 +634,7 @@ def latest_per_id(t: pa.Table) -> pa.Table:
 
 def _run_of(part: str) -> str:
     """The run that wrote a metadata part (``part-{run_id}-...``; run ids have one hyphen)."""
-    name = posixpath.basename(part)[len("part-"):]
+    name = posixpath.basename(part)[len("part-") :]
     return "-".join(name.split("-")[:2])
 
 
@@ -559,8 +650,9 @@ def _output_names(t: pa.Table, ok: np.ndarray) -> tuple[pa.Array, np.ndarray]:
     flattened, with each name's row."""
     if "output_uri" not in t.column_names or not ok.any():
         return pa.array([], pa.string()), np.zeros(0, np.int64)
-    one = pa.ListArray.from_arrays(pa.array(np.arange(t.num_rows + 1, dtype=np.int32)),
-                                   t.column("output_uri").combine_chunks())
+    one = pa.ListArray.from_arrays(
+        pa.array(np.arange(t.num_rows + 1, dtype=np.int32)), t.column("output_uri").combine_chunks()
+    )
     many = t.column("output_uris").combine_chunks() if "output_uris" in t.column_names else one
     uris = pc.if_else(pc.is_valid(many), many, one)
     uris = uris.filter(pa.array(ok))

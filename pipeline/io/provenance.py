@@ -38,17 +38,29 @@ NS = {
 }
 for _prefix, _uri in NS.items():
     ET.register_namespace(_prefix, _uri)
-CARRIED_NS = frozenset(NS[k] for k in ("dc", "xmpRights", "photoshop", "Iptc4xmpCore", "Iptc4xmpExt", "plus"))
+CARRIED_NS = frozenset(
+    NS[k] for k in ("dc", "xmpRights", "photoshop", "Iptc4xmpCore", "Iptc4xmpExt", "plus")
+)
 _RDF = "{%s}" % NS["rdf"]
 _DST = "{%s}DigitalSourceType" % NS["Iptc4xmpExt"]
 XMP_LIMIT = 60_000  # a JPEG APP1 segment holds at most 65,502 bytes of XMP
 
 _ORIENTATION, _GPS_IFD, _EXIF_IFD = 0x0112, 0x8825, 0x8769
-_DROPPED_EXIF = (0x927C, 0xA002, 0xA003, 0xA005)  # maker note, pixel X/Y dimensions, interop pointer
+_DROPPED_EXIF = (
+    0x927C,
+    0xA002,
+    0xA003,
+    0xA005,
+)  # maker note, pixel X/Y dimensions, interop pointer
 # IPTC-IIM (record 2) -> (XMP property, container): By-line, copyright notice, credit, source, caption, title
-_IIM = {(2, 80): ("dc", "creator", "Seq"), (2, 116): ("dc", "rights", "Alt"),
-        (2, 110): ("photoshop", "Credit", None), (2, 115): ("photoshop", "Source", None),
-        (2, 120): ("dc", "description", "Alt"), (2, 5): ("dc", "title", "Alt")}
+_IIM = {
+    (2, 80): ("dc", "creator", "Seq"),
+    (2, 116): ("dc", "rights", "Alt"),
+    (2, 110): ("photoshop", "Credit", None),
+    (2, 115): ("photoshop", "Source", None),
+    (2, 120): ("dc", "description", "Alt"),
+    (2, 5): ("dc", "title", "Alt"),
+}
 
 
 def source_type_uri(setting: str, backend: str) -> str | None:
@@ -58,7 +70,11 @@ def source_type_uri(setting: str, backend: str) -> str | None:
     if setting == "none":
         return None
     if setting == "auto":
-        setting = "compositeWithTrainedAlgorithmicMedia" if backend in LEARNED_BACKENDS else "compositeSynthetic"
+        setting = (
+            "compositeWithTrainedAlgorithmicMedia"
+            if backend in LEARNED_BACKENDS
+            else "compositeSynthetic"
+        )
     return setting if setting.startswith("http") else NEWSCODES + setting
 
 
@@ -66,8 +82,8 @@ def source_type_uri(setting: str, backend: str) -> str | None:
 class Rights:
     """What of a source's metadata goes to its output."""
 
-    exif: bytes | None           # EXIF to embed (with its "Exif\\0\\0" header), or None
-    xmp: tuple[str, ...]         # carried XMP properties, each one serialized element
+    exif: bytes | None  # EXIF to embed (with its "Exif\\0\\0" header), or None
+    xmp: tuple[str, ...]  # carried XMP properties, each one serialized element
 
 
 def read_rights(img: Image.Image, keep_gps: bool = False) -> Rights:
@@ -101,9 +117,9 @@ def _parse(xmp: bytes | str):
     text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else xmp
     start, end = text.find("<x:xmpmeta"), text.rfind("</x:xmpmeta>")
     if start >= 0 and end > start:
-        text = text[start:end + len("</x:xmpmeta>")]
+        text = text[start : end + len("</x:xmpmeta>")]
     elif text.lstrip().startswith("<?xpacket"):
-        text = text[text.find("?>") + 2:text.rfind("<?xpacket")]
+        text = text[text.find("?>") + 2 : text.rfind("<?xpacket")]
     return fromstring(text.strip().encode("utf-8"))
 
 
@@ -115,14 +131,18 @@ def _xmp_properties(img: Image.Image) -> tuple[str, ...]:
             root = _parse(raw)
         except Exception:  # noqa: BLE001 - not XML (or hostile): carry nothing from it
             root = None
-        for desc in (root.iter(_RDF + "Description") if root is not None else ()):
+        for desc in root.iter(_RDF + "Description") if root is not None else ():
             for name, value in desc.attrib.items():  # properties written as attributes
                 if name.startswith("{") and name[1:].split("}")[0] in CARRIED_NS and name != _DST:
                     el = ET.Element(name)
                     el.text = value
                     props.setdefault(name, ET.tostring(el, encoding="unicode"))
             for child in desc:
-                if child.tag.startswith("{") and child.tag[1:].split("}")[0] in CARRIED_NS and child.tag != _DST:
+                if (
+                    child.tag.startswith("{")
+                    and child.tag[1:].split("}")[0] in CARRIED_NS
+                    and child.tag != _DST
+                ):
                     props.setdefault(child.tag, ET.tostring(child, encoding="unicode"))
     for name, el in _iim(img).items():
         props.setdefault(name, ET.tostring(el, encoding="unicode"))
@@ -183,8 +203,11 @@ def _packet(props: list[str], source_type: str | None) -> bytes:
     if source_type:
         ET.SubElement(desc, _DST).text = source_type
     body = ET.tostring(root, encoding="unicode")
-    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n' + body
-            + '\n<?xpacket end="w"?>').encode("utf-8")
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        + body
+        + '\n<?xpacket end="w"?>'
+    ).encode("utf-8")
 
 
 def read_source_type(xmp: bytes | str | None) -> str | None:
@@ -206,8 +229,18 @@ def read_source_type(xmp: bytes | str | None) -> str | None:
 
 # ------------------------------------------------------------------ C2PA Content Credentials
 
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "JPEG": "image/jpeg", "MPO": "image/jpeg",
-        "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "TIFF": "image/tiff", "BMP": "image/bmp"}
+MIME = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "TIFF": "image/tiff",
+    "BMP": "image/bmp",
+}
 
 
 class ContentCredentials:
@@ -236,41 +269,72 @@ class ContentCredentials:
         try:
             import c2pa
         except ImportError:
-            raise ConfigError("output.c2pa needs c2pa-python: pip install 'outpaint[c2pa]'") from None
+            raise ConfigError(
+                "output.c2pa needs c2pa-python: pip install 'outpaint[c2pa]'"
+            ) from None
         key = os.environ.get(self.cfg.key_env)
         if not key:
-            raise ConfigError(f"output.c2pa.key_env: the environment variable {self.cfg.key_env} (the PEM private "
-                              "key) is not set")
+            raise ConfigError(
+                f"output.c2pa.key_env: the environment variable {self.cfg.key_env} (the PEM private "
+                "key) is not set"
+            )
         try:
             fs, path = storage.filesystem(self.cfg.cert, self.cfg.storage_options)
             cert = storage.retry(fs.cat_file, path)
         except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"output.c2pa.cert: {self.cfg.cert} cannot be read ({type(e).__name__}: {e})") from None
+            raise ConfigError(
+                f"output.c2pa.cert: {self.cfg.cert} cannot be read ({type(e).__name__}: {e})"
+            ) from None
         try:
-            info = c2pa.C2paSignerInfo(alg=self.cfg.alg.encode(), sign_cert=cert, private_key=key.encode(),
-                                       ta_url=self.cfg.ta_url.encode() if self.cfg.ta_url else None)
+            info = c2pa.C2paSignerInfo(
+                alg=self.cfg.alg.encode(),
+                sign_cert=cert,
+                private_key=key.encode(),
+                ta_url=self.cfg.ta_url.encode() if self.cfg.ta_url else None,
+            )
             self._signer = c2pa.Signer.from_info(info)
         except Exception as e:  # noqa: BLE001 - wrong key, wrong algorithm, malformed PEM
-            raise ConfigError(f"output.c2pa: cannot build a signer from output.c2pa.cert and the key in "
-                              f"{self.cfg.key_env}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise ConfigError(
+                f"output.c2pa: cannot build a signer from output.c2pa.cert and the key in "
+                f"{self.cfg.key_env}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            ) from None
         return self._signer
 
-    def sign(self, data: bytes, fmt: str, source_type: str, parent: bytes, parent_format: str, title: str) -> bytes:
+    def sign(
+        self, data: bytes, fmt: str, source_type: str, parent: bytes, parent_format: str, title: str
+    ) -> bytes:
         """``data`` (an encoded output) with a signed manifest embedded."""
         import io
         import json
 
         import c2pa
 
-        manifest = {"claim_generator_info": [{"name": "outpaint", "version": self.version}], "title": title,
-                    "assertions": [{"label": "c2pa.actions", "data": {"actions": [
-                        {"action": "c2pa.edited", "digitalSourceType": source_type,
-                         "description": "canvas extended by outpainting; original pixels kept"}]}}]}
+        manifest = {
+            "claim_generator_info": [{"name": "outpaint", "version": self.version}],
+            "title": title,
+            "assertions": [
+                {
+                    "label": "c2pa.actions",
+                    "data": {
+                        "actions": [
+                            {
+                                "action": "c2pa.edited",
+                                "digitalSourceType": source_type,
+                                "description": "canvas extended by outpainting; original pixels kept",
+                            }
+                        ]
+                    },
+                }
+            ],
+        }
         builder = c2pa.Builder(json.dumps(manifest))
         try:
             builder.set_intent(c2pa.C2paBuilderIntent.EDIT)
-            builder.add_ingredient({"title": "source", "relationship": "parentOf"},
-                                   MIME.get(parent_format, "image/png"), io.BytesIO(parent))
+            builder.add_ingredient(
+                {"title": "source", "relationship": "parentOf"},
+                MIME.get(parent_format, "image/png"),
+                io.BytesIO(parent),
+            )
             out = io.BytesIO()
             builder.sign(self.signer(), MIME[fmt], io.BytesIO(data), out)
             return out.getvalue()

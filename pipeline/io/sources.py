@@ -43,6 +43,7 @@ def is_http(uri: str | None) -> bool:
 
 # ------------------------------------------------------------------ HTTP
 
+
 class HTTPStatusError(OSError):
     def __init__(self, url: str, status: int, reason: str = ""):
         super().__init__(f"HTTP {status} {reason} for {url}".replace("  ", " "))
@@ -53,20 +54,30 @@ class HttpClient:
     """One pool of keep-alive connections per process (thread-safe), per-host limited."""
 
     _lock = threading.Lock()
-    _clients: dict[tuple, "HttpClient"] = {}
+    _clients: dict[tuple, HttpClient] = {}
 
     def __init__(self, max_per_host: int, timeout_s: float, max_wait_s: float, headers: dict):
         import urllib3
 
         self.urllib3 = urllib3
         self.max_wait_s = max_wait_s
-        self.pool = urllib3.PoolManager(num_pools=256, maxsize=max_per_host, block=True, retries=False,
-                                        timeout=urllib3.Timeout(total=timeout_s), headers=dict(headers))
+        self.pool = urllib3.PoolManager(
+            num_pools=256,
+            maxsize=max_per_host,
+            block=True,
+            retries=False,
+            timeout=urllib3.Timeout(total=timeout_s),
+            headers=dict(headers),
+        )
 
     @classmethod
-    def get(cls, http_cfg) -> "HttpClient":
-        key = (http_cfg.max_connections_per_host, http_cfg.timeout_s, http_cfg.max_wait_s,
-               tuple(sorted(http_cfg.headers.items())))
+    def get(cls, http_cfg) -> HttpClient:
+        key = (
+            http_cfg.max_connections_per_host,
+            http_cfg.timeout_s,
+            http_cfg.max_wait_s,
+            tuple(sorted(http_cfg.headers.items())),
+        )
         with cls._lock:
             client = cls._clients.get(key)
             if client is None:
@@ -98,8 +109,10 @@ class HttpClient:
                 if wait is None:
                     wait = storage.backoff(attempt, 0.2, 8.0)
                 if waited + wait > self.max_wait_s:
-                    raise ConnectionError(f"HTTP {r.status} for {url}, still after {waited:.0f} s of retries "
-                                          f"(input.http.max_wait_s = {self.max_wait_s:g})")
+                    raise ConnectionError(
+                        f"HTTP {r.status} for {url}, still after {waited:.0f} s of retries "
+                        f"(input.http.max_wait_s = {self.max_wait_s:g})"
+                    )
             time.sleep(wait)
             waited += wait
             attempt += 1
@@ -123,10 +136,13 @@ def retry_after(value: str | None) -> float | None:
 
 
 def _http_identity(headers, size: int | None) -> str:
-    return identity_of({"size": size, "ETag": headers.get("ETag"), "LastModified": headers.get("Last-Modified")})
+    return identity_of(
+        {"size": size, "ETag": headers.get("ETag"), "LastModified": headers.get("Last-Modified")}
+    )
 
 
 # ------------------------------------------------------------------ one source
+
 
 def _s3_get(fs, path: str) -> tuple[bytes, dict]:
     """One GET of an S3 object: its bytes and, from the same response, what a HEAD says."""
@@ -134,15 +150,19 @@ def _s3_get(fs, path: str) -> tuple[bytes, dict]:
 
     async def go():
         bucket, key, version = fs.split_path(path)
-        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key,
-                                 **({"VersionId": version} if version else {}))
+        resp = await fs._call_s3(
+            "get_object", Bucket=bucket, Key=key, **({"VersionId": version} if version else {})
+        )
         body = resp["Body"]
         try:
             data = await body.read()
         finally:
             body.close()
-        return data, {"size": resp.get("ContentLength", len(data)), "ETag": resp.get("ETag"),
-                      "LastModified": resp.get("LastModified")}
+        return data, {
+            "size": resp.get("ContentLength", len(data)),
+            "ETag": resp.get("ETag"),
+            "LastModified": resp.get("LastModified"),
+        }
 
     return sync(fs.loop, go)
 
@@ -154,9 +174,14 @@ def _s3_head(fs, path: str) -> dict:
 
     async def go():
         bucket, key, version = fs.split_path(path)
-        resp = await fs._call_s3("head_object", Bucket=bucket, Key=key,
-                                 **({"VersionId": version} if version else {}))
-        return {"size": resp.get("ContentLength"), "ETag": resp.get("ETag"), "LastModified": resp.get("LastModified")}
+        resp = await fs._call_s3(
+            "head_object", Bucket=bucket, Key=key, **({"VersionId": version} if version else {})
+        )
+        return {
+            "size": resp.get("ContentLength"),
+            "ETag": resp.get("ETag"),
+            "LastModified": resp.get("LastModified"),
+        }
 
     return sync(fs.loop, go)
 
@@ -205,7 +230,9 @@ def read(uri: str, input_cfg) -> bytes:
         if is_http(uri):
             return HttpClient.get(input_cfg.http).request("GET", uri).data
         fs, path = _filesystem(uri, input_cfg.storage_options)
-        return storage.retry(_s3_get, fs, path)[0] if _is_s3(fs) else storage.retry(fs.cat_file, path)
+        return (
+            storage.retry(_s3_get, fs, path)[0] if _is_s3(fs) else storage.retry(fs.cat_file, path)
+        )
     except Exception as e:  # noqa: BLE001
         raise source_error(uri, e) from None
 
@@ -230,38 +257,49 @@ def source_error(uri: str, e: BaseException) -> ImageError:
     if isinstance(e, ImageError):
         return e
     if isinstance(e, FileNotFoundError):
-        return ImageError("image_not_found", f"{uri} does not exist; check the path and input.image_root")
+        return ImageError(
+            "image_not_found", f"{uri} does not exist; check the path and input.image_root"
+        )
     if isinstance(e, IsADirectoryError):
         return ImageError("image_not_found", f"{uri} is a directory, not an image file")
     if isinstance(e, PermissionError):
-        return ImageError("image_access_denied", f"{uri}: access denied ({str(e)[:160]}); check the credentials "
-                                                 "(input.storage_options, input.http.headers) or the object's permissions")
+        return ImageError(
+            "image_access_denied",
+            f"{uri}: access denied ({str(e)[:160]}); check the credentials "
+            "(input.storage_options, input.http.headers) or the object's permissions",
+        )
     if isinstance(e, ImportError):
         return ImageError("image_not_found", f"{uri}: {e}")
-    return ImageError("image_not_found", f"{uri} could not be read after retries: {type(e).__name__}: "
-                                         f"{str(e)[:200]}")
+    return ImageError(
+        "image_not_found",
+        f"{uri} could not be read after retries: {type(e).__name__}: {str(e)[:200]}",
+    )
 
 
 # ------------------------------------------------------------------ many sources
+
 
 @dataclass
 class IdentityStats:
     """How a batch of rows got their identities (summed over triage, printed once)."""
 
-    listed: int = 0          # rows found in a listing
-    listing_pages: int = 0   # listing requests
-    prefixes: int = 0        # directories listed
-    head: int = 0            # rows looked up one by one (HEAD or stat)
-    failed: int = 0          # rows whose source could not be found
+    listed: int = 0  # rows found in a listing
+    listing_pages: int = 0  # listing requests
+    prefixes: int = 0  # directories listed
+    head: int = 0  # rows looked up one by one (HEAD or stat)
+    failed: int = 0  # rows whose source could not be found
     decisions: dict = field(default_factory=dict)  # why, per kind of store
 
-    def add(self, other: "IdentityStats") -> None:
+    def add(self, other: IdentityStats) -> None:
         for k in ("listed", "listing_pages", "prefixes", "head", "failed"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.decisions.update(other.decisions)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("listed", "listing_pages", "prefixes", "head", "failed", "decisions")}
+        return {
+            k: getattr(self, k)
+            for k in ("listed", "listing_pages", "prefixes", "head", "failed", "decisions")
+        }
 
 
 def _directory(uris: pa.Array) -> pa.Array:
@@ -272,14 +310,16 @@ def _common_prefix(names: list[str]) -> str:
     return posixpath.commonprefix(names) if names else ""
 
 
-def _list_s3(fs, dir_path: str, wanted: set[str], max_items: int) -> tuple[dict[str, str], int, bool]:
+def _list_s3(
+    fs, dir_path: str, wanted: set[str], max_items: int
+) -> tuple[dict[str, str], int, bool]:
     """Identities of ``wanted`` paths under ``dir_path`` (one directory level) from a
     listing narrowed to their common name prefix, stopping after ``max_items`` keys:
     (found, pages, complete)."""
     from fsspec.asyn import sync
 
     bucket, key, _ = fs.split_path(dir_path)
-    names = [p[len(dir_path) + 1:] for p in wanted]
+    names = [p[len(dir_path) + 1 :] for p in wanted]
     prefix = (key.rstrip("/") + "/" if key else "") + _common_prefix(names)
 
     async def go():
@@ -296,7 +336,9 @@ def _list_s3(fs, dir_path: str, wanted: set[str], max_items: int) -> tuple[dict[
     return found, max(1, -(-seen // 1000)), seen < max_items
 
 
-def identities(uris: pa.Array, input_cfg, threads: int = 32) -> tuple[np.ndarray, list, IdentityStats]:
+def identities(
+    uris: pa.Array, input_cfg, threads: int = 32
+) -> tuple[np.ndarray, list, IdentityStats]:
     """Identities of the (non-null, non-inline) source URIs: from listings where cheaper
     (object stores), else one HEAD/stat each. Returns (identity object array, per-row
     ImageError or None, stats)."""
@@ -321,7 +363,9 @@ def identities(uris: pa.Array, input_cfg, threads: int = 32) -> tuple[np.ndarray
         if rows is None:
             continue
         if is_http(d) or mode == "head":
-            stats.decisions["http" if is_http(d) else "head"] = "HEAD a row" if is_http(d) else "input.identity: head"
+            stats.decisions["http" if is_http(d) else "head"] = (
+                "HEAD a row" if is_http(d) else "input.identity: head"
+            )
             continue
         fs, dir_path = resolve(d)
         if storage.is_local_fs(fs) and mode != "listing":
@@ -334,10 +378,14 @@ def identities(uris: pa.Array, input_cfg, threads: int = 32) -> tuple[np.ndarray
                 found = {e["name"]: identity_of(e) for e in entries if e.get("type") == "file"}
                 pages, complete = max(1, -(-len(entries) // 1000)), True
             else:
-                stats.decisions[type(fs).__name__] = "HEAD a row (fewer than 1,000 rows in a directory)"
+                stats.decisions[type(fs).__name__] = (
+                    "HEAD a row (fewer than 1,000 rows in a directory)"
+                )
                 continue
         else:
-            found, pages, complete = _list_s3(fs, dir_path, {resolve(values[i])[1] for i in rows}, budget * 1000)
+            found, pages, complete = _list_s3(
+                fs, dir_path, {resolve(values[i])[1] for i in rows}, budget * 1000
+            )
         stats.prefixes += 1
         stats.listing_pages += pages
         for i in rows:
@@ -349,8 +397,10 @@ def identities(uris: pa.Array, input_cfg, threads: int = 32) -> tuple[np.ndarray
                 errors[i] = source_error(values[i], FileNotFoundError(values[i]))
                 todo[i] = False
                 stats.failed += 1
-        stats.decisions["listing"] = (f"listed when cheaper than a HEAD a row (at most {input_cfg.listing_budget:g} "
-                                      "listing pages per row looked up)")
+        stats.decisions["listing"] = (
+            f"listed when cheaper than a HEAD a row (at most {input_cfg.listing_budget:g} "
+            "listing pages per row looked up)"
+        )
     rest = np.flatnonzero(todo)
 
     def one(i):

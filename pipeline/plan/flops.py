@@ -7,9 +7,18 @@ with attention's quadratic share on big canvases). Works elementwise on NumPy ar
 from __future__ import annotations
 
 # FLUX.1 [dev] / Fill [dev] transformer (the Fill variant takes 384 input channels)
-FLUX1_CONFIG = dict(num_attention_heads=24, attention_head_dim=128, num_layers=19, num_single_layers=38,
-                    patch_size=1, in_channels=384, out_channels=64, joint_attention_dim=4096,
-                    pooled_projection_dim=768, guidance_embeds=True)
+FLUX1_CONFIG = dict(
+    num_attention_heads=24,
+    attention_head_dim=128,
+    num_layers=19,
+    num_single_layers=38,
+    patch_size=1,
+    in_channels=384,
+    out_channels=64,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+)
 
 
 def transformer_flops(tcfg, img_tokens, txt_tokens, batch=1):
@@ -21,11 +30,14 @@ def transformer_flops(tcfg, img_tokens, txt_tokens, batch=1):
     p = tcfg.get("patch_size", 1)
     N = img_tokens + txt_tokens
     per_token = (
-        2 * n_double * 12 * D * D * N                       # double blocks: QKV + out + 4x MLP, both streams
-        + 2 * n_single * (3 * D * D + 4 * D * D + 5 * D * D) * N   # single: QKV, MLP in, fused out (5D -> D)
-        + 4 * (n_double + n_single) * N * N * D             # attention scores + weighted sum
-        + 2 * img_tokens * tcfg["in_channels"] * D           # x_embedder
-        + 2 * txt_tokens * tcfg["joint_attention_dim"] * D   # context_embedder
+        2 * n_double * 12 * D * D * N  # double blocks: QKV + out + 4x MLP, both streams
+        + 2
+        * n_single
+        * (3 * D * D + 4 * D * D + 5 * D * D)
+        * N  # single: QKV, MLP in, fused out (5D -> D)
+        + 4 * (n_double + n_single) * N * N * D  # attention scores + weighted sum
+        + 2 * img_tokens * tcfg["in_channels"] * D  # x_embedder
+        + 2 * txt_tokens * tcfg["joint_attention_dim"] * D  # context_embedder
         + 2 * img_tokens * D * p * p * tcfg["out_channels"]  # proj_out
     )
     # per-sample modulation (AdaLN) and embedders: small, counted for exactness

@@ -26,8 +26,15 @@ _COORD_CLAMP = 1 << 40  # offsets beyond this are out of bounds anyway; keeps in
 
 # anchor -> (horizontal, vertical), each 0 = start, 1 = centre, 2 = end
 ANCHOR_AXES = {
-    "center": (1, 1), "left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2),
-    "top-left": (0, 0), "top-right": (2, 0), "bottom-left": (0, 2), "bottom-right": (2, 2),
+    "center": (1, 1),
+    "left": (0, 1),
+    "right": (2, 1),
+    "top": (1, 0),
+    "bottom": (1, 2),
+    "top-left": (0, 0),
+    "top-right": (2, 0),
+    "bottom-left": (0, 2),
+    "bottom-right": (2, 2),
 }
 
 
@@ -44,23 +51,23 @@ class SizingRules:
 class GeometryInput:
     """Column arrays of equal length ``n``; masks say where a nullable value is present."""
 
-    src_w: np.ndarray                 # int64 source size (after EXIF rotation); ignored where code set
+    src_w: np.ndarray  # int64 source size (after EXIF rotation); ignored where code set
     src_h: np.ndarray
-    width: np.ndarray                 # int64 explicit canvas, valid where has_width/has_height
+    width: np.ndarray  # int64 explicit canvas, valid where has_width/has_height
     height: np.ndarray
-    has_width: np.ndarray             # bool
+    has_width: np.ndarray  # bool
     has_height: np.ndarray
-    ratio_num: np.ndarray             # int64 a of a:b, valid where has_ratio
+    ratio_num: np.ndarray  # int64 a of a:b, valid where has_ratio
     ratio_den: np.ndarray
     has_ratio: np.ndarray
-    offset_x: np.ndarray              # int64, valid where has_offset_x
+    offset_x: np.ndarray  # int64, valid where has_offset_x
     offset_y: np.ndarray
     has_offset_x: np.ndarray
     has_offset_y: np.ndarray
-    anchor_h: np.ndarray              # int8 0/1/2
+    anchor_h: np.ndarray  # int8 0/1/2
     anchor_v: np.ndarray
-    auto_crop: np.ndarray             # bool
-    fast: np.ndarray                  # bool: mode == fast
+    auto_crop: np.ndarray  # bool
+    fast: np.ndarray  # bool: mode == fast
     # Codes found before geometry, by precedence group (0 = none): request errors
     # from reading the row, id errors, image errors (header / source limits).
     request_code: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -76,7 +83,7 @@ class GeometryInput:
     def __len__(self) -> int:
         return len(self.src_w)
 
-    def slice(self, start: int, stop: int) -> "GeometryInput":
+    def slice(self, start: int, stop: int) -> GeometryInput:
         return GeometryInput(**{f: getattr(self, f)[start:stop] for f in self.__dataclass_fields__})
 
 
@@ -106,7 +113,9 @@ def aspect_canvas(w, h, a, b):
 def fits(W, H, fast, max_pixels: int, grid: int = GRID):
     """Auto-sized canvas fits the budget; in fast mode even after worst-case alignment."""
     ok = area(W, H, max_pixels) <= max_pixels
-    fast_ok = area(ceil_grid(W + grid - 1, grid), ceil_grid(H + grid - 1, grid), max_pixels) <= max_pixels
+    fast_ok = (
+        area(ceil_grid(W + grid - 1, grid), ceil_grid(H + grid - 1, grid), max_pixels) <= max_pixels
+    )
     return ok & (~fast | fast_ok)
 
 
@@ -125,7 +134,9 @@ def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
             return lo
         l, h_ = lo[active], hi[active]
         mid = (l + h_ + 1) // 2
-        good = _fits_at(mid, w0[active], h0[active], a[active], b[active], fast[active], max_pixels, grid)
+        good = _fits_at(
+            mid, w0[active], h0[active], a[active], b[active], fast[active], max_pixels, grid
+        )
         lo[active] = np.where(good, mid, l)
         hi[active] = np.where(good, h_, mid - 1)
 
@@ -151,8 +162,12 @@ def _scale_to_budget(w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
     r = a / b
     Wc = np.maximum(w0, h0 * r)
     Hc = np.maximum(h0, w0 / r)
-    grow_hi = np.where(fast, 2.0 * grid - 1, 1.0)  # worst-case growth of a side: fits for sure below
-    gw = np.where(fast, grid - 1.0, 0.0) - np.maximum(1.0, r)  # least growth: over budget for sure above
+    grow_hi = np.where(
+        fast, 2.0 * grid - 1, 1.0
+    )  # worst-case growth of a side: fits for sure below
+    gw = np.where(fast, grid - 1.0, 0.0) - np.maximum(
+        1.0, r
+    )  # least growth: over budget for sure above
     gh = np.where(fast, grid - 1.0, 0.0) - np.maximum(1.0, 1.0 / r)
     qa = Wc * Hc
     s_fit = _largest_root(qa, grow_hi * (Wc + Hc), grow_hi * grow_hi - max_pixels)
@@ -200,7 +215,11 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
 
     # 1. request errors (read-time ones first, then the targets), ids, image errors
     size_any = g.has_width | g.has_height
-    bad_target = (size_any & g.has_ratio) | ~(size_any | g.has_ratio) | (size_any & ~(g.has_width & g.has_height))
+    bad_target = (
+        (size_any & g.has_ratio)
+        | ~(size_any | g.has_ratio)
+        | (size_any & ~(g.has_width & g.has_height))
+    )
     reject(g.request_code > 0, "invalid_request")
     reject(bad_target, "invalid_request")
     code = np.where((code == 0) & (g.id_code > 0), g.id_code, code).astype(np.int16)
@@ -289,8 +308,12 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
     }
 
 
-def plan_geometry_threaded(g: GeometryInput, rules: SizingRules = SizingRules(),
-                           chunk: int = 131_072, threads: int | None = None) -> dict[str, np.ndarray]:
+def plan_geometry_threaded(
+    g: GeometryInput,
+    rules: SizingRules = SizingRules(),
+    chunk: int = 131_072,
+    threads: int | None = None,
+) -> dict[str, np.ndarray]:
     """``plan_geometry`` over cache-sized chunks on a thread pool (NumPy releases the
     GIL in its kernels), for planning large manifests on several cores."""
     from ..parallel import map_chunks

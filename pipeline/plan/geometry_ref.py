@@ -25,7 +25,7 @@ def _canvas_for_ratio(w: int, h: int, a: int, b: int) -> tuple[int, int]:
 
 
 def _fits(W: int, H: int, fast: bool, max_pixels: int, grid: int = GRID) -> bool:
-    if W * H > max_pixels:
+    if max_pixels < W * H:
         return False
     if fast and _ceil_grid(W + grid - 1, grid) * _ceil_grid(H + grid - 1, grid) > max_pixels:
         return False
@@ -119,10 +119,21 @@ def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
             code = "aligned_canvas_too_large"
     return {
         "code": code,
-        "canvas_width": W, "canvas_height": H, "scale": k / SCALE_DEN,
-        "reference_width": w, "reference_height": h, "offset_x": x, "offset_y": y,
-        "visible_x0": vx0, "visible_y0": vy0, "visible_x1": vx1, "visible_y1": vy1,
-        "pad_left": pad_left, "pad_top": pad_top, "aligned_width": aw, "aligned_height": ah_,
+        "canvas_width": W,
+        "canvas_height": H,
+        "scale": k / SCALE_DEN,
+        "reference_width": w,
+        "reference_height": h,
+        "offset_x": x,
+        "offset_y": y,
+        "visible_x0": vx0,
+        "visible_y0": vy0,
+        "visible_x1": vx1,
+        "visible_y1": vy1,
+        "pad_left": pad_left,
+        "pad_top": pad_top,
+        "aligned_width": aw,
+        "aligned_height": ah_,
         "generated": code is None and not (vx0 == 0 and vy0 == 0 and vx1 == W and vy1 == H),
     }
 
@@ -135,7 +146,9 @@ def columns_from_rows(rows: list[dict]):
     from .geometry import GeometryInput
 
     def ints(key, default=0):
-        return np.array([r.get(key) if r.get(key) is not None else default for r in rows], dtype=np.int64)
+        return np.array(
+            [r.get(key) if r.get(key) is not None else default for r in rows], dtype=np.int64
+        )
 
     def has(key):
         return np.array([r.get(key) is not None for r in rows], dtype=bool)
@@ -146,16 +159,24 @@ def columns_from_rows(rows: list[dict]):
     ratio = [r.get("ratio") for r in rows]
     anchor = [r.get("anchor", (1, 1)) for r in rows]
     return GeometryInput(
-        src_w=ints("src_w", 1), src_h=ints("src_h", 1),
-        width=ints("width"), height=ints("height"), has_width=has("width"), has_height=has("height"),
+        src_w=ints("src_w", 1),
+        src_h=ints("src_h", 1),
+        width=ints("width"),
+        height=ints("height"),
+        has_width=has("width"),
+        has_height=has("height"),
         ratio_num=np.array([q[0] if q else 1 for q in ratio], dtype=np.int64),
         ratio_den=np.array([q[1] if q else 1 for q in ratio], dtype=np.int64),
         has_ratio=np.array([q is not None for q in ratio], dtype=bool),
-        offset_x=ints("offset_x"), offset_y=ints("offset_y"),
-        has_offset_x=has("offset_x"), has_offset_y=has("offset_y"),
+        offset_x=ints("offset_x"),
+        offset_y=ints("offset_y"),
+        has_offset_x=has("offset_x"),
+        has_offset_y=has("offset_y"),
         anchor_h=np.array([a[0] for a in anchor], dtype=np.int8),
         anchor_v=np.array([a[1] for a in anchor], dtype=np.int8),
         auto_crop=np.array([bool(r.get("auto_crop")) for r in rows]),
         fast=np.array([bool(r.get("fast")) for r in rows]),
-        request_code=code("request_code"), id_code=code("id_code"), image_code=code("image_code"),
+        request_code=code("request_code"),
+        id_code=code("id_code"),
+        image_code=code("image_code"),
     )

@@ -23,7 +23,9 @@ def model_identity(cfg: Config) -> dict:
     elif m.backend == "classical":
         ident.update(grain=m.classical_grain)
     elif m.backend == "bfl-api":  # what the API is asked (the endpoint is where, not what)
-        ident.update(safety=m.api.safety_tolerance, result=m.api.result_format, upload=m.api.upload_format)
+        ident.update(
+            safety=m.api.safety_tolerance, result=m.api.result_format, upload=m.api.upload_format
+        )
     else:
         ident.update(path=m.path, fill=m.fill, guidance=m.guidance, dtype=m.dtype)
         # the optimisations that change pixels (compile and fused QKV do not, to ~1e-3)
@@ -46,22 +48,50 @@ def model_name(cfg: Config) -> str:
 
 # Output settings that came after outputs already existed: in the hash only when set
 # away from their default, so outputs written before them keep their hash.
-LATER_OUTPUT_KEYS = ("color", "color_intent", "digital_source_type", "keep_metadata", "keep_gps", "c2pa")
+LATER_OUTPUT_KEYS = (
+    "color",
+    "color_intent",
+    "digital_source_type",
+    "keep_metadata",
+    "keep_gps",
+    "c2pa",
+)
 
 
 def run_constant(cfg: Config) -> str:
     """Everything outside the row that changes its output bytes."""
     o = cfg.output
-    const = {"model": model_identity(cfg), "encoding": o.encoding.model_dump(mode="json"),
-             "alpha": o.alpha, "background": list(o.background), "feather_px": o.feather_px,
-             "color_match": o.color_match}
+    const = {
+        "model": model_identity(cfg),
+        "encoding": o.encoding.model_dump(mode="json"),
+        "alpha": o.alpha,
+        "background": list(o.background),
+        "feather_px": o.feather_px,
+        "color_match": o.color_match,
+    }
     fields, values = type(o).model_fields, o.model_dump(mode="json")
     const.update({k: values[k] for k in LATER_OUTPUT_KEYS if getattr(o, k) != fields[k].default})
     return json.dumps(const, sort_keys=True)
 
 
-HASHED_FIELDS = ("id", "canvas_width", "canvas_height", "scale", "offset_x", "offset_y", "visible_x0", "visible_y0",
-               "visible_x1", "visible_y1", "mode", "steps", "seed", "num_variants", "prompt", "output_format")
+HASHED_FIELDS = (
+    "id",
+    "canvas_width",
+    "canvas_height",
+    "scale",
+    "offset_x",
+    "offset_y",
+    "visible_x0",
+    "visible_y0",
+    "visible_x1",
+    "visible_y1",
+    "mode",
+    "steps",
+    "seed",
+    "num_variants",
+    "prompt",
+    "output_format",
+)
 
 
 def request_hashes(plan: pa.Table, identity: np.ndarray, cfg: Config) -> pa.Array:

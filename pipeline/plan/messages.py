@@ -47,6 +47,7 @@ def _dims(a, b) -> np.ndarray:
 
 def geometry_messages(code: str, out: dict, idx: np.ndarray, max_pixels: int) -> pa.Array:
     """Messages for rows ``idx`` of ``plan_geometry`` output ``out``, all with ``code``."""
+
     def col(name):
         return out[name][idx]
 
@@ -56,39 +57,90 @@ def geometry_messages(code: str, out: dict, idx: np.ndarray, max_pixels: int) ->
     vw, vh = col("visible_x1") - col("visible_x0"), col("visible_y1") - col("visible_y0")
     limit = f"{max_pixels:,}"
     if code == "canvas_too_small":
-        return cat("canvas ", _dims(W, H), f" is under the {MIN_SIDE} px minimum on a side; "
-                   f"use a width and height of at least {MIN_SIDE}")
+        return cat(
+            "canvas ",
+            _dims(W, H),
+            f" is under the {MIN_SIDE} px minimum on a side; "
+            f"use a width and height of at least {MIN_SIDE}",
+        )
     if code == "canvas_too_large":
-        over = cat("canvas ", _dims(W, H), " = ", commas(W * H), f" px exceeds the {limit} px limit; "
-                   "reduce width or height")
-        no_scale = cat("no scale of the ", _dims(w, h), " reference gives a canvas of this aspect ratio "
-                       f"within {limit} px; use a less extreme aspect_ratio")
-        return pc.if_else(pa.array(W * H > max_pixels), over, no_scale)
+        over = cat(
+            "canvas ",
+            _dims(W, H),
+            " = ",
+            commas(W * H),
+            f" px exceeds the {limit} px limit; reduce width or height",
+        )
+        no_scale = cat(
+            "no scale of the ",
+            _dims(w, h),
+            " reference gives a canvas of this aspect ratio "
+            f"within {limit} px; use a less extreme aspect_ratio",
+        )
+        return pc.if_else(pa.array(max_pixels < W * H), over, no_scale)
     if code == "out_of_bounds":
-        return cat("reference ", _dims(w, h), " at (", _s(x), ", ", _s(y), ") extends past the ", _dims(W, H),
-                   " canvas; move it inside (reference_offset_x/y) or set auto_crop: true to crop it")
+        return cat(
+            "reference ",
+            _dims(w, h),
+            " at (",
+            _s(x),
+            ", ",
+            _s(y),
+            ") extends past the ",
+            _dims(W, H),
+            " canvas; move it inside (reference_offset_x/y) or set auto_crop: true to crop it",
+        )
     if code == "no_overlap":
-        return cat("reference ", _dims(w, h), " at (", _s(x), ", ", _s(y), ") lies entirely outside the ",
-                   _dims(W, H), " canvas, so nothing of the image would remain; fix reference_offset_x/y")
+        return cat(
+            "reference ",
+            _dims(w, h),
+            " at (",
+            _s(x),
+            ", ",
+            _s(y),
+            ") lies entirely outside the ",
+            _dims(W, H),
+            " canvas, so nothing of the image would remain; fix reference_offset_x/y",
+        )
     if code == "reference_too_small":
-        return cat("the visible reference is ", _dims(vw, vh), f", under the {MIN_SIDE} px per side that fast "
-                   "mode needs; use mode: high or a larger source")
+        return cat(
+            "the visible reference is ",
+            _dims(vw, vh),
+            f", under the {MIN_SIDE} px per side that fast "
+            "mode needs; use mode: high or a larger source",
+        )
     if code == "reference_aspect":
-        ratio = pc.round(pa.array(np.maximum(vw, vh) / np.maximum(1, np.minimum(vw, vh))), 2).cast(pa.string())
-        return cat("the visible reference is ", _dims(vw, vh), " (", ratio, f":1), over fast mode's "
-                   f"{MAX_REF_ASPECT}:1 limit; use mode: high")
+        ratio = pc.round(pa.array(np.maximum(vw, vh) / np.maximum(1, np.minimum(vw, vh))), 2).cast(
+            pa.string()
+        )
+        return cat(
+            "the visible reference is ",
+            _dims(vw, vh),
+            " (",
+            ratio,
+            f":1), over fast mode's {MAX_REF_ASPECT}:1 limit; use mode: high",
+        )
     if code == "aligned_canvas_too_large":
         aw, ah = col("aligned_width"), col("aligned_height")
-        return cat("fast mode aligns the reference to the 16 px latent grid, making the canvas ", _dims(aw, ah),
-                   " = ", commas(aw * ah), f" px, over the {limit} px limit; place the reference at an offset "
-                   "that is a multiple of 16, reduce the canvas, or use mode: high")
+        return cat(
+            "fast mode aligns the reference to the 16 px latent grid, making the canvas ",
+            _dims(aw, ah),
+            " = ",
+            commas(aw * ah),
+            f" px, over the {limit} px limit; place the reference at an offset "
+            "that is a multiple of 16, reduce the canvas, or use mode: high",
+        )
     return pa.array([code] * len(idx), pa.string())
 
 
 def id_message(code: str, row_id: str, first_row: int | None) -> str:
     shown = repr(row_id if len(row_id) <= 60 else row_id[:57] + "...")
     if code == "duplicate_id":
-        return (f"id {shown} already appears in manifest row {first_row}; ids must be unique "
-                "(only the first is processed)")
-    return (f"id {shown} is not allowed: use 1-200 characters of A-Z a-z 0-9 . _ - "
-            "not starting with '.' (the id names the output files)")
+        return (
+            f"id {shown} already appears in manifest row {first_row}; ids must be unique "
+            "(only the first is processed)"
+        )
+    return (
+        f"id {shown} is not allowed: use 1-200 characters of A-Z a-z 0-9 . _ - "
+        "not starting with '.' (the id names the output files)"
+    )

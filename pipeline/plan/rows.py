@@ -93,7 +93,9 @@ def bool_column(table: pa.Table, name: str, default: bool):
     if col is None:
         return np.full(n, default), np.zeros(n, bool)
     if pa.types.is_boolean(col.type):
-        return np.asarray(col.fill_null(default).to_numpy(zero_copy_only=False), dtype=bool), np.zeros(n, bool)
+        return np.asarray(
+            col.fill_null(default).to_numpy(zero_copy_only=False), dtype=bool
+        ), np.zeros(n, bool)
     vals, bad = np.full(n, default), np.zeros(n, bool)
     words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
     for i, v in enumerate(col.to_pylist()):
@@ -115,8 +117,9 @@ def str_column(table: pa.Table, name: str, default: str | None, numbers_ok: bool
     n = table.num_rows
     col = _column(table, name)
     if col is None:
-        return pa.array([default] * n, pa.string()) if default is not None else pa.nulls(n, pa.string()), \
-            np.zeros(n, bool)
+        return pa.array([default] * n, pa.string()) if default is not None else pa.nulls(
+            n, pa.string()
+        ), np.zeros(n, bool)
     bad = np.zeros(n, bool)
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
@@ -145,10 +148,15 @@ def enum_column(arr: pa.Array, allowed: tuple[str, ...], aliases: dict | None = 
         lut[k] = lut[v]
     enc = pc.utf8_lower(pc.utf8_trim_whitespace(arr)).dictionary_encode()
     codes = np.array([lut.get(u, -1) for u in enc.dictionary.to_pylist()] or [-1], dtype=np.int64)
-    return codes[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)] if len(arr) else np.zeros(0, np.int64)
+    return (
+        codes[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+        if len(arr)
+        else np.zeros(0, np.int64)
+    )
 
 
 # ---------------------------------------------------------------- seeds
+
 
 def derive_seed(run_seed: int, row_id: str) -> int:
     """Stable 63-bit seed from (run seed, id): splitmix64(FNV-1a(id) ^ splitmix64(run seed)).
@@ -170,13 +178,14 @@ def derive_seeds(run_seed: int, ids: pa.StringArray) -> np.ndarray:
 
 # ---------------------------------------------------------------- requests
 
+
 @dataclass
 class Requests:
     """Typed request columns for a batch of manifest rows (all length n)."""
 
     ids: pa.StringArray
-    image: pa.StringArray       # resolved URI, null where the row has image_bytes
-    has_bytes: np.ndarray       # bool
+    image: pa.StringArray  # resolved URI, null where the row has image_bytes
+    has_bytes: np.ndarray  # bool
     width: np.ndarray
     height: np.ndarray
     has_width: np.ndarray
@@ -188,7 +197,7 @@ class Requests:
     offset_y: np.ndarray
     has_offset_x: np.ndarray
     has_offset_y: np.ndarray
-    anchor: pa.StringArray      # canonical name (as given where unknown)
+    anchor: pa.StringArray  # canonical name (as given where unknown)
     anchor_h: np.ndarray
     anchor_v: np.ndarray
     auto_crop: np.ndarray
@@ -196,13 +205,13 @@ class Requests:
     fast: np.ndarray
     output_format: pa.StringArray
     prompt: pa.StringArray
-    seed: np.ndarray            # int64
-    num_variants: np.ndarray    # int64 >= 1
-    src_w: np.ndarray           # from image_width/height, valid where has_src
+    seed: np.ndarray  # int64
+    num_variants: np.ndarray  # int64 >= 1
+    src_w: np.ndarray  # from image_width/height, valid where has_src
     src_h: np.ndarray
     has_src: np.ndarray
-    problem: np.ndarray         # object: invalid_request message or None
-    bad_id: np.ndarray          # bool: fails the id rule
+    problem: np.ndarray  # object: invalid_request message or None
+    bad_id: np.ndarray  # bool: fails the id rule
 
 
 def _ratio_column(table: pa.Table, n: int):
@@ -257,12 +266,15 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     # --- source: exactly one of image / image_bytes
     image, image_bad = str_column(table, "image", None)
     has_bytes = _present(_column(table, "image_bytes"), n)
-    has_image = _present(image, n) & np.asarray(pc.fill_null(pc.not_equal(image, ""), False), dtype=bool)
+    has_image = _present(image, n) & np.asarray(
+        pc.fill_null(pc.not_equal(image, ""), False), dtype=bool
+    )
     p.add(image_bad, "image must be a string URI")
     p.add(has_image & has_bytes, "give either image or image_bytes, not both")
     p.add(~has_image & ~has_bytes, "no source image: set image (a URI) or image_bytes")
-    image = _resolve_images(pc.if_else(pa.array(has_image), image, pa.scalar(None, pa.string())),
-                            cfg.input.image_root)
+    image = _resolve_images(
+        pc.if_else(pa.array(has_image), image, pa.scalar(None, pa.string())), cfg.input.image_root
+    )
 
     # --- targets: row targets, as a group, override the defaults' targets
     width, has_w, bad_w = int_column(table, "width")
@@ -273,8 +285,13 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     p.add(bad_h, "height must be an integer number of pixels")
     if bad_r.any():
         raw = _column(table, "aspect_ratio")
-        p.add(bad_r, lambda i: f"aspect_ratio {raw[i].as_py()!r} is not a positive 'W:H' or number "
-                               "between 1:10000 and 10000:1")
+        p.add(
+            bad_r,
+            lambda i: (
+                f"aspect_ratio {raw[i].as_py()!r} is not a positive 'W:H' or number "
+                "between 1:10000 and 10000:1"
+            ),
+        )
     if d.aspect_ratio is not None:
         r = parse_ratio(d.aspect_ratio)
         use = ~row_target
@@ -286,7 +303,10 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
         has_w, has_h = has_w | use, has_h | use
     p.add(has_w & has_h & has_r, "give either width+height or aspect_ratio, not both")
     p.add((has_w ^ has_h) & ~has_r, "width and height go together: give both, or an aspect_ratio")
-    p.add(~has_w & ~has_h & ~has_r, "no target: give width+height or aspect_ratio (or set one in defaults:)")
+    p.add(
+        ~has_w & ~has_h & ~has_r,
+        "no target: give width+height or aspect_ratio (or set one in defaults:)",
+    )
 
     # --- placement
     ox, has_ox, bad_ox = int_column(table, "reference_offset_x")
@@ -295,7 +315,10 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     p.add(bad_oy, "reference_offset_y must be an integer (pixels; may be negative)")
     anchor, anchor_bad = str_column(table, "anchor", d.anchor)
     anchor_idx = enum_column(anchor, ANCHORS)
-    p.add(anchor_bad | (anchor_idx < 0), lambda i: f"anchor {anchor[i].as_py()!r} is not one of {', '.join(ANCHORS)}")
+    p.add(
+        anchor_bad | (anchor_idx < 0),
+        lambda i: f"anchor {anchor[i].as_py()!r} is not one of {', '.join(ANCHORS)}",
+    )
     axes = np.array([ANCHOR_AXES[a] for a in ANCHORS], dtype=np.int8)
     safe_anchor = np.maximum(anchor_idx, 0)
     auto_crop, bad_crop = bool_column(table, "auto_crop", d.auto_crop)
@@ -307,7 +330,10 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     p.add(mode_bad | (mode_idx < 0), lambda i: f"mode {mode[i].as_py()!r} is not 'high' or 'fast'")
     fmt, fmt_bad = str_column(table, "output_format", d.output_format)
     fmt_idx = enum_column(fmt, FORMATS, FORMAT_ALIASES)
-    p.add(fmt_bad | (fmt_idx < 0), lambda i: f"output_format {fmt[i].as_py()!r} is not png, jpeg or webp")
+    p.add(
+        fmt_bad | (fmt_idx < 0),
+        lambda i: f"output_format {fmt[i].as_py()!r} is not png, jpeg or webp",
+    )
     prompt, prompt_bad = str_column(table, "prompt", d.prompt)
     p.add(prompt_bad, "prompt must be a string")
     seed, has_seed, bad_seed = int_column(table, "seed")
@@ -315,27 +341,55 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     if not has_seed.all():
         seed = np.where(has_seed, seed, derive_seeds(cfg.runtime.seed, ids))
     nv, has_nv, bad_nv = int_column(table, "num_variants")
-    p.add(bad_nv | (has_nv & ((nv < 1) | (nv > 16))), "num_variants must be an integer from 1 to 16")
+    p.add(
+        bad_nv | (has_nv & ((nv < 1) | (nv > 16))), "num_variants must be an integer from 1 to 16"
+    )
     nv = np.where(has_nv & ~bad_nv & (nv >= 1) & (nv <= 16), nv, d.num_variants)
 
     # --- known source size
     sw, has_sw, bad_sw = int_column(table, "image_width")
     sh, has_sh, bad_sh = int_column(table, "image_height")
-    p.add(bad_sw | (has_sw & (sw <= 0)), "image_width must be a positive integer (or null to read it from the image)")
-    p.add(bad_sh | (has_sh & (sh <= 0)), "image_height must be a positive integer (or null to read it from the image)")
+    p.add(
+        bad_sw | (has_sw & (sw <= 0)),
+        "image_width must be a positive integer (or null to read it from the image)",
+    )
+    p.add(
+        bad_sh | (has_sh & (sh <= 0)),
+        "image_height must be a positive integer (or null to read it from the image)",
+    )
 
     # --- id rule (invalid_id is its own code, after invalid_request)
-    id_ok = np.asarray(pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False), dtype=bool)
+    id_ok = np.asarray(
+        pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False), dtype=bool
+    )
     return Requests(
-        ids=ids, image=image, has_bytes=has_bytes,
-        width=width, height=height, has_width=has_w, has_height=has_h,
-        ratio_num=ra, ratio_den=rb, has_ratio=has_r,
-        offset_x=ox, offset_y=oy, has_offset_x=has_ox, has_offset_y=has_oy,
+        ids=ids,
+        image=image,
+        has_bytes=has_bytes,
+        width=width,
+        height=height,
+        has_width=has_w,
+        has_height=has_h,
+        ratio_num=ra,
+        ratio_den=rb,
+        has_ratio=has_r,
+        offset_x=ox,
+        offset_y=oy,
+        has_offset_x=has_ox,
+        has_offset_y=has_oy,
         anchor=_choose(anchor_idx, ANCHORS, anchor),
-        anchor_h=axes[safe_anchor, 0], anchor_v=axes[safe_anchor, 1], auto_crop=auto_crop,
-        mode=_choose(mode_idx, MODES, mode), fast=mode_idx == 1,
+        anchor_h=axes[safe_anchor, 0],
+        anchor_v=axes[safe_anchor, 1],
+        auto_crop=auto_crop,
+        mode=_choose(mode_idx, MODES, mode),
+        fast=mode_idx == 1,
         output_format=_choose(fmt_idx, FORMATS, fmt),
-        prompt=prompt, seed=seed, num_variants=nv,
-        src_w=sw, src_h=sh, has_src=has_sw & has_sh & (sw > 0) & (sh > 0),
-        problem=p.msg, bad_id=~id_ok & ~missing_id,
+        prompt=prompt,
+        seed=seed,
+        num_variants=nv,
+        src_w=sw,
+        src_h=sh,
+        has_src=has_sw & has_sh & (sw > 0) & (sh > 0),
+        problem=p.msg,
+        bad_id=~id_ok & ~missing_id,
     )

@@ -25,40 +25,42 @@ from .messages import geometry_messages, id_message
 from .rows import normalise
 
 # Plan columns, in order (docs/contracts.md metadata names). Passthrough columns follow.
-PLAN_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("status", pa.string()),
-    ("error_code", pa.string()),
-    ("error_message", pa.string()),
-    ("image", pa.string()),
-    ("source_width", pa.int64()),
-    ("source_height", pa.int64()),
-    ("canvas_width", pa.int64()),
-    ("canvas_height", pa.int64()),
-    ("scale", pa.float64()),
-    ("reference_width", pa.int64()),
-    ("reference_height", pa.int64()),
-    ("offset_x", pa.int64()),
-    ("offset_y", pa.int64()),
-    ("visible_x0", pa.int64()),
-    ("visible_y0", pa.int64()),
-    ("visible_x1", pa.int64()),
-    ("visible_y1", pa.int64()),
-    ("pad_left", pa.int64()),
-    ("pad_top", pa.int64()),
-    ("aligned_width", pa.int64()),
-    ("aligned_height", pa.int64()),
-    ("mode", pa.string()),
-    ("output_format", pa.string()),
-    ("anchor", pa.string()),
-    ("auto_crop", pa.bool_()),
-    ("generated", pa.bool_()),
-    ("seed", pa.int64()),
-    ("num_variants", pa.int64()),
-    ("prompt", pa.string()),
-    ("steps", pa.int64()),
-    (ROW_INDEX, pa.int64()),
-])
+PLAN_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("status", pa.string()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+        ("image", pa.string()),
+        ("source_width", pa.int64()),
+        ("source_height", pa.int64()),
+        ("canvas_width", pa.int64()),
+        ("canvas_height", pa.int64()),
+        ("scale", pa.float64()),
+        ("reference_width", pa.int64()),
+        ("reference_height", pa.int64()),
+        ("offset_x", pa.int64()),
+        ("offset_y", pa.int64()),
+        ("visible_x0", pa.int64()),
+        ("visible_y0", pa.int64()),
+        ("visible_x1", pa.int64()),
+        ("visible_y1", pa.int64()),
+        ("pad_left", pa.int64()),
+        ("pad_top", pa.int64()),
+        ("aligned_width", pa.int64()),
+        ("aligned_height", pa.int64()),
+        ("mode", pa.string()),
+        ("output_format", pa.string()),
+        ("anchor", pa.string()),
+        ("auto_crop", pa.bool_()),
+        ("generated", pa.bool_()),
+        ("seed", pa.int64()),
+        ("num_variants", pa.int64()),
+        ("prompt", pa.string()),
+        ("steps", pa.int64()),
+        (ROW_INDEX, pa.int64()),
+    ]
+)
 GEOMETRY_COLUMNS = [f.name for f in PLAN_SCHEMA][7:22]
 
 
@@ -76,7 +78,11 @@ def duplicate_first_rows(ids, rows) -> dict[str, int]:
     """Ids that occur more than once -> the manifest row of their first occurrence. By
     128-bit fingerprints sorted with the rows (fixed-width arrays, ~40 bytes a row while
     it runs); only the duplicated ids become Python strings."""
-    arr = pa.array(list(ids), pa.string()) if not isinstance(ids, (pa.Array, pa.ChunkedArray)) else ids
+    arr = (
+        pa.array(list(ids), pa.string())
+        if not isinstance(ids, (pa.Array, pa.ChunkedArray))
+        else ids
+    )
     n = len(arr)
     if n < 2:
         return {}
@@ -100,8 +106,23 @@ def duplicate_first_rows(ids, rows) -> dict[str, int]:
 VERSION_PREFIX = "version="  # the identity of a row with image_version: the catalogue's own word
 REQUEST = "request_json"  # a row's own request (manifest values) for the load stage to plan it once its size is known
 # manifest columns that request_json keeps (inline bytes never travel this way)
-REQUEST_COLUMNS = ("id", "image", "width", "height", "aspect_ratio", "reference_offset_x", "reference_offset_y",
-                   "auto_crop", "anchor", "mode", "output_format", "prompt", "seed", "num_variants", "image_version")
+REQUEST_COLUMNS = (
+    "id",
+    "image",
+    "width",
+    "height",
+    "aspect_ratio",
+    "reference_offset_x",
+    "reference_offset_y",
+    "auto_crop",
+    "anchor",
+    "mode",
+    "output_format",
+    "prompt",
+    "seed",
+    "num_variants",
+    "image_version",
+)
 
 
 def _local(image: pa.Array) -> np.ndarray:
@@ -146,8 +167,13 @@ class PlanStage:
     from the one GET that loads it (``REQUEST`` keeps what it needs).
     """
 
-    def __init__(self, cfg: Config, duplicates: dict[str, int] | None = None, identify: bool = False,
-                 prior: Prior | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        duplicates: dict[str, int] | None = None,
+        identify: bool = False,
+        prior: Prior | None = None,
+    ):
         self.cfg = cfg
         self.duplicates = duplicates or {}
         self.identify = identify
@@ -158,7 +184,9 @@ class PlanStage:
             allow_upscale=cfg.sizing.allow_upscale,
             grid=plan_grid(cfg),
         )
-        self.limits = headers.SourceLimits(cfg.limits.max_source_pixels, cfg.limits.max_source_bytes)
+        self.limits = headers.SourceLimits(
+            cfg.limits.max_source_pixels, cfg.limits.max_source_bytes
+        )
         self.passthrough = list(cfg.output.passthrough_columns)
         self._dup_keys = pa.array(list(self.duplicates), pa.string())
         self.prior = prior if prior is not None else Prior.empty()
@@ -170,8 +198,11 @@ class PlanStage:
             batch = pa.table(batch)
         n = batch.num_rows
         req = normalise(batch, self.cfg)
-        rows = (batch.column(ROW_INDEX).to_numpy() if ROW_INDEX in batch.column_names
-                else np.arange(n, dtype=np.int64))
+        rows = (
+            batch.column(ROW_INDEX).to_numpy()
+            if ROW_INDEX in batch.column_names
+            else np.arange(n, dtype=np.int64)
+        )
 
         request_code = np.where(req.problem != None, CODE["invalid_request"], 0).astype(np.int16)  # noqa: E711
         id_code = np.zeros(n, np.int16)
@@ -180,7 +211,10 @@ class PlanStage:
             id_code[i] = CODE["invalid_id"]
             id_msg[i] = id_message("invalid_id", req.ids[i].as_py(), None)
         if self.duplicates:
-            maybe = np.asarray(pc.is_in(req.ids, value_set=self._dup_keys).to_numpy(zero_copy_only=False), dtype=bool)
+            maybe = np.asarray(
+                pc.is_in(req.ids, value_set=self._dup_keys).to_numpy(zero_copy_only=False),
+                dtype=bool,
+            )
             for i in np.flatnonzero(maybe & (id_code == 0)):
                 rid = req.ids[i].as_py()
                 first = self.duplicates[rid]
@@ -195,8 +229,10 @@ class PlanStage:
         over = req.has_src & (src_w * src_h > self.limits.max_source_pixels)
         for i in np.flatnonzero(over):
             image_code[i] = CODE["image_too_large"]
-            image_msg[i] = (f"source is {src_w[i]}×{src_h[i]} = {src_w[i] * src_h[i]:,} px (image_width/height), "
-                            f"over limits.max_source_pixels = {self.limits.max_source_pixels:,}")
+            image_msg[i] = (
+                f"source is {src_w[i]}×{src_h[i]} = {src_w[i] * src_h[i]:,} px (image_width/height), "
+                f"over limits.max_source_pixels = {self.limits.max_source_pixels:,}"
+            )
         usable = (request_code == 0) & (id_code == 0) & (image_code == 0)
         identity = np.full(n, None, dtype=object)
         deferred = np.zeros(n, bool)
@@ -216,26 +252,55 @@ class PlanStage:
             self.stats["sizes_from_prior"] += int(from_prior.sum())
             version = _versions(batch)
             if version is not None:  # the catalogue's own version of the source: no request at all
-                has_v = np.asarray(pc.is_valid(version).to_numpy(zero_copy_only=False), bool) & ~req.has_bytes
-                identity[has_v] = np.asarray(pc.binary_join_element_wise(VERSION_PREFIX, version, "").to_pylist(),
-                                             dtype=object)[has_v]
+                has_v = (
+                    np.asarray(pc.is_valid(version).to_numpy(zero_copy_only=False), bool)
+                    & ~req.has_bytes
+                )
+                identity[has_v] = np.asarray(
+                    pc.binary_join_element_wise(VERSION_PREFIX, version, "").to_pylist(),
+                    dtype=object,
+                )[has_v]
                 self.stats["version"] += int((has_v & usable).sum())
         # sizes unknown (dry runs; local files and inline bytes in runs): read headers,
         # which also give the source's identity
-        self._probe(batch, req, usable & ~req.has_src & ~from_prior & ~deferred, True, src_w, src_h, image_code,
-                    image_msg, identity)
+        self._probe(
+            batch,
+            req,
+            usable & ~req.has_src & ~from_prior & ~deferred,
+            True,
+            src_w,
+            src_h,
+            image_code,
+            image_msg,
+            identity,
+        )
 
         def geometry():
-            g = plan_geometry(GeometryInput(
-                src_w=np.where(deferred, 1, src_w), src_h=np.where(deferred, 1, src_h),
-                width=req.width, height=req.height,
-                has_width=req.has_width, has_height=req.has_height,
-                ratio_num=req.ratio_num, ratio_den=req.ratio_den, has_ratio=req.has_ratio,
-                offset_x=req.offset_x, offset_y=req.offset_y,
-                has_offset_x=req.has_offset_x, has_offset_y=req.has_offset_y,
-                anchor_h=req.anchor_h, anchor_v=req.anchor_v, auto_crop=req.auto_crop, fast=req.fast,
-                request_code=request_code, id_code=id_code, image_code=image_code,
-            ), self.rules)
+            g = plan_geometry(
+                GeometryInput(
+                    src_w=np.where(deferred, 1, src_w),
+                    src_h=np.where(deferred, 1, src_h),
+                    width=req.width,
+                    height=req.height,
+                    has_width=req.has_width,
+                    has_height=req.has_height,
+                    ratio_num=req.ratio_num,
+                    ratio_den=req.ratio_den,
+                    has_ratio=req.has_ratio,
+                    offset_x=req.offset_x,
+                    offset_y=req.offset_y,
+                    has_offset_x=req.has_offset_x,
+                    has_offset_y=req.has_offset_y,
+                    anchor_h=req.anchor_h,
+                    anchor_v=req.anchor_v,
+                    auto_crop=req.auto_crop,
+                    fast=req.fast,
+                    request_code=request_code,
+                    id_code=id_code,
+                    image_code=image_code,
+                ),
+                self.rules,
+            )
             if deferred.any():  # geometry waits for the source's size (the load stage plans it)
                 later = deferred & np.isin(g["code"], [0] + [CODE[c] for c in codes.GEOMETRY_CODES])
                 g["code"] = np.where(later, 0, g["code"]).astype(np.int16)
@@ -249,12 +314,15 @@ class PlanStage:
             # inline bytes: always, it is cheap); rejected rows never touch their image
             need = (out["code"] == 0) & (identity == None) & ~deferred  # noqa: E711 - elementwise
             cheap = need & (req.has_bytes | _local(req.image))
-            vanished = self._probe(batch, req, cheap, False, src_w, src_h, image_code, image_msg, identity)
+            vanished = self._probe(
+                batch, req, cheap, False, src_w, src_h, image_code, image_msg, identity
+            )
             remote = need & ~cheap & candidate
             if remote.any():
                 todo = np.flatnonzero(remote)
-                ident, errors, st = sources.identities(req.image.take(pa.array(todo)), self.cfg.input,
-                                                       self.cfg.input.header_threads)
+                ident, errors, st = sources.identities(
+                    req.image.take(pa.array(todo)), self.cfg.input, self.cfg.input.header_threads
+                )
                 self.identity_stats.add(st)
                 identity[todo] = ident
                 for j, err in enumerate(errors):
@@ -266,18 +334,26 @@ class PlanStage:
         table = self._table(batch, req, out, rows, src_w, src_h, id_msg, image_msg)
         if self.identify:
             table = table.append_column("source_identity", pa.array(identity, pa.string()))
-            hashable = np.where(deferred, None, identity)  # no geometry yet: hashed when planned, at load
+            hashable = np.where(
+                deferred, None, identity
+            )  # no geometry yet: hashed when planned, at load
             hashes = request_hashes(table, hashable, self.cfg)
             table = table.append_column("request_hash", hashes)
             # what the load stage needs to plan a row again: only rows that will reach it
             # (a done row's sizes came from its own earlier run: it needs nothing)
-            replan = (deferred | (from_prior & ~self.prior.done.contains(hashes))) & (out["code"] == 0)
+            replan = (deferred | (from_prior & ~self.prior.done.contains(hashes))) & (
+                out["code"] == 0
+            )
             table = table.append_column(REQUEST, _requests(batch, replan))
             if "image_bytes" in batch.column_names:  # the loader needs them
-                table = table.append_column("image_bytes", batch.column("image_bytes").cast(pa.large_binary()))
+                table = table.append_column(
+                    "image_bytes", batch.column("image_bytes").cast(pa.large_binary())
+                )
         return table
 
-    def _probe(self, batch, req, need, want_header: bool, src_w, src_h, image_code, image_msg, identity) -> bool:
+    def _probe(
+        self, batch, req, need, want_header: bool, src_w, src_h, image_code, image_msg, identity
+    ) -> bool:
         """Probe the rows in ``need`` (in parallel); fills sizes (headers), identities and
         image codes in place. Returns whether any row got an image code."""
         if not need.any():
@@ -288,9 +364,14 @@ class PlanStage:
         if req.has_bytes[todo].any():
             col = batch.column("image_bytes")
             blobs = [col[int(i)].as_py() if req.has_bytes[i] else None for i in todo]
-        hw, hh, hc, hm, hid = headers.probe_many(images, blobs, np.full(len(todo), want_header),
-                                                 self.cfg.input.storage_options, self.limits,
-                                                 self.cfg.input.header_threads)
+        hw, hh, hc, hm, hid = headers.probe_many(
+            images,
+            blobs,
+            np.full(len(todo), want_header),
+            self.cfg.input.storage_options,
+            self.limits,
+            self.cfg.input.header_threads,
+        )
         if want_header:
             src_w[todo], src_h[todo] = hw, hh
         identity[todo] = hid
@@ -305,9 +386,11 @@ class PlanStage:
         code = out["code"]
         # messages: one Arrow piece per source, gathered into row order with one take
         pieces, where = [], []
-        sparse = ((req.problem, code == CODE["invalid_request"]),
-                  (id_msg, (code == CODE["invalid_id"]) | (code == CODE["duplicate_id"])),
-                  (image_msg, np.isin(code, [CODE[c] for c in codes.IMAGE_CODES])))
+        sparse = (
+            (req.problem, code == CODE["invalid_request"]),
+            (id_msg, (code == CODE["invalid_id"]) | (code == CODE["duplicate_id"])),
+            (image_msg, np.isin(code, [CODE[c] for c in codes.IMAGE_CODES])),
+        )
         for texts, mask in sparse:
             idx = np.flatnonzero(mask)
             pieces.append(pa.array(texts[idx], pa.string()))
@@ -350,11 +433,17 @@ class PlanStage:
         return table
 
 
-def plan_manifest(cfg: Config, table: pa.Table, batch_rows: int = 131_072, threads: int | None = None) -> pa.Table:
+def plan_manifest(
+    cfg: Config, table: pa.Table, batch_rows: int = 131_072, threads: int | None = None
+) -> pa.Table:
     """Plan a whole manifest table (dry run / driver-side planning): batches of rows
     on a thread pool, results in manifest order."""
-    stage = PlanStage(cfg, duplicate_first_rows(table.column("id").cast(pa.string()), table.column(ROW_INDEX)))
-    parts = map_chunks(lambda s, e: stage(table.slice(s, e - s)), table.num_rows, batch_rows, threads)
+    stage = PlanStage(
+        cfg, duplicate_first_rows(table.column("id").cast(pa.string()), table.column(ROW_INDEX))
+    )
+    parts = map_chunks(
+        lambda s, e: stage(table.slice(s, e - s)), table.num_rows, batch_rows, threads
+    )
     return pa.concat_tables(parts)
 
 
@@ -380,14 +469,22 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     b = cfg.model.optimize.bucket_px
     BW, BH = -(-AW // b) * b, -(-AH // b) * b
     txt = cfg.model.max_sequence_length
-    rel = transformer_flops(FLUX1_CONFIG, (BW * BH / 256.0), txt) / transformer_flops(FLUX1_CONFIG, 4096, txt)
+    rel = transformer_flops(FLUX1_CONFIG, (BW * BH / 256.0), txt) / transformer_flops(
+        FLUX1_CONFIG, 4096, txt
+    )
     gpu_s = float((steps * rel * cfg.plan.seconds_per_step_at_1mp)[gen].sum())
-    uniq, counts = np.unique(np.stack([BW[gen], BH[gen], fast[gen].astype(np.int64)], axis=1), axis=0,
-                             return_counts=True)
+    uniq, counts = np.unique(
+        np.stack([BW[gen], BH[gen], fast[gen].astype(np.int64)], axis=1), axis=0, return_counts=True
+    )
     shapes = {f"{w}x{h} {'fast' if f else 'high'}": int(c) for (w, h, f), c in zip(uniq, counts)}
     # rows whose canvas is mostly invented: the reference is small for it
-    vis = ((plan.column("visible_x1").fill_null(0).to_numpy() - plan.column("visible_x0").fill_null(0).to_numpy())
-           * (plan.column("visible_y1").fill_null(0).to_numpy() - plan.column("visible_y0").fill_null(0).to_numpy()))
+    vis = (
+        plan.column("visible_x1").fill_null(0).to_numpy()
+        - plan.column("visible_x0").fill_null(0).to_numpy()
+    ) * (
+        plan.column("visible_y1").fill_null(0).to_numpy()
+        - plan.column("visible_y0").fill_null(0).to_numpy()
+    )
     share = 1.0 - vis / np.maximum(W * H, 1)
     mostly = gen & (share > cfg.plan.warn_generated_share)
     return {
@@ -420,25 +517,35 @@ def format_summary(s: dict) -> str:
         for k, v in s["by_code"].items():
             lines.append(f"  {k:<26} {v:>10,}")
     g = s["generated"]
-    lines.append(f"output: {s['output_megapixels']:,} MP; to generate: {g['high']:,} high + {g['fast']:,} fast; "
-                 f"{s['passthrough_ok']:,} need no generation")
+    lines.append(
+        f"output: {s['output_megapixels']:,} MP; to generate: {g['high']:,} high + {g['fast']:,} fast; "
+        f"{s['passthrough_ok']:,} need no generation"
+    )
     if s["mostly_generated"]:
-        lines.append(f"warning: {s['mostly_generated']:,} rows would be more than {s['warn_generated_share']:.0%} "
-                     f"generated (up to {s['max_generated_share']:.0%}): their reference is small for the canvas. "
-                     "To fill the canvas with the photo instead, set sizing.fit: contain and sizing.allow_upscale: "
-                     "true (the reference is scaled to sizing.fill_fraction of each side), or ask for a smaller "
-                     "canvas; plan.warn_generated_share sets this threshold")
+        lines.append(
+            f"warning: {s['mostly_generated']:,} rows would be more than {s['warn_generated_share']:.0%} "
+            f"generated (up to {s['max_generated_share']:.0%}): their reference is small for the canvas. "
+            "To fill the canvas with the photo instead, set sizing.fit: contain and sizing.allow_upscale: "
+            "true (the reference is scaled to sizing.fill_fraction of each side), or ask for a smaller "
+            "canvas; plan.warn_generated_share sets this threshold"
+        )
     if s["backend"] == "bfl-api":
-        lines.append(f"API tasks: {s['api_tasks']:,} (one per generated row and variant; rows needing no generation "
-                     f"cost none), {s['output_megapixels']:,} MP out; the API reports each task's cost in credits")
+        lines.append(
+            f"API tasks: {s['api_tasks']:,} (one per generated row and variant; rows needing no generation "
+            f"cost none), {s['output_megapixels']:,} MP out; the API reports each task's cost in credits"
+        )
     if s["backend"] != "flux-fill":  # compiled shapes and GPU time are the diffusion model's
         return "\n".join(lines)
     if s["generated_shapes"]:
         top = ", ".join(f"{k} ({v:,})" for k, v in s["top_generated_shapes"].items())
         lines.append(f"generated shapes: {s['generated_shapes']:,} (most rows: {top})")
         if s["generated_shapes"] > s["max_shapes"]:
-            lines.append(f"  more shapes than model.optimize.max_shapes ({s['max_shapes']}): compiled models "
-                         "fall back to dynamic shapes; a larger model.optimize.bucket_px (64, 128) groups them")
+            lines.append(
+                f"  more shapes than model.optimize.max_shapes ({s['max_shapes']}): compiled models "
+                "fall back to dynamic shapes; a larger model.optimize.bucket_px (64, 128) groups them"
+            )
     hours = s["estimated_gpu_seconds"] / 3600
-    lines.append(f"estimated GPU time: {s['estimated_gpu_seconds']:,} s ({hours:,.2f} GPU-hours) at {s['estimate_basis']}")
+    lines.append(
+        f"estimated GPU time: {s['estimated_gpu_seconds']:,} s ({hours:,.2f} GPU-hours) at {s['estimate_basis']}"
+    )
     return "\n".join(lines)

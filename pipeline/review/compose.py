@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def crop_box(offset_x: int, offset_y: int, vx0: int, vy0: int, vx1: int, vy1: int) -> tuple[int, int, int, int]:
+def crop_box(
+    offset_x: int, offset_y: int, vx0: int, vy0: int, vx1: int, vy1: int
+) -> tuple[int, int, int, int]:
     """The visible box in the (scaled) reference's own coordinates."""
     return vx0 - offset_x, vy0 - offset_y, vx1 - offset_x, vy1 - offset_y
 
@@ -21,7 +23,7 @@ def paste_back(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int) -> np.ndarr
     """Put the exact reference pixels back (the contract: the original is untouched)."""
     h, w = ref.shape[:2]
     out = np.array(out, dtype=np.uint8, copy=True)
-    out[vy0:vy0 + h, vx0:vx0 + w] = ref
+    out[vy0 : vy0 + h, vx0 : vx0 + w] = ref
     return out
 
 
@@ -31,7 +33,7 @@ def extend_alpha(alpha: np.ndarray | None, W: int, H: int, vx0: int, vy0: int) -
         return None
     out = np.full((H, W), 255, dtype=np.uint8)
     h, w = alpha.shape
-    out[vy0:vy0 + h, vx0:vx0 + w] = alpha
+    out[vy0 : vy0 + h, vx0 : vx0 + w] = alpha
     return out
 
 
@@ -44,7 +46,9 @@ def flatten_alpha(pixels: np.ndarray, alpha: np.ndarray, background=(255, 255, 2
     return (pixels.astype(np.float32) * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
 
 
-def generated_sides(W: int, H: int, vx0: int, vy0: int, vx1: int, vy1: int) -> tuple[bool, bool, bool, bool]:
+def generated_sides(
+    W: int, H: int, vx0: int, vy0: int, vx1: int, vy1: int
+) -> tuple[bool, bool, bool, bool]:
     """(left, top, right, bottom): which sides of the reference border generated pixels.
     A side on the canvas edge borders nothing and is never feathered."""
     return vx0 > 0, vy0 > 0, vx1 < W, vy1 < H
@@ -71,7 +75,9 @@ def feather_alpha(vh: int, vw: int, sides, px: int) -> np.ndarray | None:
     return np.clip((d + 0.5) / (px + 1.0), 0.0, 1.0)
 
 
-def feathered_paste(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, px: int) -> np.ndarray:
+def feathered_paste(
+    out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, px: int
+) -> np.ndarray:
     """Paste the reference back; within ``px`` of a generated side blend it with the
     generated pixels so no hard seam shows. Outside that band the pixels are exact."""
     h, w = ref.shape[:2]
@@ -81,8 +87,8 @@ def feathered_paste(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides,
         return result
     band = alpha < 1.0  # blend only the band's pixels, not the whole reference
     a = alpha[band][:, None]
-    gen = out[vy0:vy0 + h, vx0:vx0 + w][band].astype(np.float32)
-    region = result[vy0:vy0 + h, vx0:vx0 + w]
+    gen = out[vy0 : vy0 + h, vx0 : vx0 + w][band].astype(np.float32)
+    region = result[vy0 : vy0 + h, vx0 : vx0 + w]
     region[band] = (a * ref[band].astype(np.float32) + (1.0 - a) * gen + 0.5).astype(np.uint8)
     return result
 
@@ -91,7 +97,9 @@ def effective_feather(px: int, vh: int, vw: int) -> int:
     return int(min(px, vh // 4, vw // 4))
 
 
-def match_colors(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, band: int = 16) -> np.ndarray:
+def match_colors(
+    out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, band: int = 16
+) -> np.ndarray:
     """Optional (``output.color_match``): shift and scale each channel of the generated
     area so the band just outside the reference matches the band just inside it."""
     h, w = ref.shape[:2]
@@ -99,16 +107,16 @@ def match_colors(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, ba
     left, top, right, bottom = sides
     outside, inside = [], []
     if left:
-        outside.append(out[vy0:vy0 + h, max(0, vx0 - band):vx0].reshape(-1, 3))
+        outside.append(out[vy0 : vy0 + h, max(0, vx0 - band) : vx0].reshape(-1, 3))
         inside.append(ref[:, :band].reshape(-1, 3))
     if right:
-        outside.append(out[vy0:vy0 + h, vx0 + w:min(W, vx0 + w + band)].reshape(-1, 3))
+        outside.append(out[vy0 : vy0 + h, vx0 + w : min(W, vx0 + w + band)].reshape(-1, 3))
         inside.append(ref[:, -band:].reshape(-1, 3))
     if top:
-        outside.append(out[max(0, vy0 - band):vy0, vx0:vx0 + w].reshape(-1, 3))
+        outside.append(out[max(0, vy0 - band) : vy0, vx0 : vx0 + w].reshape(-1, 3))
         inside.append(ref[:band].reshape(-1, 3))
     if bottom:
-        outside.append(out[vy0 + h:min(H, vy0 + h + band), vx0:vx0 + w].reshape(-1, 3))
+        outside.append(out[vy0 + h : min(H, vy0 + h + band), vx0 : vx0 + w].reshape(-1, 3))
         inside.append(ref[-band:].reshape(-1, 3))
     if not outside:
         return out
@@ -117,7 +125,7 @@ def match_colors(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, ba
     scale = (i.std(0) + 1.0) / (o.std(0) + 1.0)
     adjusted = (out.astype(np.float32) - o.mean(0)) * np.clip(scale, 0.5, 2.0) + i.mean(0)
     mask = np.ones((H, W), dtype=bool)
-    mask[vy0:vy0 + h, vx0:vx0 + w] = False
+    mask[vy0 : vy0 + h, vx0 : vx0 + w] = False
     result = out.copy()
     result[mask] = np.clip(adjusted[mask] + 0.5, 0, 255).astype(np.uint8)
     return result

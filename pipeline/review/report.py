@@ -74,32 +74,59 @@ def _input(options: dict | None, run: dict | None):
     try:
         return InputConfig.model_validate(section)
     except Exception:  # noqa: BLE001 - an older run.json: its storage options are enough
-        return InputConfig(manifest="-", storage_options=options or section.get("storage_options") or {})
+        return InputConfig(
+            manifest="-", storage_options=options or section.get("storage_options") or {}
+        )
 
 
 def summarise(meta: pa.Table) -> dict:
     """Counts per status and code, output megapixels: columnar (millions of rows)."""
     ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
     counts, by_code = codes.tally(meta.column("status")), codes.tally(meta.column("error_code"))
-    area = pc.multiply(meta.column("canvas_width").cast(pa.float64()), meta.column("canvas_height").cast(pa.float64()))
+    area = pc.multiply(
+        meta.column("canvas_width").cast(pa.float64()),
+        meta.column("canvas_height").cast(pa.float64()),
+    )
     mp = (pc.sum(pc.filter(area, ok)).as_py() or 0.0) / 1e6
-    return {"rows": meta.num_rows,
-            "by_status": {k: counts.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
-            "by_code": dict(sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "output_megapixels": round(mp, 3)}
+    return {
+        "rows": meta.num_rows,
+        "by_status": {k: counts.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
+        "by_code": dict(sorted(by_code.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "output_megapixels": round(mp, 3),
+    }
 
 
 # what the page shows; nothing else is read (the metadata can hold millions of rows)
-SCHEMA = pa.schema([("id", pa.string()), ("image", pa.string()), ("output_uri", pa.string()),
-                    ("status", pa.string()), ("error_code", pa.string()), ("error_message", pa.string()),
-                    ("canvas_width", pa.int64()), ("canvas_height", pa.int64()), ("mode", pa.string()),
-                    ("generated", pa.bool_()), ("seam_score", pa.float64()), ("texture_score", pa.float64()),
-                    ("quality_distance", pa.float64()), ("fill_color", pa.string()),
-                    ("fill_leakage", pa.float64()), ("fill_leak_flag", pa.bool_()), ("scale", pa.float64()),
-                    ("source_width", pa.int64()), ("source_height", pa.int64()),
-                    ("offset_x", pa.int64()), ("offset_y", pa.int64()),
-                    ("visible_x0", pa.int64()), ("visible_y0", pa.int64()),
-                    ("visible_x1", pa.int64()), ("visible_y1", pa.int64()), ("request_hash", pa.string())])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.string()),
+        ("output_uri", pa.string()),
+        ("status", pa.string()),
+        ("error_code", pa.string()),
+        ("error_message", pa.string()),
+        ("canvas_width", pa.int64()),
+        ("canvas_height", pa.int64()),
+        ("mode", pa.string()),
+        ("generated", pa.bool_()),
+        ("seam_score", pa.float64()),
+        ("texture_score", pa.float64()),
+        ("quality_distance", pa.float64()),
+        ("fill_color", pa.string()),
+        ("fill_leakage", pa.float64()),
+        ("fill_leak_flag", pa.bool_()),
+        ("scale", pa.float64()),
+        ("source_width", pa.int64()),
+        ("source_height", pa.int64()),
+        ("offset_x", pa.int64()),
+        ("offset_y", pa.int64()),
+        ("visible_x0", pa.int64()),
+        ("visible_y0", pa.int64()),
+        ("visible_x1", pa.int64()),
+        ("visible_y1", pa.int64()),
+        ("request_hash", pa.string()),
+    ]
+)
 TABLE_ROWS = 5000  # the metrics table: the rows farthest from natural first, at most this many
 
 
@@ -113,8 +140,11 @@ def _rows(meta: pa.Table, mask=None, order=None, limit: int | None = None) -> li
 
 def _pick_sample(meta: pa.Table, n: int) -> list[dict]:
     """A stable sample: the same rows on every rebuild (ordered by a hash of the id)."""
-    cand = meta.filter(pc.fill_null(pc.and_(pc.equal(meta.column("status"), codes.OK), meta.column("generated")),
-                                    False))
+    cand = meta.filter(
+        pc.fill_null(
+            pc.and_(pc.equal(meta.column("status"), codes.OK), meta.column("generated")), False
+        )
+    )
     if cand.num_rows == 0 or n == 0:
         return []
     # a vectorised hash of the id (the per-row seed function, fixed seed): stable, no per-row Python
@@ -132,10 +162,12 @@ def _full_link(store: OutputStore, uri: str | None) -> str:
     if not uri:
         return ""
     prefix = store.uri_of("images") + "/"
-    return "images/" + uri[len(prefix):] if uri.startswith(prefix) else uri
+    return "images/" + uri[len(prefix) :] if uri.startswith(prefix) else uri
 
 
-BEFORE_PX = 1600  # the enlarge view's "before" layer: the visible reference at display size, at most this
+BEFORE_PX = (
+    1600  # the enlarge view's "before" layer: the visible reference at display size, at most this
+)
 
 
 def _before_name(r: dict) -> str:
@@ -159,15 +191,24 @@ def _before_file(store: OutputStore, r: dict, source: bytes, existing: set[str])
         rw, rh = max(1, round(r["source_width"] * scale)), max(1, round(r["source_height"] * scale))
         im = _open_srgb(source, max(rw, rh)).resize((rw, rh), Image.LANCZOS)
         ox, oy = (r.get("offset_x") or 0) * k, (r.get("offset_y") or 0) * k
-        box = [round(r[c] * k - o) for c, o in (("visible_x0", ox), ("visible_y0", oy), ("visible_x1", ox),
-                                                ("visible_y1", oy))]
+        box = [
+            round(r[c] * k - o)
+            for c, o in (
+                ("visible_x0", ox),
+                ("visible_y0", oy),
+                ("visible_x1", ox),
+                ("visible_y1", oy),
+            )
+        ]
         storage.retry(store.fs.pipe_file, store.path(name), _jpeg(im.crop(tuple(box)), 88))
         return name
     except Exception:  # noqa: BLE001 - no slider for this row rather than no report
         return None
 
 
-def build(store: OutputStore, source_options: dict | None = None, sample: int = 24, worst: int = 12) -> tuple[str, dict]:
+def build(
+    store: OutputStore, source_options: dict | None = None, sample: int = 24, worst: int = 12
+) -> tuple[str, dict]:
     meta = store.read_metadata(SCHEMA.names)
     if meta is None:
         raise FileNotFoundError(f"{store.uri}: no metadata/ to report on")
@@ -183,8 +224,10 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
     esc = html.escape
     try:
         store.fs.invalidate_cache()
-        existing = {f"{REPORT_FILES}/{posixpath.basename(p)}" for p in
-                    store.fs.ls(store.path(REPORT_FILES), detail=False)}
+        existing = {
+            f"{REPORT_FILES}/{posixpath.basename(p)}"
+            for p in store.fs.ls(store.path(REPORT_FILES), detail=False)
+        }
     except (FileNotFoundError, OSError):
         existing = set()
     images: dict = {}  # a row shown twice (sample and worst) is read once
@@ -193,7 +236,11 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
         key = r["id"]
         if key not in images:
             source = _read(r.get("image"), src_input) or b""
-            images[key] = (_thumb(source), _thumb(_read(r.get("output_uri"), out_input) or b""), source)
+            images[key] = (
+                _thumb(source),
+                _thumb(_read(r.get("output_uri"), out_input) or b""),
+                source,
+            )
         return images[key]
 
     def card(r: dict, note: str = "") -> str:
@@ -201,32 +248,60 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
         k = THUMB / max(W, H)  # one scale for both images: the after's longer side is THUMB px
         before, after, source = thumbs(r)
         sw, sh = r.get("source_width") or 0, r.get("source_height") or 0
-        bw, bh = max(1, round(sw * (r.get("scale") or 1) * k)), max(1, round(sh * (r.get("scale") or 1) * k))
+        bw, bh = (
+            max(1, round(sw * (r.get("scale") or 1) * k)),
+            max(1, round(sh * (r.get("scale") or 1) * k)),
+        )
         figs = []
         if before:
-            figs.append(f'<figure><img src="{before}" width="{bw}" height="{bh}" alt="before {esc(r["id"])}">'
-                        '<figcaption>before</figcaption></figure>')
+            figs.append(
+                f'<figure><img src="{before}" width="{bw}" height="{bh}" alt="before {esc(r["id"])}">'
+                "<figcaption>before</figcaption></figure>"
+            )
         if after:
-            x0, y0, x1, y1 = (r.get(c) or 0 for c in ("visible_x0", "visible_y0", "visible_x1", "visible_y1"))
-            pos = (f"left:{100 * x0 / W:.2f}%;top:{100 * y0 / H:.2f}%;width:{100 * (x1 - x0) / W:.2f}%;"
-                   f"height:{100 * (y1 - y0) / H:.2f}%")
+            x0, y0, x1, y1 = (
+                r.get(c) or 0 for c in ("visible_x0", "visible_y0", "visible_x1", "visible_y1")
+            )
+            pos = (
+                f"left:{100 * x0 / W:.2f}%;top:{100 * y0 / H:.2f}%;width:{100 * (x1 - x0) / W:.2f}%;"
+                f"height:{100 * (y1 - y0) / H:.2f}%"
+            )
             slider = _before_file(store, r, source, existing)
-            figs.append(f'<figure><a class="zoom" href="{esc(_full_link(store, r.get("output_uri")))}" '
-                        f'data-id="{esc(r["id"])}" data-before="{esc(slider or "")}" data-box="{pos}">'
-                        f'<span class="frame"><img src="{after}" width="{round(W * k)}" height="{round(H * k)}" '
-                        f'alt="after {esc(r["id"])}"><span class="outline" style="{pos}"></span></span></a>'
-                        '<figcaption>after (original area outlined; click: full size, before/after)</figcaption>'
-                        '</figure>')
-        meta_line = (f'{W}×{H} · {esc(str(r.get("mode")))} · seam {_num(r.get("seam_score"))} · texture '
-                     f'{_num(r.get("texture_score"))} · distance {_num(r.get("quality_distance"))}')
+            figs.append(
+                f'<figure><a class="zoom" href="{esc(_full_link(store, r.get("output_uri")))}" '
+                f'data-id="{esc(r["id"])}" data-before="{esc(slider or "")}" data-box="{pos}">'
+                f'<span class="frame"><img src="{after}" width="{round(W * k)}" height="{round(H * k)}" '
+                f'alt="after {esc(r["id"])}"><span class="outline" style="{pos}"></span></span></a>'
+                "<figcaption>after (original area outlined; click: full size, before/after)</figcaption>"
+                "</figure>"
+            )
+        meta_line = (
+            f"{W}×{H} · {esc(str(r.get('mode')))} · seam {_num(r.get('seam_score'))} · texture "
+            f"{_num(r.get('texture_score'))} · distance {_num(r.get('quality_distance'))}"
+        )
         return f'<div class="card"><h3>{esc(r["id"])}</h3><p>{meta_line}{esc(note)}</p><div class="pair">{"".join(figs)}</div></div>'
 
     ok = pc.fill_null(pc.equal(meta.column("status"), codes.OK), False)
     measured = pc.and_(ok, pc.is_valid(meta.column("quality_distance")))
     by_distance = [("quality_distance", "descending"), ("id", "ascending")]
     seamed = _rows(meta, measured, by_distance, worst)
-    table = _rows(meta.select(["id", "canvas_width", "canvas_height", "mode", "seam_score", "texture_score",
-                               "quality_distance", "fill_leakage"]), measured, by_distance, TABLE_ROWS)
+    table = _rows(
+        meta.select(
+            [
+                "id",
+                "canvas_width",
+                "canvas_height",
+                "mode",
+                "seam_score",
+                "texture_score",
+                "quality_distance",
+                "fill_leakage",
+            ]
+        ),
+        measured,
+        by_distance,
+        TABLE_ROWS,
+    )
     n_measured = pc.sum(measured.cast(pa.int64())).as_py() or 0
     leaks = _rows(meta, pc.fill_null(meta.column("fill_leak_flag"), False), limit=200)
     picked = _pick_sample(meta, sample)
@@ -237,29 +312,52 @@ def build(store: OutputStore, source_options: dict | None = None, sample: int = 
         list(pool.map(thumbs, shown.values()))
         gallery = "".join(pool.map(card, picked))
         worst_html = "".join(pool.map(card, seamed))
-        leak_html = "".join(pool.map(lambda r: card(r, f' · fill {r.get("fill_color")} left in '
-                                                       f'{_num(r.get("fill_leakage"), "{:.1%}")} of the generated '
-                                                       'area'), leaks))
+        leak_html = "".join(
+            pool.map(
+                lambda r: card(
+                    r,
+                    f" · fill {r.get('fill_color')} left in "
+                    f"{_num(r.get('fill_leakage'), '{:.1%}')} of the generated "
+                    "area",
+                ),
+                leaks,
+            )
+        )
     metric_rows = "".join(
-        f'<tr><td>{esc(r["id"])}</td><td>{r["canvas_width"]}×{r["canvas_height"]}</td><td>{esc(str(r["mode"]))}</td>'
-        f'<td>{_num(r["seam_score"])}</td><td>{_num(r["texture_score"])}</td><td>{_num(r["quality_distance"])}</td>'
-        f'<td>{_num(r["fill_leakage"], "{:.3f}")}</td></tr>' for r in table)
-    table_note = (f"all {n_measured:,} generated rows" if n_measured <= TABLE_ROWS
-                  else f"the {TABLE_ROWS:,} of {n_measured:,} generated rows farthest from natural")
+        f"<tr><td>{esc(r['id'])}</td><td>{r['canvas_width']}×{r['canvas_height']}</td><td>{esc(str(r['mode']))}</td>"
+        f"<td>{_num(r['seam_score'])}</td><td>{_num(r['texture_score'])}</td><td>{_num(r['quality_distance'])}</td>"
+        f"<td>{_num(r['fill_leakage'], '{:.3f}')}</td></tr>"
+        for r in table
+    )
+    table_note = (
+        f"all {n_measured:,} generated rows"
+        if n_measured <= TABLE_ROWS
+        else f"the {TABLE_ROWS:,} of {n_measured:,} generated rows farthest from natural"
+    )
     bad = _rows(meta, pc.invert(ok), [("error_code", "ascending"), ("id", "ascending")])
-    bad_rows = "".join(f'<tr class="{esc(r["status"])}"><td>{esc(r["id"])}</td><td>{esc(r["status"])}</td>'
-                       f'<td><code>{esc(r["error_code"] or "")}</code></td><td>{esc(r["error_message"] or "")}</td>'
-                       f'<td>{esc(r.get("image") or "")}</td></tr>' for r in bad)
+    bad_rows = "".join(
+        f'<tr class="{esc(r["status"])}"><td>{esc(r["id"])}</td><td>{esc(r["status"])}</td>'
+        f"<td><code>{esc(r['error_code'] or '')}</code></td><td>{esc(r['error_message'] or '')}</td>"
+        f"<td>{esc(r.get('image') or '')}</td></tr>"
+        for r in bad
+    )
     counts = "".join(f"<li>{esc(k)}: <b>{v:,}</b></li>" for k, v in summary["by_status"].items())
-    code_list = "".join(f"<li><code>{esc(k)}</code>: {v:,}</li>" for k, v in summary["by_code"].items())
+    code_list = "".join(
+        f"<li><code>{esc(k)}</code>: {v:,}</li>" for k, v in summary["by_code"].items()
+    )
     timing = ""
     if run:
         written, work_s = run.get("images_written", 0), run.get("work_s")
         skipped = (run.get("counts") or {}).get("skipped", 0)
-        speed = (f"{written:,} images in {work_s:,.1f} s of image work: {written / work_s:,.2f} images/s"
-                 if written and work_s else f"no images written this run ({skipped:,} rows already done)")
-        timing = (f"<li>wall time: {run.get('wall_s', 0):,.1f} s</li><li>{speed}</li>"
-                  f"<li>run: <code>{esc(str(run.get('run_id')))}</code></li>")
+        speed = (
+            f"{written:,} images in {work_s:,.1f} s of image work: {written / work_s:,.2f} images/s"
+            if written and work_s
+            else f"no images written this run ({skipped:,} rows already done)"
+        )
+        timing = (
+            f"<li>wall time: {run.get('wall_s', 0):,.1f} s</li><li>{speed}</li>"
+            f"<li>run: <code>{esc(str(run.get('run_id')))}</code></li>"
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>outpaint report: {esc(store.uri)}</title>
 <style>
@@ -367,7 +465,9 @@ window.addEventListener("load", function () {{
     return page, summary
 
 
-def write(store: OutputStore, source_options: dict | None = None, sample: int = 24) -> tuple[str, dict]:
+def write(
+    store: OutputStore, source_options: dict | None = None, sample: int = 24
+) -> tuple[str, dict]:
     page, summary = build(store, source_options, sample=sample)
     storage.retry(store.fs.pipe_file, store.path("report.html"), page.encode())
     return store.uri_of("report.html"), summary

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,23 +27,53 @@ def random_flux_pipe(device, dtype, seed: int = 0, transformer_config: dict | No
     speed, for sizing hardware before the weights are there. No text encoders: prompt
     embeddings are set directly (``FluxFillBackend.set_prompt_embeddings``)."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxFillPipeline,
+        FluxTransformer2DModel,
+    )
 
     torch.manual_seed(seed)  # the same random weights each time it is built
     with torch.device(device):
         transformer = FluxTransformer2DModel(**(transformer_config or FLUX1_CONFIG)).to(dtype)
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2, norm_num_groups=32, sample_size=1024, scaling_factor=0.3611,
-            shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False).to(dtype)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-    return FluxFillPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
-                            text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            norm_num_groups=32,
+            sample_size=1024,
+            scaling_factor=0.3611,
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ).to(dtype)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxFillPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
 
 
-def random_weights_backend(cfg: Config, prompt: str, warmup, batch_size: int, transformer_config=None):
+def random_weights_backend(
+    cfg: Config, prompt: str, warmup, batch_size: int, transformer_config=None
+):
     """The configured backend on :func:`random_flux_pipe` (``outpaint bench --random-weights``)."""
     import torch
 
@@ -56,10 +86,14 @@ def random_weights_backend(cfg: Config, prompt: str, warmup, batch_size: int, tr
     b = FluxFillBackend(cfg.model, pipe=random_flux_pipe(device, dtype, transformer_config=tc))
     g = torch.Generator("cpu").manual_seed(0)
     # T5 (512 x 4096) and CLIP pooled (768) for FLUX.1: what the real encoders produce
-    b.set_prompt_embeddings(prompt, torch.randn(cfg.model.max_sequence_length, tc["joint_attention_dim"],
-                                                generator=g).to(device, dtype),
-                            torch.randn(tc["pooled_projection_dim"], generator=g).to(device, dtype),
-                            torch.zeros(cfg.model.max_sequence_length, 3, device=device, dtype=dtype))
+    b.set_prompt_embeddings(
+        prompt,
+        torch.randn(cfg.model.max_sequence_length, tc["joint_attention_dim"], generator=g).to(
+            device, dtype
+        ),
+        torch.randn(tc["pooled_projection_dim"], generator=g).to(device, dtype),
+        torch.zeros(cfg.model.max_sequence_length, 3, device=device, dtype=dtype),
+    )
     t0 = time.perf_counter()
     if warmup:
         b.warmup(warmup, batch_size)
@@ -88,7 +122,7 @@ def matmul_tflops(torch, device, dtype, n: int | None = None, seconds: float = 1
         if reps % 10 == 0:
             sync()
     sync()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
 class UtilSampler:
@@ -129,18 +163,42 @@ class UtilSampler:
         return float(np.mean(self.samples)) if self.samples else None
 
 
-def synthetic_jobs(width: int, height: int, mode: str, n: int, ref_fraction: float = 0.75,
-                   prompt: str = "", steps: int = 0, seed: int = 0) -> list[Job]:
+def synthetic_jobs(
+    width: int,
+    height: int,
+    mode: str,
+    n: int,
+    ref_fraction: float = 0.75,
+    prompt: str = "",
+    steps: int = 0,
+    seed: int = 0,
+) -> list[Job]:
     """``n`` canvases with a textured reference centred on each (content does not change speed)."""
     rw, rh = max(1, round(width * ref_fraction)), max(1, round(height * ref_fraction))
     x0, y0 = (width - rw) // 2, (height - rh) // 2
     yy, xx = np.mgrid[0:rh, 0:rw]
     rng = np.random.default_rng(seed)
-    base = np.stack([(xx * 255 // max(rw - 1, 1)), (yy * 255 // max(rh - 1, 1)), (xx + yy) % 256], -1)
+    base = np.stack(
+        [(xx * 255 // max(rw - 1, 1)), (yy * 255 // max(rh - 1, 1)), (xx + yy) % 256], -1
+    )
     ref = np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8)
     fast = mode == "fast"
-    return [Job(ref, width, height, x0, y0, seed=seed + i, prompt=prompt, mode=mode, steps=steps,
-                pad_left=(-x0) % GRID if fast else 0, pad_top=(-y0) % GRID if fast else 0) for i in range(n)]
+    return [
+        Job(
+            ref,
+            width,
+            height,
+            x0,
+            y0,
+            seed=seed + i,
+            prompt=prompt,
+            mode=mode,
+            steps=steps,
+            pad_left=(-x0) % GRID if fast else 0,
+            pad_top=(-y0) % GRID if fast else 0,
+        )
+        for i in range(n)
+    ]
 
 
 def canvas_size(cfg: Config, size: tuple[int, int] | None) -> tuple[int, int]:
@@ -165,14 +223,22 @@ def time_backend(backend, jobs: Sequence[Job], batch: int, sync=lambda: None) ->
     sync()
     t0 = time.perf_counter()
     for s in range(0, len(jobs), batch):
-        backend.outpaint(list(jobs[s:s + batch]))
+        backend.outpaint(list(jobs[s : s + batch]))
     sync()
     return (time.perf_counter() - t0) / len(jobs)
 
 
-def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
-          modes: Sequence[str] = ("high", "fast"), ref_fraction: float = 0.75, backend=None,
-          random_weights: bool = False, batch_sizes: Sequence[int] = ()) -> dict:
+def bench(
+    cfg: Config,
+    *,
+    size: tuple[int, int] | None = None,
+    images: int = 8,
+    modes: Sequence[str] = ("high", "fast"),
+    ref_fraction: float = 0.75,
+    backend=None,
+    random_weights: bool = False,
+    batch_sizes: Sequence[int] = (),
+) -> dict:
     """Measure the configured backend; ``backend``: an already built one (benchmarks);
     ``random_weights``: FLUX.1 Fill's architecture at full size, no weights needed;
     ``batch_sizes``: also time the first mode at these batch sizes (s/image, peak memory)."""
@@ -190,12 +256,20 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
     elif backend is None:
         backend = make_backend(cfg.model, prompts=[prompt], warmup=warm, batch_size=batch)
     load_s = time.perf_counter() - t0
-    result: dict = {"backend": cfg.model.backend + (" (random weights)" if random_weights else ""),
-                    "canvas": [W, H], "ref_fraction": ref_fraction, "batch_size": batch, "images": images,
-                    "load_s": round(load_s, 2), "modes": {}}
+    result: dict = {
+        "backend": cfg.model.backend + (" (random weights)" if random_weights else ""),
+        "canvas": [W, H],
+        "ref_fraction": ref_fraction,
+        "batch_size": batch,
+        "images": images,
+        "load_s": round(load_s, 2),
+        "modes": {},
+    }
     if not flux:
         for mode in modes:
-            s = time_backend(backend, synthetic_jobs(W, H, mode, images, ref_fraction, prompt), batch)
+            s = time_backend(
+                backend, synthetic_jobs(W, H, mode, images, ref_fraction, prompt), batch
+            )
             result["modes"][mode] = {"s_per_image": s, "images_per_hour": 3600 / s}
         result["device"] = "cpu"
         return result
@@ -204,11 +278,16 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
     device = backend.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result.update(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  dtype=cfg.model.dtype, optimizations=backend.optimizations, quantize=cfg.model.quantize,
-                  weights_gib={k: round(v / 2**30, 3) for k, v in backend.weight_bytes.items()},
-                  text_encoders_on=backend.text_device.type,
-                  warmup_s=round(backend.warmup_s, 2), torch=torch.__version__)
+    result.update(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        dtype=cfg.model.dtype,
+        optimizations=backend.optimizations,
+        quantize=cfg.model.quantize,
+        weights_gib={k: round(v / 2**30, 3) for k, v in backend.weight_bytes.items()},
+        text_encoders_on=backend.text_device.type,
+        warmup_s=round(backend.warmup_s, 2),
+        torch=torch.__version__,
+    )
     tcfg = dict(backend.transformer.config)
     for mode in modes:
         steps = cfg.model.steps_fast if mode == "fast" else cfg.model.steps
@@ -219,21 +298,35 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
         flop = transformer_flops(tcfg, img_tokens, txt_tokens) * steps
         with UtilSampler(torch, device) as util:
             s = time_backend(backend, jobs, batch, backend.sync)
-        result["modes"][mode] = {"steps": steps, "generated": [AW, AH], "s_per_image": s,
-                                 # what `outpaint plan` should assume here (it prices canvases by FLOP)
-                                 "seconds_per_step_at_1mp": s / steps * transformer_flops(tcfg, 4096, txt_tokens)
-                                 / transformer_flops(tcfg, img_tokens, txt_tokens),
-                                 "images_per_hour": 3600 / s, "tflop_per_image": flop / 1e12,
-                                 "achieved_tflops": flop / s / 1e12, "gpu_util": util.mean}
+        result["modes"][mode] = {
+            "steps": steps,
+            "generated": [AW, AH],
+            "s_per_image": s,
+            # what `outpaint plan` should assume here (it prices canvases by FLOP)
+            "seconds_per_step_at_1mp": s
+            / steps
+            * transformer_flops(tcfg, 4096, txt_tokens)
+            / transformer_flops(tcfg, img_tokens, txt_tokens),
+            "images_per_hour": 3600 / s,
+            "tflop_per_image": flop / 1e12,
+            "achieved_tflops": flop / s / 1e12,
+            "gpu_util": util.mean,
+        }
     result["peak_memory_gib"] = _peak_memory_gib(torch, device)
     sweep = []
     for b in batch_sizes:  # what runtime.batch_size buys (compute bound: little beyond 2-4)
         steps = cfg.model.steps_fast if modes[0] == "fast" else cfg.model.steps
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        s = time_backend(backend, synthetic_jobs(W, H, modes[0], max(images, b), ref_fraction, prompt, steps),
-                         b, backend.sync)
-        sweep.append({"batch_size": b, "s_per_image": s, "peak_memory_gib": _peak_memory_gib(torch, device)})
+        s = time_backend(
+            backend,
+            synthetic_jobs(W, H, modes[0], max(images, b), ref_fraction, prompt, steps),
+            b,
+            backend.sync,
+        )
+        sweep.append(
+            {"batch_size": b, "s_per_image": s, "peak_memory_gib": _peak_memory_gib(torch, device)}
+        )
     if sweep:
         result["batch_sweep"] = {"mode": modes[0], "results": sweep}
     result["matmul_tflops"] = matmul_tflops(torch, device, backend.dtype)
@@ -245,13 +338,17 @@ def bench(cfg: Config, *, size: tuple[int, int] | None = None, images: int = 8,
 def format_result(r: dict) -> str:
     W, H = r["canvas"]
     unit = "GPU" if r.get("device", "cpu") != "cpu" else "worker"
-    lines = [f"outpaint bench: {r['backend']} on {r.get('device', 'cpu')}; canvas {W}x{H}, reference "
-             f"{r['ref_fraction']:.0%} of each side; batch {r['batch_size']}; {r['images']} images per mode"]
+    lines = [
+        f"outpaint bench: {r['backend']} on {r.get('device', 'cpu')}; canvas {W}x{H}, reference "
+        f"{r['ref_fraction']:.0%} of each side; batch {r['batch_size']}; {r['images']} images per mode"
+    ]
     if "optimizations" in r:
         o = r["optimizations"]
-        lines.append(f"dtype {r['dtype']}; compile {o['compile']} ({o['compile_mode']}), fused QKV {o['fuse_qkv']}, "
-                     f"fp8 {o['fp8']}, attention {o['attention']}, bucket {o['bucket_px']} px; load "
-                     f"{r['load_s']:.1f} s, warm-up {r['warmup_s']:.1f} s")
+        lines.append(
+            f"dtype {r['dtype']}; compile {o['compile']} ({o['compile_mode']}), fused QKV {o['fuse_qkv']}, "
+            f"fp8 {o['fp8']}, attention {o['attention']}, bucket {o['bucket_px']} px; load "
+            f"{r['load_s']:.1f} s, warm-up {r['warmup_s']:.1f} s"
+        )
     head = f"{'mode':<6}{'steps':>6}{'s/image':>10}{f'images/h/{unit}':>16}"
     if "matmul_tflops" in r:
         head += f"{'TFLOP/img':>11}{'TFLOP/s':>9}{'MFU':>7}{'GPU busy':>10}"
@@ -264,19 +361,31 @@ def format_result(r: dict) -> str:
         lines.append(line)
     if "weights_gib" in r:
         w = r["weights_gib"]
-        lines.append(f"weights: transformer {w['transformer']:.2f} GiB (model.quantize: {r['quantize']}), VAE "
-                     f"{w['vae']:.2f} GiB, text encoders {w['text_encoders']:.2f} GiB on {r['text_encoders_on']} "
-                     "(dropped after embedding)")
+        lines.append(
+            f"weights: transformer {w['transformer']:.2f} GiB (model.quantize: {r['quantize']}), VAE "
+            f"{w['vae']:.2f} GiB, text encoders {w['text_encoders']:.2f} GiB on {r['text_encoders_on']} "
+            "(dropped after embedding)"
+        )
     if "matmul_tflops" in r:
-        lines.append(f"peak memory {r['peak_memory_gib']:.2f} GiB; {r['dtype']} matmul measured at "
-                     f"{r['matmul_tflops']:.3g} TFLOP/s (the MFU denominator)")
+        lines.append(
+            f"peak memory {r['peak_memory_gib']:.2f} GiB; {r['dtype']} matmul measured at "
+            f"{r['matmul_tflops']:.3g} TFLOP/s (the MFU denominator)"
+        )
     if "batch_sweep" in r:
-        lines.append(f"batch sizes ({r['batch_sweep']['mode']}): " + "; ".join(
-            f"{x['batch_size']}: {x['s_per_image']:.3f} s/image, peak {x['peak_memory_gib']:.1f} GiB"
-            for x in r["batch_sweep"]["results"]))
+        lines.append(
+            f"batch sizes ({r['batch_sweep']['mode']}): "
+            + "; ".join(
+                f"{x['batch_size']}: {x['s_per_image']:.3f} s/image, peak {x['peak_memory_gib']:.1f} GiB"
+                for x in r["batch_sweep"]["results"]
+            )
+        )
     if "high" in r["modes"] and "seconds_per_step_at_1mp" in r["modes"]["high"]:
-        lines.append(f"for `outpaint plan` estimates here: plan.seconds_per_step_at_1mp: "
-                     f"{r['modes']['high']['seconds_per_step_at_1mp']:.4g}")
+        lines.append(
+            f"for `outpaint plan` estimates here: plan.seconds_per_step_at_1mp: "
+            f"{r['modes']['high']['seconds_per_step_at_1mp']:.4g}"
+        )
     if "high" in r["modes"] and "fast" in r["modes"]:
-        lines.append(f"fast / high time: {r['modes']['fast']['s_per_image'] / r['modes']['high']['s_per_image']:.2f}")
+        lines.append(
+            f"fast / high time: {r['modes']['fast']['s_per_image'] / r['modes']['high']['s_per_image']:.2f}"
+        )
     return "\n".join(lines)

@@ -42,11 +42,28 @@ from .stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
 from .triage import TRIAGE_STATS, TriageCounts, TriageStage, slices_table
 
 log = logging.getLogger("outpaint")
-MODEL_ACTOR_ENV = {"OUTPAINT_MODEL_ACTOR": "1", "DIFFUSERS_VERBOSITY": "error", "TRANSFORMERS_VERBOSITY": "error",
-                   "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+MODEL_ACTOR_ENV = {
+    "OUTPAINT_MODEL_ACTOR": "1",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+}
 
-VERSIONED = ("outpaint", "ray", "torch", "diffusers", "transformers", "pyarrow", "numpy", "pillow",
-             "fsspec", "s3fs", "opencv-python-headless", "pydantic")
+VERSIONED = (
+    "outpaint",
+    "ray",
+    "torch",
+    "diffusers",
+    "transformers",
+    "pyarrow",
+    "numpy",
+    "pillow",
+    "fsspec",
+    "s3fs",
+    "opencv-python-headless",
+    "pydantic",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -65,7 +82,12 @@ def quiet_logs(verbose: bool) -> None:
     import ray.data  # noqa: F401 - it configures its loggers on import: set ours after
 
     level = logging.INFO if verbose else logging.ERROR
-    for name in ("ray", "ray.data", "ray._private", "ray.data._internal.execution.streaming_executor"):
+    for name in (
+        "ray",
+        "ray.data",
+        "ray._private",
+        "ray.data._internal.execution.streaming_executor",
+    ):
         logging.getLogger(name).setLevel(level)
 
 
@@ -75,15 +97,22 @@ def ensure_ray(cfg: Config):
     quiet_logs(cfg.runtime.verbose)
     if not ray.is_initialized():
         # workers' output reaches the terminal only with --verbose; row errors are in the metadata
-        common = dict(logging_level=logging.INFO if cfg.runtime.verbose else logging.ERROR,
-                      log_to_driver=cfg.runtime.verbose)
+        common = dict(
+            logging_level=logging.INFO if cfg.runtime.verbose else logging.ERROR,
+            log_to_driver=cfg.runtime.verbose,
+        )
         # inside a Ray job (outpaint submit) RAY_ADDRESS names the cluster it runs on
         address = cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, **common)
         else:
-            ray.init(address="local", num_cpus=cfg.runtime.num_cpus, include_dashboard=False,
-                     object_store_memory=cfg.runtime.object_store_memory, **common)
+            ray.init(
+                address="local",
+                num_cpus=cfg.runtime.num_cpus,
+                include_dashboard=False,
+                object_store_memory=cfg.runtime.object_store_memory,
+                **common,
+            )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.runtime.ray_progress_bars
     ctx.print_on_execution_start = cfg.runtime.ray_progress_bars
@@ -104,12 +133,24 @@ def check_versions(out) -> dict | None:
     have = package_versions()
     ray_v = tuple(int(p) for p in (have["ray"] or "0.0").split(".")[:2])
     if not SUPPORTED_RAY[0] <= ray_v < SUPPORTED_RAY[1]:
-        raise ConfigError(f"the cluster runs Ray {have['ray']}; outpaint {have['outpaint']} needs Ray "
-                          f">= {'.'.join(map(str, SUPPORTED_RAY[0]))}, < {'.'.join(map(str, SUPPORTED_RAY[1]))}")
-    skew = {k: {"client": want.get(k), "cluster": have.get(k)} for k in ("ray", "outpaint") if want.get(k) != have.get(k)}
+        raise ConfigError(
+            f"the cluster runs Ray {have['ray']}; outpaint {have['outpaint']} needs Ray "
+            f">= {'.'.join(map(str, SUPPORTED_RAY[0]))}, < {'.'.join(map(str, SUPPORTED_RAY[1]))}"
+        )
+    skew = {
+        k: {"client": want.get(k), "cluster": have.get(k)}
+        for k in ("ray", "outpaint")
+        if want.get(k) != have.get(k)
+    }
     if skew:
-        print("[outpaint] version skew: " + ", ".join(f"{k} client {v['client']} / cluster {v['cluster']}"
-                                                       for k, v in skew.items()), file=out, flush=True)
+        print(
+            "[outpaint] version skew: "
+            + ", ".join(
+                f"{k} client {v['client']} / cluster {v['cluster']}" for k, v in skew.items()
+            ),
+            file=out,
+            flush=True,
+        )
     return {"client": want, "skew": skew}
 
 
@@ -136,7 +177,9 @@ class Tally:
     images: int = 0
     actors: dict = field(default_factory=dict)  # model actor -> (loop s, wall s), latest
     api: dict | None = None  # bfl-api: tasks, outcomes, credits (this run's rows)
-    api_done: list = field(default_factory=list)  # bfl-api: requests whose task ended (journal clean-up)
+    api_done: list = field(
+        default_factory=list
+    )  # bfl-api: requests whose task ended (journal clean-up)
 
     def busy(self) -> dict | None:
         """Denoising-loop time over actor time, per model actor and overall (None: no GPU backend)."""
@@ -144,17 +187,27 @@ class Tally:
             return None
         loop = sum(v[0] for v in self.actors.values())
         wall = sum(v[1] for v in self.actors.values())
-        return {"fraction": round(loop / wall, 4) if wall > 0 else None, "loop_s": round(loop, 3),
-                "actor_s": round(wall, 3),
-                "actors": {k: round(v[0] / v[1], 4) if v[1] > 0 else None for k, v in sorted(self.actors.items())}}
+        return {
+            "fraction": round(loop / wall, 4) if wall > 0 else None,
+            "loop_s": round(loop, 3),
+            "actor_s": round(wall, 3),
+            "actors": {
+                k: round(v[0] / v[1], 4) if v[1] > 0 else None
+                for k, v in sorted(self.actors.items())
+            },
+        }
 
     def add(self, batch: pa.Table) -> None:
         """Work rows' metadata, columnar."""
         codes.add_counts(self.by_status, self.by_code, batch)
-        written = pc.and_(pc.fill_null(pc.equal(batch.column("status"), codes.OK), False),
-                          pc.is_valid(batch.column("output_uri")))
-        area = pc.multiply(batch.column("canvas_width").cast(pa.float64()),
-                           batch.column("canvas_height").cast(pa.float64()))
+        written = pc.and_(
+            pc.fill_null(pc.equal(batch.column("status"), codes.OK), False),
+            pc.is_valid(batch.column("output_uri")),
+        )
+        area = pc.multiply(
+            batch.column("canvas_width").cast(pa.float64()),
+            batch.column("canvas_height").cast(pa.float64()),
+        )
         self.images += pc.sum(written.cast(pa.int64())).as_py() or 0
         self.megapixels += (pc.sum(pc.filter(area, written)).as_py() or 0.0) / 1e6
         self.done += batch.num_rows
@@ -162,8 +215,12 @@ class Tally:
             self.add_api(batch)
         if "model_actor" in batch.column_names:  # GPU backends only: the rows a model generated
             gen = batch.filter(pc.is_valid(batch.column("model_actor")))
-            for a, lp, wl in zip(*(gen.column(c).to_pylist() for c in ("model_actor", "model_loop_s",
-                                                                        "model_wall_s"))):
+            for a, lp, wl in zip(
+                *(
+                    gen.column(c).to_pylist()
+                    for c in ("model_actor", "model_loop_s", "model_wall_s")
+                )
+            ):
                 if wl >= self.actors.get(a, (0.0, -1.0))[1]:
                     self.actors[a] = (lp, wl)
 
@@ -175,14 +232,26 @@ class Tally:
         a["submitted"] += pc.sum(task.cast(pa.int64())).as_py() or 0
         a["ready"] += pc.sum(pc.and_(task, ok).cast(pa.int64())).as_py() or 0
         for name, key in (("moderated", "moderated"), ("generation_failed", "errors")):
-            a[key] += pc.sum(pc.fill_null(pc.equal(code, name), False).cast(pa.int64())).as_py() or 0
-        a["cost_credits"] = round(a["cost_credits"] + (pc.sum(pc.filter(batch.column("cost_credits"), ok)).as_py()
-                                                       or 0.0), 4)
+            a[key] += (
+                pc.sum(pc.fill_null(pc.equal(code, name), False).cast(pa.int64())).as_py() or 0
+            )
+        a["cost_credits"] = round(
+            a["cost_credits"]
+            + (pc.sum(pc.filter(batch.column("cost_credits"), ok)).as_py() or 0.0),
+            4,
+        )
         active = batch.column("api_active").drop_null()
         if len(active):
             a["active"] = active[-1].as_py()
-        ended = pc.or_(ok, pc.fill_null(pc.is_in(code, value_set=pa.array(["moderated", "invalid_request"])), False))
-        self.api_done += [h for h in pc.filter(batch.column("request_hash"), ended).to_pylist() if h]
+        ended = pc.or_(
+            ok,
+            pc.fill_null(
+                pc.is_in(code, value_set=pa.array(["moderated", "invalid_request"])), False
+            ),
+        )
+        self.api_done += [
+            h for h in pc.filter(batch.column("request_hash"), ended).to_pylist() if h
+        ]
 
     def _parts(self) -> list[str]:
         parts = [f"{k} {v:,}" for k, v in sorted(self.by_status.items())]
@@ -190,8 +259,10 @@ class Tally:
             parts.append(f"skipped {self.skipped:,}")
         if self.api is not None:
             a = self.api
-            parts.append(f"API: {a['active']} active, {a['ready']:,} ready, {a['moderated']:,} moderated, "
-                         f"{a['cost_credits']:,.2f} credits")
+            parts.append(
+                f"API: {a['active']} active, {a['ready']:,} ready, {a['moderated']:,} moderated, "
+                f"{a['cost_credits']:,.2f} credits"
+            )
         return parts
 
     def postfix(self) -> str:
@@ -204,7 +275,10 @@ class Tally:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         pct = 100.0 * self.done / max(self.total, 1)
         parts = [f"{self.done:,}/{self.total:,} work rows ({pct:.1f}%)", *self._parts()]
-        parts += [f"{rate:.2f} rows/s", f"ETA {_fmt_duration(eta) if self.done < self.total else '0m00s'}"]
+        parts += [
+            f"{rate:.2f} rows/s",
+            f"ETA {_fmt_duration(eta) if self.done < self.total else '0m00s'}",
+        ]
         return "[outpaint] " + " · ".join(parts)
 
 
@@ -254,17 +328,28 @@ def actor_pool(ray, cfg: Config, rows_to_generate: int):
     ``actor_concurrency`` calls run at once in each (one in the GPU loop, the next
     preparing), with more batches' inputs already fetched (``actor_tasks_in_flight``)."""
     rt = cfg.runtime
-    if cfg.model.backend == "bfl-api":  # one process owns the API conversation: the account's task limit
-        n = cfg.model.api.max_active + 4  # is held in it; a few more calls wait on a slot, their inputs ready
-        return ray.data.ActorPoolStrategy(size=1, max_concurrent_calls_per_actor=n, enable_true_multi_threading=True,
-                                          max_tasks_in_flight_per_actor=2 * n)
+    if (
+        cfg.model.backend == "bfl-api"
+    ):  # one process owns the API conversation: the account's task limit
+        n = (
+            cfg.model.api.max_active + 4
+        )  # is held in it; a few more calls wait on a slot, their inputs ready
+        return ray.data.ActorPoolStrategy(
+            size=1,
+            max_concurrent_calls_per_actor=n,
+            enable_true_multi_threading=True,
+            max_tasks_in_flight_per_actor=2 * n,
+        )
     most = max(1, min(rt.num_actors, math.ceil(rows_to_generate / rt.batch_size)))
     # CUDA graph trees are recorded per thread: one caller thread, or they are recorded twice
     n = 1 if cfg.model.optimize.cuda_graphs else rt.actor_concurrency
     return ray.data.ActorPoolStrategy(
-        min_size=min(rt.min_actors or most, most), max_size=most,
-        max_concurrent_calls_per_actor=n, enable_true_multi_threading=n > 1,
-        max_tasks_in_flight_per_actor=rt.actor_tasks_in_flight or 2 * n)
+        min_size=min(rt.min_actors or most, most),
+        max_size=most,
+        max_concurrent_calls_per_actor=n,
+        enable_true_multi_threading=n > 1,
+        max_tasks_in_flight_per_actor=rt.actor_tasks_in_flight or 2 * n,
+    )
 
 
 class Work:
@@ -282,14 +367,22 @@ class Work:
     def summary(self) -> tuple[int, list[str]]:
         """Rows that need the model, and their distinct prompts."""
         if self.dataset is not None:
-            parts = self.dataset.map_batches(work_summary, batch_format="pyarrow", batch_size=None).take_all()
+            parts = self.dataset.map_batches(
+                work_summary, batch_format="pyarrow", batch_size=None
+            ).take_all()
         else:
             parts = [work_summary(t).to_pylist()[0] for t in self.tables]
         return sum(p["generated"] for p in parts), sorted({q for p in parts for q in p["prompts"]})
 
 
-def triage(cfg: Config, store: OutputStore, run_id: str, index: manifest.ManifestIndex, prior,
-           dups: dict | None = None) -> Work:
+def triage(
+    cfg: Config,
+    store: OutputStore,
+    run_id: str,
+    index: manifest.ManifestIndex,
+    prior,
+    dups: dict | None = None,
+) -> Work:
     """Phase 1: plan and resume-filter every row; the work rows come back (with the
     triage counts: how sources were identified)."""
     if dups is None:
@@ -297,7 +390,9 @@ def triage(cfg: Config, store: OutputStore, run_id: str, index: manifest.Manifes
     if len(index.slices) <= 1:
         # one slice is one task's worth: run it here, and a run with nothing to do
         # never starts Ray (memory: one slice of at most plan_block_rows rows)
-        stage = TriageStage(cfg, store, run_id, duplicates=dups, prior=prior, chunk_rows=cfg.runtime.plan_block_rows)
+        stage = TriageStage(
+            cfg, store, run_id, duplicates=dups, prior=prior, chunk_rows=cfg.runtime.plan_block_rows
+        )
         work = Work(tables=[t for piece in index.slices for t in stage.chunks(piece)])
         work.counts = stage.counts
         return work
@@ -305,11 +400,20 @@ def triage(cfg: Config, store: OutputStore, run_id: str, index: manifest.Manifes
     shared = store.share_prior(prior, run_id) if prior is not None and len(prior) else None
     prior = None
     ray = ensure_ray(cfg)
-    stage = TriageStage(cfg, store, run_id, duplicates=ray.put(dups) if dups else None, prior=shared,
-                        chunk_rows=cfg.runtime.plan_block_rows, stats_to_store=True)
+    stage = TriageStage(
+        cfg,
+        store,
+        run_id,
+        duplicates=ray.put(dups) if dups else None,
+        prior=shared,
+        chunk_rows=cfg.runtime.plan_block_rows,
+        stats_to_store=True,
+    )
     sl = slices_table(index.slices)
     ds = ray.data.from_arrow([sl.slice(i, 1) for i in range(sl.num_rows)])  # one task per slice
-    work = Work(dataset=ds.map_batches(stage, batch_format="pyarrow", batch_size=None).materialize())
+    work = Work(
+        dataset=ds.map_batches(stage, batch_format="pyarrow", batch_size=None).materialize()
+    )
     if shared is not None:
         store.fs.rm_file(shared)
     for part in store.read_jsons(f"{TRIAGE_STATS}/{run_id}-"):
@@ -331,10 +435,17 @@ def check_api(cfg: Config, out, quiet: bool) -> float | None:
     except ConnectionError as e:
         raise ConfigError(f"model.api.endpoint: {e}") from None
     if not quiet:
-        print(f"[outpaint] bfl-api {cfg.model.api.endpoint}: key from {cfg.model.api.key_env} accepted, balance "
-              f"{balance:,.2f} credits; at most {cfg.model.api.max_active} tasks at once"
-              + (f", budget {cfg.model.api.max_cost_credits:g} credits" if cfg.model.api.max_cost_credits else ""),
-              file=out, flush=True)
+        print(
+            f"[outpaint] bfl-api {cfg.model.api.endpoint}: key from {cfg.model.api.key_env} accepted, balance "
+            f"{balance:,.2f} credits; at most {cfg.model.api.max_active} tasks at once"
+            + (
+                f", budget {cfg.model.api.max_cost_credits:g} credits"
+                if cfg.model.api.max_cost_credits
+                else ""
+            ),
+            file=out,
+            flush=True,
+        )
     return balance
 
 
@@ -358,8 +469,10 @@ def identity_line(counts: TriageCounts, prior_info: dict | None, mode: str) -> s
     st = counts.identity
     parts = []
     if st.listed or st.prefixes:
-        parts.append(f"{st.listed:,} sources identified from {st.listing_pages:,} listing requests over "
-                     f"{st.prefixes:,} prefix{'es' if st.prefixes != 1 else ''}")
+        parts.append(
+            f"{st.listed:,} sources identified from {st.listing_pages:,} listing requests over "
+            f"{st.prefixes:,} prefix{'es' if st.prefixes != 1 else ''}"
+        )
     if st.head:
         how = sorted(v for k, v in st.decisions.items() if k != "listing")
         parts.append(f"{st.head:,} looked up one by one ({'; '.join(how) or 'HEAD a row'})")
@@ -390,9 +503,11 @@ def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
         return ds.map_batches(ProcessStage(cfg, store, run_id), **task)
     ds = ds.map_batches(LoadStage(cfg), **task)
     ds = ds.map_batches(
-        OutpaintStage, fn_constructor_args=(cfg, prompts if len(prompts) <= 1024 else None),
+        OutpaintStage,
+        fn_constructor_args=(cfg, prompts if len(prompts) <= 1024 else None),
         # the API actor runs a call's rows concurrently (each waits on its task): a block a call
-        batch_format="pyarrow", batch_size=None if cfg.model.backend == "bfl-api" else cfg.runtime.batch_size,
+        batch_format="pyarrow",
+        batch_size=None if cfg.model.backend == "bfl-api" else cfg.runtime.batch_size,
         compute=actor_pool(ray, cfg, gen),
         num_gpus=gpus_per_actor(ray, cfg),
         # the API actor waits on the network: a quarter CPU, the rest to the load and write tasks
@@ -402,8 +517,11 @@ def images(ray, cfg: Config, store: OutputStore, run_id: str, work: Work):
         runtime_env={"env_vars": MODEL_ACTOR_ENV},
         # A dead actor (killed, OOM) is restarted and its batch redone: Ray Data's
         # default (-1, -1); only another restart limit needs the loose remote args.
-        **({} if cfg.runtime.actor_restarts == -1 else
-           {"max_restarts": cfg.runtime.actor_restarts, "max_task_retries": -1}),
+        **(
+            {}
+            if cfg.runtime.actor_restarts == -1
+            else {"max_restarts": cfg.runtime.actor_restarts, "max_task_retries": -1}
+        ),
     )
     return ds.map_batches(WriteStage(cfg, store, run_id), **task)
 
@@ -417,20 +535,27 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
     if cfg.runtime.ray_address and storage.is_local(cfg.output.uri):
         raise ConfigError(
             f"output.uri {cfg.output.uri} is a local path but runtime.ray_address points at a cluster: workers "
-            "on other nodes would write to their own disks; use object storage (s3://, gs://, az://)")
+            "on other nodes would write to their own disks; use object storage (s3://, gs://, az://)"
+        )
     versions = check_versions(out)
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     index = manifest.scan(cfg, cfg.runtime.plan_block_rows)  # schema problems fail before any work
     manifest.check_reachable(index)
     store.check_writable()
-    api_balance = check_api(cfg, out, quiet)  # bfl-api: a missing or refused key stops here, nothing submitted
-    if cfg.output.c2pa is not None:  # a key or certificate problem stops the run here, not row by row
+    api_balance = check_api(
+        cfg, out, quiet
+    )  # bfl-api: a missing or refused key stops here, nothing submitted
+    if (
+        cfg.output.c2pa is not None
+    ):  # a key or certificate problem stops the run here, not row by row
         from ..io.provenance import ContentCredentials
 
         ContentCredentials(cfg.output.c2pa).signer()
     if cfg.output.mode == "error_if_exists" and store.has_outputs():
-        raise ConfigError(f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
-                          "use resume (skip finished rows) or overwrite, or another output.uri")
+        raise ConfigError(
+            f"output.uri {cfg.output.uri} already holds outputs and output.mode is error_if_exists; "
+            "use resume (skip finished rows) or overwrite, or another output.uri"
+        )
     # the duplicate rule needs every id at once: found now, while the driver holds least;
     # after it, the driver keeps the ids' sorted fingerprints only (16 bytes a row)
     n_rows = index.rows
@@ -439,10 +564,16 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
     index.ids = None
     # metadata from earlier runs: then compaction must pick the latest row per id
     earlier = bool(store.metadata_files())
-    prior, prior_info = store.prior(ids) if cfg.output.mode == "resume" and earlier else (None, None)
+    prior, prior_info = (
+        store.prior(ids) if cfg.output.mode == "resume" and earlier else (None, None)
+    )
 
     if not quiet:
-        print(f"[outpaint] planning {n_rows:,} rows ({len(index.slices):,} slices)", file=out, flush=True)
+        print(
+            f"[outpaint] planning {n_rows:,} rows ({len(index.slices):,} slices)",
+            file=out,
+            flush=True,
+        )
     box = [prior]  # handed over, not kept: triage may put it in Ray's object store and drop it here
     del prior
     work = triage(cfg, store, run_id, index, box.pop(), dups)
@@ -451,8 +582,15 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
     work_rows = work.rows
     tally = Tally(total=work_rows)
     if cfg.model.backend == "bfl-api":
-        tally.api = {"submitted": 0, "ready": 0, "moderated": 0, "errors": 0, "cost_credits": 0.0, "active": 0,
-                     "credits_at_start": api_balance}
+        tally.api = {
+            "submitted": 0,
+            "ready": 0,
+            "moderated": 0,
+            "errors": 0,
+            "cost_credits": 0.0,
+            "active": 0,
+            "credits_at_start": api_balance,
+        }
     bulk = store.read_metadata_parts(f"{run_id}-t", ["status", "error_code"])
     if bulk is not None:
         codes.add_counts(tally.by_status, tally.by_code, bulk)
@@ -460,9 +598,13 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
     tally.skipped = n_rows - work_rows - tally.bulk
     if not quiet:
         st = tally.by_status
-        print(f"[outpaint] planned in {time.time() - t_start:.1f}s: {work_rows:,} to do, "
-              f"{tally.skipped:,} already done, {st.get(codes.REJECTED, 0):,} rejected, "
-              f"{st.get(codes.FAILED, 0):,} failed", file=out, flush=True)
+        print(
+            f"[outpaint] planned in {time.time() - t_start:.1f}s: {work_rows:,} to do, "
+            f"{tally.skipped:,} already done, {st.get(codes.REJECTED, 0):,} rejected, "
+            f"{st.get(codes.FAILED, 0):,} failed",
+            file=out,
+            flush=True,
+        )
     del bulk
     line = identity_line(work.counts, prior_info, cfg.input.identity)
     if line and not quiet:
@@ -475,15 +617,18 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
     def flush():
         nonlocal pending, pending_rows, part
         if pending_rows:
-            store.write_metadata_part(pa.concat_tables(pending, promote_options="permissive"),
-                                      f"{run_id}-{part:05d}")
+            store.write_metadata_part(
+                pa.concat_tables(pending, promote_options="permissive"), f"{run_id}-{part:05d}"
+            )
             part += 1
         pending, pending_rows = [], 0
 
     tally.started = time.time()
     if work_rows:
         ray = ensure_ray(cfg)
-        for batch in images(ray, cfg, store, run_id, work).iter_batches(batch_format="pyarrow", batch_size=None):
+        for batch in images(ray, cfg, store, run_id, work).iter_batches(
+            batch_format="pyarrow", batch_size=None
+        ):
             if batch.num_rows:
                 tally.add(batch)
                 pending.append(batch)
@@ -511,15 +656,23 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
         "wall_s": round(wall, 3),
         "rows": n_rows,
         "work_rows": work_rows,
-        "manifest": {"by_status": {k: st.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
-                     "by_code": dict(sorted(cd.items()))},
-        "counts": {"processed": tally.done + tally.bulk, "skipped": tally.skipped,
-                   "by_status": tally.by_status, "by_code": tally.by_code},
+        "manifest": {
+            "by_status": {k: st.get(k, 0) for k in (codes.OK, codes.REJECTED, codes.FAILED)},
+            "by_code": dict(sorted(cd.items())),
+        },
+        "counts": {
+            "processed": tally.done + tally.bulk,
+            "skipped": tally.skipped,
+            "by_status": tally.by_status,
+            "by_code": tally.by_code,
+        },
         "model_busy": tally.busy(),
         "images_written": tally.images,
         "output_megapixels": round(tally.megapixels, 3),
         "images_per_s": round(tally.images / wall, 4) if wall > 0 else 0.0,
-        "work_s": round(work_s, 3),  # the image stages' time: images/s over the work, not the skipping
+        "work_s": round(
+            work_s, 3
+        ),  # the image stages' time: images/s over the work, not the skipping
         "megapixels_per_s": round(tally.megapixels / wall, 4) if wall > 0 else 0.0,
         "metadata_rows": rows_kept,
         "config": dump(cfg),
@@ -532,7 +685,9 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
     try:
         # nothing changed since the last run (every row skipped, no metadata written): the
         # page it wrote still holds (a catalogue-sized rerun pays no thumbnail requests)
-        if cfg.output.report and (wrote or not storage.retry(store.fs.exists, store.path("report.html"))):
+        if cfg.output.report and (
+            wrote or not storage.retry(store.fs.exists, store.path("report.html"))
+        ):
             from ..review import report
 
             report.write(store, cfg.input.storage_options, sample=cfg.output.report_sample)

@@ -40,12 +40,36 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 EXIT_STILL_RUNNING = 3
 # storage_options keys that hold credentials (fsspec: s3fs, gcsfs, adlfs), at any depth
-SECRET_KEYS = frozenset({
-    "key", "secret", "token", "password", "session_token", "access_key", "secret_key", "aws_access_key_id",
-    "aws_secret_access_key", "aws_session_token", "account_key", "sas_token", "client_secret",
-    "connection_string", "credentials", "credential"})
-_TRANSIENT = ("No available agent", "status code 5", "Connection refused", "Connection reset",
-              "Max retries exceeded", "timed out", "Temporary failure", "Remote end closed")
+SECRET_KEYS = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "session_token",
+        "access_key",
+        "secret_key",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "account_key",
+        "sas_token",
+        "client_secret",
+        "connection_string",
+        "credentials",
+        "credential",
+    }
+)
+_TRANSIENT = (
+    "No available agent",
+    "status code 5",
+    "Connection refused",
+    "Connection reset",
+    "Max retries exceeded",
+    "timed out",
+    "Temporary failure",
+    "Remote end closed",
+)
 
 
 def strip_secrets(data: dict) -> tuple[dict, list[str]]:
@@ -68,7 +92,9 @@ def strip_secrets(data: dict) -> tuple[dict, list[str]]:
 
 def submission_id(shipped: dict) -> str:
     """Deterministic: the same config (as shipped) and output give the same id."""
-    key = json.dumps({"config": shipped, "output": shipped["output"]["uri"]}, sort_keys=True, default=str)
+    key = json.dumps(
+        {"config": shipped, "output": shipped["output"]["uri"]}, sort_keys=True, default=str
+    )
     return "outpaint-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -91,14 +117,18 @@ def call(fn, *args, what: str, out, attempts: int = 6, base: float = 1.0, **kwar
             if not _transient(e) or attempt == attempts - 1:
                 raise ConfigError(f"job server: {what} failed: {first}") from None
             wait = storage.backoff(attempt, base, 30.0)
-            print(f"[outpaint] job server busy ({first[:120]}); {what}: retry {attempt + 1} in {wait:.1f}s",
-                  file=out, flush=True)
+            print(
+                f"[outpaint] job server busy ({first[:120]}); {what}: retry {attempt + 1} in {wait:.1f}s",
+                file=out,
+                flush=True,
+            )
             time.sleep(wait)
     raise AssertionError("unreachable")
 
 
 def _status(client, job_id: str, out) -> str | None:
     """The job's status, or None if there is no such job."""
+
     def get():
         try:
             return str(client.get_job_info(job_id).status).split(".")[-1]
@@ -106,10 +136,13 @@ def _status(client, job_id: str, out) -> str | None:
             if "404" in str(e) or "does not exist" in str(e):
                 return None
             raise
+
     return call(get, what=f"status of {job_id}", out=out)
 
 
-def find_or_submit(client, base: str, entry: str, runtime_env: dict, metadata: dict, out) -> tuple[str, bool]:
+def find_or_submit(
+    client, base: str, entry: str, runtime_env: dict, metadata: dict, out
+) -> tuple[str, bool]:
     """(job id, attached): the first id of the series that is not a finished job."""
     for k in range(1, 10_000):
         job_id = base if k == 1 else f"{base}-r{k}"
@@ -118,8 +151,15 @@ def find_or_submit(client, base: str, entry: str, runtime_env: dict, metadata: d
             return job_id, True
         if status is None:
             try:
-                call(client.submit_job, entrypoint=entry, submission_id=job_id, runtime_env=runtime_env,
-                     metadata=metadata, what="submit", out=out)
+                call(
+                    client.submit_job,
+                    entrypoint=entry,
+                    submission_id=job_id,
+                    runtime_env=runtime_env,
+                    metadata=metadata,
+                    what="submit",
+                    out=out,
+                )
                 return job_id, False
             except ConfigError as e:
                 if "already exists" in str(e):  # another submit of the same run won the race
@@ -128,8 +168,17 @@ def find_or_submit(client, base: str, entry: str, runtime_env: dict, metadata: d
     raise ConfigError(f"job server: every id of the series {base}-r* is taken")
 
 
-def submit(cfg: Config, address: str, *, wait: bool = True, timeout_s: float = 24 * 3600, strict: bool = False,
-           job_id: str | None = None, stop_on_exit: bool | None = None, out=sys.stderr) -> tuple[str, str]:
+def submit(
+    cfg: Config,
+    address: str,
+    *,
+    wait: bool = True,
+    timeout_s: float = 24 * 3600,
+    strict: bool = False,
+    job_id: str | None = None,
+    stop_on_exit: bool | None = None,
+    out=sys.stderr,
+) -> tuple[str, str]:
     """Submit (or attach); with ``wait``, stream logs to a terminal state. Returns (job id, status)."""
     import ray
     from ray.job_submission import JobSubmissionClient
@@ -137,27 +186,39 @@ def submit(cfg: Config, address: str, *, wait: bool = True, timeout_s: float = 2
     import pipeline
 
     if storage.is_local(cfg.output.uri):
-        raise ConfigError(f"output.uri {cfg.output.uri} is a local path: on a cluster the workers would write to "
-                          "their own disks; use object storage (s3://, gs://, az://)")
+        raise ConfigError(
+            f"output.uri {cfg.output.uri} is a local path: on a cluster the workers would write to "
+            "their own disks; use object storage (s3://, gs://, az://)"
+        )
     data = dump(cfg)
     data["runtime"]["ray_address"] = "auto"  # the job's driver joins the cluster it runs on
     shipped, removed = strip_secrets(data)
     base = job_id or submission_id(shipped)
     client = call(JobSubmissionClient, address, what=f"connect to {address}", out=out, attempts=3)
     if removed:
-        print(f"[outpaint] not shipped (credentials come from the cluster's environment): {', '.join(removed)}",
-              file=out, flush=True)
+        print(
+            f"[outpaint] not shipped (credentials come from the cluster's environment): {', '.join(removed)}",
+            file=out,
+            flush=True,
+        )
     from .runner import package_versions
 
     with tempfile.TemporaryDirectory(prefix="outpaint-job-") as work:
         with open(os.path.join(work, "config.yaml"), "w") as f:
             yaml.safe_dump(shipped, f, sort_keys=False)
         entry = "python -m pipeline run config.yaml" + (" --strict" if strict else "")
-        runtime_env = {"working_dir": work, "py_modules": [os.path.dirname(pipeline.__file__)],
-                       "env_vars": {"OUTPAINT_CLIENT_VERSIONS": json.dumps(
-                           {"ray": ray.__version__, "outpaint": package_versions()["outpaint"]})}}
-        job, attached = find_or_submit(client, base, entry, runtime_env,
-                                       {"tool": "outpaint", "output": cfg.output.uri}, out)
+        runtime_env = {
+            "working_dir": work,
+            "py_modules": [os.path.dirname(pipeline.__file__)],
+            "env_vars": {
+                "OUTPAINT_CLIENT_VERSIONS": json.dumps(
+                    {"ray": ray.__version__, "outpaint": package_versions()["outpaint"]}
+                )
+            },
+        }
+        job, attached = find_or_submit(
+            client, base, entry, runtime_env, {"tool": "outpaint", "output": cfg.output.uri}, out
+        )
     verb = "attached to the running job" if attached else "submitted"
     print(f"[outpaint] {verb} {job} on {address}: {entry}", file=out, flush=True)
     if not wait:
@@ -182,7 +243,9 @@ def follow(client, job: str, timeout_s: float, stop_on_exit: bool, out) -> str:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda s=sig: (stopped.append(s), stop.set()))
         waiter = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait({task, waiter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {task, waiter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
         for t in (task, waiter):
             t.cancel()
         if stopped:
@@ -196,7 +259,11 @@ def follow(client, job: str, timeout_s: float, stop_on_exit: bool, out) -> str:
     finally:
         loop.close()
     if how == "SIGNAL":
-        print(f"[outpaint] {signal.Signals(stopped[0]).name}: stopping job {job}", file=out, flush=True)
+        print(
+            f"[outpaint] {signal.Signals(stopped[0]).name}: stopping job {job}",
+            file=out,
+            flush=True,
+        )
         call(client.stop_job, job, what=f"stop {job}", out=out)
         deadline = time.time() + 60
         status = _status(client, job, out)
@@ -210,8 +277,12 @@ def follow(client, job: str, timeout_s: float, stop_on_exit: bool, out) -> str:
         time.sleep(1)
         status = _status(client, job, out)
     if how == "TIMEOUT":
-        print(f"[outpaint] job {job} still {status} after {timeout_s:.0f}s; it keeps running on the cluster "
-              "(outpaint submit again attaches to it; `ray job stop` stops it)", file=out, flush=True)
+        print(
+            f"[outpaint] job {job} still {status} after {timeout_s:.0f}s; it keeps running on the cluster "
+            "(outpaint submit again attaches to it; `ray job stop` stops it)",
+            file=out,
+            flush=True,
+        )
         return status or "RUNNING"
     print(f"[outpaint] job {job}: {status}", file=out, flush=True)
     return status

@@ -13,8 +13,8 @@ driver.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -54,9 +54,9 @@ class TriageCounts:
     done: int = 0
     work: int = 0
     bulk: int = 0
-    deferred: int = 0          # remote sources of unknown size: planned when loaded
+    deferred: int = 0  # remote sources of unknown size: planned when loaded
     sizes_from_prior: int = 0  # sizes taken from the id's earlier ok row
-    version: int = 0           # identities from image_version
+    version: int = 0  # identities from image_version
     identity: sources.IdentityStats = field(default_factory=sources.IdentityStats)
 
     def add_plan(self, planner: PlanStage) -> None:
@@ -70,8 +70,10 @@ class TriageCounts:
         self.identity.add(sources.IdentityStats(**other.get("identity", {})))
 
     def as_dict(self) -> dict:
-        out = {k: getattr(self, k) for k in ("rows", "done", "work", "bulk", "deferred", "sizes_from_prior",
-                                              "version")}
+        out = {
+            k: getattr(self, k)
+            for k in ("rows", "done", "work", "bulk", "deferred", "sizes_from_prior", "version")
+        }
         out["identity"] = self.identity.as_dict()
         return out
 
@@ -84,8 +86,16 @@ class TriageStage:
     path the output store shared it at (``OutputStore.share_prior``), read once per task.
     """
 
-    def __init__(self, cfg: Config, store: OutputStore, run_id: str, duplicates=None, prior=None,
-                 chunk_rows: int = 65_536, stats_to_store: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        store: OutputStore,
+        run_id: str,
+        duplicates=None,
+        prior=None,
+        chunk_rows: int = 65_536,
+        stats_to_store: bool = False,
+    ):
         self.cfg = cfg
         self.store = store
         self.run_id = run_id
@@ -97,7 +107,9 @@ class TriageStage:
 
     def triage(self, plan: pa.Table, prior: Prior | None) -> tuple[pa.Table, pa.Table]:
         """A planned chunk -> (work rows, rows finished here); done rows are neither."""
-        ok = np.asarray(pc.equal(plan.column("status"), codes.OK).to_numpy(zero_copy_only=False), bool)
+        ok = np.asarray(
+            pc.equal(plan.column("status"), codes.OK).to_numpy(zero_copy_only=False), bool
+        )
         already = np.zeros(plan.num_rows, bool)
         if prior is not None and len(prior) and ok.any():
             already[ok] = prior.done.contains(plan.column("request_hash").filter(pa.array(ok)))
@@ -106,22 +118,30 @@ class TriageStage:
         return plan.filter(pa.array(ok & ~already)), plan.filter(pa.array(~ok))
 
     def chunks(self, piece: manifest.Slice) -> Iterator[pa.Table]:
-        prior = self.store.read_prior(self.prior) if isinstance(self.prior, str) else _resolve(self.prior)
+        prior = (
+            self.store.read_prior(self.prior)
+            if isinstance(self.prior, str)
+            else _resolve(self.prior)
+        )
         planner = PlanStage(self.cfg, _resolve(self.duplicates), identify=True, prior=prior)
         for k, rows in enumerate(manifest.read_slice(piece, self.cfg, self.chunk_rows)):
             work, finished = self.triage(planner(rows), prior)
             if finished.num_rows:
                 # one part per chunk, named by its place in the manifest: a retried task
                 # rewrites the same part, so no row is ever written twice
-                self.store.write_metadata_part(bulk_metadata(finished, self.run_id, time.time()),
-                                               f"{self.run_id}-t{piece.row0:012d}-{k:05d}")
+                self.store.write_metadata_part(
+                    bulk_metadata(finished, self.run_id, time.time()),
+                    f"{self.run_id}-t{piece.row0:012d}-{k:05d}",
+                )
                 self.counts.bulk += finished.num_rows
             self.counts.work += work.num_rows
             if work.num_rows:
                 yield work
         self.counts.add_plan(planner)
         if self.stats_to_store:
-            self.store.write_json(f"{TRIAGE_STATS}/{self.run_id}-{piece.row0:012d}.json", self.counts.as_dict())
+            self.store.write_json(
+                f"{TRIAGE_STATS}/{self.run_id}-{piece.row0:012d}.json", self.counts.as_dict()
+            )
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for row in batch.select(list(SLICE_FIELDS)).to_pylist():

@@ -11,21 +11,31 @@ import numpy as np
 import pytest
 
 from pipeline import config as config_mod
-from pipeline.plan import hashing
 from pipeline.backends import Job, warmup_shapes
-from pipeline.run.bench import bench, synthetic_jobs
-from pipeline.plan.flops import FLUX1_CONFIG, transformer_flops
 from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError
+from pipeline.plan import hashing
+from pipeline.plan.flops import FLUX1_CONFIG, transformer_flops
+from pipeline.run.bench import bench, synthetic_jobs
 
 from ..conftest import read_png
 
 torch = pytest.importorskip("torch")
 
+
 def flux_cfg(path, optimize=None, **extra):
-    data = {"input": {"manifest": "m"}, "output": {"uri": "o"},
-            "model": {"backend": "flux-fill", "path": path, "dtype": "float32", "steps": 3, "fast_steps": 1,
-                      "optimize": optimize or {}}}
+    data = {
+        "input": {"manifest": "m"},
+        "output": {"uri": "o"},
+        "model": {
+            "backend": "flux-fill",
+            "path": path,
+            "dtype": "float32",
+            "steps": 3,
+            "fast_steps": 1,
+            "optimize": optimize or {},
+        },
+    }
     for k, v in extra.items():
         data.setdefault(k, {}).update(v)
     return config_mod.from_dict(data)
@@ -40,7 +50,9 @@ def ref(photos):
 def eager(tiny_flux):
     from pipeline.backends.flux import FluxFillBackend
 
-    return FluxFillBackend(flux_cfg(tiny_flux, {"fuse_qkv": False, "compile": "none"}).model, prompts=[""])
+    return FluxFillBackend(
+        flux_cfg(tiny_flux, {"fuse_qkv": False, "compile": "none"}).model, prompts=[""]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +62,11 @@ def compiled(tiny_flux):
     from pipeline.backends.flux import FluxFillBackend
 
     before = accel.compiled_graphs()
-    cfg = flux_cfg(tiny_flux, {"compile": "blocks", "bucket_px": 64, "warmup": ["192x128"]},
-                   runtime={"batch_size": 2})
+    cfg = flux_cfg(
+        tiny_flux,
+        {"compile": "blocks", "bucket_px": 64, "warmup": ["192x128"]},
+        runtime={"batch_size": 2},
+    )
     b = FluxFillBackend(cfg.model, prompts=[""], warmup=warmup_shapes(cfg), batch_size=2)
     b.graphs_at_start = accel.compiled_graphs() - before
     return b
@@ -66,11 +81,16 @@ def test_flop_formula_matches_torch_counter_and_the_published_figure(eager):
     tr = eager.transformer
     for b, h, w in [(1, 12, 16), (2, 16, 8)]:
         n = (h // 2) * (w // 2)
-        kw = dict(hidden_states=torch.randn(b, n, 384), timestep=torch.full((b,), 0.5),
-                  guidance=torch.full((b,), 30.0), pooled_projections=torch.randn(b, 32),
-                  encoder_hidden_states=torch.randn(b, 7, 32), txt_ids=torch.zeros(7, 3),
-                  img_ids=eager.pipe._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32),
-                  return_dict=False)
+        kw = dict(
+            hidden_states=torch.randn(b, n, 384),
+            timestep=torch.full((b,), 0.5),
+            guidance=torch.full((b,), 30.0),
+            pooled_projections=torch.randn(b, 32),
+            encoder_hidden_states=torch.randn(b, 7, 32),
+            txt_ids=torch.zeros(7, 3),
+            img_ids=eager.pipe._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32),
+            return_dict=False,
+        )
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
             tr(**kw)
@@ -84,7 +104,9 @@ def test_optimised_backend_matches_eager(eager, compiled, ref):
     difference at most 1), and the attention really is fused."""
     attn = [m for m in compiled.transformer.modules() if hasattr(m, "fused_projections")]
     assert attn and all(m.fused_projections for m in attn)
-    assert not any(m.fused_projections for m in eager.transformer.modules() if hasattr(m, "fused_projections"))
+    assert not any(
+        m.fused_projections for m in eager.transformer.modules() if hasattr(m, "fused_projections")
+    )
     assert compiled.optimizations["compile"] == "blocks" and compiled.warmup_s > 0
     # 192 x 128 is a multiple of 64: the same generated canvas, so the same noise
     jobs = [Job(ref, 192, 128, 20, 16, seed=s, mode="high", steps=3) for s in (3, 4)]
@@ -114,8 +136,24 @@ def test_compiled_shapes_stay_bounded(compiled, ref):
 def test_concurrent_calls_equal_sequential(eager, ref):
     """Two calls at once (Ray's actor_concurrency=2): prepare/decode overlap, the loop is
     locked; each row's image is byte-identical to a lone call's."""
-    jobs = [[Job(ref, 176, 144, 30, 20, seed=10 + i, mode=m, steps=2, pad_left=(-30) % 16, pad_top=(-20) % 16)
-             for i in range(2)] for m in ("high", "fast")]
+    jobs = [
+        [
+            Job(
+                ref,
+                176,
+                144,
+                30,
+                20,
+                seed=10 + i,
+                mode=m,
+                steps=2,
+                pad_left=(-30) % 16,
+                pad_top=(-20) % 16,
+            )
+            for i in range(2)
+        ]
+        for m in ("high", "fast")
+    ]
     alone = [eager.outpaint(j) for j in jobs]
     results: list = [None, None]
 
@@ -137,13 +175,26 @@ def test_auto_settings_follow_the_device(tiny_flux):
     opt = flux_cfg(tiny_flux).model.optimize
     cpu, cuda = resolve(opt, torch.device("cpu")), resolve(opt, torch.device("cuda"))
     assert (cpu["compile"], cpu["channels_last_vae"]) == ("none", False)
-    assert (cuda["compile"], cuda["channels_last_vae"], cuda["compile_mode"]) == ("blocks", True, "default")
-    graphs = resolve(flux_cfg(tiny_flux, {"cuda_graphs": True}).model.optimize, torch.device("cuda"))
+    assert (cuda["compile"], cuda["channels_last_vae"], cuda["compile_mode"]) == (
+        "blocks",
+        True,
+        "default",
+    )
+    graphs = resolve(
+        flux_cfg(tiny_flux, {"cuda_graphs": True}).model.optimize, torch.device("cuda")
+    )
     assert graphs["compile_mode"] == "reduce-overhead"
-    tuned = flux_cfg(tiny_flux, {"cuda_graphs": True, "compile_mode": "max-autotune-no-cudagraphs"}).model.optimize
+    tuned = flux_cfg(
+        tiny_flux, {"cuda_graphs": True, "compile_mode": "max-autotune-no-cudagraphs"}
+    ).model.optimize
     assert resolve(tuned, torch.device("cuda"))["compile_mode"] == "max-autotune"
-    assert resolve(flux_cfg(tiny_flux, {"cuda_graphs": True, "compile": "none"}).model.optimize,
-                   torch.device("cuda"))["compile_mode"] == "default"  # nothing compiled, no graphs
+    assert (
+        resolve(
+            flux_cfg(tiny_flux, {"cuda_graphs": True, "compile": "none"}).model.optimize,
+            torch.device("cuda"),
+        )["compile_mode"]
+        == "default"
+    )  # nothing compiled, no graphs
 
 
 def test_busy_clock_counts_only_the_loop(eager, ref):
@@ -167,7 +218,11 @@ def test_actor_pool_settings(tiny_flux):
 
     def pool(optimize=None, **runtime):
         a = actor_pool(ray, flux_cfg(tiny_flux, optimize, runtime=runtime), 100)
-        return a.max_concurrent_calls_per_actor, a.enable_true_multi_threading, a.max_tasks_in_flight_per_actor
+        return (
+            a.max_concurrent_calls_per_actor,
+            a.enable_true_multi_threading,
+            a.max_tasks_in_flight_per_actor,
+        )
 
     assert pool() == (2, True, 4)
     assert pool({"cuda_graphs": True}) == (1, False, 2)
@@ -175,7 +230,9 @@ def test_actor_pool_settings(tiny_flux):
     a = actor_pool(ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 2}), 100)
     assert (a.min_size, a.max_size) == (2, 4)
     # sized to the work: 5 rows to generate in batches of 4 keep two actors busy, not four
-    a = actor_pool(ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 3, "batch_size": 4}), 5)
+    a = actor_pool(
+        ray, flux_cfg(tiny_flux, runtime={"num_actors": 4, "min_actors": 3, "batch_size": 4}), 5
+    )
     assert (a.min_size, a.max_size) == (2, 2)
 
 
@@ -205,8 +262,13 @@ def test_compile_failure_falls_back_to_eager(tiny_flux):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", FAILING_COMPILER, tiny_flux], capture_output=True, text=True,
-                       timeout=300, cwd=os.path.join(os.path.dirname(__file__), "..", ".."))
+    r = subprocess.run(
+        [sys.executable, "-c", FAILING_COMPILER, tiny_flux],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.join(os.path.dirname(__file__), "..", ".."),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "COMPILE none (compile failed: InductorError)" in r.stdout
     assert "SAME True [(80, 96, 3), (80, 96, 3), (96, 128, 3)]" in r.stdout
@@ -229,16 +291,22 @@ def test_fp8_refused_where_it_cannot_run(tiny_flux):
 
 
 def test_optimize_config_errors_name_the_key(tiny_flux):
-    for opt, needle in [({"attention": "flash_hub"}, "optimize.attention"),
-                        ({"bucket_px": 40}, "multiple of 16"), ({"warmup": ["1024"]}, "optimize.warmup"),
-                        ({"warmup": ["4096x4096"]}, "W*H"), ({"compile": "yes"}, "optimize.compile")]:
+    for opt, needle in [
+        ({"attention": "flash_hub"}, "optimize.attention"),
+        ({"bucket_px": 40}, "multiple of 16"),
+        ({"warmup": ["1024"]}, "optimize.warmup"),
+        ({"warmup": ["4096x4096"]}, "W*H"),
+        ({"compile": "yes"}, "optimize.compile"),
+    ]:
         with pytest.raises(ConfigError, match=needle):
             flux_cfg(tiny_flux, opt)
 
 
 def test_only_output_changing_settings_enter_the_request_hash(tiny_flux):
     base = hashing.run_constant(flux_cfg(tiny_flux))
-    assert hashing.run_constant(flux_cfg(tiny_flux, {"compile": "blocks", "fuse_qkv": False})) == base
+    assert (
+        hashing.run_constant(flux_cfg(tiny_flux, {"compile": "blocks", "fuse_qkv": False})) == base
+    )
     assert hashing.run_constant(flux_cfg(tiny_flux, {"bucket_px": 64})) != base
 
 
@@ -250,11 +318,15 @@ def test_bench_reports_figures_that_add_up(tiny_flux, eager):
     for mode, steps in (("high", 3), ("fast", 1)):
         m = r["modes"][mode]
         assert m["steps"] == steps
-        assert m["s_per_image"] > 0 and m["images_per_hour"] == pytest.approx(3600 / m["s_per_image"])
+        assert m["s_per_image"] > 0 and m["images_per_hour"] == pytest.approx(
+            3600 / m["s_per_image"]
+        )
         AW, AH = m["generated"]
         # fast: reference at (16, 12) -> 4 px down to the latent grid, 100 -> 112
-        assert (AW, AH) == ((128, 96) if mode == "high" else (128, 112))
-        assert m["tflop_per_image"] * 1e12 == pytest.approx(transformer_flops(tcfg, AW * AH // 256, txt) * steps)
+        assert ((128, 96) if mode == "high" else (128, 112)) == (AW, AH)
+        assert m["tflop_per_image"] * 1e12 == pytest.approx(
+            transformer_flops(tcfg, AW * AH // 256, txt) * steps
+        )
         assert 0 < m["mfu"] == pytest.approx(m["achieved_tflops"] / r["matmul_tflops"])
         # the figure to give `outpaint plan`: priced back at this canvas, it is the measured time
         rel = transformer_flops(tcfg, AW * AH // 256, txt) / transformer_flops(tcfg, 4096, txt)
@@ -264,14 +336,36 @@ def test_bench_reports_figures_that_add_up(tiny_flux, eager):
 
 def test_bench_command(tiny_flux, tmp_path, capsys):
     cfg = tmp_path / "b.yaml"
-    cfg.write_text(f"input: {{manifest: m.parquet}}\noutput: {{uri: {tmp_path}/out}}\n"
-                   f"defaults: {{width: 112, height: 80}}\n"
-                   f"model: {{backend: flux-fill, path: {tiny_flux}, dtype: float32, steps: 2}}\n")
+    cfg.write_text(
+        f"input: {{manifest: m.parquet}}\noutput: {{uri: {tmp_path}/out}}\n"
+        f"defaults: {{width: 112, height: 80}}\n"
+        f"model: {{backend: flux-fill, path: {tiny_flux}, dtype: float32, steps: 2}}\n"
+    )
     out = tmp_path / "r.json"
-    assert cli_main(["bench", str(cfg), "--images", "2", "--modes", "high", "--json", str(out),
-                     "--batch-sizes", "1,3"]) == 0
+    assert (
+        cli_main(
+            [
+                "bench",
+                str(cfg),
+                "--images",
+                "2",
+                "--modes",
+                "high",
+                "--json",
+                str(out),
+                "--batch-sizes",
+                "1,3",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
-    assert "canvas 112x80" in text and "images/h/worker" in text and "MFU" in text and "batch sizes (high): 1:" in text
+    assert (
+        "canvas 112x80" in text
+        and "images/h/worker" in text
+        and "MFU" in text
+        and "batch sizes (high): 1:" in text
+    )
     r = json.loads(out.read_text())
     assert list(r["modes"]) == ["high"] and r["modes"]["high"]["generated"] == [112, 80]
     assert [x["batch_size"] for x in r["batch_sweep"]["results"]] == [1, 3]
@@ -296,8 +390,16 @@ def test_random_weights_architecture_is_flux1_fill():
 def test_random_weights_bench_runs_the_actor_code(tiny_flux, capsys):
     from pipeline.run.bench import format_result, random_weights_backend
 
-    small = dict(FLUX1_CONFIG, num_attention_heads=2, attention_head_dim=16, num_layers=1, num_single_layers=1,
-                 joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+    small = dict(
+        FLUX1_CONFIG,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_layers=1,
+        num_single_layers=1,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    )
     cfg = flux_cfg(tiny_flux, model={"max_sequence_length": 8})
     b = random_weights_backend(cfg, "", [(64, 64, "high")], 1, transformer_config=small)
     r = bench(cfg, size=(64, 64), images=1, modes=["high"], backend=b)
@@ -317,6 +419,7 @@ def test_synthetic_jobs_follow_the_planner_geometry():
 
 # ------------------------------------------------------------------ model.quantize (24 GB GPUs)
 
+
 @pytest.mark.parametrize("mode,min_psnr", [("int8", 50.0), ("float8", 40.0)])
 def test_quantized_weights_stay_close_to_unquantized(tiny_flux, photos, mode, min_psnr):
     """torchao weight-only storage at load, on CPU: the linears hold 8-bit tensors, the
@@ -328,12 +431,16 @@ def test_quantized_weights_stay_close_to_unquantized(tiny_flux, photos, mode, mi
     from pipeline.review.quality import psnr
 
     ref = read_png(photos["astronaut"])[100:164, 100:180].copy()
-    job = dict(ref=ref, width=160, height=128, x0=40, y0=32, seed=3, prompt="", mode="high", steps=3)
+    job = dict(
+        ref=ref, width=160, height=128, x0=40, y0=32, seed=3, prompt="", mode="high", steps=3
+    )
     plain = FluxFillBackend(flux_cfg(tiny_flux).model, prompts=[""])
     quant = FluxFillBackend(flux_cfg(tiny_flux, model={"quantize": mode}).model, prompts=[""])
     qkv = quant.transformer.transformer_blocks[0].attn.to_qkv.weight
     assert type(qkv).__name__ == ("Int8Tensor" if mode == "int8" else "Float8Tensor")
-    assert quant.transformer.transformer_blocks[0].attn.to_q is None  # fused, unfused copies dropped
+    assert (
+        quant.transformer.transformer_blocks[0].attn.to_q is None
+    )  # fused, unfused copies dropped
     assert quant.weight_bytes["transformer"] < 0.65 * plain.weight_bytes["transformer"]
     assert quant.text_device.type == "cpu"
     a, b = plain.outpaint([Job(**job)])[0], quant.outpaint([Job(**job)])[0]
@@ -365,7 +472,9 @@ def test_quantize_is_part_of_the_request_hash(tiny_flux):
     base = hashing.run_constant(flux_cfg(tiny_flux))
     assert hashing.run_constant(flux_cfg(tiny_flux, model={"quantize": "int8"})) != base
     assert hashing.run_constant(flux_cfg(tiny_flux, model={"quantize": "float8"})) not in (
-        base, hashing.run_constant(flux_cfg(tiny_flux, model={"quantize": "int8"})))
+        base,
+        hashing.run_constant(flux_cfg(tiny_flux, model={"quantize": "int8"})),
+    )
 
 
 def test_a_setting_that_cannot_fit_is_refused_naming_the_key():
@@ -374,10 +483,15 @@ def test_a_setting_that_cannot_fit_is_refused_naming_the_key():
 
     from pipeline.backends.accel import OptimizeError, check_fits
 
-    card = SimpleNamespace(cuda=SimpleNamespace(mem_get_info=lambda d: (22 * 2**30, 24 * 2**30),
-                                                get_device_name=lambda d: "NVIDIA L4"))
+    card = SimpleNamespace(
+        cuda=SimpleNamespace(
+            mem_get_info=lambda d: (22 * 2**30, 24 * 2**30), get_device_name=lambda d: "NVIDIA L4"
+        )
+    )
     gpu = SimpleNamespace(type="cuda")
-    with pytest.raises(OptimizeError, match=r"NVIDIA L4 \(22\.2 GiB of weights\).*set model\.quantize: int8"):
+    with pytest.raises(
+        OptimizeError, match=r"NVIDIA L4 \(22\.2 GiB of weights\).*set model\.quantize: int8"
+    ):
         check_fits(card, gpu, int(22.17 * 2**30), 2 * 2**30)
     check_fits(card, gpu, int(11.15 * 2**30), 2 * 2**30)  # int8 fits
     check_fits(card, SimpleNamespace(type="cpu"), 10**15, 0)  # CPU: nothing to check

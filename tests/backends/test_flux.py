@@ -24,9 +24,20 @@ torch = pytest.importorskip("torch")
 
 
 def flux_cfg(path, **model):
-    return config_mod.from_dict({"input": {"manifest": "m"}, "output": {"uri": "o"},
-                                 "model": {"backend": "flux-fill", "path": path, "dtype": "float32",
-                                           "steps": 3, "fast_steps": 2, **model}})
+    return config_mod.from_dict(
+        {
+            "input": {"manifest": "m"},
+            "output": {"uri": "o"},
+            "model": {
+                "backend": "flux-fill",
+                "path": path,
+                "dtype": "float32",
+                "steps": 3,
+                "fast_steps": 2,
+                **model,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +54,37 @@ def ref(photos):
 
 def test_fast_mode_never_encodes_the_full_canvas(backend, ref):
     shapes = []
-    hook = backend.vae.encoder.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape[-2:])))
+    hook = backend.vae.encoder.register_forward_pre_hook(
+        lambda m, a: shapes.append(tuple(a[0].shape[-2:]))
+    )
     try:
         # canvas 333 x 250, reference at (60, 50): pad_left = (-60) % 16 = 4, pad_top = 14
-        out = backend.outpaint([Job(ref, 333, 250, 60, 50, seed=1, mode="fast", steps=2, pad_left=4, pad_top=14)])
+        out = backend.outpaint(
+            [Job(ref, 333, 250, 60, 50, seed=1, mode="fast", steps=2, pad_left=4, pad_top=14)]
+        )
     finally:
         hook.remove()
     assert out[0].shape == (250, 333, 3)
-    assert (256, 336) not in shapes and (264, 352) not in shapes  # neither the canvas nor its aligned form
+    assert (256, 336) not in shapes and (
+        264,
+        352,
+    ) not in shapes  # neither the canvas nor its aligned form
     assert (160, 208) in shapes  # the reference, padded to the 16 grid
     assert all(h * w <= 160 * 208 for h, w in shapes)
 
 
 def test_high_mode_encodes_the_aligned_canvas_never_resized(backend, ref):
     shapes = []
-    hook = backend.vae.encoder.register_forward_pre_hook(lambda m, a: shapes.append(tuple(a[0].shape)))
+    hook = backend.vae.encoder.register_forward_pre_hook(
+        lambda m, a: shapes.append(tuple(a[0].shape))
+    )
     try:
-        out = backend.outpaint([Job(ref, 333, 250, 60, 50, seed=1, mode="high", steps=2),
-                                Job(ref, 333, 250, 10, 20, seed=2, mode="high", steps=2)])
+        out = backend.outpaint(
+            [
+                Job(ref, 333, 250, 60, 50, seed=1, mode="high", steps=2),
+                Job(ref, 333, 250, 10, 20, seed=2, mode="high", steps=2),
+            ]
+        )
     finally:
         hook.remove()
     assert shapes == [(2, 3, 256, 336)]  # one batched encode, padded right/bottom
@@ -68,8 +92,10 @@ def test_high_mode_encodes_the_aligned_canvas_never_resized(backend, ref):
 
 
 def test_deterministic_and_batch_equals_single(backend, ref):
-    jobs = lambda: [Job(ref, 240, 200, 20, 30, seed=s, mode=m, steps=2, pad_left=(-20) % 16, pad_top=(-30) % 16)
-                    for s, m in ((5, "high"), (6, "high"), (7, "fast"))]
+    jobs = lambda: [
+        Job(ref, 240, 200, 20, 30, seed=s, mode=m, steps=2, pad_left=(-20) % 16, pad_top=(-30) % 16)
+        for s, m in ((5, "high"), (6, "high"), (7, "fast"))
+    ]
     a = backend.outpaint(jobs())
     b = backend.outpaint(jobs())
     assert all(np.array_equal(x, y) for x, y in zip(a, b))  # same seed, same output
@@ -93,7 +119,9 @@ def test_prompts_embedded_once_and_encoders_freed(backend, ref):
 def test_fill_rule_per_checkpoint(tiny_flux, tmp_path, ref):
     from pipeline.backends.flux import FluxFillBackend
 
-    assert FluxFillBackend(flux_cfg(tiny_flux).model, prompts=[""]).fill == "grey"  # Fill-dev's convention
+    assert (
+        FluxFillBackend(flux_cfg(tiny_flux).model, prompts=[""]).fill == "grey"
+    )  # Fill-dev's convention
     contrast_model = tmp_path / "contrast-model"
     shutil.copytree(tiny_flux, contrast_model)
     (contrast_model / "outpaint_profile.json").write_text('{"fill": "contrast"}')
@@ -101,14 +129,23 @@ def test_fill_rule_per_checkpoint(tiny_flux, tmp_path, ref):
     assert b.fill == "contrast"
     green_border = np.zeros((100, 100, 3), np.uint8)
     green_border[:] = (20, 230, 40)
-    jobs = [Job(green_border, 160, 128, 30, 14, seed=1, steps=1), Job(ref, 240, 200, 20, 30, seed=1, steps=1)]
+    jobs = [
+        Job(green_border, 160, 128, 30, 14, seed=1, steps=1),
+        Job(ref, 240, 200, 20, 30, seed=1, steps=1),
+    ]
     b.outpaint(jobs)
     assert jobs[0].fill_color != "green" and jobs[0].fill_color == contrast_fill(green_border)
-    assert FluxFillBackend(flux_cfg(tiny_flux, fill="blue").model, prompts=[""]).fill == "blue"  # config wins
+    assert (
+        FluxFillBackend(flux_cfg(tiny_flux, fill="blue").model, prompts=[""]).fill == "blue"
+    )  # config wins
 
 
 def test_contrast_fill_rule():
-    for colour, avoid in (((0, 255, 0), "green"), ((0, 0, 255), "blue"), ((255, 0, 255), "magenta")):
+    for colour, avoid in (
+        ((0, 255, 0), "green"),
+        ((0, 0, 255), "blue"),
+        ((255, 0, 255), "magenta"),
+    ):
         img = np.zeros((50, 50, 3), np.uint8)
         img[:] = colour
         assert contrast_fill(img) != avoid
@@ -140,41 +177,77 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
     rows = [
         {"id": "odd-high", "image": "coffee.png", "width": 777, "height": 555},
         {"id": "odd-fast", "image": "coffee.png", "width": 701, "height": 433, "mode": "fast"},
-        {"id": "cat-169", "image": "chelsea.png", "aspect_ratio": "16:9", "prompt": "a cat", "num_variants": 2},
+        {
+            "id": "cat-169",
+            "image": "chelsea.png",
+            "aspect_ratio": "16:9",
+            "prompt": "a cat",
+            "num_variants": 2,
+        },
         {"id": "cam-fast", "image": "camera.png", "width": 640, "height": 640, "mode": "fast"},
         {"id": "cam-same", "image": "camera.png", "width": 512, "height": 512},
         {"id": "cam-high-2", "image": "camera.png", "width": 640, "height": 640},
     ]
     m = write_manifest(tmp_path / "m.parquet", rows)
-    data = {"input": {"manifest": m, "image_root": str(src)}, "output": {"uri": str(tmp_path / "out")},
-            "model": {"backend": "flux-fill", "path": f"s3://{bucket}/models/tiny", "storage_options": opts,
-                      "dtype": "float32", "steps": 2, "fast_steps": 1, "cache_dir": str(tmp_path / "cache")},
-            "runtime": {"batch_size": 4, "num_actors": 1, "num_cpus_per_actor": 1, "block_rows": 3}}
+    data = {
+        "input": {"manifest": m, "image_root": str(src)},
+        "output": {"uri": str(tmp_path / "out")},
+        "model": {
+            "backend": "flux-fill",
+            "path": f"s3://{bucket}/models/tiny",
+            "storage_options": opts,
+            "dtype": "float32",
+            "steps": 2,
+            "fast_steps": 1,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "runtime": {"batch_size": 4, "num_actors": 1, "num_cpus_per_actor": 1, "block_rows": 3},
+    }
     from pipeline.run.runner import run
 
     result = run(config_mod.from_dict(data), quiet=True)
-    assert result["manifest"]["by_status"] == {"ok": 6, "rejected": 0, "failed": 0}, result["counts"]
+    assert result["manifest"]["by_status"] == {"ok": 6, "rejected": 0, "failed": 0}, result[
+        "counts"
+    ]
     meta = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "metadata").to_pylist()}
-    assert [os.path.basename(u) for u in meta["cat-169"]["output_uris"]] == ["cat-169-0.png", "cat-169-1.png"]
-    assert not np.array_equal(read_png(tmp_path / "out" / "images" / "cat-169-0.png"),
-                              read_png(tmp_path / "out" / "images" / "cat-169-1.png"))
+    assert [os.path.basename(u) for u in meta["cat-169"]["output_uris"]] == [
+        "cat-169-0.png",
+        "cat-169-1.png",
+    ]
+    assert not np.array_equal(
+        read_png(tmp_path / "out" / "images" / "cat-169-0.png"),
+        read_png(tmp_path / "out" / "images" / "cat-169-1.png"),
+    )
     for rid, row in meta.items():
         got = read_png(tmp_path / "out" / "images" / os.path.basename(row["output_uri"]))
         assert got.shape == (row["canvas_height"], row["canvas_width"], 3), rid
         src_img = read_png(src / os.path.basename(row["image"]))
-        ref = np.asarray(Image.fromarray(src_img).resize((row["reference_width"], row["reference_height"]),
-                                                         Image.LANCZOS)) if row["scale"] != 1 else src_img
+        ref = (
+            np.asarray(
+                Image.fromarray(src_img).resize(
+                    (row["reference_width"], row["reference_height"]), Image.LANCZOS
+                )
+            )
+            if row["scale"] != 1
+            else src_img
+        )
         y, x = row["visible_y0"], row["visible_x0"]
-        sides = generated_sides(row["canvas_width"], row["canvas_height"], x, y, row["visible_x1"], row["visible_y1"])
+        sides = generated_sides(
+            row["canvas_width"], row["canvas_height"], x, y, row["visible_x1"], row["visible_y1"]
+        )
         f = row["feather_px"]
         y0, y1, x0, x1 = untouched(ref.shape[0], ref.shape[1], sides, f)
         # original untouched outside the feather band; the band only on generated sides
-        assert np.array_equal(got[y + y0:y + y1, x + x0:x + x1], ref[y0:y1, x0:x1]), rid
+        assert np.array_equal(got[y + y0 : y + y1, x + x0 : x + x1], ref[y0:y1, x0:x1]), rid
         assert row["ref_max_abs_diff"] == 0
         if row["generated"]:
             assert f == min(8, ref.shape[0] // 4, ref.shape[1] // 4)
-            assert not np.array_equal(got[y:y + ref.shape[0], x:x + ref.shape[1]], ref)  # the band blends
-        assert row["model"].startswith("flux-fill:") and row["fill_color"] == ("grey" if row["generated"] else None)
+            assert not np.array_equal(
+                got[y : y + ref.shape[0], x : x + ref.shape[1]], ref
+            )  # the band blends
+        assert row["model"].startswith("flux-fill:") and row["fill_color"] == (
+            "grey" if row["generated"] else None
+        )
     assert meta["odd-fast"]["steps"] == 1 and meta["odd-high"]["steps"] == 2
     assert meta["cam-same"]["generated"] is False
     # the model actor's busy clock: recorded on generated rows, reported per actor
@@ -183,12 +256,18 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
     busy = result["model_busy"]
     assert list(busy["actors"]) == list(actors) and 0 < busy["fraction"] <= 1
     assert 0 < busy["loop_s"] <= busy["actor_s"]
-    first = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
+    first = {
+        p: (tmp_path / "out" / "images" / p).read_bytes()
+        for p in os.listdir(tmp_path / "out" / "images")
+    }
     data["output"]["mode"] = "overwrite"
     # one call at a time per actor, smaller batches: the same bytes
     data["runtime"].update(actor_concurrency=1, batch_size=2)
     run(config_mod.from_dict(data), quiet=True)
-    again = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "images")}
+    again = {
+        p: (tmp_path / "out" / "images" / p).read_bytes()
+        for p in os.listdir(tmp_path / "out" / "images")
+    }
     assert again == first  # deterministic per seed, across runs, batching and actor concurrency
 
 
@@ -199,15 +278,32 @@ def test_gpu_benchmark_smoke_on_cpu(tmp_path):
 
     bench = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "gpu_throughput.py")
     out = os.path.join(tmp_path, "gpu.json")
-    r = subprocess.run([sys.executable, bench, "--tiny", "--json", out], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, bench, "--tiny", "--json", out],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     with open(out) as f:
         figures = json.load(f)
     assert figures["e2e"]["ok"] == figures["e2e"]["rows"] == 8
     assert figures["vs_eager"]["optimised"]["max_abs"] <= 1  # on CPU: fused QKV, the same sums
-    assert set(figures["s_per_image"]) == {"naive high", "eager high", "optimised high", "optimised fast"}
-    for line in ("naive high", "eager high", "optimised high", "optimised fast", "ours fast / ours high",
-                 "optimised vs eager (same seeds)", "end to end: 8/8 rows ok"):
+    assert set(figures["s_per_image"]) == {
+        "naive high",
+        "eager high",
+        "optimised high",
+        "optimised fast",
+    }
+    for line in (
+        "naive high",
+        "eager high",
+        "optimised high",
+        "optimised fast",
+        "ours fast / ours high",
+        "optimised vs eager (same seeds)",
+        "end to end: 8/8 rows ok",
+    ):
         assert line in r.stdout, line
 
 
@@ -219,12 +315,25 @@ def test_failing_row_in_a_batch_fails_alone(tiny_flux, tmp_path, photos):
     from pipeline.plan.stage import PlanStage
     from pipeline.run.stages import LoadStage, OutpaintStage
 
-    rows = [{"id": f"r{i}", "image": str(photos["coffee"]), "width": 640, "height": 448,
-             "prompt": "unseen" if i == 1 else ""} for i in range(3)]
+    rows = [
+        {
+            "id": f"r{i}",
+            "image": str(photos["coffee"]),
+            "width": 640,
+            "height": 448,
+            "prompt": "unseen" if i == 1 else "",
+        }
+        for i in range(3)
+    ]
     m = write_manifest(tmp_path / "m.parquet", rows)
-    cfg = config_mod.from_dict({"input": {"manifest": m}, "output": {"uri": str(tmp_path / "o")},
-                                "model": {"backend": "flux-fill", "path": tiny_flux, "dtype": "float32",
-                                          "steps": 1}, "runtime": {"batch_size": 3}})
+    cfg = config_mod.from_dict(
+        {
+            "input": {"manifest": m},
+            "output": {"uri": str(tmp_path / "o")},
+            "model": {"backend": "flux-fill", "path": tiny_flux, "dtype": "float32", "steps": 1},
+            "runtime": {"batch_size": 3},
+        }
+    )
     planned = LoadStage(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
     out = OutpaintStage(cfg, prompts=[""])(planned).to_pylist()
     assert [r["status"] for r in out] == ["ok", "failed", "ok"]
@@ -257,14 +366,25 @@ def test_killed_actor_is_restarted_and_its_rows_redone(tiny_flux, tmp_path, phot
 
     from pipeline.run.runner import run
 
-    rows = [{"id": f"k{i:02d}", "image": str(photos["coffee"]), "width": 640 + 16 * (i % 3), "height": 448}
-            for i in range(12)]
+    rows = [
+        {
+            "id": f"k{i:02d}",
+            "image": str(photos["coffee"]),
+            "width": 640 + 16 * (i % 3),
+            "height": 448,
+        }
+        for i in range(12)
+    ]
     m = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
-    cfg = config_mod.from_dict({
-        "input": {"manifest": m}, "output": {"uri": str(out)},
-        "model": {"backend": "flux-fill", "path": tiny_flux, "dtype": "float32", "steps": 2},
-        "runtime": {"batch_size": 1, "block_rows": 1, "num_actors": 1}})
+    cfg = config_mod.from_dict(
+        {
+            "input": {"manifest": m},
+            "output": {"uri": str(out)},
+            "model": {"backend": "flux-fill", "path": tiny_flux, "dtype": "float32", "steps": 2},
+            "runtime": {"batch_size": 1, "block_rows": 1, "num_actors": 1},
+        }
+    )
     killed, titles = [], []
 
     def killer():
@@ -303,23 +423,41 @@ def test_no_model_load_when_nothing_needs_generating(tmp_path, photos, tiny_flux
 
     model = tmp_path / "model"
     shutil.copytree(tiny_flux, model)
-    rows = [{"id": f"g{i}", "image": str(photos["coffee"]), "width": 640, "height": 448} for i in range(3)]
+    rows = [
+        {"id": f"g{i}", "image": str(photos["coffee"]), "width": 640, "height": 448}
+        for i in range(3)
+    ]
     m = write_manifest(tmp_path / "m.parquet", rows)
-    data = {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")},
-            "model": {"backend": "flux-fill", "path": str(model), "dtype": "float32", "steps": 1},
-            "runtime": {"batch_size": 2, "num_actors": 1}}
+    data = {
+        "input": {"manifest": m},
+        "output": {"uri": str(tmp_path / "out")},
+        "model": {"backend": "flux-fill", "path": str(model), "dtype": "float32", "steps": 1},
+        "runtime": {"batch_size": 2, "num_actors": 1},
+    }
     first = run(config_mod.from_dict(data), quiet=True)
     assert first["manifest"]["by_status"]["ok"] == 3 and first["model_busy"] is not None
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()}
     shutil.rmtree(model)  # any weight load now fails
     again = run(config_mod.from_dict(data), quiet=True)
-    assert again["work_rows"] == 0 and again["counts"]["skipped"] == 3 and again["model_busy"] is None
+    assert (
+        again["work_rows"] == 0 and again["counts"]["skipped"] == 3 and again["model_busy"] is None
+    )
     assert again["manifest"]["by_status"] == {"ok": 3, "rejected": 0, "failed": 0}
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "images").iterdir()} == before
     # rows whose reference fills the canvas need no model either (coffee is 400x600)
-    same = write_manifest(tmp_path / "same.parquet", [
-        {"id": f"s{i}", "image": str(photos["coffee"]), "width": 600, "height": 400} for i in range(2)])
+    same = write_manifest(
+        tmp_path / "same.parquet",
+        [
+            {"id": f"s{i}", "image": str(photos["coffee"]), "width": 600, "height": 400}
+            for i in range(2)
+        ],
+    )
     data.update(input={"manifest": same}, output={"uri": str(tmp_path / "out2")})
     r = run(config_mod.from_dict(data), quiet=True)
-    assert r["manifest"]["by_status"] == {"ok": 2, "rejected": 0, "failed": 0} and r["model_busy"] is None
-    assert np.array_equal(read_png(tmp_path / "out2" / "images" / "s0.png"), read_png(photos["coffee"]))
+    assert (
+        r["manifest"]["by_status"] == {"ok": 2, "rejected": 0, "failed": 0}
+        and r["model_busy"] is None
+    )
+    assert np.array_equal(
+        read_png(tmp_path / "out2" / "images" / "s0.png"), read_png(photos["coffee"])
+    )

@@ -27,17 +27,32 @@ torch = pytest.importorskip("torch")
 def tiny_flux_4ch(tmp_path_factory):
     from pipeline.backends.testmodel import make_test_model
 
-    return make_test_model(str(tmp_path_factory.mktemp("models") / "tiny-flux-4ch"), seed=3, latent_channels=4,
-                           vae_blocks=3)
+    return make_test_model(
+        str(tmp_path_factory.mktemp("models") / "tiny-flux-4ch"),
+        seed=3,
+        latent_channels=4,
+        vae_blocks=3,
+    )
 
 
 def _backend(path, grow):
     from pipeline.backends.flux import FluxFillBackend
 
-    cfg = config_mod.from_dict({"input": {"manifest": "m"}, "output": {"uri": "o"},
-                                "model": {"backend": "flux-fill", "path": path, "dtype": "float32", "steps": 3,
-                                          "mask_grow_px": grow, "free_text_encoders": False,
-                                          "optimize": {"fuse_qkv": False}}})
+    cfg = config_mod.from_dict(
+        {
+            "input": {"manifest": "m"},
+            "output": {"uri": "o"},
+            "model": {
+                "backend": "flux-fill",
+                "path": path,
+                "dtype": "float32",
+                "steps": 3,
+                "mask_grow_px": grow,
+                "free_text_encoders": False,
+                "optimize": {"fuse_qkv": False},
+            },
+        }
+    )
     return FluxFillBackend(cfg.model, prompts=[""])
 
 
@@ -46,9 +61,9 @@ def _diffusers(be, job: Job, AW: int, AH: int, grow: int) -> np.ndarray:
     pipe = be.pipe
     canvas = np.zeros((AH, AW, 3), np.uint8)  # masked away: its value never matters
     h, w = job.ref.shape[:2]
-    canvas[job.y0:job.y0 + h, job.x0:job.x0 + w] = job.ref
+    canvas[job.y0 : job.y0 + h, job.x0 : job.x0 + w] = job.ref
     mask = np.full((AH, AW), 255, np.uint8)
-    mask[job.y0 + grow:job.y0 + h - grow, job.x0 + grow:job.x0 + w - grow] = 0
+    mask[job.y0 + grow : job.y0 + h - grow, job.x0 + grow : job.x0 + w - grow] = 0
     s, c = be.vae_scale, be.channels
     latents = be._pack(be.noise(job.seed, AH // s, AW // s)[None], c)
     emb, pooled, _ = be._prompt_cache[""]
@@ -62,18 +77,27 @@ def _diffusers(be, job: Job, AW: int, AH: int, grow: int) -> np.ndarray:
 
     pipe.vae.encode = mean_encode
     try:
-        img = pipe(image=Image.fromarray(canvas), mask_image=Image.fromarray(mask), height=AH, width=AW,
-                   prompt_embeds=emb[None], pooled_prompt_embeds=pooled[None], latents=latents,
-                   num_inference_steps=job.steps, guidance_scale=be.cfg.guidance, output_type="np").images[0]
+        img = pipe(
+            image=Image.fromarray(canvas),
+            mask_image=Image.fromarray(mask),
+            height=AH,
+            width=AW,
+            prompt_embeds=emb[None],
+            pooled_prompt_embeds=pooled[None],
+            latents=latents,
+            num_inference_steps=job.steps,
+            guidance_scale=be.cfg.guidance,
+            output_type="np",
+        ).images[0]
     finally:
         del pipe.vae.encode  # the instance attribute: back to the class's method
     return (img * 255).round().astype(np.uint8)
 
 
 CASES = [  # canvas W x H, reference crop (h, w), placement x0, y0
-    ((128, 96), (48, 64), (32, 24)),    # centred
-    ((112, 128), (50, 70), (5, 61)),    # off centre, odd reference
-    ((101, 77), (45, 61), (17, 9)),     # odd canvas: padded right/bottom, cropped back
+    ((128, 96), (48, 64), (32, 24)),  # centred
+    ((112, 128), (50, 70), (5, 61)),  # off centre, odd reference
+    ((101, 77), (45, 61), (17, 9)),  # odd canvas: padded right/bottom, cropped back
 ]
 
 
@@ -83,15 +107,26 @@ def test_high_mode_equals_diffusers_call(request, photos, model, grow):
     be = _backend(request.getfixturevalue(model), grow)
     photo = read_png(photos["astronaut"])
     for (W, H), (rh, rw), (x0, y0) in CASES:
-        job = Job(ref=np.ascontiguousarray(photo[100:100 + rh, 150:150 + rw]), width=W, height=H, x0=x0, y0=y0,
-                  seed=11, prompt="", mode="high", steps=3)
+        job = Job(
+            ref=np.ascontiguousarray(photo[100 : 100 + rh, 150 : 150 + rw]),
+            width=W,
+            height=H,
+            x0=x0,
+            y0=y0,
+            seed=11,
+            prompt="",
+            mode="high",
+            steps=3,
+        )
         _, AW, AH, _ = be.shape_key(job)
-        assert AW % be.grid == 0 and AH % be.grid == 0 and AW - W < 16 and AH - H < 16  # bucket_px: 16
+        assert (
+            AW % be.grid == 0 and AH % be.grid == 0 and AW - W < 16 and AH - H < 16
+        )  # bucket_px: 16
         ours = be.outpaint([job])[0]
         theirs = _diffusers(be, job, AW, AH, grow)[:H, :W]
         assert ours.shape == theirs.shape == (H, W, 3)
         gen = np.ones((H, W), bool)
-        gen[y0 + grow:y0 + rh - grow, x0 + grow:x0 + rw - grow] = False
+        gen[y0 + grow : y0 + rh - grow, x0 + grow : x0 + rw - grow] = False
         diff = np.abs(ours.astype(int) - theirs.astype(int))[gen]
         assert diff.max() <= 2, (model, grow, (W, H), int(diff.max()))
 
@@ -110,9 +145,22 @@ def test_fast_mode_conditions_only_what_is_known(tiny_flux):
     """Latent cells that straddle the reference's edge (or lie in the grown margin) are
     mask 1 and hold the fill latent, never reference pixels."""
     be = _backend(tiny_flux, 0)
-    ref = np.random.default_rng(0).integers(0, 255, (70, 75, 3), dtype=np.uint8)  # 70, 75: not multiples of 8
-    job = Job(ref=ref, width=160, height=128, x0=16, y0=24, seed=1, prompt="", mode="fast", steps=1,
-              pad_left=0, pad_top=0)
+    ref = np.random.default_rng(0).integers(
+        0, 255, (70, 75, 3), dtype=np.uint8
+    )  # 70, 75: not multiples of 8
+    job = Job(
+        ref=ref,
+        width=160,
+        height=128,
+        x0=16,
+        y0=24,
+        seed=1,
+        prompt="",
+        mode="fast",
+        steps=1,
+        pad_left=0,
+        pad_top=0,
+    )
     cond, mask = be._fast([job], 160, 128)
     m = mask[0, 0]
     fill = be._fill_latent(job.fill_color)
@@ -137,13 +185,31 @@ def test_planner_aligns_fast_rows_to_the_checkpoints_grid(tmp_path, tiny_flux, t
 
     from ..conftest import write_manifest
 
-    m = write_manifest(tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "image_width": 100, "image_height": 90,
-                                                  "width": 300, "height": 200, "reference_offset_x": 37,
-                                                  "reference_offset_y": 5, "mode": "fast"}])
+    m = write_manifest(
+        tmp_path / "m.parquet",
+        [
+            {
+                "id": "a",
+                "image": "x.png",
+                "image_width": 100,
+                "image_height": 90,
+                "width": 300,
+                "height": 200,
+                "reference_offset_x": 37,
+                "reference_offset_y": 5,
+                "mode": "fast",
+            }
+        ],
+    )
     pads = {}
-    for name, model in (("4ch", {"backend": "flux-fill", "path": tiny_flux_4ch}),
-                        ("16ch", {"backend": "flux-fill", "path": tiny_flux}), ("cpu", {})):
-        cfg = config_mod.from_dict({"input": {"manifest": m}, "output": {"uri": str(tmp_path / "o")}, "model": model})
+    for name, model in (
+        ("4ch", {"backend": "flux-fill", "path": tiny_flux_4ch}),
+        ("16ch", {"backend": "flux-fill", "path": tiny_flux}),
+        ("cpu", {}),
+    ):
+        cfg = config_mod.from_dict(
+            {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "o")}, "model": model}
+        )
         row = PlanStage(cfg)(manifest.read(cfg)).to_pylist()[0]
         pads[name] = (row["pad_left"], row["pad_top"], row["aligned_width"], row["aligned_height"])
     assert pads["4ch"] == (3, 3, 304, 208)

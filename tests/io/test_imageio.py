@@ -49,12 +49,27 @@ def test_untagged_cmyk_jpeg_goes_through_the_fallback_profile_not_the_naive_form
     data = save(coffee.convert("CMYK"), "JPEG", quality=95)
     d = decode(data, LIMITS)
     assert d.rgb.shape == (400, 600, 3) and d.alpha is None
-    assert d.color.space == "cmyk" and d.color.description == color.FALLBACK_CMYK_NAME and "fallback" in d.color.note
+    assert (
+        d.color.space == "cmyk"
+        and d.color.description == color.FALLBACK_CMYK_NAME
+        and "fallback" in d.color.note
+    )
     cmyk = Image.open(io.BytesIO(data))  # as Pillow decodes it (Adobe-inverted JPEGs included)
-    want = np.asarray(ImageCms.applyTransform(cmyk, ImageCms.buildTransform(
-        ImageCms.ImageCmsProfile(io.BytesIO(color.fallback_cmyk())), ImageCms.createProfile("sRGB"), "CMYK", "RGB",
-        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)))
-    assert np.abs(d.rgb.astype(int) - want).max() <= 1  # LittleCMS's conversion (sRGB re-read from bytes: +-1)
+    want = np.asarray(
+        ImageCms.applyTransform(
+            cmyk,
+            ImageCms.buildTransform(
+                ImageCms.ImageCmsProfile(io.BytesIO(color.fallback_cmyk())),
+                ImageCms.createProfile("sRGB"),
+                "CMYK",
+                "RGB",
+                renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+            ),
+        )
+    )
+    assert (
+        np.abs(d.rgb.astype(int) - want).max() <= 1
+    )  # LittleCMS's conversion (sRGB re-read from bytes: +-1)
     naive = np.asarray(cmyk.convert("RGB")).astype(int)
     assert np.abs(d.rgb.astype(int) - naive).mean() > 10  # a press profile, not 255 - (C + K)
 
@@ -87,11 +102,14 @@ def test_grey_and_wrong_extension_content_decodes(photos):
     assert d.rgb.shape == (512, 512, 3) and (d.rgb[:, :, 0] == d.rgb[:, :, 1]).all()
 
 
-@pytest.mark.parametrize("mutate,code", [
-    (lambda b: b[: len(b) // 2], "image_unreadable"),       # truncated body
-    (lambda b: b"", "image_unreadable"),                     # zero bytes
-    (lambda b: b"<html>not an image</html>", "image_unreadable"),
-])
+@pytest.mark.parametrize(
+    "mutate,code",
+    [
+        (lambda b: b[: len(b) // 2], "image_unreadable"),  # truncated body
+        (lambda b: b"", "image_unreadable"),  # zero bytes
+        (lambda b: b"<html>not an image</html>", "image_unreadable"),
+    ],
+)
 def test_broken_files(coffee, mutate, code):
     with pytest.raises(ImageError) as e:
         decode(mutate(save(coffee, "JPEG", quality=90)), LIMITS)

@@ -5,21 +5,35 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import config as C
-from pipeline.io import manifest
 from pipeline.config import ConfigError
+from pipeline.io import manifest
 
 from ..conftest import make_config, write_manifest
 
 
 def test_unquoted_ratio_in_yaml_file_stays_a_ratio(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("input: {manifest: m.parquet}\noutput: {uri: out}\ndefaults: {aspect_ratio: 16:9}\n")
+    p.write_text(
+        "input: {manifest: m.parquet}\noutput: {uri: out}\ndefaults: {aspect_ratio: 16:9}\n"
+    )
     assert C.parse_ratio(C.load(str(p)).defaults.aspect_ratio) == C.Fraction(16, 9)
 
 
 def test_unknown_columns_fail_naming_them_with_hints(tmp_path):
-    m = write_manifest(tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "width": 100, "height": 100,
-                                                  "bbox_x1": 3, "bbox_y1": 4, "colour": "red"}])
+    m = write_manifest(
+        tmp_path / "m.parquet",
+        [
+            {
+                "id": "a",
+                "image": "x.png",
+                "width": 100,
+                "height": 100,
+                "bbox_x1": 3,
+                "bbox_y1": 4,
+                "colour": "red",
+            }
+        ],
+    )
     cfg = make_config(tmp_path, m)
     with pytest.raises(ConfigError) as e:
         manifest.read_schema(cfg)
@@ -30,17 +44,24 @@ def test_unknown_columns_fail_naming_them_with_hints(tmp_path):
 
 
 def test_passthrough_columns_allowed_and_must_exist(tmp_path):
-    m = write_manifest(tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1", "sku": "S1"}])
+    m = write_manifest(
+        tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1", "sku": "S1"}]
+    )
     manifest.read_schema(make_config(tmp_path, m, output={"passthrough_columns": ["sku"]}))
     with pytest.raises(ConfigError, match="no such column"):
-        manifest.read_schema(make_config(tmp_path, m, output={"passthrough_columns": ["sku", "brand"]}))
+        manifest.read_schema(
+            make_config(tmp_path, m, output={"passthrough_columns": ["sku", "brand"]})
+        )
 
 
-@pytest.mark.parametrize("rows,needle", [
-    ([{"image": "x.png", "aspect_ratio": "1:1"}], "no `id` column"),
-    ([{"id": "a", "aspect_ratio": "1:1"}], "no `image` or `image_bytes`"),
-    ([{"id": "a", "image": "x.png"}], "defaults.aspect_ratio"),
-])
+@pytest.mark.parametrize(
+    "rows,needle",
+    [
+        ([{"image": "x.png", "aspect_ratio": "1:1"}], "no `id` column"),
+        ([{"id": "a", "aspect_ratio": "1:1"}], "no `image` or `image_bytes`"),
+        ([{"id": "a", "image": "x.png"}], "defaults.aspect_ratio"),
+    ],
+)
 def test_missing_required_columns(tmp_path, rows, needle):
     cfg = make_config(tmp_path, write_manifest(tmp_path / "m.parquet", rows))
     with pytest.raises(ConfigError, match=needle):
@@ -55,8 +76,10 @@ def test_target_from_defaults_satisfies_schema(tmp_path):
 def _three_files(d):
     d.mkdir()
     for k in range(3):
-        write_manifest(d / f"part-{k}.parquet", [{"id": f"r{k}{j}", "image": "x.png", "aspect_ratio": "1:1"}
-                                                  for j in range(k + 1)])
+        write_manifest(
+            d / f"part-{k}.parquet",
+            [{"id": f"r{k}{j}", "image": "x.png", "aspect_ratio": "1:1"} for j in range(k + 1)],
+        )
     (d / "_SUCCESS").write_text("")
     return d
 
@@ -98,8 +121,12 @@ def test_manifest_on_s3(tmp_path, s3_bucket):
     fs, bucket, opts = s3_bucket
     for k in range(2):
         with fs.open(f"{bucket}/manifests/day={k}/part.parquet", "wb") as f:
-            pq.write_table(pa.table({"id": [f"a{k}"], "image": ["x.png"], "aspect_ratio": ["1:1"]}), f)
+            pq.write_table(
+                pa.table({"id": [f"a{k}"], "image": ["x.png"], "aspect_ratio": ["1:1"]}), f
+            )
     cfg = make_config(tmp_path, f"s3://{bucket}/manifests/", input={"storage_options": opts})
     assert manifest.read(cfg).column("id").to_pylist() == ["a0", "a1"]
-    cfg = make_config(tmp_path, f"s3://{bucket}/manifests/day=1/*.parquet", input={"storage_options": opts})
+    cfg = make_config(
+        tmp_path, f"s3://{bucket}/manifests/day=1/*.parquet", input={"storage_options": opts}
+    )
     assert manifest.read(cfg).column("id").to_pylist() == ["a1"]

@@ -50,8 +50,11 @@ def test_http_one_get_gives_bytes_and_identity_and_a_head_agrees(image_dir):
 def test_http_errors_have_their_codes(image_dir):
     with ImageServer(image_dir) as srv:
         srv.status.update({"secret.jpg": 403, "login.jpg": 401})
-        for name, code in (("missing.jpg", "image_not_found"), ("secret.jpg", "image_access_denied"),
-                           ("login.jpg", "image_access_denied")):
+        for name, code in (
+            ("missing.jpg", "image_not_found"),
+            ("secret.jpg", "image_access_denied"),
+            ("login.jpg", "image_access_denied"),
+        ):
             with pytest.raises(ImageError) as e:
                 sources.fetch(srv.url(name), input_cfg())
             assert e.value.code == code and name in e.value.message
@@ -65,12 +68,22 @@ def test_http_429_honours_retry_after_within_a_bounded_wait(image_dir):
         data, _ = sources.fetch(srv.url("p2.jpg"), input_cfg())
         assert 2.0 <= time.perf_counter() - t0 < 6 and data == (image_dir / "p2.jpg").read_bytes()
         assert srv.counts["GET"] == 3
-        srv.throttle["p3.jpg"] = (100, "30")  # Retry-After beyond input.http.max_wait_s: give up, in bounded time
+        srv.throttle["p3.jpg"] = (
+            100,
+            "30",
+        )  # Retry-After beyond input.http.max_wait_s: give up, in bounded time
         t0 = time.perf_counter()
         with pytest.raises(ImageError) as e:
             sources.fetch(srv.url("p3.jpg"), input_cfg(http={"max_wait_s": 2}))
-        assert time.perf_counter() - t0 < 3 and "429" in e.value.message and e.value.code == "image_not_found"
-        srv.throttle["p4.jpg"] = (10**6, "0")  # "retry at once", for ever: still bounded by max_wait_s
+        assert (
+            time.perf_counter() - t0 < 3
+            and "429" in e.value.message
+            and e.value.code == "image_not_found"
+        )
+        srv.throttle["p4.jpg"] = (
+            10**6,
+            "0",
+        )  # "retry at once", for ever: still bounded by max_wait_s
         t0 = time.perf_counter()
         with pytest.raises(ImageError):
             sources.fetch(srv.url("p4.jpg"), input_cfg(http={"max_wait_s": 1}))
@@ -78,8 +91,12 @@ def test_http_429_honours_retry_after_within_a_bounded_wait(image_dir):
 
 
 def test_retry_after_reads_seconds_and_dates():
-    assert sources.retry_after("3") == 3.0 and sources.retry_after(" 0 ") == sources.RETRY_AFTER_MIN_S
-    assert sources.retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == sources.RETRY_AFTER_MIN_S  # in the past
+    assert (
+        sources.retry_after("3") == 3.0 and sources.retry_after(" 0 ") == sources.RETRY_AFTER_MIN_S
+    )
+    assert (
+        sources.retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == sources.RETRY_AFTER_MIN_S
+    )  # in the past
     soon = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 28 <= sources.retry_after(soon) <= 30.5
     assert sources.retry_after(None) is None and sources.retry_after("soon") is None
@@ -104,7 +121,9 @@ def test_s3_fetch_is_one_get_with_the_same_identity_as_a_head(s3_counted, image_
     cfg = input_cfg(storage_options=opts)
     proxy.reset()
     data, ident = sources.fetch(uri, cfg)
-    assert data == (image_dir / "p0.jpg").read_bytes() and ident.startswith(f"size={len(data)};ETag=")
+    assert data == (image_dir / "p0.jpg").read_bytes() and ident.startswith(
+        f"size={len(data)};ETag="
+    )
     assert proxy.reset() == {"GET": 1}
     assert sources.head(uri, cfg) == ident
     with pytest.raises(ImageError) as e:
@@ -124,7 +143,9 @@ def test_s3_identities_from_one_listing_or_a_head_each(s3_counted, image_dir):
         fs.pipe_file(f"{bucket}/big/{uuid.uuid4().hex}.jpg", b"x")
     fs.pipe_file(f"{bucket}/big/0-wanted.jpg", body)
     cfg = input_cfg(storage_options=opts)
-    uris = pa.array([f"s3://{bucket}/cat/sku-{i:04d}.jpg" for i in range(50)] + [f"s3://{bucket}/cat/gone.jpg"])
+    uris = pa.array(
+        [f"s3://{bucket}/cat/sku-{i:04d}.jpg" for i in range(50)] + [f"s3://{bucket}/cat/gone.jpg"]
+    )
     proxy.reset()
     ident, errors, stats = sources.identities(uris, cfg)
     assert proxy.reset() == {"LIST": 1} and stats.listed == 50 and stats.head == 0
@@ -136,8 +157,13 @@ def test_s3_identities_from_one_listing_or_a_head_each(s3_counted, image_dir):
     ident, errors, stats = sources.identities(few, cfg)
     paths = list(proxy.paths)
     counts = proxy.reset()
-    assert counts["LIST"] <= 1 and counts["HEAD"] <= 2 and sum(counts.values()) <= 3, paths  # not 3 pages of 2,500
-    assert ident[0] == sources.head(f"s3://{bucket}/big/0-wanted.jpg", cfg) and errors[1].code == "image_not_found"
+    assert counts["LIST"] <= 1 and counts["HEAD"] <= 2 and sum(counts.values()) <= 3, (
+        paths
+    )  # not 3 pages of 2,500
+    assert (
+        ident[0] == sources.head(f"s3://{bucket}/big/0-wanted.jpg", cfg)
+        and errors[1].code == "image_not_found"
+    )
     forced = input_cfg(storage_options=opts, identity="head")
     proxy.reset()
     sources.identities(uris[:5], forced)

@@ -35,6 +35,7 @@ def box(r):
 
 # ------------------------------------------------------------------ canvas
 
+
 def test_explicit_size_keeps_reference_and_centres_with_floor_division():
     r = one(src_w=64, src_h=64, width=101, height=99)
     assert r["code"] is None
@@ -44,13 +45,16 @@ def test_explicit_size_keeps_reference_and_centres_with_floor_division():
     assert r["generated"] is True
 
 
-@pytest.mark.parametrize("src,ratio,canvas", [
-    ((512, 512), (16, 9), (911, 512)),     # w/h < r: keep height, W = ceil(512*16/9) = ceil(910.2)
-    ((512, 512), (9, 16), (512, 911)),     # w/h > r: keep width
-    ((600, 400), (3, 2), (600, 400)),      # same ratio: canvas = reference
-    ((1000, 1), (1, 1), (1000, 1000)),
-    ((300, 200), (1, 1), (300, 300)),
-])
+@pytest.mark.parametrize(
+    "src,ratio,canvas",
+    [
+        ((512, 512), (16, 9), (911, 512)),  # w/h < r: keep height, W = ceil(512*16/9) = ceil(910.2)
+        ((512, 512), (9, 16), (512, 911)),  # w/h > r: keep width
+        ((600, 400), (3, 2), (600, 400)),  # same ratio: canvas = reference
+        ((1000, 1), (1, 1), (1000, 1000)),
+        ((300, 200), (1, 1), (300, 300)),
+    ],
+)
 def test_aspect_ratio_canvas_exact_integers(src, ratio, canvas):
     r = one(src_w=src[0], src_h=src[1], ratio=ratio)
     assert (r["canvas_width"], r["canvas_height"]) == canvas
@@ -107,25 +111,43 @@ def test_contain_fit_scales_down_only():
     assert (r["offset_x"], r["offset_y"]) == (100, 300)
     small = one(rules, src_w=100, src_h=50, width=1000, height=1000)
     assert small["scale"] == 1.0 and small["reference_width"] == 100
-    up = one(SizingRules(fit_contain=True, fill_fraction=0.8, allow_upscale=True),
-             src_w=100, src_h=50, width=1000, height=1000)
+    up = one(
+        SizingRules(fit_contain=True, fill_fraction=0.8, allow_upscale=True),
+        src_w=100,
+        src_h=50,
+        width=1000,
+        height=1000,
+    )
     assert up["scale"] == 8.0 and (up["reference_width"], up["reference_height"]) == (800, 400)
 
 
 # ------------------------------------------------------------------ size checks
 
-@pytest.mark.parametrize("W,H,code", [
-    (63, 64, "canvas_too_small"), (64, 63, "canvas_too_small"), (64, 64, None),
-    (2048, 2048, None), (2049, 2048, "canvas_too_large"), (4096, 1024, None), (4097, 1024, "canvas_too_large"),
-])
+
+@pytest.mark.parametrize(
+    "W,H,code",
+    [
+        (63, 64, "canvas_too_small"),
+        (64, 63, "canvas_too_small"),
+        (64, 64, None),
+        (2048, 2048, None),
+        (2049, 2048, "canvas_too_large"),
+        (4096, 1024, None),
+        (4097, 1024, "canvas_too_large"),
+    ],
+)
 def test_canvas_size_boundaries(W, H, code):
     assert one(src_w=32, src_h=32, width=W, height=H)["code"] == code
 
 
 def test_one_pixel_over_budget():
     rules = SizingRules(max_pixels=10_000)
-    assert one(rules, src_w=64, src_h=64, width=100, height=100)["code"] is None  # exactly the budget
-    assert one(rules, src_w=64, src_h=64, width=73, height=137)["code"] == "canvas_too_large"  # 10,001 px
+    assert (
+        one(rules, src_w=64, src_h=64, width=100, height=100)["code"] is None
+    )  # exactly the budget
+    assert (
+        one(rules, src_w=64, src_h=64, width=73, height=137)["code"] == "canvas_too_large"
+    )  # 10,001 px
 
 
 def test_too_small_is_checked_before_too_large():
@@ -134,10 +156,19 @@ def test_too_small_is_checked_before_too_large():
 
 # ------------------------------------------------------------------ placement and bounds
 
-@pytest.mark.parametrize("anchor,xy", [
-    ((0, 1), (0, 18)), ((2, 1), (36, 18)), ((1, 0), (18, 0)), ((1, 2), (18, 36)),
-    ((0, 0), (0, 0)), ((2, 2), (36, 36)), ((1, 1), (18, 18)),
-])
+
+@pytest.mark.parametrize(
+    "anchor,xy",
+    [
+        ((0, 1), (0, 18)),
+        ((2, 1), (36, 18)),
+        ((1, 0), (18, 0)),
+        ((1, 2), (18, 36)),
+        ((0, 0), (0, 0)),
+        ((2, 2), (36, 36)),
+        ((1, 1), (18, 18)),
+    ],
+)
 def test_anchors(anchor, xy):
     r = one(src_w=64, src_h=64, width=100, height=100, anchor=anchor)
     assert (r["offset_x"], r["offset_y"]) == xy
@@ -151,7 +182,10 @@ def test_offsets_override_anchor_per_axis():
 def test_touching_edges_are_inside():
     r = one(src_w=64, src_h=64, width=100, height=100, offset_x=36, offset_y=36)
     assert r["code"] is None and box(r) == (36, 36, 100, 100)
-    assert one(src_w=64, src_h=64, width=100, height=100, offset_x=37, offset_y=36)["code"] == "out_of_bounds"
+    assert (
+        one(src_w=64, src_h=64, width=100, height=100, offset_x=37, offset_y=36)["code"]
+        == "out_of_bounds"
+    )
 
 
 def test_negative_offset_without_auto_crop_is_out_of_bounds():
@@ -181,6 +215,7 @@ def test_no_overlap(ox, oy):
 
 # ------------------------------------------------------------------ fast mode
 
+
 def test_fast_2048_centred_1000_rejected_by_alignment_1024_passes():
     bad = one(src_w=1000, src_h=1000, width=2048, height=2048, fast=True)
     assert bad["code"] == "aligned_canvas_too_large"
@@ -188,7 +223,9 @@ def test_fast_2048_centred_1000_rejected_by_alignment_1024_passes():
     assert (bad["aligned_width"], bad["aligned_height"]) == (2064, 2064)
     good = one(src_w=1024, src_h=1024, width=2048, height=2048, fast=True)
     assert good["code"] is None and (good["aligned_width"], good["pad_left"]) == (2048, 0)
-    aligned = one(src_w=1000, src_h=1000, width=2048, height=2048, fast=True, offset_x=512, offset_y=512)
+    aligned = one(
+        src_w=1000, src_h=1000, width=2048, height=2048, fast=True, offset_x=512, offset_y=512
+    )
     assert aligned["code"] is None and aligned["aligned_width"] == 2048
     # high mode: same geometry is fine (pads right/bottom only)
     high = one(src_w=1000, src_h=1000, width=2048, height=2048)
@@ -197,44 +234,84 @@ def test_fast_2048_centred_1000_rejected_by_alignment_1024_passes():
 
 def test_high_mode_pads_right_bottom_to_grid():
     r = one(src_w=100, src_h=100, width=333, height=250)
-    assert (r["aligned_width"], r["aligned_height"], r["pad_left"], r["pad_top"]) == (336, 256, 0, 0)
+    assert (r["aligned_width"], r["aligned_height"], r["pad_left"], r["pad_top"]) == (
+        336,
+        256,
+        0,
+        0,
+    )
 
 
-@pytest.mark.parametrize("vw,vh,code", [
-    (800, 100, None), (100, 800, None), (801, 100, "reference_aspect"),  # 8:1 vs 8.01:1
-    (64, 64, None), (63, 200, "reference_too_small"), (200, 63, "reference_too_small"),
-])
+@pytest.mark.parametrize(
+    "vw,vh,code",
+    [
+        (800, 100, None),
+        (100, 800, None),
+        (801, 100, "reference_aspect"),  # 8:1 vs 8.01:1
+        (64, 64, None),
+        (63, 200, "reference_too_small"),
+        (200, 63, "reference_too_small"),
+    ],
+)
 def test_fast_reference_limits(vw, vh, code):
-    assert one(src_w=vw, src_h=vh, width=1024, height=1024, fast=True, offset_x=0, offset_y=0)["code"] == code
+    assert (
+        one(src_w=vw, src_h=vh, width=1024, height=1024, fast=True, offset_x=0, offset_y=0)["code"]
+        == code
+    )
     assert one(src_w=vw, src_h=vh, width=1024, height=1024, offset_x=0, offset_y=0)["code"] is None
 
 
 def test_fast_reference_limits_use_visible_box():
-    r = one(src_w=200, src_h=200, width=300, height=300, offset_x=-150, offset_y=0, fast=True, auto_crop=True)
+    r = one(
+        src_w=200,
+        src_h=200,
+        width=300,
+        height=300,
+        offset_x=-150,
+        offset_y=0,
+        fast=True,
+        auto_crop=True,
+    )
     assert r["code"] == "reference_too_small"  # visible 50 x 200
 
 
 # ------------------------------------------------------------------ precedence
 
+
 def test_check_order():
     base = dict(src_w=10, src_h=10, width=10, height=10)
-    assert one(**base, request_code="invalid_request", id_code="invalid_id", image_code="image_not_found")["code"] == "invalid_request"
-    assert one(**base, id_code="duplicate_id", image_code="image_not_found")["code"] == "duplicate_id"
+    assert (
+        one(
+            **base,
+            request_code="invalid_request",
+            id_code="invalid_id",
+            image_code="image_not_found",
+        )["code"]
+        == "invalid_request"
+    )
+    assert (
+        one(**base, id_code="duplicate_id", image_code="image_not_found")["code"] == "duplicate_id"
+    )
     assert one(**base, image_code="image_too_large")["code"] == "image_too_large"
     assert one(**base)["code"] == "canvas_too_small"
 
 
-@pytest.mark.parametrize("row", [
-    dict(src_w=10, src_h=10, width=100, height=100, ratio=(1, 1)),  # both targets
-    dict(src_w=10, src_h=10),                                       # neither
-    dict(src_w=10, src_h=10, width=100),                            # half a size
-])
+@pytest.mark.parametrize(
+    "row",
+    [
+        dict(src_w=10, src_h=10, width=100, height=100, ratio=(1, 1)),  # both targets
+        dict(src_w=10, src_h=10),  # neither
+        dict(src_w=10, src_h=10, width=100),  # half a size
+    ],
+)
 def test_target_errors_are_invalid_request(row):
     assert one(**row)["code"] == "invalid_request"
 
 
 def test_geometry_columns_meaningless_for_pre_geometry_rejects():
-    out = plan_geometry(columns_from_rows([dict(src_w=10, src_h=10, width=100, height=100, id_code="invalid_id")]))
+    out = plan_geometry(
+        columns_from_rows([dict(src_w=10, src_h=10, width=100, height=100, id_code="invalid_id")])
+    )
     assert not out["geometry_valid"][0] and not out["generated"][0]
 
 
@@ -247,17 +324,23 @@ ratios = st.one_of(
 row_st = st.fixed_dictionaries(
     {"src_w": st.integers(1, 9000), "src_h": st.integers(1, 9000)},
     optional={
-        "width": st.integers(-10, 5000), "height": st.integers(-10, 5000), "ratio": ratios,
-        "offset_x": st.integers(-6000, 6000), "offset_y": st.integers(-6000, 6000),
+        "width": st.integers(-10, 5000),
+        "height": st.integers(-10, 5000),
+        "ratio": ratios,
+        "offset_x": st.integers(-6000, 6000),
+        "offset_y": st.integers(-6000, 6000),
         "anchor": st.tuples(st.integers(0, 2), st.integers(0, 2)),
-        "auto_crop": st.booleans(), "fast": st.booleans(),
+        "auto_crop": st.booleans(),
+        "fast": st.booleans(),
         "id_code": st.sampled_from([None, "invalid_id"]),
     },
 )
 rules_st = st.builds(
     SizingRules,
     max_pixels=st.sampled_from([MAX, 1_000_000, 100_000]),
-    fit_contain=st.booleans(), fill_fraction=st.sampled_from([0.5, 0.8, 1.0]), allow_upscale=st.booleans(),
+    fit_contain=st.booleans(),
+    fill_fraction=st.sampled_from([0.5, 0.8, 1.0]),
+    allow_upscale=st.booleans(),
     grid=st.sampled_from([16, 16, 8, 32]),  # FLUX.1's, and other checkpoints' alignment grids
 )
 
@@ -283,7 +366,7 @@ def test_invariants(rows, rules):
         W, H = r["canvas_width"], r["canvas_height"]
         x0, y0, x1, y1 = box(r)
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H  # visible box inside the canvas
-        assert 64 <= W and 64 <= H and W * H <= rules.max_pixels  # ok rows fit the budget
+        assert W >= 64 and H >= 64 and rules.max_pixels >= W * H  # ok rows fit the budget
         assert r["scale"] <= 1.0 or (rules.fit_contain and rules.allow_upscale)
         G = rules.grid
         assert r["aligned_width"] % G == 0 and r["aligned_height"] % G == 0
@@ -299,13 +382,15 @@ def test_invariants(rows, rules):
 @settings(max_examples=200, deadline=None)
 @given(w=st.integers(1, 5000), h=st.integers(1, 5000), a=st.integers(1, 50), b=st.integers(1, 50))
 def test_aspect_canvas_has_the_ratio_and_holds_the_reference(w, h, a, b):
-    W, H = (int(v[0]) for v in aspect_canvas(np.array([w]), np.array([h]), np.array([a]), np.array([b])))
-    assert W >= w and H >= h
-    assert W == w or H == h  # one side is kept
+    W, H = (
+        int(v[0]) for v in aspect_canvas(np.array([w]), np.array([h]), np.array([a]), np.array([b]))
+    )
+    assert w <= W and h <= H
+    assert w == W or h == H  # one side is kept
     # the other side is the smallest integer reaching the ratio
-    if H == h and W > w:
+    if h == H and w < W:
         assert W * b >= h * a > (W - 1) * b
-    if W == w and H > h:
+    if w == W and h < H:
         assert H * a >= w * b > (H - 1) * a
 
 

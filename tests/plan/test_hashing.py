@@ -35,19 +35,30 @@ def test_done_set_matches_exactly():
     assert got[:1000].all() and not got[1000:2000].any()
     assert got[2000] == False  # noqa: E712 - twin's low half is 0, the set holds 1
     assert got[2001] == False  # noqa: E712
-    assert DoneSet(np.zeros(0, np.uint64), np.zeros(0, np.uint64)).contains(pa.array(hashes[:3])).tolist() == [False] * 3
+    assert (
+        DoneSet(np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+        .contains(pa.array(hashes[:3]))
+        .tolist()
+        == [False] * 3
+    )
 
 
 def test_request_hash_names_the_row(tmp_path, photos):
     """Two ids with the same image and request still get different hashes (the id is in
     it), and rows without a source identity get none."""
-    m = write_manifest(tmp_path / "m.parquet", [
-        {"id": "a", "image": str(photos["coffee"]), "aspect_ratio": "1:1", "seed": 1},
-        {"id": "b", "image": str(photos["coffee"]), "aspect_ratio": "1:1", "seed": 1}])
+    m = write_manifest(
+        tmp_path / "m.parquet",
+        [
+            {"id": "a", "image": str(photos["coffee"]), "aspect_ratio": "1:1", "seed": 1},
+            {"id": "b", "image": str(photos["coffee"]), "aspect_ratio": "1:1", "seed": 1},
+        ],
+    )
     cfg = make_config(tmp_path, m)
     from pipeline.io import manifest
 
     plan = PlanStage(cfg, identify=True)(manifest.read(cfg))
     h = plan.column("request_hash").to_pylist()
     assert len(h[0]) == 32 and h[0] != h[1]
-    assert request_hashes(plan, np.array([None, "size=1"], dtype=object), cfg).to_pylist()[0] is None
+    assert (
+        request_hashes(plan, np.array([None, "size=1"], dtype=object), cfg).to_pylist()[0] is None
+    )

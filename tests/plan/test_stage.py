@@ -13,8 +13,14 @@ import pytest
 from PIL import Image
 
 from pipeline.io import manifest
-from pipeline.plan.stage import PLAN_SCHEMA, PlanStage, duplicate_first_rows, plan_manifest, summarise
 from pipeline.plan.rows import derive_seed
+from pipeline.plan.stage import (
+    PLAN_SCHEMA,
+    PlanStage,
+    duplicate_first_rows,
+    plan_manifest,
+    summarise,
+)
 
 from ..conftest import make_config, write_config, write_manifest
 
@@ -38,7 +44,9 @@ def broken(tmp_path, photos):
     (d / "empty.png").write_bytes(b"")
     (d / "truncated.png").write_bytes(photos["astronaut"].read_bytes()[:20])
     (d / "text.png").write_text("this is not an image\n" * 10)
-    (d / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    (d / "photo.heic").write_bytes(
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    )
     img = Image.open(photos["coffee"])  # 600x400
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: displayed 400x600
@@ -63,15 +71,21 @@ def test_real_photos_sizes_from_headers(tmp_path, photos):
 
 
 def test_broken_files_get_image_codes(tmp_path, broken):
-    rows = [{"id": p.stem, "image": str(p), "width": 1024, "height": 1024, "auto_crop": True}
-            for p in sorted(broken.iterdir())]
+    rows = [
+        {"id": p.stem, "image": str(p), "width": 1024, "height": 1024, "auto_crop": True}
+        for p in sorted(broken.iterdir())
+    ]
     rows.append({"id": "missing", "image": str(broken / "nope.png"), "width": 1024, "height": 1024})
     got = {r["id"]: r for r in by_row(run_plan(tmp_path, rows)[1])}
     expect = {
-        "empty": ("failed", "image_unreadable"), "truncated": ("failed", "image_unreadable"),
-        "text": ("failed", "image_unreadable"), "photo": ("failed", "unsupported_image"),
+        "empty": ("failed", "image_unreadable"),
+        "truncated": ("failed", "image_unreadable"),
+        "text": ("failed", "image_unreadable"),
+        "photo": ("failed", "unsupported_image"),
         "missing": ("failed", "image_not_found"),
-        "rotated": ("ok", None), "png_named": ("ok", None), "camera": ("ok", None),
+        "rotated": ("ok", None),
+        "png_named": ("ok", None),
+        "camera": ("ok", None),
     }
     for k, (status, code) in expect.items():
         assert (got[k]["status"], got[k]["error_code"]) == (status, code), got[k]
@@ -84,36 +98,95 @@ def test_broken_files_get_image_codes(tmp_path, broken):
 def test_source_limits_from_header_and_from_manifest(tmp_path, broken):
     rows = [
         {"id": "hdr", "image": str(broken / "camera.png"), "aspect_ratio": "1:1"},
-        {"id": "known", "image": "never/read.png", "image_width": 9000, "image_height": 9000, "aspect_ratio": "1:1"},
-        {"id": "fine", "image": "never/read.png", "image_width": 500, "image_height": 100, "aspect_ratio": "1:1"},
+        {
+            "id": "known",
+            "image": "never/read.png",
+            "image_width": 9000,
+            "image_height": 9000,
+            "aspect_ratio": "1:1",
+        },
+        {
+            "id": "fine",
+            "image": "never/read.png",
+            "image_width": 500,
+            "image_height": 100,
+            "aspect_ratio": "1:1",
+        },
     ]
-    got = {r["id"]: r for r in by_row(run_plan(tmp_path, rows, limits={"max_source_pixels": 100_000})[1])}
-    assert got["hdr"]["error_code"] == "image_too_large" and "512×512" in got["hdr"]["error_message"]
-    assert got["known"]["error_code"] == "image_too_large" and "max_source_pixels" in got["known"]["error_message"]
+    got = {
+        r["id"]: r
+        for r in by_row(run_plan(tmp_path, rows, limits={"max_source_pixels": 100_000})[1])
+    }
+    assert (
+        got["hdr"]["error_code"] == "image_too_large" and "512×512" in got["hdr"]["error_message"]
+    )
+    assert (
+        got["known"]["error_code"] == "image_too_large"
+        and "max_source_pixels" in got["known"]["error_message"]
+    )
     # known size: planned without touching the (non-existent) file
     assert got["fine"]["status"] == "ok" and got["fine"]["canvas_width"] == 500
-    small = {r["id"]: r for r in by_row(run_plan(tmp_path, rows[:1], limits={"max_source_bytes": 1000})[1])}
-    assert small["hdr"]["error_code"] == "image_too_large" and "max_source_bytes" in small["hdr"]["error_message"]
+    small = {
+        r["id"]: r
+        for r in by_row(run_plan(tmp_path, rows[:1], limits={"max_source_bytes": 1000})[1])
+    }
+    assert (
+        small["hdr"]["error_code"] == "image_too_large"
+        and "max_source_bytes" in small["hdr"]["error_message"]
+    )
 
 
 def test_image_bytes_rows(tmp_path, photos):
     buf = io.BytesIO()
     Image.open(photos["chelsea"]).save(buf, format="WEBP")
-    rows = [{"id": "inline", "image_bytes": buf.getvalue(), "aspect_ratio": "1:1"},
-            {"id": "junk", "image_bytes": b"\x89PNG\r\n\x1a\nnope", "aspect_ratio": "1:1"},
-            {"id": "both", "image": str(photos["chelsea"]), "image_bytes": buf.getvalue(), "aspect_ratio": "1:1"},
-            {"id": "none", "aspect_ratio": "1:1"}]
+    rows = [
+        {"id": "inline", "image_bytes": buf.getvalue(), "aspect_ratio": "1:1"},
+        {"id": "junk", "image_bytes": b"\x89PNG\r\n\x1a\nnope", "aspect_ratio": "1:1"},
+        {
+            "id": "both",
+            "image": str(photos["chelsea"]),
+            "image_bytes": buf.getvalue(),
+            "aspect_ratio": "1:1",
+        },
+        {"id": "none", "aspect_ratio": "1:1"},
+    ]
     got = {r["id"]: r for r in by_row(run_plan(tmp_path, rows)[1])}
-    assert (got["inline"]["status"], got["inline"]["source_width"], got["inline"]["canvas_height"]) == ("ok", 451, 451)
+    assert (
+        got["inline"]["status"],
+        got["inline"]["source_width"],
+        got["inline"]["canvas_height"],
+    ) == ("ok", 451, 451)
     assert got["junk"]["error_code"] == "image_unreadable"
-    assert got["both"]["error_code"] == "invalid_request" and "not both" in got["both"]["error_message"]
-    assert got["none"]["error_code"] == "invalid_request" and "no source image" in got["none"]["error_message"]
+    assert (
+        got["both"]["error_code"] == "invalid_request"
+        and "not both" in got["both"]["error_message"]
+    )
+    assert (
+        got["none"]["error_code"] == "invalid_request"
+        and "no source image" in got["none"]["error_message"]
+    )
 
 
-@pytest.mark.parametrize("bad_id", ["../x", "a/b", "/abs", "", ".hidden", "x" * 201, "tab\there", "nul\x00", "é"])
+@pytest.mark.parametrize(
+    "bad_id", ["../x", "a/b", "/abs", "", ".hidden", "x" * 201, "tab\there", "nul\x00", "é"]
+)
 def test_unsafe_ids_rejected(tmp_path, bad_id):
-    rows = [{"id": bad_id, "image": "never.png", "image_width": 100, "image_height": 100, "aspect_ratio": "1:1"},
-            {"id": "x" * 200, "image": "never.png", "image_width": 100, "image_height": 100, "aspect_ratio": "1:1"}]
+    rows = [
+        {
+            "id": bad_id,
+            "image": "never.png",
+            "image_width": 100,
+            "image_height": 100,
+            "aspect_ratio": "1:1",
+        },
+        {
+            "id": "x" * 200,
+            "image": "never.png",
+            "image_width": 100,
+            "image_height": 100,
+            "aspect_ratio": "1:1",
+        },
+    ]
     got = by_row(run_plan(tmp_path, rows)[1])
     assert got[0]["status"] == "rejected" and got[0]["error_code"] == "invalid_id"
     assert "not allowed" in got[0]["error_message"]
@@ -122,30 +195,46 @@ def test_unsafe_ids_rejected(tmp_path, bad_id):
 
 def test_duplicate_ids_keep_the_first(tmp_path):
     base = {"image": "n.png", "image_width": 100, "image_height": 100}
-    rows = [{"id": "a", **base, "aspect_ratio": "1:1"}, {"id": "b", **base, "aspect_ratio": "1:1"},
-            {"id": "a", **base, "aspect_ratio": "2:1"}, {"id": "a", **base, "mode": "ultra", "aspect_ratio": "1:1"}]
+    rows = [
+        {"id": "a", **base, "aspect_ratio": "1:1"},
+        {"id": "b", **base, "aspect_ratio": "1:1"},
+        {"id": "a", **base, "aspect_ratio": "2:1"},
+        {"id": "a", **base, "mode": "ultra", "aspect_ratio": "1:1"},
+    ]
     got = by_row(run_plan(tmp_path, rows)[1])
     assert [r["error_code"] for r in got] == [None, None, "duplicate_id", "invalid_request"]
     assert "manifest row 0" in got[2]["error_message"]
     assert duplicate_first_rows(["x", "y", "x", "z", "y"], [0, 1, 2, 3, 4]) == {"x": 0, "y": 1}
 
 
-@pytest.mark.parametrize("row,needle", [
-    ({"width": "abc", "height": 100}, "width must be an integer"),
-    ({"width": 100.5, "height": 100}, "width must be an integer"),
-    ({"aspect_ratio": "0:1"}, "aspect_ratio '0:1'"),
-    ({"aspect_ratio": "wide"}, "aspect_ratio 'wide'"),
-    ({"aspect_ratio": "1:1", "mode": "ultra"}, "mode 'ultra'"),
-    ({"aspect_ratio": "1:1", "output_format": "gif"}, "output_format 'gif'"),
-    ({"aspect_ratio": "1:1", "anchor": "middle"}, "anchor 'middle'"),
-    ({"aspect_ratio": "1:1", "width": 100, "height": 100}, "not both"),
-    ({"width": 100}, "go together"),
-    ({"aspect_ratio": "1:1", "seed": -5}, "seed must be"),
-    ({"aspect_ratio": "1:1", "reference_offset_x": "left"}, "reference_offset_x must be an integer"),
-])
+@pytest.mark.parametrize(
+    "row,needle",
+    [
+        ({"width": "abc", "height": 100}, "width must be an integer"),
+        ({"width": 100.5, "height": 100}, "width must be an integer"),
+        ({"aspect_ratio": "0:1"}, "aspect_ratio '0:1'"),
+        ({"aspect_ratio": "wide"}, "aspect_ratio 'wide'"),
+        ({"aspect_ratio": "1:1", "mode": "ultra"}, "mode 'ultra'"),
+        ({"aspect_ratio": "1:1", "output_format": "gif"}, "output_format 'gif'"),
+        ({"aspect_ratio": "1:1", "anchor": "middle"}, "anchor 'middle'"),
+        ({"aspect_ratio": "1:1", "width": 100, "height": 100}, "not both"),
+        ({"width": 100}, "go together"),
+        ({"aspect_ratio": "1:1", "seed": -5}, "seed must be"),
+        (
+            {"aspect_ratio": "1:1", "reference_offset_x": "left"},
+            "reference_offset_x must be an integer",
+        ),
+    ],
+)
 def test_invalid_request_rows(tmp_path, row, needle):
     base = {"id": "r", "image": "n.png", "image_width": 100, "image_height": 100}
-    ok = {"id": "fine", "image": "n.png", "image_width": 100, "image_height": 100, "aspect_ratio": "2:1"}
+    ok = {
+        "id": "fine",
+        "image": "n.png",
+        "image_width": 100,
+        "image_height": 100,
+        "aspect_ratio": "2:1",
+    }
     got = by_row(run_plan(tmp_path, [{**base, **row}, ok])[1])
     assert got[0]["status"] == "rejected" and got[0]["error_code"] == "invalid_request"
     assert needle in got[0]["error_message"], got[0]["error_message"]
@@ -154,11 +243,26 @@ def test_invalid_request_rows(tmp_path, row, needle):
 
 def test_defaults_and_row_overrides(tmp_path):
     base = {"image": "n.png", "image_width": 300, "image_height": 200}
-    rows = [{"id": "d", **base}, {"id": "w", **base, "width": 400, "height": 400},
-            {"id": "f", **base, "mode": "FAST", "output_format": "jpg"}]
-    got = {r["id"]: r for r in by_row(run_plan(tmp_path, rows, defaults={"aspect_ratio": "1:1", "output_format": "webp"})[1])}
-    assert (got["d"]["canvas_width"], got["d"]["canvas_height"], got["d"]["output_format"]) == (300, 300, "webp")
-    assert (got["w"]["canvas_width"], got["w"]["canvas_height"]) == (400, 400)  # row target wins, not "both"
+    rows = [
+        {"id": "d", **base},
+        {"id": "w", **base, "width": 400, "height": 400},
+        {"id": "f", **base, "mode": "FAST", "output_format": "jpg"},
+    ]
+    got = {
+        r["id"]: r
+        for r in by_row(
+            run_plan(tmp_path, rows, defaults={"aspect_ratio": "1:1", "output_format": "webp"})[1]
+        )
+    }
+    assert (got["d"]["canvas_width"], got["d"]["canvas_height"], got["d"]["output_format"]) == (
+        300,
+        300,
+        "webp",
+    )
+    assert (got["w"]["canvas_width"], got["w"]["canvas_height"]) == (
+        400,
+        400,
+    )  # row target wins, not "both"
     assert (got["f"]["mode"], got["f"]["output_format"], got["f"]["steps"]) == ("fast", "jpeg", 17)
 
 
@@ -174,15 +278,38 @@ def test_seeds_derived_from_run_seed_and_id(tmp_path):
 
 
 def test_passthrough_columns_copied(tmp_path):
-    rows = [{"id": "a", "image": "n.png", "image_width": 100, "image_height": 50, "aspect_ratio": "1:1", "sku": "S-1"},
-            {"id": "../b", "image": "n.png", "image_width": 100, "image_height": 50, "aspect_ratio": "1:1", "sku": "S-2"}]
+    rows = [
+        {
+            "id": "a",
+            "image": "n.png",
+            "image_width": 100,
+            "image_height": 50,
+            "aspect_ratio": "1:1",
+            "sku": "S-1",
+        },
+        {
+            "id": "../b",
+            "image": "n.png",
+            "image_width": 100,
+            "image_height": 50,
+            "aspect_ratio": "1:1",
+            "sku": "S-2",
+        },
+    ]
     plan = run_plan(tmp_path, rows, output={"passthrough_columns": ["sku"]})[1]
     assert plan.column("sku").to_pylist() == ["S-1", "S-2"]
 
 
 def test_batches_equal_whole(tmp_path, photos):
-    rows = [{"id": f"r{i}", "image": str(photos["coffee"]), "aspect_ratio": ["1:1", "16:9", "4:5"][i % 3],
-             "mode": ["high", "fast"][i % 2]} for i in range(20)] + [{"id": "r3", "image": "x", "aspect_ratio": "1:1"}]
+    rows = [
+        {
+            "id": f"r{i}",
+            "image": str(photos["coffee"]),
+            "aspect_ratio": ["1:1", "16:9", "4:5"][i % 3],
+            "mode": ["high", "fast"][i % 2],
+        }
+        for i in range(20)
+    ] + [{"id": "r3", "image": "x", "aspect_ratio": "1:1"}]
     _, whole, cfg = run_plan(tmp_path, rows)
     table = manifest.read(cfg)
     stage = PlanStage(cfg, duplicate_first_rows(table.column("id"), table.column("manifest_row")))
@@ -192,11 +319,13 @@ def test_batches_equal_whole(tmp_path, photos):
 
 def test_summary_counts_and_cost(tmp_path):
     base = {"image": "n.png", "image_width": 1024, "image_height": 512}
-    rows = [{"id": "h", **base, "width": 1024, "height": 1024},
-            {"id": "f", **base, "width": 1024, "height": 1024, "mode": "fast"},
-            {"id": "same", **base, "aspect_ratio": "2:1"},
-            {"id": "big", **base, "width": 4096, "height": 4096},
-            {"id": "../x", **base, "aspect_ratio": "1:1"}]
+    rows = [
+        {"id": "h", **base, "width": 1024, "height": 1024},
+        {"id": "f", **base, "width": 1024, "height": 1024, "mode": "fast"},
+        {"id": "same", **base, "aspect_ratio": "2:1"},
+        {"id": "big", **base, "width": 4096, "height": 4096},
+        {"id": "../x", **base, "aspect_ratio": "1:1"},
+    ]
     _, plan, cfg = run_plan(tmp_path, rows)
     s = summarise(plan, cfg)
     assert s["by_status"] == {"ok": 3, "rejected": 2, "failed": 0}
@@ -216,7 +345,10 @@ def test_gpu_estimate_prices_attention_quadratically(tmp_path):
     ratio = transformer_flops(FLUX1_CONFIG, 16384, 512) / transformer_flops(FLUX1_CONFIG, 4096, 512)
     assert ratio == pytest.approx(5.62, abs=0.01)
     base = {"image": "n.png", "image_width": 512, "image_height": 512}
-    rows = [{"id": "a", **base, "width": 1024, "height": 1024}, {"id": "b", **base, "width": 2048, "height": 2048}]
+    rows = [
+        {"id": "a", **base, "width": 1024, "height": 1024},
+        {"id": "b", **base, "width": 2048, "height": 2048},
+    ]
     _, plan, cfg = run_plan(tmp_path, rows)
     spp = cfg.plan.seconds_per_step_at_1mp
     assert summarise(plan, cfg)["estimated_gpu_seconds"] == round(50 * spp * (1 + ratio), 1)
@@ -229,31 +361,56 @@ def test_summary_counts_generated_shapes_after_bucketing(tmp_path):
     rows = [{"id": f"r{i}", **base, "width": 1000 + 8 * i, "height": 1000} for i in range(6)]
     _, plan, cfg = run_plan(tmp_path, rows)
     s = summarise(plan, cfg)
-    assert s["generated_shapes"] == 3  # widths 1000..1040 on the 16 grid: 1008, 1024, 1040 (two each)
+    assert (
+        s["generated_shapes"] == 3
+    )  # widths 1000..1040 on the 16 grid: 1008, 1024, 1040 (two each)
     assert set(s["top_generated_shapes"]) == {"1008x1008 high", "1024x1008 high", "1040x1008 high"}
-    cfg64 = cfg.model_copy(update={"model": cfg.model.model_copy(
-        update={"optimize": cfg.model.optimize.model_copy(update={"bucket_px": 64, "max_shapes": 1})})})
+    cfg64 = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(
+                update={
+                    "optimize": cfg.model.optimize.model_copy(
+                        update={"bucket_px": 64, "max_shapes": 1}
+                    )
+                }
+            )
+        }
+    )
     s64 = summarise(plan, cfg64)
     assert s64["top_generated_shapes"] == {"1024x1024 high": 4, "1088x1024 high": 2}
     assert s64["estimated_gpu_seconds"] > s["estimated_gpu_seconds"]  # padded canvases cost more
     from pipeline.plan.stage import format_summary
 
     assert "shapes" not in format_summary(s64)  # the CPU backend compiles nothing
-    assert "more shapes than model.optimize.max_shapes (1)" in format_summary({**s64, "backend": "flux-fill"})
+    assert "more shapes than model.optimize.max_shapes (1)" in format_summary(
+        {**s64, "backend": "flux-fill"}
+    )
 
 
 # ------------------------------------------------------------------ CLI
 
+
 def outpaint(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_cli_plan_writes_parquet_and_summary(tmp_path, photos):
-    m = write_manifest(tmp_path / "m.parquet", [
-        {"id": "a", "image": str(photos["astronaut"]), "aspect_ratio": "16:9"},
-        {"id": "b", "image": str(photos["coffee"]), "width": 2049, "height": 2048},
-    ])
-    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}})
+    m = write_manifest(
+        tmp_path / "m.parquet",
+        [
+            {"id": "a", "image": str(photos["astronaut"]), "aspect_ratio": "16:9"},
+            {"id": "b", "image": str(photos["coffee"]), "width": 2049, "height": 2048},
+        ],
+    )
+    c = write_config(
+        tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}}
+    )
     r = outpaint("plan", c, "--out", str(tmp_path / "plan"))
     assert r.returncode == 0, r.stderr
     assert "canvas_too_large" in r.stdout
@@ -270,14 +427,18 @@ def test_cli_plan_writes_parquet_and_summary(tmp_path, photos):
 
 
 def test_cli_validate_and_bad_config_exit_codes(tmp_path):
-    m = write_manifest(tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1", "bbox_x1": 1}])
+    m = write_manifest(
+        tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1", "bbox_x1": 1}]
+    )
     good = write_config(tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": "o"}})
     r = outpaint("validate", good)
     assert r.returncode == 2 and "bbox_x1" in r.stderr and "reference_offset_x" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1  # one line, no traceback
     r = outpaint("validate", good, "--set", "sizing.max_pixels=9999999")
     assert r.returncode == 2 and "sizing.max_pixels" in r.stderr
-    m2 = write_manifest(tmp_path / "m2.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1"}])
+    m2 = write_manifest(
+        tmp_path / "m2.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1"}]
+    )
     r = outpaint("validate", good, "--set", f"input.manifest={m2}")
     assert r.returncode == 0 and "1 rows" in r.stdout
 
@@ -285,11 +446,17 @@ def test_cli_validate_and_bad_config_exit_codes(tmp_path):
 def test_plan_warns_about_mostly_generated_rows(tmp_path, photos):
     """chelsea (451x300) on a 1080x1350 tile is ~91 % generated: plan says so, counts
     the rows and gives the fill-the-canvas recipe, which then clears the warning."""
-    m = write_manifest(tmp_path / "m.parquet", [
-        {"id": "small", "image": str(photos["chelsea"]), "width": 1080, "height": 1350},
-        {"id": "small2", "image": str(photos["chelsea"]), "width": 1080, "height": 1350},
-        {"id": "fine", "image": str(photos["chelsea"]), "width": 500, "height": 400}])
-    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}})
+    m = write_manifest(
+        tmp_path / "m.parquet",
+        [
+            {"id": "small", "image": str(photos["chelsea"]), "width": 1080, "height": 1350},
+            {"id": "small2", "image": str(photos["chelsea"]), "width": 1080, "height": 1350},
+            {"id": "fine", "image": str(photos["chelsea"]), "width": 500, "height": 400},
+        ],
+    )
+    c = write_config(
+        tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}}
+    )
     r = outpaint("plan", c)
     assert r.returncode == 0, r.stderr
     assert "warning: 2 rows would be more than 75% generated (up to 91%)" in r.stdout
@@ -306,23 +473,64 @@ def test_text_manifests_plan_like_parquet(tmp_path, photos, fmt):
     look like numbers stay strings; `jpg` is taken for jpeg."""
     from pipeline.io.catalogue import write as write_table
 
-    rows = [{"id": "00123", "image": str(photos["coffee"]), "aspect_ratio": "16:9", "output_format": "jpg"},
-            {"id": "b", "image": str(photos["chelsea"]), "width": 640, "height": 480, "mode": "fast",
-             "reference_offset_x": 3, "reference_offset_y": 5},
-            {"id": "c", "image": str(photos["camera"]), "aspect_ratio": "1.5", "prompt": "a, \"quoted\" scene"},
-            {"id": "d", "image": str(tmp_path / "missing.png"), "aspect_ratio": "1:1"}]
-    cols = ["id", "image", "aspect_ratio", "width", "height", "mode", "output_format", "reference_offset_x",
-            "reference_offset_y", "prompt"]
+    rows = [
+        {
+            "id": "00123",
+            "image": str(photos["coffee"]),
+            "aspect_ratio": "16:9",
+            "output_format": "jpg",
+        },
+        {
+            "id": "b",
+            "image": str(photos["chelsea"]),
+            "width": 640,
+            "height": 480,
+            "mode": "fast",
+            "reference_offset_x": 3,
+            "reference_offset_y": 5,
+        },
+        {
+            "id": "c",
+            "image": str(photos["camera"]),
+            "aspect_ratio": "1.5",
+            "prompt": 'a, "quoted" scene',
+        },
+        {"id": "d", "image": str(tmp_path / "missing.png"), "aspect_ratio": "1:1"},
+    ]
+    cols = [
+        "id",
+        "image",
+        "aspect_ratio",
+        "width",
+        "height",
+        "mode",
+        "output_format",
+        "reference_offset_x",
+        "reference_offset_y",
+        "prompt",
+    ]
     table = pa.table({c: [r.get(c) for r in rows] for c in cols})
-    ref = plan_manifest(make_config(tmp_path, write_manifest(tmp_path / "m.parquet", rows)),
-                        manifest.read(make_config(tmp_path, str(tmp_path / "m.parquet"))))
+    ref = plan_manifest(
+        make_config(tmp_path, write_manifest(tmp_path / "m.parquet", rows)),
+        manifest.read(make_config(tmp_path, str(tmp_path / "m.parquet"))),
+    )
     text = write_table(table, str(tmp_path / f"m.{fmt}"))
     cfg = make_config(tmp_path, text)
     got = plan_manifest(cfg, manifest.read(cfg))
     assert got.column("id").to_pylist()[0] == "00123"
     assert got.column("output_format").to_pylist()[0] == "jpeg"
-    for c in ("id", "status", "error_code", "canvas_width", "canvas_height", "offset_x", "offset_y", "mode",
-              "prompt", "seed"):
+    for c in (
+        "id",
+        "status",
+        "error_code",
+        "canvas_width",
+        "canvas_height",
+        "offset_x",
+        "offset_y",
+        "mode",
+        "prompt",
+        "seed",
+    ):
         assert got.column(c).to_pylist() == ref.column(c).to_pylist(), c
 
 
@@ -335,17 +543,28 @@ def test_non_table_manifest_is_one_line_exit_2(tmp_path, photos):
     (tmp_path / "rows.parquet").write_text("id,image,aspect_ratio\na,x.png,1:1\n")
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "image": "x.png"}\n{not json\n')
     for name in ("photo.parquet", "rows.parquet", "bad.jsonl"):
-        c = write_config(tmp_path / "c.yaml", {"input": {"manifest": str(tmp_path / name)},
-                                               "output": {"uri": str(tmp_path / "out")}})
+        c = write_config(
+            tmp_path / "c.yaml",
+            {"input": {"manifest": str(tmp_path / name)}, "output": {"uri": str(tmp_path / "out")}},
+        )
         for verb in ("validate", "plan", "run"):
             r = outpaint(verb, c)
             assert r.returncode == 2, (name, verb, r.stderr)
             lines = r.stderr.strip().splitlines()
-            assert len(lines) == 1 and name in lines[0] and "not a readable" in lines[0], (name, verb, lines)
+            assert len(lines) == 1 and name in lines[0] and "not a readable" in lines[0], (
+                name,
+                verb,
+                lines,
+            )
     assert not (tmp_path / "out" / "images").exists()
     # the CSV, read as what it is, works
-    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": str(tmp_path / "rows.parquet"), "format": "csv"},
-                                           "output": {"uri": str(tmp_path / "out")}})
+    c = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": {"manifest": str(tmp_path / "rows.parquet"), "format": "csv"},
+            "output": {"uri": str(tmp_path / "out")},
+        },
+    )
     r = outpaint("validate", c)
     assert r.returncode == 0 and "1 rows" in r.stdout
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
 from pipeline.backends.canvas import FILL_COLORS
 from pipeline.review.compose import feathered_paste, generated_sides, match_colors
-from pipeline.review.quality import fidelity, fill_leakage, quality_distance, seam_score, texture_score, untouched
-
+from pipeline.review.quality import (
+    fidelity,
+    fill_leakage,
+    quality_distance,
+    seam_score,
+    texture_score,
+    untouched,
+)
 
 
 def scene(h=120, w=160, seed=0):
@@ -19,11 +24,14 @@ def scene(h=120, w=160, seed=0):
     return np.clip(base[:, :, None] + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("box,expect_sides", [
-    ((40, 30, 120, 90), (True, True, True, True)),    # centred: every side generated
-    ((0, 0, 80, 60), (False, False, True, True)),     # top-left corner: touches two edges
-    ((0, 30, 160, 90), (False, True, False, True)),   # full width band
-])
+@pytest.mark.parametrize(
+    "box,expect_sides",
+    [
+        ((40, 30, 120, 90), (True, True, True, True)),  # centred: every side generated
+        ((0, 0, 80, 60), (False, False, True, True)),  # top-left corner: touches two edges
+        ((0, 30, 160, 90), (False, True, False, True)),  # full width band
+    ],
+)
 def test_feather_only_on_generated_sides(box, expect_sides):
     W, H = 160, 120
     vx0, vy0, vx1, vy1 = box
@@ -35,15 +43,17 @@ def test_feather_only_on_generated_sides(box, expect_sides):
     px = 6
     out = feathered_paste(gen, ref, vx0, vy0, sides, px)
     y0, y1, x0, x1 = untouched(vy1 - vy0, vx1 - vx0, sides, px)
-    assert np.array_equal(out[vy0 + y0:vy0 + y1, vx0 + x0:vx0 + x1], ref[y0:y1, x0:x1])  # exact outside the band
+    assert np.array_equal(
+        out[vy0 + y0 : vy0 + y1, vx0 + x0 : vx0 + x1], ref[y0:y1, x0:x1]
+    )  # exact outside the band
     v = out[vy0:vy1, vx0:vx1].astype(int)
     r = ref.astype(int)
     rows, cols = slice(y0, y1), slice(x0, x1)  # away from the corners other bands cross
     lines = ((rows, 0), (0, cols), (rows, -1), (-1, cols))
     for side, sl in zip(sides, lines):
-        if side:   # generated side: the outermost line is mostly the generated value
+        if side:  # generated side: the outermost line is mostly the generated value
             assert np.abs(v[sl] - 7).mean() < np.abs(r[sl] - 7).mean() * 0.5
-        else:      # canvas edge: exact reference, no feather
+        else:  # canvas edge: exact reference, no feather
             assert np.array_equal(v[sl], r[sl])
     assert fidelity(out, ref, vx0, vy0, sides, px) == (0, 0.0)
     assert fidelity(out, ref, vx0, vy0, sides, 0)[0] > 0  # inside the band the pixels did change
@@ -80,8 +90,13 @@ def test_seam_score_is_two_sided_and_a_photo_is_natural():
     assert seam_score(hard, vx0, vy0, vx1, vy1, sides) > 3
     smooth = seam_score(ramp, vx0, vy0, vx1, vy1, sides)
     assert smooth < 0.6
-    dist = {k: quality_distance(seam_score(img, vx0, vy0, vx1, vy1, sides), texture_score(img, vx0, vy0, vx1, vy1, sides))
-            for k, img in (("natural", truth), ("hard", hard), ("ramp", ramp))}
+    dist = {
+        k: quality_distance(
+            seam_score(img, vx0, vy0, vx1, vy1, sides),
+            texture_score(img, vx0, vy0, vx1, vy1, sides),
+        )
+        for k, img in (("natural", truth), ("hard", hard), ("ramp", ramp))
+    }
     assert dist["natural"] < 0.23 < dist["ramp"] and dist["natural"] < 0.23 < dist["hard"]
 
 
@@ -96,9 +111,13 @@ def test_texture_score_flags_blur_and_noise():
     blurred, noisy = truth.copy(), truth.copy()
     blurred[mask] = cv2.GaussianBlur(truth, (0, 0), 4)[mask]
     rng = np.random.default_rng(0)
-    noisy[mask] = np.clip(truth.astype(int) + rng.normal(0, 40, truth.shape).astype(int), 0, 255)[mask]
-    t = {k: texture_score(img, vx0, vy0, vx1, vy1, sides) for k, img in
-         (("natural", truth), ("blurred", blurred), ("noisy", noisy))}
+    noisy[mask] = np.clip(truth.astype(int) + rng.normal(0, 40, truth.shape).astype(int), 0, 255)[
+        mask
+    ]
+    t = {
+        k: texture_score(img, vx0, vy0, vx1, vy1, sides)
+        for k, img in (("natural", truth), ("blurred", blurred), ("noisy", noisy))
+    }
     assert 0.8 <= t["natural"] <= 1.25 and t["blurred"] < 0.5 and t["noisy"] > 2.5, t
     assert texture_score(truth, 0, 0, W, H, (False,) * 4) is None  # nothing generated
 
@@ -110,7 +129,9 @@ def test_leakage_detector_catches_planted_fill():
     planted = truth.copy()
     planted[0:30, 0:80] = FILL_COLORS["green"]  # fill colour left in part of the generated area
     leak = fill_leakage(planted, vx0, vy0, vx1, vy1, "green")
-    assert abs(leak - 2400 / 14400) < 0.01  # 30 x 80 planted of 160 x 120 - 80 x 60 generated pixels
+    assert (
+        abs(leak - 2400 / 14400) < 0.01
+    )  # 30 x 80 planted of 160 x 120 - 80 x 60 generated pixels
     assert fill_leakage(planted, vx0, vy0, vx1, vy1, "magenta") < 0.01
     assert fill_leakage(planted, vx0, vy0, vx1, vy1, "grey") is None  # grey is not a colour fill
 

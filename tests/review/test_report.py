@@ -22,12 +22,18 @@ def reported_run(tmp_path_factory, photos, ray_local):
     from pipeline.run.runner import run
 
     tmp = tmp_path_factory.mktemp("report")
-    rows = [{"id": f"ok{i}", "image": str(photos[n]), "aspect_ratio": r}
-            for i, (n, r) in enumerate((("coffee", "1:1"), ("chelsea", "16:9"), ("camera", "4:5"), ("rocket", "1:1")))]
-    rows += [{"id": "gone", "image": str(tmp / "missing.png"), "aspect_ratio": "1:1"},
-             {"id": "huge", "image": str(photos["coffee"]), "width": 4096, "height": 4096},
-             {"id": "../bad", "image": str(photos["coffee"]), "aspect_ratio": "1:1"},
-             {"id": "<script>", "image": str(photos["coffee"]), "aspect_ratio": "1:1"}]
+    rows = [
+        {"id": f"ok{i}", "image": str(photos[n]), "aspect_ratio": r}
+        for i, (n, r) in enumerate(
+            (("coffee", "1:1"), ("chelsea", "16:9"), ("camera", "4:5"), ("rocket", "1:1"))
+        )
+    ]
+    rows += [
+        {"id": "gone", "image": str(tmp / "missing.png"), "aspect_ratio": "1:1"},
+        {"id": "huge", "image": str(photos["coffee"]), "width": 4096, "height": 4096},
+        {"id": "../bad", "image": str(photos["coffee"]), "aspect_ratio": "1:1"},
+        {"id": "<script>", "image": str(photos["coffee"]), "aspect_ratio": "1:1"},
+    ]
     m = write_manifest(tmp / "m.parquet", rows)
     out = tmp / "out"
     run(config_mod.from_dict({"input": {"manifest": m}, "output": {"uri": str(out)}}), quiet=True)
@@ -40,7 +46,7 @@ def test_report_lists_every_failed_row_and_a_gallery(reported_run):
     meta = pq.read_table(reported_run / "metadata").to_pylist()
     bad = [r for r in meta if r["status"] != "ok"]
     assert len(bad) == 4
-    table = page.split('<table id="failures">')[1].split('</table>')[0]
+    table = page.split('<table id="failures">')[1].split("</table>")[0]
     for r in bad:  # every rejected/failed row with its code and message (escaped)
         assert f"<code>{r['error_code']}</code>" in table
         assert r["id"].replace("<", "&lt;").replace(">", "&gt;") in table
@@ -48,14 +54,25 @@ def test_report_lists_every_failed_row_and_a_gallery(reported_run):
     assert len(re.findall(r'src="data:image/jpeg;base64,', page)) >= 8  # before + after thumbnails
     assert os.path.getsize(reported_run / "report.html") < 2_000_000  # thumbnails, not full images
     os.remove(reported_run / "report.html")
-    r = subprocess.run(["outpaint", "report", str(reported_run)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        ["outpaint", "report", str(reported_run)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "failed 1" in r.stdout and "image_not_found" in r.stdout
     assert (reported_run / "report.html").exists()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 @pytest.mark.ray
@@ -63,8 +80,19 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def test_report_opens_in_headless_chromium(reported_run, tmp_path):
     url = f"file://{reported_run / 'report.html'}"
     shot = tmp_path / "report.png"
-    r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'p1'}", "--window-size=1200,1600",
-                        f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'p1'}",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 10_000, r.stderr[-1000:]
     from PIL import Image
 
@@ -72,36 +100,77 @@ def test_report_opens_in_headless_chromium(reported_run, tmp_path):
         assert im.size == (1200, 1600)
         px = np.asarray(im.convert("RGB"))
     assert px.std() > 10  # rendered content, not a blank page
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'p2'}", "--virtual-time-budget=10000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'p2'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
     loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
     assert total >= 8 and loaded == total  # every gallery image decodes in the browser
     # the original area is outlined on every after image, inside it
-    outlines = re.findall(r'class="outline" style="left:([\d.]+)%;top:([\d.]+)%;width:([\d.]+)%;height:([\d.]+)%"', dom)
-    assert len(outlines) >= 4 and all(float(x) + float(w) <= 100.01 and float(y) + float(h) <= 100.01
-                                      for x, y, w, h in outlines)
+    outlines = re.findall(
+        r'class="outline" style="left:([\d.]+)%;top:([\d.]+)%;width:([\d.]+)%;height:([\d.]+)%"',
+        dom,
+    )
+    assert len(outlines) >= 4 and all(
+        float(x) + float(w) <= 100.01 and float(y) + float(h) <= 100.01 for x, y, w, h in outlines
+    )
     # the enlarge view: a row's full-resolution output, loaded only when opened (#zoom=ID opens it)
     rid = re.search(r'<a class="zoom" href="images/([^"]+)" data-id="([^"]+)"', dom)
-    zoom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'p3'}", "--virtual-time-budget=10000",
-                           "--dump-dom", f"{url}#zoom={rid.group(2)}"], capture_output=True, text=True,
-                          timeout=120).stdout
+    zoom = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'p3'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            f"{url}#zoom={rid.group(2)}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert re.search(r'<dialog id="zoom" open="">', zoom)
     assert f'<img alt="full size" src="images/{rid.group(1)}">' in zoom
     from PIL import Image as _Image
 
     with _Image.open(reported_run / "images" / rid.group(1)) as full:
-        assert re.search(r'data-zoom-width="(\d+)"', zoom).group(1) == str(full.width)  # full size, decoded
-    assert 'data-zoom-width' not in dom  # not loaded until opened
+        assert re.search(r'data-zoom-width="(\d+)"', zoom).group(1) == str(
+            full.width
+        )  # full size, decoded
+    assert "data-zoom-width" not in dom  # not loaded until opened
     # the before/after slider over the canvas: the original, placed, left of the divider
-    split = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'p4'}", "--virtual-time-budget=10000",
-                            "--dump-dom", f"{url}#zoom={rid.group(2)}&split=30"], capture_output=True, text=True,
-                           timeout=120).stdout
+    split = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'p4'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            f"{url}#zoom={rid.group(2)}&split=30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert 'data-split="30"' in split and "clip-path: inset(0px 70% 0px 0px)" in split
-    before = re.search(r'<img alt="before" id="before-img" src="(report_files/before-[^"]+)"', split).group(1)
+    before = re.search(
+        r'<img alt="before" id="before-img" src="(report_files/before-[^"]+)"', split
+    ).group(1)
     with _Image.open(reported_run / before) as b:
-        assert re.search(r'data-before-width="(\d+)"', split).group(1) == str(b.width)  # loaded in the browser
-    assert 'data-before-width' not in dom  # and only when a row is opened
+        assert re.search(r'data-before-width="(\d+)"', split).group(1) == str(
+            b.width
+        )  # loaded in the browser
+    assert "data-before-width" not in dom  # and only when a row is opened
 
 
 def test_report_is_columnar_stable_and_complete(tmp_path):
@@ -110,35 +179,55 @@ def test_report_is_columnar_stable_and_complete(tmp_path):
     Arrow columns (only the rows shown become Python objects)."""
     import pyarrow as pa
 
-    from pipeline.review import report
     from pipeline.io.outputs import OutputStore
+    from pipeline.review import report
 
     n = 5000
     rng = np.random.default_rng(3)
     status = np.where(np.arange(n) % 50 == 0, "failed", "ok")
     seam = rng.random(n) * 3
     store = OutputStore(str(tmp_path))
-    store.write_metadata_part(pa.table({
-        "id": [f"sku-{i:05d}" for i in range(n)], "status": status,
-        "error_code": [("image_not_found" if s == "failed" else None) for s in status],
-        "error_message": [("gone" if s == "failed" else None) for s in status],
-        "canvas_width": np.full(n, 1000), "canvas_height": np.full(n, 500), "generated": np.arange(n) % 2 == 0,
-        "seam_score": seam, "quality_distance": np.abs(np.log(seam + 1e-3)),
-        "completed_at": np.arange(n, dtype=float), "image": [None] * n, "output_uri": [None] * n}),
-        "a")
+    store.write_metadata_part(
+        pa.table(
+            {
+                "id": [f"sku-{i:05d}" for i in range(n)],
+                "status": status,
+                "error_code": [("image_not_found" if s == "failed" else None) for s in status],
+                "error_message": [("gone" if s == "failed" else None) for s in status],
+                "canvas_width": np.full(n, 1000),
+                "canvas_height": np.full(n, 500),
+                "generated": np.arange(n) % 2 == 0,
+                "seam_score": seam,
+                "quality_distance": np.abs(np.log(seam + 1e-3)),
+                "completed_at": np.arange(n, dtype=float),
+                "image": [None] * n,
+                "output_uri": [None] * n,
+            }
+        ),
+        "a",
+    )
     page, summary = report.build(store, {})
     assert summary["by_status"] == {"ok": 4900, "rejected": 0, "failed": 100}
-    assert summary["by_code"] == {"image_not_found": 100} and summary["output_megapixels"] == 4900 * 0.5
-    sample = re.findall(r'<div class="card"><h3>(sku-\d+)</h3>', page.split('id="sample"')[1].split("<h2>")[0])
+    assert (
+        summary["by_code"] == {"image_not_found": 100}
+        and summary["output_megapixels"] == 4900 * 0.5
+    )
+    sample = re.findall(
+        r'<div class="card"><h3>(sku-\d+)</h3>', page.split('id="sample"')[1].split("<h2>")[0]
+    )
     assert len(sample) == 24 and all(int(s[4:]) % 2 == 0 and int(s[4:]) % 50 for s in sample)
-    assert sample == re.findall(r'<div class="card"><h3>(sku-\d+)</h3>',
-                                report.build(store, {})[0].split('id="sample"')[1].split("<h2>")[0])
-    worst = re.findall(r'<h3>(sku-\d+)</h3>', page.split('id="worst"')[1].split("<h2>")[0])
+    assert sample == re.findall(
+        r'<div class="card"><h3>(sku-\d+)</h3>',
+        report.build(store, {})[0].split('id="sample"')[1].split("<h2>")[0],
+    )
+    worst = re.findall(r"<h3>(sku-\d+)</h3>", page.split('id="worst"')[1].split("<h2>")[0])
     ok_ids = np.flatnonzero(status == "ok")
     dist = np.abs(np.log(seam + 1e-3))  # far from natural either way: tiny and large seam scores
     assert worst == [f"sku-{i:05d}" for i in ok_ids[np.argsort(-dist[ok_ids], kind="stable")][:12]]
     assert "n/a" in page.split('id="metrics"')[1]  # fill leakage: not computed for these rows
-    assert page.split('id="metrics"')[1].count("<tr><td>sku-") == len(ok_ids)  # every measured row listed
+    assert page.split('id="metrics"')[1].count("<tr><td>sku-") == len(
+        ok_ids
+    )  # every measured row listed
     table = page.split('<table id="failures">')[1]
     assert table.count("<code>image_not_found</code>") == 100
 
@@ -166,10 +255,14 @@ def test_thumbnails_show_true_colour(tmp_path, photos):
     patch[:] = (200, 40, 40)  # a saturated red: ProPhoto stores it far from its sRGB value
     src = tmp_path / "red.png"
     into(patch, icc("prophoto")).save(src, icc_profile=icc("prophoto"))
-    m = write_manifest(tmp_path / "m.parquet", [{"id": "red", "image": str(src), "width": 400, "height": 200}])
+    m = write_manifest(
+        tmp_path / "m.parquet", [{"id": "red", "image": str(src), "width": 400, "height": 200}]
+    )
     cfg = make_config(tmp_path, m)
     store = OutputStore(cfg.output.uri)
-    store.write_metadata_part(ProcessStage(cfg, store, "r")(PlanStage(cfg, identify=True)(manifest.read(cfg))), "r")
+    store.write_metadata_part(
+        ProcessStage(cfg, store, "r")(PlanStage(cfg, identify=True)(manifest.read(cfg))), "r"
+    )
     page, _ = report.build(store, {}, sample=0, worst=1)
     thumbs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
     assert len(thumbs) == 2  # before and after of the one row

@@ -24,13 +24,19 @@ def test_rerun_over_an_output_written_before_the_split_skips_every_row(tmp_path)
     out = tmp_path / "out"
     shutil.copytree(DATA / "out", out)
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "images").iterdir()}
-    cfg = config_mod.from_dict({"input": {"manifest": str(DATA / "manifest.parquet"), "image_root": str(src)},
-                                "output": {"uri": str(out), "report": False},
-                                "runtime": rec["config"]["runtime"]})
+    cfg = config_mod.from_dict(
+        {
+            "input": {"manifest": str(DATA / "manifest.parquet"), "image_root": str(src)},
+            "output": {"uri": str(out), "report": False},
+            "runtime": rec["config"]["runtime"],
+        }
+    )
     result = run(cfg, quiet=True)
     assert result["rows"] == 6 and result["work_rows"] == 0
     assert result["counts"]["skipped"] == 5  # every ok row of the old output
-    assert result["counts"]["by_status"] == {"rejected": 1}  # rejected rows are re-checked, never skipped
+    assert result["counts"]["by_status"] == {
+        "rejected": 1
+    }  # rejected rows are re-checked, never skipped
     assert result["manifest"]["by_status"] == {"ok": 5, "rejected": 1, "failed": 0}
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "images").iterdir()}
     assert after == before and len(after) == 5

@@ -26,14 +26,16 @@ from pipeline.config import ConfigError
 from ..conftest import relay, write_config, write_manifest
 from ..servers import LoopbackServer
 
-
 # ------------------------------------------------------------------ retry layer
+
 
 def test_transient_and_permanent_errors_are_told_apart():
     from botocore.exceptions import ClientError, EndpointConnectionError
 
     def client_error(code, status):
-        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return ClientError(
+            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+        )
 
     assert storage.is_transient(client_error("SlowDown", 503))
     assert storage.is_transient(client_error("InternalError", 500))
@@ -78,6 +80,7 @@ def test_retry_backs_off_on_transient_and_stops_on_permanent():
 
 # ------------------------------------------------------------------ fault-injecting proxy
 
+
 class FaultProxy(LoopbackServer):
     """HTTP proxy on 127.0.0.1 in front of the moto server that fails requests on a fixed
     schedule: every ``slowdown``-th answers 503 SlowDown, every ``reset``-th closes the
@@ -88,7 +91,9 @@ class FaultProxy(LoopbackServer):
         host, port = target.replace("http://", "").split(":")
         self.count = 0
         self.faults = {"503": 0, "reset": 0, "delay": 0}
-        self.denied: list[str] = []  # requests answered 403 (paths containing a `deny` entry; "*" = all)
+        self.denied: list[
+            str
+        ] = []  # requests answered 403 (paths containing a `deny` entry; "*" = all)
         lock = threading.Lock()
         proxy = self
 
@@ -105,11 +110,15 @@ class FaultProxy(LoopbackServer):
                     n = proxy.count
                 if any(d == "*" or d in self.path for d in deny):
                     proxy.denied.append(self.path)
-                    msg = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
-                           b"<Message>Access Denied</Message></Error>")
+                    msg = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+                        b"<Message>Access Denied</Message></Error>"
+                    )
                     self.send_response(403)
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(msg)))
+                    self.send_header(
+                        "Content-Length", "0" if self.command == "HEAD" else str(len(msg))
+                    )
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(msg)
@@ -121,8 +130,10 @@ class FaultProxy(LoopbackServer):
                     return
                 if n % slowdown == 0:
                     proxy.faults["503"] += 1
-                    msg = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
-                           b"<Message>Please reduce your request rate.</Message></Error>")
+                    msg = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                        b"<Message>Please reduce your request rate.</Message></Error>"
+                    )
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(msg)))
@@ -143,36 +154,56 @@ def _s3_job(tmp_path, fs, bucket, opts, photos, out_prefix):
     for n in ("coffee", "chelsea", "camera"):
         if not fs.exists(f"{bucket}/images/{n}.png"):
             fs.put_file(str(photos[n]), f"{bucket}/images/{n}.png")
-    rows = [{"id": f"r{i}", "image": ["coffee.png", "chelsea.png", "camera.png"][i % 3],
-             "width": 640 + 16 * (i % 4), "height": 560} for i in range(12)]
+    rows = [
+        {
+            "id": f"r{i}",
+            "image": ["coffee.png", "chelsea.png", "camera.png"][i % 3],
+            "width": 640 + 16 * (i % 4),
+            "height": 560,
+        }
+        for i in range(12)
+    ]
     rows.append({"id": "gone", "image": "missing.png", "aspect_ratio": "1:1"})
     local = write_manifest(tmp_path / "m.parquet", rows)
     if not fs.exists(f"{bucket}/manifests/m.parquet"):
         fs.put_file(local, f"{bucket}/manifests/m.parquet")
-    return config_mod.from_dict({
-        "input": {"manifest": f"s3://{bucket}/manifests/", "image_root": f"s3://{bucket}/images",
-                  "storage_options": opts},
-        "output": {"uri": f"s3://{bucket}/{out_prefix}", "storage_options": opts},
-        "runtime": {"block_rows": 2},
-    })
+    return config_mod.from_dict(
+        {
+            "input": {
+                "manifest": f"s3://{bucket}/manifests/",
+                "image_root": f"s3://{bucket}/images",
+                "storage_options": opts,
+            },
+            "output": {"uri": f"s3://{bucket}/{out_prefix}", "storage_options": opts},
+            "runtime": {"block_rows": 2},
+        }
+    )
 
 
 @pytest.mark.ray
-def test_run_through_faulty_storage_matches_clean_run(tmp_path, photos, s3_server, s3_bucket, ray_local):
+def test_run_through_faulty_storage_matches_clean_run(
+    tmp_path, photos, s3_server, s3_bucket, ray_local
+):
     from pipeline.run.runner import run
 
     fs, bucket, opts = s3_bucket
     clean = run(_s3_job(tmp_path, fs, bucket, opts, photos, "clean"), quiet=True)
     proxy = FaultProxy(s3_server["endpoint"])
     try:
-        faulty_opts = {**opts, "client_kwargs": {**opts["client_kwargs"], "endpoint_url": proxy.endpoint},
-                       "skip_instance_cache": True}
+        faulty_opts = {
+            **opts,
+            "client_kwargs": {**opts["client_kwargs"], "endpoint_url": proxy.endpoint},
+            "skip_instance_cache": True,
+        }
         faulty = run(_s3_job(tmp_path, fs, bucket, faulty_opts, photos, "faulty"), quiet=True)
     finally:
         proxy.close()
     assert proxy.faults["503"] > 0 and proxy.faults["reset"] > 0 and proxy.faults["delay"] > 0
-    assert faulty["manifest"] == clean["manifest"] == {
-        "by_status": {"ok": 12, "rejected": 0, "failed": 1}, "by_code": {"image_not_found": 1}}
+    assert (
+        faulty["manifest"]
+        == clean["manifest"]
+        == {"by_status": {"ok": 12, "rejected": 0, "failed": 1}, "by_code": {"image_not_found": 1}}
+    )
     fs.invalidate_cache()
     for i in range(12):
         a = fs.cat_file(f"{bucket}/clean/images/r{i}.png")
@@ -180,49 +211,87 @@ def test_run_through_faulty_storage_matches_clean_run(tmp_path, photos, s3_serve
         assert a == b, i  # identical outputs despite the faults
     meta = pq.read_table(f"{bucket}/faulty/metadata", filesystem=fs)
     assert meta.num_rows == 13 and sorted(meta.column("id").to_pylist()) == sorted(
-        [f"r{i}" for i in range(12)] + ["gone"])
+        [f"r{i}" for i in range(12)] + ["gone"]
+    )
 
 
 @pytest.mark.ray
-def test_access_denied_source_fails_its_row_without_retries(tmp_path, photos, s3_server, s3_bucket, ray_local):
+def test_access_denied_source_fails_its_row_without_retries(
+    tmp_path, photos, s3_server, s3_bucket, ray_local
+):
     from pipeline.run.runner import run
 
     fs, bucket, opts = s3_bucket
     fs.put_file(str(photos["coffee"]), f"{bucket}/images/secret.png")
-    proxy = FaultProxy(s3_server["endpoint"], slowdown=10**9, reset=10**9, delay=10**9, deny=("secret.png",))
+    proxy = FaultProxy(
+        s3_server["endpoint"], slowdown=10**9, reset=10**9, delay=10**9, deny=("secret.png",)
+    )
     try:
-        popts = {**opts, "client_kwargs": {**opts["client_kwargs"], "endpoint_url": proxy.endpoint},
-                 "skip_instance_cache": True}
+        popts = {
+            **opts,
+            "client_kwargs": {**opts["client_kwargs"], "endpoint_url": proxy.endpoint},
+            "skip_instance_cache": True,
+        }
         cfg = _s3_job(tmp_path, fs, bucket, popts, photos, "out")
-        m = write_manifest(tmp_path / "m2.parquet", [
-            {"id": "open", "image": "coffee.png", "width": 640, "height": 480},
-            {"id": "closed", "image": "secret.png", "width": 640, "height": 480}])
+        m = write_manifest(
+            tmp_path / "m2.parquet",
+            [
+                {"id": "open", "image": "coffee.png", "width": 640, "height": 480},
+                {"id": "closed", "image": "secret.png", "width": 640, "height": 480},
+            ],
+        )
         fs.put_file(m, f"{bucket}/manifests2/m.parquet")
-        cfg = config_mod.from_dict({**config_mod.dump(cfg), "input": {**config_mod.dump(cfg)["input"],
-                                                                      "manifest": f"s3://{bucket}/manifests2/"}})
+        cfg = config_mod.from_dict(
+            {
+                **config_mod.dump(cfg),
+                "input": {
+                    **config_mod.dump(cfg)["input"],
+                    "manifest": f"s3://{bucket}/manifests2/",
+                },
+            }
+        )
         r = run(cfg, quiet=True)
     finally:
         proxy.close()
     assert r["manifest"]["by_status"] == {"ok": 1, "rejected": 0, "failed": 1}
     meta = {x["id"]: x for x in pq.read_table(f"{bucket}/out/metadata", filesystem=fs).to_pylist()}
-    assert meta["closed"]["error_code"] == "image_access_denied"  # its own code: credentials, not a missing file
+    assert (
+        meta["closed"]["error_code"] == "image_access_denied"
+    )  # its own code: credentials, not a missing file
     assert "access denied" in meta["closed"]["error_message"].lower()
-    assert len(proxy.denied) <= 2  # a 403 is permanent: asked once (plus the SDK's own probe), never retried
+    assert (
+        len(proxy.denied) <= 2
+    )  # a 403 is permanent: asked once (plus the SDK's own probe), never retried
 
 
 def test_wrong_credentials_fail_at_start_in_one_line(tmp_path, s3_server):
     proxy = FaultProxy(s3_server["endpoint"], deny=("*",))  # every request: 403 AccessDenied
     try:
-        opts = {"key": "wrong", "secret": "wrong",
-                "client_kwargs": {"endpoint_url": proxy.endpoint, "region_name": "eu-west-1"}}
-        c = write_config(tmp_path / "c.yaml", {"input": {"manifest": "s3://catalogue/m/", "storage_options": opts},
-                                               "output": {"uri": str(tmp_path / "out")}})
-        r = subprocess.run([sys.executable, "-m", "pipeline", "run", c], capture_output=True, text=True,
-                           timeout=120, env=dict(os.environ, RAY_ADDRESS=""))
+        opts = {
+            "key": "wrong",
+            "secret": "wrong",
+            "client_kwargs": {"endpoint_url": proxy.endpoint, "region_name": "eu-west-1"},
+        }
+        c = write_config(
+            tmp_path / "c.yaml",
+            {
+                "input": {"manifest": "s3://catalogue/m/", "storage_options": opts},
+                "output": {"uri": str(tmp_path / "out")},
+            },
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", c],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, RAY_ADDRESS=""),
+        )
     finally:
         proxy.close()
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-1500:]
-    assert "input.manifest s3://catalogue/m/ cannot be read" in r.stderr and "Permission" in r.stderr
+    assert (
+        "input.manifest s3://catalogue/m/ cannot be read" in r.stderr and "Permission" in r.stderr
+    )
     assert not (tmp_path / "out").exists()  # stopped before any work, nothing written
 
 
@@ -230,19 +299,33 @@ def test_unreachable_manifest_storage_fails_at_start_in_one_line(tmp_path):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
-    opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{dead}",
-                                                         "region_name": "eu-west-1"},
-            "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}, "retries": 1}
-    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": "s3://nowhere/m/", "storage_options": opts},
-                                           "output": {"uri": str(tmp_path / "out")}})
+    opts = {
+        "key": "k",
+        "secret": "s",
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{dead}", "region_name": "eu-west-1"},
+        "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}},
+        "retries": 1,
+    }
+    c = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": {"manifest": "s3://nowhere/m/", "storage_options": opts},
+            "output": {"uri": str(tmp_path / "out")},
+        },
+    )
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "pipeline", "validate", c], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "validate", c],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-1500:]
     assert "input.manifest s3://nowhere/m/ cannot be read" in r.stderr
     assert time.time() - t0 < 90
-    cfg = config_mod.from_dict({"input": {"manifest": "x"}, "output": {"uri": "s3://nowhere/out",
-                                                                       "storage_options": opts}})
+    cfg = config_mod.from_dict(
+        {"input": {"manifest": "x"}, "output": {"uri": "s3://nowhere/out", "storage_options": opts}}
+    )
     from pipeline.io.outputs import OutputStore
 
     with pytest.raises(ConfigError, match="output.uri s3://nowhere/out is not writable"):
@@ -251,10 +334,17 @@ def test_unreachable_manifest_storage_fails_at_start_in_one_line(tmp_path):
 
 # ------------------------------------------------------------------ hostile files
 
+
 def png_bomb(width: int, height: int) -> bytes:
     """A valid, tiny PNG whose header claims ``width x height`` (RGB, 8 bit)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1024)
@@ -291,24 +381,41 @@ print(h.code, (after - before) // 1024)
 
 # ------------------------------------------------------------------ crashes
 
+
 def _crash_job(tmp_path, photos, n=30):
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
     for k in ("coffee", "chelsea", "camera"):
         shutil.copy(photos[k], src / f"{k}.png")
-    rows = [{"id": f"c{i:02d}", "image": f"{['coffee', 'chelsea', 'camera'][i % 3]}.png",
-             "width": 900, "height": 700} for i in range(n)]
+    rows = [
+        {
+            "id": f"c{i:02d}",
+            "image": f"{['coffee', 'chelsea', 'camera'][i % 3]}.png",
+            "width": 900,
+            "height": 700,
+        }
+        for i in range(n)
+    ]
     m = write_manifest(tmp_path / "m.parquet", rows)
-    return write_config(tmp_path / "c.yaml", {
-        "input": {"manifest": m, "image_root": str(src)}, "output": {"uri": str(tmp_path / "out"),
-                                                                     "metadata_part_rows": 2},
-        "runtime": {"num_cpus": 2, "block_rows": 1, "progress_interval_s": 0.5}})
+    return write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": {"manifest": m, "image_root": str(src)},
+            "output": {"uri": str(tmp_path / "out"), "metadata_part_rows": 2},
+            "runtime": {"num_cpus": 2, "block_rows": 1, "progress_interval_s": 0.5},
+        },
+    )
 
 
 def _start(cfg_path):
     env = dict(os.environ, RAY_ADDRESS="")
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", cfg_path], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", cfg_path],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _kill_when(proc, out, images: int, timeout=180):
@@ -330,8 +437,13 @@ def test_sigkill_mid_run_then_rerun_completes_exactly_once(tmp_path, photos):
         _kill_when(_start(cfg_path), out, k)
         imgs = os.listdir(out / "images")
         assert all(p.endswith(".png") for p in imgs)  # no temporaries visible under images/
-    r = subprocess.run([sys.executable, "-m", "pipeline", "run", cfg_path, "--quiet"], capture_output=True,
-                       text=True, timeout=300, env=dict(os.environ, RAY_ADDRESS=""))
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", cfg_path, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, RAY_ADDRESS=""),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     meta = pq.read_table(out / "metadata")
     ids = meta.column("id").to_pylist()
@@ -353,6 +465,7 @@ def test_sigkill_mid_run_then_rerun_completes_exactly_once(tmp_path, photos):
 
 # ------------------------------------------------------------------ the corpus, end to end
 
+
 def make_corpus(d, photos) -> dict[str, tuple[str, str | None]]:
     """Every kind of file a catalogue holds, made here (nothing downloaded):
     name -> (expected status, expected code)."""
@@ -363,7 +476,9 @@ def make_corpus(d, photos) -> dict[str, tuple[str, str | None]]:
     coffee.save(d / "plain.png")
     coffee.save(d / "plain.jpg", quality=92)
     coffee.convert("CMYK").save(d / "cmyk.jpg", quality=92)
-    Image.fromarray((np.asarray(coffee.convert("L")).astype(np.uint16) * 257)).save(d / "grey16.png")
+    Image.fromarray(np.asarray(coffee.convert("L")).astype(np.uint16) * 257).save(
+        d / "grey16.png"
+    )
     pal = coffee.convert("P", palette=Image.ADAPTIVE, colors=64)
     pal.info["transparency"] = 0
     pal.save(d / "palette_alpha.png", transparency=0)
@@ -379,15 +494,26 @@ def make_corpus(d, photos) -> dict[str, tuple[str, str | None]]:
     coffee.save(buf, format="JPEG", quality=92)
     (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
     (d / "text.png").write_text("not an image\n" * 20)
-    (d / "photo.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64)
+    (d / "photo.heic").write_bytes(
+        b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    )
     (d / "bomb.png").write_bytes(png_bomb(50_000, 50_000))
     return {
-        "plain.png": ("ok", None), "plain.jpg": ("ok", None), "cmyk.jpg": ("ok", None),
-        "grey16.png": ("ok", None), "palette_alpha.png": ("ok", None), "rotated.jpg": ("ok", None),
-        "anim.gif": ("ok", None), "anim.webp": ("ok", None), "png_named.jpg": ("ok", None),
-        "empty.png": ("failed", "image_unreadable"), "truncated.jpg": ("failed", "image_unreadable"),
-        "text.png": ("failed", "image_unreadable"), "photo.heic": ("failed", "unsupported_image"),
-        "bomb.png": ("failed", "image_too_large"), "missing.png": ("failed", "image_not_found"),
+        "plain.png": ("ok", None),
+        "plain.jpg": ("ok", None),
+        "cmyk.jpg": ("ok", None),
+        "grey16.png": ("ok", None),
+        "palette_alpha.png": ("ok", None),
+        "rotated.jpg": ("ok", None),
+        "anim.gif": ("ok", None),
+        "anim.webp": ("ok", None),
+        "png_named.jpg": ("ok", None),
+        "empty.png": ("failed", "image_unreadable"),
+        "truncated.jpg": ("failed", "image_unreadable"),
+        "text.png": ("failed", "image_unreadable"),
+        "photo.heic": ("failed", "unsupported_image"),
+        "bomb.png": ("failed", "image_too_large"),
+        "missing.png": ("failed", "image_not_found"),
     }
 
 
@@ -396,13 +522,30 @@ def test_hostile_corpus_through_outpaint_run(tmp_path, photos, ray_local):
     from pipeline.run.runner import run
 
     expect = make_corpus(tmp_path / "corpus", photos)
-    rows = [{"id": name.replace(".", "_"), "image": name, "width": 800, "height": 800, "auto_crop": True}
-            for name in expect]
-    rows += [{"id": bad, "image": "plain.png", "aspect_ratio": "1:1"} for bad in ("../up", "a/b", ".dot")]
+    rows = [
+        {
+            "id": name.replace(".", "_"),
+            "image": name,
+            "width": 800,
+            "height": 800,
+            "auto_crop": True,
+        }
+        for name in expect
+    ]
+    rows += [
+        {"id": bad, "image": "plain.png", "aspect_ratio": "1:1"} for bad in ("../up", "a/b", ".dot")
+    ]
     m = write_manifest(tmp_path / "m.parquet", rows)
     out = tmp_path / "out"
-    r = run(config_mod.from_dict({"input": {"manifest": m, "image_root": str(tmp_path / "corpus")},
-                                  "output": {"uri": str(out)}}), quiet=True)
+    r = run(
+        config_mod.from_dict(
+            {
+                "input": {"manifest": m, "image_root": str(tmp_path / "corpus")},
+                "output": {"uri": str(out)},
+            }
+        ),
+        quiet=True,
+    )
     meta = {x["id"]: x for x in pq.read_table(out / "metadata").to_pylist()}
     assert len(meta) == len(rows)
     for name, (status, code) in expect.items():
@@ -414,8 +557,16 @@ def test_hostile_corpus_through_outpaint_run(tmp_path, photos, ray_local):
                 assert im.size == (800, 800)
     for bad in ("../up", "a/b", ".dot"):
         assert meta[bad]["error_code"] == "invalid_id" and meta[bad]["output_uri"] is None
-    assert sorted(os.listdir(out / "images")) == sorted(n.replace(".", "_") + ".png"
-                                                        for n, (s, _) in expect.items() if s == "ok")
-    assert meta["rotated_jpg"]["source_width"] == 400 and meta["rotated_jpg"]["source_height"] == 600
-    assert r["manifest"]["by_code"] == {"image_unreadable": 3, "unsupported_image": 1, "image_too_large": 1,
-                                        "image_not_found": 1, "invalid_id": 3}
+    assert sorted(os.listdir(out / "images")) == sorted(
+        n.replace(".", "_") + ".png" for n, (s, _) in expect.items() if s == "ok"
+    )
+    assert (
+        meta["rotated_jpg"]["source_width"] == 400 and meta["rotated_jpg"]["source_height"] == 600
+    )
+    assert r["manifest"]["by_code"] == {
+        "image_unreadable": 3,
+        "unsupported_image": 1,
+        "image_too_large": 1,
+        "image_not_found": 1,
+        "invalid_id": 3,
+    }

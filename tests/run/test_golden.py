@@ -23,8 +23,20 @@ from pipeline import config as config_mod
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden"
 # what says when, where or how long: differs on every run by nature
-VOLATILE = {"load_ms", "generate_ms", "encode_ms", "write_ms", "run_id", "worker_node", "completed_at",
-            "model_actor", "model_loop_s", "model_wall_s", "api_active", "api_spent"}
+VOLATILE = {
+    "load_ms",
+    "generate_ms",
+    "encode_ms",
+    "write_ms",
+    "run_id",
+    "worker_node",
+    "completed_at",
+    "model_actor",
+    "model_loop_s",
+    "model_wall_s",
+    "api_active",
+    "api_spent",
+}
 FIXED_MTIME = 1_700_000_000
 
 
@@ -53,7 +65,10 @@ def _record(out: Path) -> tuple[list[dict], dict[str, str]]:
     for r in rows:  # where the output lives differs per machine: keep the part under output.uri
         r["output_uri"] = r["output_uri"] and r["output_uri"].replace(prefix, "")
         r["output_uris"] = r["output_uris"] and [u.replace(prefix, "") for u in r["output_uris"]]
-    images = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "images").iterdir())}
+    images = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((out / "images").iterdir())
+    }
     return rows, images
 
 
@@ -66,7 +81,9 @@ def test_example_outputs_are_byte_identical_to_the_recorded_run(tmp_path, ray_lo
     rows, images = _record(tmp_path / "out")
     if os.environ.get("OUTPAINT_RECORD_GOLDEN"):
         GOLDEN.mkdir(parents=True, exist_ok=True)
-        (GOLDEN / "metadata.json").write_text(json.dumps(rows, indent=1, sort_keys=True, default=str) + "\n")
+        (GOLDEN / "metadata.json").write_text(
+            json.dumps(rows, indent=1, sort_keys=True, default=str) + "\n"
+        )
         (GOLDEN / "images.json").write_text(json.dumps(images, indent=1, sort_keys=True) + "\n")
     want_rows = json.loads((GOLDEN / "metadata.json").read_text())
     want_images = json.loads((GOLDEN / "images.json").read_text())
@@ -74,5 +91,8 @@ def test_example_outputs_are_byte_identical_to_the_recorded_run(tmp_path, ray_lo
     got = json.loads(json.dumps(rows, sort_keys=True, default=str))
     assert len(got) == len(want_rows) == 10
     for g, w in zip(got, want_rows):
-        assert g == w, f"row {w['id']}: " + ", ".join(f"{k}: {g.get(k)!r} != {w.get(k)!r}"
-                                                     for k in sorted(set(g) | set(w)) if g.get(k) != w.get(k))
+        assert g == w, f"row {w['id']}: " + ", ".join(
+            f"{k}: {g.get(k)!r} != {w.get(k)!r}"
+            for k in sorted(set(g) | set(w))
+            if g.get(k) != w.get(k)
+        )

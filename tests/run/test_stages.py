@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.io import manifest
 from pipeline.backends import Job
+from pipeline.backends.canvas import compose
 from pipeline.backends.classical import ClassicalBackend, push_pull
 from pipeline.backends.solid import SolidBackend
-from pipeline.backends.canvas import compose
+from pipeline.io import manifest
 from pipeline.io.outputs import OutputStore, latest_per_id
 from pipeline.plan.stage import PlanStage
 from pipeline.run.stages import LoadStage, OutpaintStage, WriteStage
@@ -29,10 +29,19 @@ def pipeline_once(cfg, table, run_id="r1"):
 
 
 def test_stages_without_ray(tmp_path, photos):
-    m = write_manifest(tmp_path / "m.parquet", [
-        {"id": "a", "image": str(photos["chelsea"]), "width": 500, "height": 333},
-        {"id": "b", "image": str(photos["chelsea"]), "aspect_ratio": "1:1", "output_format": "jpeg"},
-        {"id": "x", "image": str(tmp_path / "none.png"), "aspect_ratio": "1:1"}])
+    m = write_manifest(
+        tmp_path / "m.parquet",
+        [
+            {"id": "a", "image": str(photos["chelsea"]), "width": 500, "height": 333},
+            {
+                "id": "b",
+                "image": str(photos["chelsea"]),
+                "aspect_ratio": "1:1",
+                "output_format": "jpeg",
+            },
+            {"id": "x", "image": str(tmp_path / "none.png"), "aspect_ratio": "1:1"},
+        ],
+    )
     cfg = make_config(tmp_path, m)
     out = pipeline_once(cfg, manifest.read(cfg))
     rows = {r["id"]: r for r in out.to_pylist()}
@@ -47,7 +56,10 @@ def test_stages_without_ray(tmp_path, photos):
 
 
 def test_batched_equals_single(tmp_path, photos):
-    rows = [{"id": f"r{i}", "image": str(photos["coffee"]), "width": 700 + 16 * i, "height": 500} for i in range(5)]
+    rows = [
+        {"id": f"r{i}", "image": str(photos["coffee"]), "width": 700 + 16 * i, "height": 500}
+        for i in range(5)
+    ]
     m = write_manifest(tmp_path / "m.parquet", rows)
     cfg = make_config(tmp_path, m, runtime={"batch_size": 4})
     plan = LoadStage(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
@@ -62,7 +74,9 @@ def test_alpha_preserved_in_png(tmp_path):
     img.paste((0, 0, 0, 0), (0, 0, 50, 100))
     src = tmp_path / "logo.png"
     img.save(src)
-    m = write_manifest(tmp_path / "m.parquet", [{"id": "logo", "image": str(src), "width": 300, "height": 200}])
+    m = write_manifest(
+        tmp_path / "m.parquet", [{"id": "logo", "image": str(src), "width": 300, "height": 200}]
+    )
     cfg = make_config(tmp_path, m, output={"alpha": "preserve"})
     pipeline_once(cfg, manifest.read(cfg))
     with Image.open(tmp_path / "out" / "images" / "logo.png") as im:
@@ -74,30 +88,47 @@ def test_alpha_preserved_in_png(tmp_path):
     pipeline_once(flat_cfg, manifest.read(flat_cfg))
     with Image.open(tmp_path / "flat" / "images" / "logo.png") as im:
         flat = np.asarray(im)
-    assert flat.shape == (200, 300, 3) and tuple(flat[100, 60]) == (255, 255, 255)  # onto the background
+    assert flat.shape == (200, 300, 3) and tuple(flat[100, 60]) == (
+        255,
+        255,
+        255,
+    )  # onto the background
 
 
 def test_write_is_atomic_and_leaves_no_temporaries(tmp_path):
     store = OutputStore(str(tmp_path / "o"))
     uri = store.write_image("x.png", b"\x89PNG data")
-    assert uri.endswith("/images/x.png") and (tmp_path / "o" / "images" / "x.png").read_bytes() == b"\x89PNG data"
-    assert os.listdir(tmp_path / "o" / "images") == ["x.png"] and os.listdir(tmp_path / "o" / "_tmp") == []
+    assert (
+        uri.endswith("/images/x.png")
+        and (tmp_path / "o" / "images" / "x.png").read_bytes() == b"\x89PNG data"
+    )
+    assert (
+        os.listdir(tmp_path / "o" / "images") == ["x.png"]
+        and os.listdir(tmp_path / "o" / "_tmp") == []
+    )
 
 
 def test_latest_per_id_keeps_duplicate_rows_of_the_newest_run():
-    t = pa.table({
-        "id": ["a", "a", "b", "a", "a", "a"],
-        "error_code": [None, "duplicate_id", None, None, "duplicate_id", "duplicate_id"],
-        "manifest_row": [0, 2, 1, 0, 2, 3],
-        "run_id": ["r1", "r1", "r1", "r2", "r2", "r2"],
-        "completed_at": [1.0, 1.0, 1.0, 2.0, 2.0, 2.0],
-    })
+    t = pa.table(
+        {
+            "id": ["a", "a", "b", "a", "a", "a"],
+            "error_code": [None, "duplicate_id", None, None, "duplicate_id", "duplicate_id"],
+            "manifest_row": [0, 2, 1, 0, 2, 3],
+            "run_id": ["r1", "r1", "r1", "r2", "r2", "r2"],
+            "completed_at": [1.0, 1.0, 1.0, 2.0, 2.0, 2.0],
+        }
+    )
     got = latest_per_id(t).to_pylist()
     assert sorted((r["id"], r["manifest_row"], r["run_id"]) for r in got) == [
-        ("a", 0, "r2"), ("a", 2, "r2"), ("a", 3, "r2"), ("b", 1, "r1")]
+        ("a", 0, "r2"),
+        ("a", 2, "r2"),
+        ("a", 3, "r2"),
+        ("b", 1, "r1"),
+    ]
 
 
 # ------------------------------------------------------------------ backends
+
 
 def studio_gradient(h=240, w=360):
     """A studio-like backdrop: smooth vertical and radial shading plus mild noise."""
@@ -122,7 +153,7 @@ def test_classical_continues_a_studio_backdrop(tmp_path):
     # no streaks: rows of the generated side band are not copies of one edge pixel
     band = out[:30, 60:300].astype(int)
     assert np.abs(np.diff(band, axis=1)).mean() < 6  # smooth...
-    assert band.std(axis=0).mean() > 0.5             # ...but not constant along columns
+    assert band.std(axis=0).mean() > 0.5  # ...but not constant along columns
 
 
 def test_classical_deterministic_per_seed(tmp_path):
@@ -159,9 +190,11 @@ def test_separate_stages_equal_fused(tmp_path, photos):
     """Through Arrow between stages (actor pipelines) == in memory (ProcessStage)."""
     from pipeline.run.stages import ProcessStage
 
-    rows = [{"id": "a", "image": str(photos["coffee"]), "width": 700, "height": 500},
-            {"id": "b", "image": str(photos["camera"]), "aspect_ratio": "1:1", "output_format": "webp"},
-            {"id": "c", "image": str(tmp_path / "gone.png"), "aspect_ratio": "1:1"}]
+    rows = [
+        {"id": "a", "image": str(photos["coffee"]), "width": 700, "height": 500},
+        {"id": "b", "image": str(photos["camera"]), "aspect_ratio": "1:1", "output_format": "webp"},
+        {"id": "c", "image": str(tmp_path / "gone.png"), "aspect_ratio": "1:1"},
+    ]
     m = write_manifest(tmp_path / "m.parquet", rows)
     cfg = make_config(tmp_path, m)
     planned = PlanStage(cfg, identify=True)(manifest.read(cfg))
@@ -170,5 +203,11 @@ def test_separate_stages_equal_fused(tmp_path, photos):
     fused_cfg = make_config(tmp_path, m, output={"uri": str(tmp_path / "fused")})
     fused = ProcessStage(fused_cfg, OutputStore(fused_cfg.output.uri), "x")(planned)
     assert fused.column_names == sep.column_names
-    assert fused.column("status").to_pylist() == sep.column("status").to_pylist() == ["ok", "ok", "failed"]
-    assert {p: (tmp_path / "fused" / "images" / p).read_bytes() for p in ("a.png", "b.webp")} == sep_bytes
+    assert (
+        fused.column("status").to_pylist()
+        == sep.column("status").to_pylist()
+        == ["ok", "ok", "failed"]
+    )
+    assert {
+        p: (tmp_path / "fused" / "images" / p).read_bytes() for p in ("a.png", "b.webp")
+    } == sep_bytes

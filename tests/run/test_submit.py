@@ -34,10 +34,16 @@ def _bare_venv(root: str) -> str:
     so the editable install's finder is never loaded."""
     import sysconfig
 
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", root], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", root], check=True, capture_output=True
+    )
     py = os.path.join(root, "bin", "python")
-    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     with open(os.path.join(purelib, "outer.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     return py
@@ -57,23 +63,66 @@ def two_nodes(request):
     work = tempfile.mkdtemp(prefix="ro", dir="/tmp")  # short: unix socket paths are limited
     home = os.path.join(work, "home")
     os.makedirs(home)
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", HOME=home, RAY_ADDRESS="", RAY_USAGE_STATS_ENABLED="0",
-               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    env = dict(
+        os.environ,
+        RAY_AUTH_MODE="disabled",
+        HOME=home,
+        RAY_ADDRESS="",
+        RAY_USAGE_STATS_ENABLED="0",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
     gcs, dash = _free_port(), _free_port()
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", f"--temp-dir={work}/t", "--disable-usage-stats"]
-    worker_py = _bare_venv(os.path.join(work, "venv")) if getattr(request, "param", None) == "bare_worker" \
+    common = [
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=1",
+        f"--temp-dir={work}/t",
+        "--disable-usage-stats",
+    ]
+    worker_py = (
+        _bare_venv(os.path.join(work, "venv"))
+        if getattr(request, "param", None) == "bare_worker"
         else sys.executable
+    )
     ray_cli = ["-m", "ray.scripts.scripts"]
     try:
-        subprocess.run([sys.executable, *ray_cli, "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                        f"--dashboard-port={dash}", "--include-dashboard=true", *common],
-                       env=env, check=True, capture_output=True, timeout=180, cwd=work)
-        subprocess.run([worker_py, *ray_cli, "start", f"--address=127.0.0.1:{gcs}", *common],
-                       env=env, check=True, capture_output=True, timeout=180, cwd=work)
-        yield {"env": env, "address": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}", "worker_py": worker_py,
-               "work": work}
+        subprocess.run(
+            [
+                sys.executable,
+                *ray_cli,
+                "start",
+                "--head",
+                f"--port={gcs}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                "--include-dashboard=true",
+                *common,
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+            cwd=work,
+        )
+        subprocess.run(
+            [worker_py, *ray_cli, "start", f"--address=127.0.0.1:{gcs}", *common],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+            cwd=work,
+        )
+        yield {
+            "env": env,
+            "address": f"http://127.0.0.1:{dash}",
+            "gcs": f"127.0.0.1:{gcs}",
+            "worker_py": worker_py,
+            "work": work,
+        }
     finally:
-        roots = [p for p in psutil.process_iter(["cmdline"]) if work in " ".join(p.info["cmdline"] or [])]
+        roots = [
+            p for p in psutil.process_iter(["cmdline"]) if work in " ".join(p.info["cmdline"] or [])
+        ]
         procs = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
         for p in procs.values():
             try:
@@ -93,18 +142,36 @@ def _s3_job(tmp_path, photos, s3_server, bucket: str, rows: int, **runtime) -> s
     names = ("coffee", "chelsea", "camera")
     for n in names:
         fs.put_file(str(photos[n]), f"{bucket}/images/{n}.png")
-    table = [{"id": f"n{i:03d}", "image": f"{names[i % 3]}.png", "width": 640, "height": 640} for i in range(rows)]
-    fs.put_file(write_manifest(tmp_path / "m.parquet", table), f"{bucket}/manifests/day=1/part-0.parquet")
-    return write_config(tmp_path / "c.yaml", {
-        "input": {"manifest": f"s3://{bucket}/manifests/", "image_root": f"s3://{bucket}/images",
-                  "storage_options": opts},
-        "output": {"uri": f"s3://{bucket}/out", "storage_options": opts},
-        "runtime": {"block_rows": 1, **runtime}})
+    table = [
+        {"id": f"n{i:03d}", "image": f"{names[i % 3]}.png", "width": 640, "height": 640}
+        for i in range(rows)
+    ]
+    fs.put_file(
+        write_manifest(tmp_path / "m.parquet", table), f"{bucket}/manifests/day=1/part-0.parquet"
+    )
+    return write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": {
+                "manifest": f"s3://{bucket}/manifests/",
+                "image_root": f"s3://{bucket}/images",
+                "storage_options": opts,
+            },
+            "output": {"uri": f"s3://{bucket}/out", "storage_options": opts},
+            "runtime": {"block_rows": 1, **runtime},
+        },
+    )
 
 
 def _submit(cfg: str, address: str, *extra: str, env=None, **kw):
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "submit", cfg, "--address", address, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "submit", cfg, "--address", address, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 @pytest.mark.slow
@@ -114,14 +181,21 @@ def test_submit_to_a_two_node_cluster(tmp_path, photos, s3_server, two_nodes):
     credentials do not: the nodes' environment has them."""
     import s3fs
 
-    bare = subprocess.run([two_nodes["worker_py"], "-c", "import pipeline"], capture_output=True, cwd=two_nodes["work"])
+    bare = subprocess.run(
+        [two_nodes["worker_py"], "-c", "import pipeline"],
+        capture_output=True,
+        cwd=two_nodes["work"],
+    )
     assert bare.returncode != 0 and b"No module named 'pipeline'" in bare.stderr
     cfg = _s3_job(tmp_path, photos, s3_server, "cluster-job", 16)
     t0 = time.time()
     p = _submit(cfg, two_nodes["address"], "--timeout", "400", env=two_nodes["env"])
     _, err = p.communicate(timeout=500)
     assert p.returncode == 0 and "SUCCEEDED" in err, err[-3000:]
-    assert "not shipped (credentials come from the cluster's environment): input.storage_options.key" in err
+    assert (
+        "not shipped (credentials come from the cluster's environment): input.storage_options.key"
+        in err
+    )
     assert "[outpaint] planned in" in err  # the job's own log, streamed while waiting
     fs = s3fs.S3FileSystem(**s3_server["storage_options"])
     meta = pq.read_table("cluster-job/out/metadata", filesystem=fs)
@@ -149,7 +223,9 @@ def test_submit_twice_attaches_and_sigterm_stops_the_job(tmp_path, photos, s3_se
     second = _submit(cfg, two_nodes["address"], "--no-wait", env=two_nodes["env"])
     _, err2 = second.communicate(timeout=120)
     assert second.returncode == 0 and f"attached to the running job {job_id}" in err2, err2[-2000:]
-    assert len([j for j in client.list_jobs() if (j.submission_id or "").startswith("outpaint-")]) == 1
+    assert (
+        len([j for j in client.list_jobs() if (j.submission_id or "").startswith("outpaint-")]) == 1
+    )
     first.send_signal(signal.SIGTERM)
     _, err1 = first.communicate(timeout=120)
     assert first.returncode == 1 and f"SIGTERM: stopping job {job_id}" in err1, err1[-2000:]
@@ -193,47 +269,98 @@ def test_submit_retries_when_the_job_server_refuses(tmp_path, photos, s3_server,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cfg = _s3_job(tmp_path, photos, s3_server, "cluster-retry", 3)
-        p = _submit(cfg, f"http://127.0.0.1:{server.server_address[1]}", "--no-wait", env=two_nodes["env"])
+        p = _submit(
+            cfg, f"http://127.0.0.1:{server.server_address[1]}", "--no-wait", env=two_nodes["env"]
+        )
         _, err = p.communicate(timeout=180)
     finally:
         server.shutdown()
     assert p.returncode == 0, err[-2000:]
-    assert refused and "job server busy (Request failed with status code 500: No available agent" in err
+    assert (
+        refused
+        and "job server busy (Request failed with status code 500: No available agent" in err
+    )
     assert "[outpaint] submitted outpaint-" in err
     from ray.job_submission import JobSubmissionClient
 
-    jobs = [j for j in JobSubmissionClient(two_nodes["address"]).list_jobs()
-            if (j.submission_id or "").startswith("outpaint-")]
+    jobs = [
+        j
+        for j in JobSubmissionClient(two_nodes["address"]).list_jobs()
+        if (j.submission_id or "").startswith("outpaint-")
+    ]
     assert len(jobs) == 1
 
 
 def test_submit_refuses_a_local_output(tmp_path):
-    m = write_manifest(tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1"}])
-    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}})
-    r = subprocess.run([sys.executable, "-m", "pipeline", "submit", c, "--address", "http://127.0.0.1:9"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "is a local path" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    m = write_manifest(
+        tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1"}]
+    )
+    c = write_config(
+        tmp_path / "c.yaml", {"input": {"manifest": m}, "output": {"uri": str(tmp_path / "out")}}
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "submit", c, "--address", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        r.returncode == 2
+        and "is a local path" in r.stderr
+        and len(r.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_submit_to_an_unreachable_job_server_is_one_line_exit_2(tmp_path):
-    c = write_config(tmp_path / "c.yaml", {"input": {"manifest": write_manifest(
-        tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1"}])},
-        "output": {"uri": "s3://bucket/out"}})  # nothing reaches S3: the job server is tried first
-    r = subprocess.run([sys.executable, "-m", "pipeline", "submit", c, "--address", "http://127.0.0.1:9"],
-                       capture_output=True, text=True, timeout=300)
-    lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("[outpaint] job server busy")]
+    c = write_config(
+        tmp_path / "c.yaml",
+        {
+            "input": {
+                "manifest": write_manifest(
+                    tmp_path / "m.parquet", [{"id": "a", "image": "x.png", "aspect_ratio": "1:1"}]
+                )
+            },
+            "output": {"uri": "s3://bucket/out"},
+        },
+    )  # nothing reaches S3: the job server is tried first
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "submit", c, "--address", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [
+        ln
+        for ln in r.stderr.strip().splitlines()
+        if not ln.startswith("[outpaint] job server busy")
+    ]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("outpaint: job server: connect to http://127.0.0.1:9 failed"), r.stderr
+    assert lines[0].startswith("outpaint: job server: connect to http://127.0.0.1:9 failed"), (
+        r.stderr
+    )
 
 
 def test_submission_ids_are_deterministic_and_secrets_stay_home():
     from pipeline.run.submit import strip_secrets, submission_id
 
-    data = {"input": {"manifest": "s3://b/m/", "storage_options": {"key": "AK", "secret": "SK",
-                                                                    "client_kwargs": {"endpoint_url": "http://x"}}},
-            "output": {"uri": "s3://b/out", "storage_options": {"token": "T"}}, "model": {"storage_options": {}}}
+    data = {
+        "input": {
+            "manifest": "s3://b/m/",
+            "storage_options": {
+                "key": "AK",
+                "secret": "SK",
+                "client_kwargs": {"endpoint_url": "http://x"},
+            },
+        },
+        "output": {"uri": "s3://b/out", "storage_options": {"token": "T"}},
+        "model": {"storage_options": {}},
+    }
     shipped, removed = strip_secrets(data)
-    assert removed == ["input.storage_options.key", "input.storage_options.secret", "output.storage_options.token"]
+    assert removed == [
+        "input.storage_options.key",
+        "input.storage_options.secret",
+        "output.storage_options.token",
+    ]
     assert shipped["input"]["storage_options"] == {"client_kwargs": {"endpoint_url": "http://x"}}
     assert "AK" not in str(shipped) and data["input"]["storage_options"]["key"] == "AK"
     a = submission_id(shipped)
@@ -247,15 +374,22 @@ def test_submission_ids_are_deterministic_and_secrets_stay_home():
 # object in jobs/ is validated against its openAPIV3Schema, and a field the API server
 # would prune (not in the schema, no x-kubernetes-preserve-unknown-fields) fails the test.
 CRDS = Path(__file__).parents[1] / "data" / "kuberay-crds-v1.7.0"
-KUBERAY = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml",
-           "RayCronJob": "ray.io_raycronjobs.yaml"}
+KUBERAY = {
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayCronJob": "ray.io_raycronjobs.yaml",
+}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _crd_schema(kind: str) -> dict:
-    crd = yaml.load((CRDS / KUBERAY[kind]).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    crd = yaml.load(
+        (CRDS / KUBERAY[kind]).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    )
     assert crd["spec"]["names"]["kind"] == kind
-    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
+        "openAPIV3Schema"
+    ]
 
 
 def pruned(doc, schema: dict, path: str = "") -> list[str]:
@@ -292,8 +426,12 @@ def test_the_schema_check_catches_what_kuberay_would_refuse_or_prune():
     doc = yaml.safe_load((JOBS / "rayjob.yaml").read_text())
     validate_kuberay(doc)
     typo = yaml.safe_load((JOBS / "rayjob.yaml").read_text())
-    typo["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplica"] = 8  # pruned silently by the API
-    assert pruned(typo, _crd_schema("RayJob")) == [".spec.rayClusterSpec.workerGroupSpecs[0].maxReplica"]
+    typo["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplica"] = (
+        8  # pruned silently by the API
+    )
+    assert pruned(typo, _crd_schema("RayJob")) == [
+        ".spec.rayClusterSpec.workerGroupSpecs[0].maxReplica"
+    ]
     bad = yaml.safe_load((JOBS / "rayjob.yaml").read_text())
     bad["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["maxReplicas"] = "eight"
     with pytest.raises(AssertionError, match="maxReplicas"):
@@ -322,7 +460,9 @@ def test_kuberay_manifests_validate_against_the_crds(name):
     rc = spec.get("rayClusterSpec", spec)
     gpu = next(g for g in rc["workerGroupSpecs"] if g["groupName"] == "gpu")
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] > 1 and rc["enableInTreeAutoscaling"] is True
+    assert (
+        gpu["minReplicas"] == 0 and gpu["maxReplicas"] > 1 and rc["enableInTreeAutoscaling"] is True
+    )
     if "entrypoint" in spec:  # RayJob, RayCronJob: a deadline and a sized submitter
         assert spec["entrypoint"].startswith("outpaint run ") and spec["activeDeadlineSeconds"] > 0
         sub = spec["submitterPodTemplate"]["spec"]["containers"][0]
@@ -330,8 +470,10 @@ def test_kuberay_manifests_validate_against_the_crds(name):
 
 
 def test_manifest_names_are_distinct_and_the_cronjob_reaches_the_cluster():
-    names = {n: yaml.safe_load((JOBS / n).read_text())["metadata"]["name"]
-             for n in ("rayjob.yaml", "raycluster.yaml", "raycronjob.yaml", "cronjob.yaml")}
+    names = {
+        n: yaml.safe_load((JOBS / n).read_text())["metadata"]["name"]
+        for n in ("rayjob.yaml", "raycluster.yaml", "raycronjob.yaml", "cronjob.yaml")
+    }
     assert len(set(names.values())) == 4, names
     cron = yaml.safe_load((JOBS / "cronjob.yaml").read_text())
     assert cron["apiVersion"] == "batch/v1" and cron["kind"] == "CronJob"
