@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import errno
 import posixpath
-import random
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from fsspec.core import url_to_fs
+
+from . import retries
 
 _SCHEME_SEP = "://"
 
@@ -165,23 +165,22 @@ def is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_transient(cause)
 
 
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds to wait before retry ``attempt`` (0, 1, ...): capped exponential, jittered
-    over its upper half so that many clients spread out but none retries at once."""
-    return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
+STORAGE_RETRIES = retries.Policy(base=0.2, cap=5.0, attempts=6, full_jitter=True)
 
 
-def retry(fn, *args, attempts: int = 6, base: float = 0.2, cap: float = 5.0, **kwargs):
-    """Call ``fn`` with capped exponential backoff and full jitter on transient errors.
+def retry(fn, *args, policy: retries.Policy = STORAGE_RETRIES, **kwargs):
+    """``fn(*args, **kwargs)``, retried on transient errors (``is_transient``).
 
     The one retry layer for storage: sources, outputs and metadata all go through it.
     Permanent errors (missing object, access denied) raise at once.
     """
-    for attempt in range(attempts):
+
+    def attempt(_):
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if attempt == attempts - 1 or not is_transient(e):
+            if not is_transient(e):
                 raise
-            time.sleep(random.uniform(0, min(cap, base * (2**attempt))))
-    raise AssertionError("unreachable")
+            raise retries.RetryLater(e) from None
+
+    return retries.call(attempt, policy)

@@ -40,8 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .. import storage
-from ..io.sources import retry_after
+from .. import retries, storage
 from . import Job, RowError
 
 SUBMIT_PATH = "/v1/flux-tools/outpainting-v1"
@@ -144,10 +143,6 @@ def _detail(body: dict) -> str:
             f"{'.'.join(str(x) for x in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}" for e in d
         )
     return str(d if d is not None else body)[:300]
-
-
-def _header(headers: dict, name: str) -> str | None:
-    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
 
 
 class Journal:
@@ -345,104 +340,108 @@ class BflApiBackend:
         return body
 
     def _submit(self, job: Job, key: str) -> dict:
+        """POST the row's task; its journaled task. 429s and an unreachable API are waited
+        out within ``max_wait_s``; a POST that may have reached the API is repeated at most
+        once, and only with ``retry_ambiguous_submit``."""
         body = self._payload(job)
         url = self.client.endpoint + SUBMIT_PATH
-        waited, attempt, ambiguous_retried = 0.0, 0, False
-        while True:
+        started = time.monotonic()
+        repeated = []  # the one ambiguous repeat allowed, once spent
+
+        def ambiguous(what: str, note: str, error: RowError) -> retries.RetryLater:
+            if not self.cfg.retry_ambiguous_submit or repeated:
+                raise error
+            repeated.append(True)
+            job.info["api_note"] = f"submitted twice after {note}: may have been charged twice"
+            return retries.RetryLater(error, 0.0 if what == "lost" else None)
+
+        def attempt(_):
             try:
                 r = self.client.call("POST", url, body)
             except ConnectionError as e:
                 if getattr(e, "sent", False):  # it may have been received: no blind second POST
-                    if not self.cfg.retry_ambiguous_submit or ambiguous_retried:
-                        raise RowError(
+                    raise ambiguous(
+                        "lost",
+                        "a lost answer",
+                        RowError(
                             "generation_failed",
-                            f"the submission's answer was lost ({e}): the task may "
-                            "exist and be charged, so it was not submitted again; a rerun submits it "
+                            f"the submission's answer was lost ({e}): the task may exist and be "
+                            "charged, so it was not submitted again; a rerun submits it "
                             "(model.api.retry_ambiguous_submit repeats it at once)",
                             {"api_note": "maybe submitted, not repeated"},
-                        ) from None
-                    ambiguous_retried = True
-                    job.info["api_note"] = (
-                        "submitted twice after a lost answer: may have been charged twice"
-                    )
-                    continue
-                wait = storage.backoff(attempt, 0.5, 10.0)
-                if waited + wait > self.cfg.max_wait_s:
-                    raise RowError(
-                        "generation_failed", f"the API could not be reached: {e}"
+                        ),
                     ) from None
-                time.sleep(wait)
-                waited, attempt = waited + wait, attempt + 1
-                continue
+                error = RowError("generation_failed", f"the API could not be reached: {e}")
+                raise retries.RetryLater(error) from None
             if r.status == 200 and r.body.get("id") and r.body.get("polling_url"):
-                task = {
-                    "id": r.body["id"],
-                    "polling_url": r.body["polling_url"],
-                    "cost": r.body.get("cost"),
-                    "key": key,
-                    "row": job.row_id,
-                    "time": time.time(),
-                }
-                if (
-                    self.journal is not None
-                ):  # before polling: a crash from here on never pays again
-                    self.journal.write_task(key, task)
-                with self.lock:
-                    self.counts["submitted"] += 1
-                    cost = float(task["cost"] or 0.0)
-                    self.committed += cost
-                    self.last_cost = max(self.last_cost, cost)
-                job.info.update(api_task_id=task["id"])
-                return task
+                return self._submitted(r.body, job, key)
             if r.status == 429:
-                wait = retry_after(_header(r.headers, "Retry-After"))
-                wait = storage.backoff(attempt, 0.5, 10.0) if wait is None else wait
-                if waited + wait > self.cfg.max_wait_s:
-                    raise RowError(
-                        "generation_failed",
-                        f"the API kept answering 429 (too many active tasks) for "
-                        f"{waited:.0f} s; lower model.api.max_active or run again",
-                    ) from None
-                time.sleep(wait)
-                waited, attempt = waited + wait, attempt + 1
-                continue
-            if r.status == 422:
-                raise RowError(
-                    "invalid_request", f"the API rejected the request: {_detail(r.body)}"
-                )
-            if r.status == 402:
-                with self.lock:
-                    self.stopped = (
-                        "insufficient_credits",
-                        f"the API answered 402 ({_detail(r.body)}): the "
-                        "account's credits are spent; nothing more is submitted; top up and run again",
-                    )
-                raise RowError(*self.stopped)
-            if r.status in (401, 403):
-                with self.lock:
-                    self.stopped = (
-                        "generation_failed",
-                        f"the API refused the key ({r.status}: {_detail(r.body)}); "
-                        f"check model.api.key_env ({self.cfg.key_env})",
-                    )
-                raise RowError(*self.stopped)
-            if r.status >= 500:  # it may have been received: no blind second POST
-                if self.cfg.retry_ambiguous_submit and not ambiguous_retried:
-                    ambiguous_retried = True
-                    job.info["api_note"] = (
-                        "submitted twice after a 5xx: may have been charged twice"
-                    )
-                    time.sleep(min(5.0, 0.5 * 2**attempt))
-                    attempt += 1
-                    continue
-                raise RowError(
+                waited = time.monotonic() - started
+                error = RowError(
                     "generation_failed",
-                    f"the API answered {r.status} to the submission "
-                    f"({_detail(r.body)}): the task may exist and be charged, so it was not submitted "
-                    "again; a rerun submits it",
-                    {"api_note": "maybe submitted, not repeated"},
+                    f"the API kept answering 429 (too many active tasks) for {waited:.0f} s; "
+                    "lower model.api.max_active or run again",
                 )
-            raise RowError("generation_failed", f"the API answered {r.status}: {_detail(r.body)}")
+                raise retries.RetryLater(
+                    error, retries.retry_after(retries.header(r.headers, "Retry-After"))
+                )
+            if r.status >= 500:  # it may have been received: no blind second POST
+                raise ambiguous(
+                    "5xx",
+                    "a 5xx",
+                    RowError(
+                        "generation_failed",
+                        f"the API answered {r.status} to the submission ({_detail(r.body)}): the task "
+                        "may exist and be charged, so it was not submitted again; a rerun submits it",
+                        {"api_note": "maybe submitted, not repeated"},
+                    ),
+                )
+            raise self._refused(r)
+
+        policy = retries.Policy(base=0.5, cap=10.0, max_wait_s=self.cfg.max_wait_s)
+        return retries.call(attempt, policy)
+
+    def _submitted(self, body: dict, job: Job, key: str) -> dict:
+        """The accepted task, journaled before any poll: a crash from here on never pays again."""
+        task = {
+            "id": body["id"],
+            "polling_url": body["polling_url"],
+            "cost": body.get("cost"),
+            "key": key,
+            "row": job.row_id,
+            "time": time.time(),
+        }
+        if self.journal is not None:
+            self.journal.write_task(key, task)
+        with self.lock:
+            self.counts["submitted"] += 1
+            cost = float(task["cost"] or 0.0)
+            self.committed += cost
+            self.last_cost = max(self.last_cost, cost)
+        job.info.update(api_task_id=task["id"])
+        return task
+
+    def _refused(self, r: Reply) -> RowError:
+        """A final answer other than a task: the row's error (402 and a refused key stop the run's submissions)."""
+        if r.status == 422:
+            return RowError("invalid_request", f"the API rejected the request: {_detail(r.body)}")
+        if r.status == 402:
+            with self.lock:
+                self.stopped = (
+                    "insufficient_credits",
+                    f"the API answered 402 ({_detail(r.body)}): the account's credits are spent; "
+                    "nothing more is submitted; top up and run again",
+                )
+            return RowError(*self.stopped)
+        if r.status in (401, 403):
+            with self.lock:
+                self.stopped = (
+                    "generation_failed",
+                    f"the API refused the key ({r.status}: {_detail(r.body)}); "
+                    f"check model.api.key_env ({self.cfg.key_env})",
+                )
+            return RowError(*self.stopped)
+        return RowError("generation_failed", f"the API answered {r.status}: {_detail(r.body)}")
 
     def _follow(self, task: dict, job: Job, key: str, resumed: bool) -> np.ndarray | None:
         """Poll ``polling_url`` as given until the task ends; its image, or None when an

@@ -24,7 +24,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from .. import storage
+from .. import retries, storage
 from ..config import Config, ConfigError
 
 ROW_INDEX = "manifest_row"  # added on read: global row number, for duplicate-id precedence
@@ -161,6 +161,10 @@ def file_format(path: str, cfg: Config) -> str:
     return EXTENSIONS.get(ext, "parquet")
 
 
+# a manifest that cannot be found fails the run at start: fewer tries than a row's source
+FIND_RETRIES = retries.Policy(base=0.2, cap=5.0, attempts=3, full_jitter=True)
+
+
 def files(cfg: Config):
     """``(fs, paths)`` of the manifest: a file, a directory (every manifest file under
     it, recursively) or a glob."""
@@ -174,7 +178,7 @@ def files(cfg: Config):
             cfg.input.manifest,
             cfg.input.storage_options,
             suffix=suffixes,
-            attempts=3,
+            policy=FIND_RETRIES,
         )
     except FileNotFoundError as e:
         raise ConfigError(f"input.manifest: {e}") from None

@@ -20,7 +20,6 @@ a listing, a HEAD, or the GET that loads the image. It goes into the request has
 
 from __future__ import annotations
 
-import email.utils
 import posixpath
 import threading
 import time
@@ -30,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import storage
+from .. import retries, storage
 from .headers import identity_of
 from .imageio import ImageError
 
@@ -88,51 +87,32 @@ class HttpClient:
         """The response (body read), after waiting out 429/503 (``Retry-After``) and
         retrying 5xx / connection errors, within ``max_wait_s`` in all; raises
         FileNotFoundError (404/410), PermissionError (401/403), HTTPStatusError (others)."""
-        waited, attempt = 0.0, 0
-        while True:
+        started = time.monotonic()
+
+        def attempt(_):
             try:
                 r = self.pool.request(method, url, preload_content=True, redirect=True)
             except (self.urllib3.exceptions.HTTPError, OSError) as e:
-                wait = storage.backoff(attempt, 0.2, 8.0)
-                if waited + wait > self.max_wait_s:
-                    raise ConnectionError(f"{url}: {type(e).__name__}: {e}") from None
-            else:
-                if r.status < 400:
-                    return r
-                if r.status in (404, 410):
-                    raise FileNotFoundError(url)
-                if r.status in (401, 403):
-                    raise PermissionError(f"HTTP {r.status} for {url}")
-                if r.status not in (429, 500, 502, 503, 504):
-                    raise HTTPStatusError(url, r.status, r.reason or "")
-                wait = retry_after(r.headers.get("Retry-After")) if r.status in (429, 503) else None
-                if wait is None:
-                    wait = storage.backoff(attempt, 0.2, 8.0)
-                if waited + wait > self.max_wait_s:
-                    raise ConnectionError(
-                        f"HTTP {r.status} for {url}, still after {waited:.0f} s of retries "
-                        f"(input.http.max_wait_s = {self.max_wait_s:g})"
-                    )
-            time.sleep(wait)
-            waited += wait
-            attempt += 1
+                raise retries.RetryLater(
+                    ConnectionError(f"{url}: {type(e).__name__}: {e}")
+                ) from None
+            if r.status < 400:
+                return r
+            if r.status in (404, 410):
+                raise FileNotFoundError(url)
+            if r.status in (401, 403):
+                raise PermissionError(f"HTTP {r.status} for {url}")
+            if r.status not in (429, 500, 502, 503, 504):
+                raise HTTPStatusError(url, r.status, r.reason or "")
+            waited = time.monotonic() - started
+            error = ConnectionError(
+                f"HTTP {r.status} for {url}, still after {waited:.0f} s of retries "
+                f"(input.http.max_wait_s = {self.max_wait_s:g})"
+            )
+            asked = r.headers.get("Retry-After") if r.status in (429, 503) else None
+            raise retries.RetryLater(error, retries.retry_after(asked))
 
-
-RETRY_AFTER_MIN_S = 0.1  # "Retry-After: 0" over and over must still add up to the bounded wait
-
-
-def retry_after(value: str | None) -> float | None:
-    """``Retry-After``: seconds, or an HTTP date (at least ``RETRY_AFTER_MIN_S``)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return max(RETRY_AFTER_MIN_S, float(value))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(RETRY_AFTER_MIN_S, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+        return retries.call(attempt, retries.Policy(base=0.2, cap=8.0, max_wait_s=self.max_wait_s))
 
 
 def _http_identity(headers, size: int | None) -> str:

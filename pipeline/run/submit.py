@@ -33,7 +33,7 @@ import time
 
 import yaml
 
-from .. import storage
+from .. import retries, storage
 from ..config import Config, ConfigError, dump
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -107,23 +107,28 @@ def call(fn, *args, what: str, out, attempts: int = 6, base: float = 1.0, **kwar
     """A job-server call, retried on transient errors (a busy or restarting head) with a
     one-line note each time; a permanent error, or one that outlasts the retries, is a
     ``ConfigError`` (exit 2)."""
-    for attempt in range(attempts):
+
+    def attempt(_):
         try:
             return fn(*args, **kwargs)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - classified here
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if not _transient(e) or attempt == attempts - 1:
-                raise ConfigError(f"job server: {what} failed: {first}") from None
-            wait = storage.backoff(attempt, base, 30.0)
-            print(
-                f"[outpaint] job server busy ({first[:120]}); {what}: retry {attempt + 1} in {wait:.1f}s",
-                file=out,
-                flush=True,
-            )
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+            error = ConfigError(f"job server: {what} failed: {first}")
+            if not _transient(e):
+                raise error from None
+            raise retries.RetryLater(error) from None
+
+    def note(n: int, wait: float, error: BaseException) -> None:
+        first = str(error).split(" failed: ", 1)[-1]
+        print(
+            f"[outpaint] job server busy ({first[:120]}); {what}: retry {n + 1} in {wait:.1f}s",
+            file=out,
+            flush=True,
+        )
+
+    return retries.call(attempt, retries.Policy(base=base, cap=30.0, attempts=attempts), note)
 
 
 def _status(client, job_id: str, out) -> str | None:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline import config as config_mod
+from pipeline import retries
 from pipeline.io import sources
 from pipeline.io.imageio import ImageError
 
@@ -92,14 +93,14 @@ def test_http_429_honours_retry_after_within_a_bounded_wait(image_dir):
 
 def test_retry_after_reads_seconds_and_dates():
     assert (
-        sources.retry_after("3") == 3.0 and sources.retry_after(" 0 ") == sources.RETRY_AFTER_MIN_S
+        retries.retry_after("3") == 3.0 and retries.retry_after(" 0 ") == retries.RETRY_AFTER_MIN_S
     )
     assert (
-        sources.retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == sources.RETRY_AFTER_MIN_S
+        retries.retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == retries.RETRY_AFTER_MIN_S
     )  # in the past
     soon = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 28 <= sources.retry_after(soon) <= 30.5
-    assert sources.retry_after(None) is None and sources.retry_after("soon") is None
+    assert 28 <= retries.retry_after(soon) <= 30.5
+    assert retries.retry_after(None) is None and retries.retry_after("soon") is None
 
 
 def test_http_connections_per_host_are_limited(image_dir):

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from pipeline import config as config_mod
-from pipeline import storage
+from pipeline import retries, storage
 from pipeline.config import ConfigError
 
 from ..conftest import relay, write_config, write_manifest
@@ -57,7 +57,10 @@ def test_retry_backs_off_on_transient_and_stops_on_permanent():
             raise ConnectionResetError("reset by peer")
         return "ok"
 
-    assert storage.retry(flaky, base=0.01) == "ok" and len(calls) == 3
+    assert (
+        storage.retry(flaky, policy=retries.Policy(base=0.01, attempts=6, full_jitter=True)) == "ok"
+        and len(calls) == 3
+    )
     calls.clear()
 
     def missing():
@@ -65,7 +68,7 @@ def test_retry_backs_off_on_transient_and_stops_on_permanent():
         raise FileNotFoundError("gone")
 
     with pytest.raises(FileNotFoundError):
-        storage.retry(missing, base=0.01)
+        storage.retry(missing, policy=retries.Policy(base=0.01, attempts=6))
     assert len(calls) == 1  # not retried
 
     def always():
@@ -74,7 +77,7 @@ def test_retry_backs_off_on_transient_and_stops_on_permanent():
 
     calls.clear()
     with pytest.raises(TimeoutError):
-        storage.retry(always, attempts=4, base=0.001)
+        storage.retry(always, policy=retries.Policy(base=0.001, attempts=4))
     assert len(calls) == 4  # capped
 
 
@@ -476,9 +479,7 @@ def make_corpus(d, photos) -> dict[str, tuple[str, str | None]]:
     coffee.save(d / "plain.png")
     coffee.save(d / "plain.jpg", quality=92)
     coffee.convert("CMYK").save(d / "cmyk.jpg", quality=92)
-    Image.fromarray(np.asarray(coffee.convert("L")).astype(np.uint16) * 257).save(
-        d / "grey16.png"
-    )
+    Image.fromarray(np.asarray(coffee.convert("L")).astype(np.uint16) * 257).save(d / "grey16.png")
     pal = coffee.convert("P", palette=Image.ADAPTIVE, colors=64)
     pal.info["transparency"] = 0
     pal.save(d / "palette_alpha.png", transparency=0)
