@@ -34,7 +34,8 @@ from pipeline import config as config_mod
 from pipeline.backends import Job
 from pipeline.backends.classical import ClassicalBackend
 from pipeline.backends.solid import SolidBackend
-from pipeline.review.compose import generated_sides, paste_back
+from pipeline.box import Box
+from pipeline.review.compose import paste_back
 from pipeline.review.quality import psnr, seam_score
 
 PHOTOS = [
@@ -134,17 +135,18 @@ def main() -> int:
             job = Job(ref, W, H, x0, y0, seed=0)
             mask = np.ones((H, W), bool)
             mask[y0:y1, x0:x1] = False
-            sides = generated_sides(W, H, x0, y0, x1, y1)
+            box = Box(x0, y0, x1, y1)
+            sides = box.sides(W, H)
             line = f"{name:<24}{crop:<10}"
             for k, fn in methods.items():
                 t0 = time.perf_counter()
-                out = paste_back(fn(job), ref, x0, y0)
+                out = paste_back(fn(job), ref, box)
                 r = results[k]
                 r["s"] += time.perf_counter() - t0
                 r["mp"] += H * W / 1e6
                 r["lp_psnr"].append(lowpass_psnr(out, truth, mask))
                 r["texture"].append(texture(out, truth, mask))
-                r["seam"].append(seam_score(out, x0, y0, x1, y1, sides))
+                r["seam"].append(seam_score(out, box, sides))
                 r["psnr"].append(psnr(out, truth, mask))
                 r["streak"].append(streak_index(out, mask, sides))
                 line += (
@@ -157,7 +159,7 @@ def main() -> int:
         H, W = truth.shape[:2]
         for _, (y0, x0, y1, x1) in crops(H, W):
             truth_seams.append(
-                seam_score(truth, x0, y0, x1, y1, generated_sides(W, H, x0, y0, x1, y1))
+                seam_score(truth, Box(x0, y0, x1, y1), Box(x0, y0, x1, y1).sides(W, H))
             )
     n = len(results["classical"]["psnr"])
     print(

@@ -107,7 +107,10 @@ def colour_cost(reps: int, tmp: str) -> dict:
             )
         )
         row = plan.to_pylist()[0]
-        load, write = LoadStage(cfg), WriteStage(cfg, OutputStore(cfg.output.uri), "b")
+        load, write = (
+            LoadStage.from_config(cfg),
+            WriteStage.from_config(cfg, OutputStore(cfg.output.uri), "b"),
+        )
         backend = make_backend(cfg.model)
         ref = load.load(row)
         generated = backend.outpaint(
@@ -124,13 +127,15 @@ def colour_cost(reps: int, tmp: str) -> dict:
         )[0]
         r = dict(row, _ref=ref)
 
-        def load_only():
+        def load_only(load=load, row=row):
             load.load(row)
 
-        def paste_encode():
+        def paste_encode(write=write, r=r, generated=generated, ref=ref):
             encode(write.composite(r, generated), "png", icc=ref.color.output.embed)
 
-        def steps_only():  # the colour work alone: reference to sRGB, generated pixels back
+        def steps_only(
+            ref=ref, generated=generated
+        ):  # the colour work alone: reference to sRGB, generated pixels back
             ref.color.to_model(ref.out)
             ref.color.output.from_model(generated)
 
@@ -185,10 +190,10 @@ def draft_speedup(reps: int) -> dict:
         img.save(buf, "JPEG", quality=90)
         data = buf.getvalue()
 
-        def full():  # the load path as before: whole decode, then the Lanczos resize
+        def full(data=data):  # the load path as before: whole decode, then the Lanczos resize
             return resize(decode(data, limits).pixels, *target)
 
-        def drafted():
+        def drafted(data=data):
             return resize(decode(data, limits, target=target).pixels, *target)
 
         a, b = full(), drafted()

@@ -74,9 +74,9 @@ def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dic
     plan = PlanStage(cfg, identify=True)(manifest.read(cfg))
     bs = cfg.runtime.batch_size
     load, model, write = (
-        LoadStage(cfg),
-        OutpaintStage(cfg, backend=backend),
-        WriteStage(cfg, store, "bench"),
+        LoadStage.from_config(cfg),
+        OutpaintStage.from_config(cfg, backend=backend),
+        WriteStage.from_config(cfg, store, "bench"),
     )
     from pipeline.backends.flux import BusyClock
 
@@ -104,7 +104,7 @@ def e2e(cfg, backend, rows: int, size: int, ref: int, workdir: str, util) -> dic
     }
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # noqa: C901 - a benchmark: one straight sequence of measurements
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--batch", type=int, default=2)

@@ -87,7 +87,7 @@ def make(root: str, n: int, part: int = 10_000) -> None:
                 "fill_leak_flag": [False] * m,
             }
         )
-        store.write_metadata_part(t, f"r-{k:05d}")
+        store.metadata.write_part(t, f"r-{k:05d}")
 
 
 def step(root: str, what: str) -> None:
@@ -97,11 +97,13 @@ def step(root: str, what: str) -> None:
     store = OutputStore(root)
     t0 = time.perf_counter()
     if what == "baseline":
-        latest_per_id(store._read_parts(store.metadata_files())).sort_by([("id", "ascending")])
+        latest_per_id(store.metadata.read_all(store.metadata.files())).sort_by(
+            [("id", "ascending")]
+        )
     elif what == "compact":
         store.compact("c")
     elif what == "resume":
-        store.prior()
+        store.earlier_runs()
     elif what == "report":
         report.build(store, {})
     print(

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -230,7 +231,7 @@ def http_scenarios(n: int, work: str) -> dict:
                 "by_kind": counts,
                 **r,
             }
-            r["run_wall_s"] = json.load(open(os.path.join(work, outdir, "run.json")))["wall_s"]
+            r["run_wall_s"] = json.loads(Path(work, outdir, "run.json").read_text())["wall_s"]
             print(
                 f"  HTTP {step}: {n:,} rows, {total:,} requests ({total / n:.3f} a row) {counts} in "
                 f"{r['wall_s']:.1f} s (run.json: {r['run_wall_s']:.2f} s)",
@@ -292,14 +293,14 @@ def local_rss(rows: int, work: str) -> dict:
             plan = PlanStage(cfg, identify=True)(table.slice(start, 250_000))
             k = plan.num_rows
             out_uri = pa.array(
-                [store.uri_of("images", f"{i}.png") for i in plan.column("id").to_pylist()]
+                [store.folder.uri_of("images", f"{i}.png") for i in plan.column("id").to_pylist()]
             )
             meta = (
                 plan.drop_columns(["request_json"])
                 .append_column("output_uri", out_uri)
                 .append_column("completed_at", pa.array(np.full(k, 1.0)))
             )
-            store.write_metadata_part(meta, f"seed-{start:09d}")
+            store.metadata.write_part(meta, f"seed-{start:09d}")
             for j, i in enumerate(
                 plan.column("id").to_pylist()
             ):  # hard links: a file system allows 65,000 a file
@@ -329,7 +330,7 @@ def local_rss(rows: int, work: str) -> dict:
         if r.returncode:
             raise RuntimeError(r.stderr[-3000:])
         _, kb, wall = r.stdout.strip().splitlines()[-1].split()
-        run_json = json.load(open(os.path.join(base, "out", "run.json")))
+        run_json = json.loads(Path(base, "out", "run.json").read_text())
         assert run_json["counts"]["skipped"] == n, run_json["counts"]
         result[n] = {
             "rss_mib": round(int(kb) / 1024, 1),

@@ -182,7 +182,7 @@ def scenarios(
         fresh.append(timed(code, m_new, work, os.path.join(work, f"out-{label}-C-fresh-{k}")))
     c_s = sorted(r["wall_s"] for r in cs)[reps // 2]
     f_s = sorted(r["wall_s"] for r in fresh)[reps // 2]
-    walls = lambda rs: ", ".join("%.2f" % r["wall_s"] for r in rs)
+    walls = lambda rs: ", ".join(f"{r['wall_s']:.2f}" for r in rs)
     print(
         f"  [{label}] C {tiny:,} done + {new} new: {c_s:.2f} s vs the {new} alone {f_s:.2f} s = {c_s / f_s:.2f}x "
         f"(medians of {reps}; C {walls(cs)}, alone {walls(fresh)})",
@@ -203,7 +203,7 @@ def per_row(n: int) -> None:
     sys.path.insert(0, ROOT)
     from pipeline import config as config_mod
     from pipeline.io import manifest
-    from pipeline.io.done import Prior, fingerprints, key_fingerprints
+    from pipeline.io.done import EarlierRuns, fingerprints, key_fingerprints
     from pipeline.io.outputs import OutputStore
     from pipeline.run.triage import TriageStage
 
@@ -232,7 +232,7 @@ def per_row(n: int) -> None:
             )
             hi, lo, _ = fingerprints(rows.column("request_hash"))
             ihi, ilo = key_fingerprints(rows.column("id"))
-            prior = Prior(
+            prior = EarlierRuns(
                 ihi,
                 ilo,
                 hi,
@@ -240,7 +240,7 @@ def per_row(n: int) -> None:
                 rows.column("source_width").to_numpy(),
                 rows.column("source_height").to_numpy(),
             )
-            stage = TriageStage(cfg, store, "b", prior=prior)
+            stage = TriageStage(cfg, store, "b", earlier=prior)
             t0 = time.perf_counter()
             left = sum(x.num_rows for s in index.slices for x in stage.chunks(s))
             dt = time.perf_counter() - t0

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from pipeline import config as config_mod
 from pipeline.backends.canvas import compose
 from pipeline.backends.solid import nearest_edge_fill
+from pipeline.box import Box
 from pipeline.io.headers import SourceLimits
 from pipeline.io.imageio import decode, encode
 from pipeline.review.compose import paste_back
@@ -64,7 +65,7 @@ def serial_loop(sources: list[Path], out_dir: Path, size: int) -> float:
         h, w = img.shape[:2]
         x, y = (size - w) // 2, (size - h) // 2
         canvas, mask = compose(img, size, size, x, y)
-        out = paste_back(nearest_edge_fill(canvas, mask), img, x, y)
+        out = paste_back(nearest_edge_fill(canvas, mask), img, Box.placed(x, y, w, h))
         (out_dir / f"row-{i:04d}.png").write_bytes(encode(out, "png"))
     return time.perf_counter() - t0
 

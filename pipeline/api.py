@@ -14,6 +14,7 @@ not.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
@@ -148,10 +149,8 @@ def _remove_staged(cfg: Config, path: str | None) -> None:
     if path is None:
         return
     fs, _ = storage.filesystem(cfg.output.uri, cfg.output.storage_options)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
 
 
 # ------------------------------------------------------------------ plan
@@ -187,13 +186,13 @@ def plan(manifest: ManifestLike, config) -> pa.Table:
 def plan_summary(table: pa.Table, config) -> dict:
     """Counts per status and code, output megapixels, rows mostly generated, and for
     flux-fill the generated shapes and estimated GPU time (what ``outpaint plan`` prints)."""
-    from .plan.stage import summarise
+    from .plan.summary import summarise
 
     return summarise(table, load_config(config))
 
 
 def format_plan_summary(summary: dict) -> str:
-    from .plan.stage import format_summary
+    from .plan.summary import format_summary
 
     return format_summary(summary)
 
@@ -238,7 +237,7 @@ class RunResult:
         """The output's metadata: one row per manifest row (latest run's wins)."""
         from .io.outputs import OutputStore
 
-        table = OutputStore(self.output_uri, self.storage_options).read_metadata(columns)
+        table = OutputStore(self.output_uri, self.storage_options).metadata.read(columns)
         return table if table is not None else pa.table({})
 
 
@@ -320,7 +319,7 @@ class Stages:
 
 def stages(config, run_id: str | None = None) -> Stages:
     """The stages of ``config`` (``run_id`` tags the metadata rows; default: a new one)."""
-    from .backends import needs_actor
+    from .backends import BuildContext, spec_of, warmup_shapes
     from .io.outputs import OutputStore, new_run_id
     from .plan.stage import PlanStage
     from .run.stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
@@ -328,15 +327,16 @@ def stages(config, run_id: str | None = None) -> Stages:
     cfg = load_config(config)
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
     run_id = run_id or new_run_id()
+    context = BuildContext(None, warmup_shapes(cfg), cfg.runtime.batch_size, cfg.output)
     return Stages(
         cfg,
         PlanStage(cfg, identify=True),
-        LoadStage(cfg),
-        WriteStage(cfg, store, run_id),
-        ProcessStage(cfg, store, run_id),
+        LoadStage.from_config(cfg),
+        WriteStage.from_config(cfg, store, run_id),
+        ProcessStage.from_config(cfg, store, run_id),
         OutpaintStage,
-        (cfg,),
-        needs_actor(cfg.model),
+        (cfg.model, context, cfg.output.color_intent),
+        spec_of(cfg.model).actor,
     )
 
 

@@ -1,4 +1,5 @@
-"""``outpaint`` command line: validate, plan, run, report, ..."""
+"""``outpaint`` command line: a thin layer over ``pipeline.api``. Each command is its
+handler and, beside it, the arguments it takes."""
 
 from __future__ import annotations
 
@@ -20,13 +21,47 @@ def _load(args) -> config_mod.Config:
     return cfg
 
 
-def cmd_validate(args) -> int:
-    found = api.validate(_load(args))
-    print(f"config ok: {args.config}")
-    print(
-        f"manifest ok: {len(found.files)} file(s), {found.rows:,} rows, columns: {', '.join(found.columns)}"
+def _with_config(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help_)
+    sp.add_argument("config", help="YAML config (any fsspec URI)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set runtime.seed=7 (repeatable)",
     )
-    return 0
+    return sp
+
+
+# ------------------------------------------------------------------ manifest
+
+
+def add_manifest(sub) -> None:
+    sp = sub.add_parser(
+        "manifest", help="write a manifest from a folder, glob or bucket prefix of images"
+    )
+    sp.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="folder (recursive), glob or prefix, any fsspec URI",
+    )
+    sp.add_argument(
+        "--out", required=True, help="manifest to write: .parquet, .csv, .tsv or .jsonl"
+    )
+    sp.add_argument(
+        "--aspect-ratio",
+        action="append",
+        metavar="W:H",
+        help="a target ratio (repeatable: one row per image and ratio, ids suffixed with the ratio)",
+    )
+    sp.add_argument("--width", type=int, help="an explicit canvas width (with --height)")
+    sp.add_argument("--height", type=int, help="an explicit canvas height (with --width)")
+    sp.add_argument("--mode", choices=["high", "fast"], help="mode column (default: the config's)")
+    sp.add_argument("--format", choices=["png", "jpeg", "jpg", "webp"], help="output_format column")
+    sp.add_argument("--storage-options", help="fsspec options for SOURCE and --out, as JSON")
+    sp.set_defaults(func=cmd_manifest)
 
 
 def cmd_manifest(args) -> int:
@@ -36,20 +71,44 @@ def cmd_manifest(args) -> int:
         raise ConfigError("--width and --height go together")
     size = (args.width, args.height) if args.width is not None else None
     opts = json.loads(args.storage_options) if args.storage_options else {}
+    ratios = args.aspect_ratio or []
     table, written = api.make_manifest(
         args.sources,
         args.out,
-        aspect_ratios=args.aspect_ratio or [],
+        aspect_ratios=ratios,
         size=size,
         mode=args.mode,
         output_format=args.format,
         storage_options=opts,
     )
-    targets = [Target(aspect_ratio=r) for r in args.aspect_ratio or []] + (
-        [Target(width=size[0], height=size[1])] if size else []
-    )
+    targets = [Target(aspect_ratio=r) for r in ratios]
+    if size:
+        targets.append(Target(width=size[0], height=size[1]))
     print(summary_line(table, written, targets))
     return 0
+
+
+# ------------------------------------------------------------------ validate, plan, run
+
+
+def add_validate(sub) -> None:
+    _with_config(
+        sub, "validate", "check the config and the manifest schema; nothing else"
+    ).set_defaults(func=cmd_validate)
+
+
+def cmd_validate(args) -> int:
+    found = api.validate(_load(args))
+    print(f"config ok: {args.config}")
+    columns = ", ".join(found.columns)
+    print(f"manifest ok: {len(found.files)} file(s), {found.rows:,} rows, columns: {columns}")
+    return 0
+
+
+def add_plan(sub) -> None:
+    sp = _with_config(sub, "plan", "dry run: geometry, status and code per row, and a summary")
+    sp.add_argument("--out", help="write plan.parquet and summary.json under this directory/URI")
+    sp.set_defaults(func=cmd_plan)
 
 
 def cmd_plan(args) -> int:
@@ -67,151 +126,9 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    result = api.run(_load(args), quiet=args.quiet, progress=args.progress)
-    bad = result.by_status.get("rejected", 0) + result.by_status.get("failed", 0)
-    if args.strict and bad:
-        print(
-            f"outpaint: --strict: {bad:,} rows were rejected or failed (see metadata/ and run.json)",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-def cmd_submit(args) -> int:
-    from .run.submit import exit_code
-
-    _, status = api.submit(
-        _load(args),
-        args.address,
-        wait=not args.no_wait,
-        timeout_s=args.timeout,
-        strict=args.strict,
-        job_id=args.submission_id,
-        stop_on_exit=args.stop_on_exit,
-    )
-    return 0 if args.no_wait else exit_code(status)
-
-
-def cmd_report(args) -> int:
-    uri, summary = api.report(args.output_uri, _load(args) if args.config else None)
-    print(f"report: {uri}")
-    print(
-        f"rows: {summary['rows']:,}  "
-        + "  ".join(f"{k} {v:,}" for k, v in summary["by_status"].items())
-        + f"  output {summary['output_megapixels']:,} MP"
-    )
-    for k, v in summary["by_code"].items():
-        print(f"  {k:<26} {v:>10,}")
-    return 0
-
-
-def _size(text: str) -> tuple[int, int]:
-    m = config_mod.SHAPE.match(text)
-    if (
-        not m
-        or int(m[1]) * int(m[2]) > config_mod.MAX_PIXELS_CEILING
-        or 0 in (int(m[1]), int(m[2]))
-    ):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected WxH with at most {config_mod.MAX_PIXELS_CEILING:,} pixels"
-        )
-    return int(m[1]), int(m[2])
-
-
-def cmd_bench(args) -> int:
-    from .run.bench import format_result
-
-    cfg = _load(args)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("high", "fast")]
-    if bad or not modes:
-        raise ConfigError(f"--modes {args.modes!r}: give high, fast or high,fast")
-    try:
-        sizes = (
-            [int(b) for b in args.batch_sizes.split(",") if b.strip()] if args.batch_sizes else []
-        )
-    except ValueError:
-        sizes = [0]
-    if any(b < 1 for b in sizes):
-        raise ConfigError(f"--batch-sizes {args.batch_sizes!r}: give positive integers, e.g. 1,2,4")
-    result = api.bench(
-        cfg,
-        size=args.size,
-        images=args.images,
-        modes=modes,
-        ref_fraction=args.ref_fraction,
-        random_weights=args.random_weights,
-        batch_sizes=sizes,
-    )
-    print(format_result(result))
-    if args.json:
-        fs, path = storage.filesystem(args.json, cfg.output.storage_options)
-        with fs.open(path, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
-
-
-def cmd_make_test_model(args) -> int:
-    out = api.make_test_model(args.dir, seed=args.seed, fill=args.fill)
-    print(
-        f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "
-        f"model.path: {out}, model.dtype: float32 on CPU"
-    )
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="outpaint", description="Batch outpainting of image catalogues on Ray Data."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def with_config(name: str, help_: str):
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("config", help="YAML config (any fsspec URI)")
-        sp.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set runtime.seed=7 (repeatable)",
-        )
-        return sp
-
-    sp = sub.add_parser(
-        "manifest", help="write a manifest from a folder, glob or bucket prefix of images"
-    )
-    sp.add_argument(
-        "sources",
-        nargs="+",
-        metavar="SOURCE",
-        help="folder (recursive), glob or prefix, any fsspec URI",
-    )
-    sp.add_argument(
-        "--out", required=True, help="manifest to write: .parquet, .csv, .tsv or .jsonl"
-    )
-    sp.add_argument(
-        "--aspect-ratio",
-        action="append",
-        metavar="W:H",
-        help="a target ratio (repeatable: one row "
-        "per image and ratio, ids suffixed with the ratio)",
-    )
-    sp.add_argument("--width", type=int, help="an explicit canvas width (with --height)")
-    sp.add_argument("--height", type=int, help="an explicit canvas height (with --width)")
-    sp.add_argument("--mode", choices=["high", "fast"], help="mode column (default: the config's)")
-    sp.add_argument("--format", choices=["png", "jpeg", "jpg", "webp"], help="output_format column")
-    sp.add_argument("--storage-options", help="fsspec options for SOURCE and --out, as JSON")
-    sp.set_defaults(func=cmd_manifest)
-    sp = with_config("validate", "check the config and the manifest schema; nothing else")
-    sp.set_defaults(func=cmd_validate)
-    sp = with_config("plan", "dry run: geometry, status and code per row, and a summary")
-    sp.add_argument("--out", help="write plan.parquet and summary.json under this directory/URI")
-    sp.set_defaults(func=cmd_plan)
-    sp = with_config(
-        "run", "run the job: outpaint every row, write images + metadata (resumes by default)"
+def add_run(sub) -> None:
+    sp = _with_config(
+        sub, "run", "run the job: outpaint every row, write images + metadata (resumes by default)"
     )
     sp.add_argument(
         "--strict", action="store_true", help="exit 1 if any row was rejected or failed"
@@ -229,7 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="also Ray's and the model libraries' logs and warnings",
     )
     sp.set_defaults(func=cmd_run)
-    sp = with_config(
+
+
+def cmd_run(args) -> int:
+    result = api.run(_load(args), quiet=args.quiet, progress=args.progress)
+    bad = result.by_status.get("rejected", 0) + result.by_status.get("failed", 0)
+    if args.strict and bad:
+        message = (
+            f"outpaint: --strict: {bad:,} rows were rejected or failed (see metadata/ and run.json)"
+        )
+        print(message, file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------ submit, report
+
+
+def add_submit(sub) -> None:
+    sp = _with_config(
+        sub,
         "submit",
         "run the config as a job on a Ray cluster (idempotent; exit 0 succeeded, "
         "1 failed/stopped, 2 bad input/unreachable, 3 still running at --timeout)",
@@ -259,7 +195,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop the job on SIGTERM/Ctrl-C while waiting (default: on)",
     )
     sp.set_defaults(func=cmd_submit)
-    sp = with_config(
+
+
+def cmd_submit(args) -> int:
+    from .run.submit import exit_code
+
+    _, status = api.submit(
+        _load(args),
+        args.address,
+        wait=not args.no_wait,
+        timeout_s=args.timeout,
+        strict=args.strict,
+        job_id=args.submission_id,
+        stop_on_exit=args.stop_on_exit,
+    )
+    return 0 if args.no_wait else exit_code(status)
+
+
+def add_report(sub) -> None:
+    sp = sub.add_parser("report", help="rebuild report.html of an output and print its summary")
+    sp.add_argument("output_uri", help="the run's output.uri")
+    sp.add_argument("--config", help="take storage options from this config (remote outputs)")
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS
+    )
+    sp.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    uri, summary = api.report(args.output_uri, _load(args) if args.config else None)
+    print(f"report: {uri}")
+    statuses = "  ".join(f"{k} {v:,}" for k, v in summary["by_status"].items())
+    print(f"rows: {summary['rows']:,}  {statuses}  output {summary['output_megapixels']:,} MP")
+    for k, v in summary["by_code"].items():
+        print(f"  {k:<26} {v:>10,}")
+    return 0
+
+
+# ------------------------------------------------------------------ bench, make-test-model
+
+
+def _size(text: str) -> tuple[int, int]:
+    m = config_mod.SHAPE.match(text)
+    limit = config_mod.MAX_PIXELS_CEILING
+    if not m or int(m[1]) * int(m[2]) > limit or 0 in (int(m[1]), int(m[2])):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WxH with at most {limit:,} pixels")
+    return int(m[1]), int(m[2])
+
+
+def add_bench(sub) -> None:
+    sp = _with_config(
+        sub,
         "bench",
         "time the configured model on synthetic canvases: s/image, images/hour, MFU, memory",
     )
@@ -285,13 +271,43 @@ def build_parser() -> argparse.ArgumentParser:
         "size hardware before the weights are there)",
     )
     sp.set_defaults(func=cmd_bench)
-    sp = sub.add_parser("report", help="rebuild report.html of an output and print its summary")
-    sp.add_argument("output_uri", help="the run's output.uri")
-    sp.add_argument("--config", help="take storage options from this config (remote outputs)")
-    sp.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS
+
+
+def _batch_sizes(text: str | None) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()] if text else []
+    except ValueError:
+        sizes = [0]
+    if any(b < 1 for b in sizes):
+        raise ConfigError(f"--batch-sizes {text!r}: give positive integers, e.g. 1,2,4")
+    return sizes
+
+
+def cmd_bench(args) -> int:
+    from .run.bench import format_result
+
+    cfg = _load(args)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in ("high", "fast") for m in modes):
+        raise ConfigError(f"--modes {args.modes!r}: give high, fast or high,fast")
+    result = api.bench(
+        cfg,
+        size=args.size,
+        images=args.images,
+        modes=modes,
+        ref_fraction=args.ref_fraction,
+        random_weights=args.random_weights,
+        batch_sizes=_batch_sizes(args.batch_sizes),
     )
-    sp.set_defaults(func=cmd_report)
+    print(format_result(result))
+    if args.json:
+        fs, path = storage.filesystem(args.json, cfg.output.storage_options)
+        with fs.open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def add_make_test_model(sub) -> None:
     sp = sub.add_parser(
         "make-test-model",
         help="write a tiny FLUX Fill pipeline with random weights (tests, trials)",
@@ -304,6 +320,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="record the fill this 'checkpoint' was trained on (outpaint_profile.json)",
     )
     sp.set_defaults(func=cmd_make_test_model)
+
+
+def cmd_make_test_model(args) -> int:
+    out = api.make_test_model(args.dir, seed=args.seed, fill=args.fill)
+    print(
+        f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "
+        f"model.path: {out}, model.dtype: float32 on CPU"
+    )
+    return 0
+
+
+COMMANDS = (
+    add_manifest,
+    add_validate,
+    add_plan,
+    add_run,
+    add_submit,
+    add_bench,
+    add_report,
+    add_make_test_model,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="outpaint", description="Batch outpainting of image catalogues on Ray Data."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     return p
 
 

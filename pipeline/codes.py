@@ -6,8 +6,11 @@ strings everywhere a person or a script sees them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
 
@@ -82,15 +85,30 @@ def code_array(code_idx: np.ndarray) -> pa.Array:
     return pa.array(list(CODES), pa.string()).take(pa.array(code_idx.astype(np.int32)))
 
 
-def tally(column) -> dict[str, int]:
-    """How many rows hold each value of a status or code column (nulls not counted)."""
-    import pyarrow.compute as pc
+@dataclass
+class Counts:
+    """Rows per status and per code: the one counter of the run, its metadata, the plan
+    and the review page. Columnar (Arrow's ``value_counts``), never a loop per row."""
 
-    return {d["values"]: d["counts"] for d in pc.value_counts(column.drop_null()).to_pylist()}
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_code: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, table) -> Counts:
+        return cls().add(table)
 
-def add_counts(by_status: dict[str, int], by_code: dict[str, int], table) -> None:
-    """Add a table's counts per ``status`` and per ``error_code`` to running totals."""
-    for total, col in ((by_status, "status"), (by_code, "error_code")):
-        for k, v in tally(table.column(col)).items():
-            total[k] = total.get(k, 0) + v
+    def add(self, table) -> Counts:
+        """Add a table's rows (its ``status`` and ``error_code`` columns)."""
+        for total, name in ((self.by_status, "status"), (self.by_code, "error_code")):
+            column = table.column(name).drop_null()
+            for d in pc.value_counts(column).to_pylist():
+                total[d["values"]] = total.get(d["values"], 0) + d["counts"]
+        return self
+
+    def statuses(self) -> dict[str, int]:
+        """Every status, zero included, in the contract's order."""
+        return {k: self.by_status.get(k, 0) for k in (OK, REJECTED, FAILED)}
+
+    def codes_by_count(self) -> dict[str, int]:
+        """The codes, most frequent first (a summary's order)."""
+        return dict(sorted(self.by_code.items(), key=lambda kv: (-kv[1], kv[0])))

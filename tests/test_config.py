@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from pipeline import config as C
@@ -94,7 +96,7 @@ def test_set_overrides_parse_yaml_values(tmp_path):
     )
     assert cfg.runtime.seed == 7 and cfg.defaults.auto_crop is True
     assert cfg.output.passthrough_columns == ["sku", "brand"]
-    assert C.parse_ratio(cfg.defaults.aspect_ratio) == C.Fraction(16, 9)
+    assert C.parse_ratio(cfg.defaults.aspect_ratio) == Fraction(16, 9)
     assert cfg.model.backend == "solid"
 
 

@@ -17,7 +17,8 @@ May import: the top-level shared modules and ``io``. Never ``plan``, ``review`` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,58 +62,127 @@ class RowError(Exception):
 
 
 class Backend(Protocol):
-    name: str
-    # Where it should run: False -> plain Ray tasks fused with the CPU stages (no
-    # pixels through the object store); True -> a long-lived actor pool (weights).
-    needs_actor: bool
+    spec: BackendSpec
 
     def outpaint(self, jobs: Sequence[Job]) -> list[np.ndarray]:
         """Images H x W x 3 uint8, one per job (any order of shapes and modes)."""
 
 
-def make_backend(
-    model_cfg,
-    prompts: Sequence[str] | None = None,
-    warmup: Sequence[tuple[int, int, str]] = (),
-    batch_size: int = 1,
-    output=None,
-) -> Backend:
-    """``warmup``/``batch_size``: canvases a GPU backend compiles before its first batch;
-    ``output``: the run's output config (the API backend journals its tasks there)."""
-    name = model_cfg.backend
-    if name == "bfl-api":
-        from .bfl import BflApiBackend, Journal
+@dataclass(frozen=True)
+class BuildContext:
+    """What a backend may need beyond its own config section when it is built: the
+    prompts to embed once, canvases to compile before the first batch, the batch size,
+    and the run's output (the hosted API journals its tasks there)."""
 
-        journal = Journal(output.uri, output.storage_options) if output is not None else None
-        return BflApiBackend(model_cfg, journal=journal)
-    if name == "solid":
-        from .solid import SolidBackend
-
-        return SolidBackend(model_cfg)
-    if name == "classical":
-        from .classical import ClassicalBackend
-
-        return ClassicalBackend(model_cfg)
-    if name == "flux-fill":
-        from .flux import FluxFillBackend
-
-        return FluxFillBackend(model_cfg, prompts=prompts, warmup=warmup, batch_size=batch_size)
-    raise ValueError(f"unknown model.backend {name!r}")
+    prompts: Sequence[str] | None = None
+    warmup: Sequence[tuple[int, int, str]] = ()
+    batch_size: int = 1
+    output: object | None = None
 
 
-ACTOR_BACKENDS = ("flux-fill", "bfl-api")
+def _no_settings(model_cfg) -> dict:
+    return {}
 
 
-def needs_actor(model_cfg) -> bool:
-    """Without building the backend (the driver must not load weights): flux-fill's
-    weights; bfl-api's one conversation with the API (the global task limit)."""
-    return model_cfg.backend in ACTOR_BACKENDS
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend needs and promises, declared once (as NeMo Curator's stages declare
+    their resources), so nothing else compares its name: where it runs, what it costs, how
+    its outputs are labelled and what of ``model.*`` decides their pixels."""
+
+    name: str
+    version: str  # bumped when its pixels change: part of the request hash, so reruns redo its rows
+    factory: str  # "module:Class" in this package, imported only when built
+    actor: bool = False  # a long-lived actor pool (weights, a conversation), not plain CPU tasks
+    gpu: bool = False  # an actor asks for a GPU wherever GPUs are or may come
+    keeps_reference: bool = False  # returns the reference itself inside V: no feather blend needed
+    learned: bool = False  # a trained model: outputs carry a trained-media IPTC term
+    # one actor for the whole run, a block per call, a network wait rather than compute:
+    # the hosted API, whose account-wide task limit one process must hold
+    one_conversation: bool = False
+    hosted: bool = False  # a paid API: key checked at start, tasks and credits counted, no seeds
+    checkpoint_grid: bool = False  # fast mode aligns to the checkpoint's own grid
+    settings: Callable[[object], dict] = _no_settings  # model.* that decide its pixels
+    where: Callable[[object], str] = lambda m: m.backend  # the `model` column: what made a row
+
+    def build(self, model_cfg, context: BuildContext = BuildContext()) -> Backend:
+        module, cls = self.factory.split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), cls).from_config(
+            model_cfg, context
+        )
 
 
-def keeps_reference(model_cfg) -> bool:
-    """The backend returns the reference itself inside V (only the unknown area is
-    computed), so a feather blend there would be the identity and is skipped."""
-    return model_cfg.backend in ("classical", "solid")
+def _flux_settings(m) -> dict:
+    out = {"path": m.path, "fill": m.fill, "guidance": m.guidance, "dtype": m.dtype}
+    # the optimisations that change pixels (compilation and fused QKV do not, to ~1e-3)
+    if m.optimize.fp8:
+        out["fp8"] = True
+    if m.optimize.bucket_px != 16:
+        out["bucket_px"] = m.optimize.bucket_px
+    if m.quantize != "none":
+        out["quantize"] = m.quantize
+    return out
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec(
+            "solid",
+            "1",
+            "solid:SolidBackend",
+            keeps_reference=True,
+            settings=lambda m: {
+                "mode": m.solid_mode,
+                "color": list(m.solid_color),
+                "blur": m.solid_blur,
+            },
+        ),
+        BackendSpec(
+            "classical",
+            "3",
+            "classical:ClassicalBackend",
+            keeps_reference=True,
+            settings=lambda m: {"grain": m.classical_grain},
+        ),
+        BackendSpec(
+            "flux-fill",
+            "2",
+            "flux:FluxFillBackend",
+            actor=True,
+            gpu=True,
+            learned=True,
+            checkpoint_grid=True,
+            settings=_flux_settings,
+            where=lambda m: f"flux-fill:{m.path}",
+        ),
+        BackendSpec(
+            "bfl-api",
+            "1",
+            "bfl:BflApiBackend",
+            actor=True,
+            learned=True,
+            one_conversation=True,
+            hosted=True,
+            # what the API is asked (the endpoint is where, not what)
+            settings=lambda m: {
+                "safety": m.api.safety_tolerance,
+                "result": m.api.result_format,
+                "upload": m.api.upload_format,
+            },
+            where=lambda m: f"bfl-api:{m.api.endpoint}",
+        ),
+    )
+}
+
+
+def spec_of(model_cfg) -> BackendSpec:
+    """The spec of ``model.backend`` (without building it: the driver loads no weights)."""
+    return BACKENDS[model_cfg.backend]
+
+
+def make_backend(model_cfg, context: BuildContext = BuildContext()) -> Backend:
+    return spec_of(model_cfg).build(model_cfg, context)
 
 
 def warmup_shapes(cfg) -> list[tuple[int, int, str]]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from . import BACKENDS
 from .solid import nearest_edge_fill
 
 
@@ -145,10 +146,10 @@ def _tile_patches(hp: np.ndarray, ring: np.ndarray, H: int, W: int, patch: int, 
     return out[pad // 2 : pad // 2 + H, pad // 2 : pad // 2 + W]
 
 
-# Far from the reference the border band's patches are busier than the photo continues
-# (edges meet the frame); measured on the crop-and-restore set, 0.8 of their amplitude
-# brings the texture score from 1.35 to the middle of the natural band. Next to the
-# reference the mirrored texture keeps full strength: the seam stays ~1.
+# Far from the reference the border band's patches can be busier than the photo continues
+# (edges meet the frame): FAR_GAIN scales their amplitude there, chosen on the
+# crop-and-restore set (benchmarks/classical_quality.py; figures in benchmarks/RESULTS.md).
+# Next to the reference the mirrored texture keeps full strength, so the seam stays natural.
 FAR_GAIN = 1.0
 CALM_PERCENTILE = 50
 
@@ -205,8 +206,11 @@ def synthesize_texture(
 
 
 class ClassicalBackend:
-    name = "classical"
-    needs_actor = False
+    spec = BACKENDS["classical"]
+
+    @classmethod
+    def from_config(cls, model_cfg, context) -> ClassicalBackend:
+        return cls(model_cfg)
 
     fill_label = "none"  # no fill: the unknown area is computed, not painted
 

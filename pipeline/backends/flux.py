@@ -24,147 +24,25 @@ what a batch job needs on top:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from . import Job, accel
-from .canvas import FILL_COLORS, contrast_fill
-from .testmodel import PROFILE_FILE
-
-# FLUX.1's values; a checkpoint's own come from its configs (``FluxFillBackend.__init__``)
-VAE_SCALE = 8  # pixels per latent cell: 2 ** (len(vae.block_out_channels) - 1)
-GRID = 16  # VAE scale x 2: latents are packed 2 x 2 into the transformer's tokens
+from . import BACKENDS, Job, accel
+from .flux_inputs import FluxInputs
+from .flux_weights import BusyClock, profile_fill, resolve_model_path
 
 
-def model_grid(path: str | None, storage_options: dict | None = None) -> int:
-    """The alignment grid of a diffusers checkpoint, from ``vae/config.json`` alone (no
-    weights): 2 x the VAE's scale factor. FLUX.1's 16 when the config cannot be read."""
-    from .. import storage
+class FluxFillBackend(FluxInputs):
+    spec = BACKENDS["flux-fill"]
 
-    if not path:
-        return GRID
-    try:
-        local = path[len("file://") :] if path.startswith("file://") else path
-        if not storage.has_scheme(path) and not os.path.isdir(local):
-            from huggingface_hub import snapshot_download
-
-            local = snapshot_download(
-                local, local_files_only=True, allow_patterns=["vae/config.json"]
-            )
-        uri = storage.join(local if not storage.has_scheme(path) else path, "vae", "config.json")
-        fs, p = storage.filesystem(uri, storage_options)
-        with fs.open(p, "r") as f:
-            blocks = json.load(f)["block_out_channels"]
-        return 2 * 2 ** (len(blocks) - 1)
-    except Exception:  # noqa: BLE001 - unreadable here (the actor will check its own)
-        return GRID
-
-
-# ---------------------------------------------------------------- model location
-
-
-def resolve_model_path(
-    path: str, storage_options: dict | None = None, cache_dir: str | None = None
-) -> str:
-    """A local directory for ``model.path``: a directory as is; an object-storage URI
-    synced once per node into the cache (a lock, then a completion marker); otherwise a
-    Hugging Face id resolved from the local cache only (never a download)."""
-    from .. import storage
-
-    if storage.has_scheme(path) and not path.startswith("file://"):
-        return _sync_uri(path, storage_options or {}, cache_dir)
-    local = path[len("file://") :] if path.startswith("file://") else path
-    if os.path.isdir(local):
-        return local
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(local, local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means: not available offline
-        raise FileNotFoundError(
-            f"model.path {path!r} is neither a local directory, an object-storage URI, nor a Hugging Face id "
-            f"in the local cache (no downloads at run time): {type(e).__name__}: {e}"
-        ) from None
-
-
-def _sync_uri(uri: str, storage_options: dict, cache_dir: str | None) -> str:
-    import fcntl
-
-    from .. import storage
-
-    root = (
-        cache_dir
-        or os.environ.get("OUTPAINT_MODEL_CACHE")
-        or os.path.expanduser("~/.cache/outpaint/models")
-    )
-    local = os.path.join(root, hashlib.sha256(uri.encode()).hexdigest()[:16])
-    done = os.path.join(local, ".outpaint-complete")
-    if os.path.exists(done):
-        return local
-    os.makedirs(root, exist_ok=True)
-    with open(local + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one copy per node, however many actors start
-        if not os.path.exists(done):
-            fs, path = storage.filesystem(uri, storage_options)
-            tmp = local + ".partial"
-            fs.get(path.rstrip("/") + "/", tmp, recursive=True)
-            if os.path.exists(local):
-                import shutil
-
-                shutil.rmtree(local)
-            os.replace(tmp, local)
-            with open(done, "w") as f:
-                f.write(uri)
-    return local
-
-
-def profile_fill(model_dir: str) -> str:
-    """The fill a checkpoint was trained on: ``outpaint_profile.json`` beside the weights,
-    else FLUX.1-Fill-dev's convention (masked pixels zeroed = grey)."""
-    p = os.path.join(model_dir, PROFILE_FILE)
-    if os.path.exists(p):
-        with open(p) as f:
-            return json.load(f).get("fill", "grey")
-    return "grey"
-
-
-# ---------------------------------------------------------------- backend
-
-
-class BusyClock:
-    """How busy the model was: denoising-loop seconds over the seconds since the first
-    call began. Near 1 means the GPU never waited for input (the ``GPUs busy`` figure a
-    run reports per actor); well below means the stages around it starve it."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.first: float | None = None
-        self.loop_s = 0.0
-
-    def start(self) -> None:
-        with self._lock:
-            if self.first is None:
-                self.first = time.time()
-
-    def add(self, loop_s: float) -> None:
-        with self._lock:
-            self.loop_s += loop_s
-
-    def snapshot(self) -> tuple[float, float]:
-        """(loop seconds, seconds since the first call), cumulative."""
-        with self._lock:
-            return self.loop_s, (time.time() - self.first) if self.first is not None else 0.0
-
-
-class FluxFillBackend:
-    name = "flux-fill"
-    needs_actor = True
+    @classmethod
+    def from_config(cls, model_cfg, context) -> FluxFillBackend:
+        return cls(
+            model_cfg, prompts=context.prompts, warmup=context.warmup, batch_size=context.batch_size
+        )
 
     def __init__(
         self,
@@ -177,68 +55,28 @@ class FluxFillBackend:
         """``pipe``: an already built pipeline (benchmarks); default: load ``model.path``.
         ``warmup``: (width, height, mode) canvases compiled now, at ``batch_size`` rows."""
         import torch
-        from diffusers import FluxFillPipeline
 
         self.torch = torch
         self.cfg = model_cfg
         want = model_cfg.device
-        self.device = torch.device(
-            "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
-        )
+        on_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if on_cuda else "cpu")
         self.dtype = getattr(torch, model_cfg.dtype)
         if model_cfg.optimize.fp8:  # before loading ~24 GB of weights
             accel.check_fp8(torch, self.device)
         accel.check_quantize(torch, self.device, model_cfg.quantize)
         # text encoders: embed on the CPU when the GPU is small (quantized), then dropped
-        on_cpu = model_cfg.text_encoder_device == "cpu" or (
-            model_cfg.text_encoder_device == "auto" and model_cfg.quantize != "none"
-        )
+        where = model_cfg.text_encoder_device
+        on_cpu = where == "cpu" or (where == "auto" and model_cfg.quantize != "none")
         self.text_device = torch.device("cpu") if on_cpu else self.device
-        loaded_here = pipe is None
-        if pipe is None:
-            path = resolve_model_path(
-                model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir
-            )
-            pipe = FluxFillPipeline.from_pretrained(
-                path, torch_dtype=self.dtype, local_files_only=True
-            )
-            self.fill = model_cfg.fill or profile_fill(path)
-        else:
-            self.fill = model_cfg.fill or "grey"
-        if model_cfg.quantize != "none":  # where the weights are now (CPU after loading)
-            if model_cfg.optimize.fuse_qkv:  # fuse first: the fused projection is quantized too
-                accel.fuse_qkv(pipe.transformer)
-            accel.quantize(pipe.transformer, model_cfg.quantize)
-        self.weight_bytes = {
-            "transformer": accel.module_bytes(pipe.transformer),
-            "vae": accel.module_bytes(pipe.vae),
-            "text_encoders": sum(
-                accel.module_bytes(m)
-                for m in (pipe.text_encoder, pipe.text_encoder_2)
-                if m is not None
-            ),
-        }
-        on_gpu = (
-            self.weight_bytes["transformer"]
-            + self.weight_bytes["vae"]
-            + (0 if on_cpu else self.weight_bytes["text_encoders"])
-        )
-        # activations: ~2 GiB a batch row at 1-2 MP in bf16 (an estimate; outpaint bench measures)
-        if loaded_here:  # a pipeline handed in (benchmarks) is already where it runs
-            accel.check_fits(torch, self.device, on_gpu, batch_size * 2 * 2**30)
-        pipe.transformer.to(self.device)
-        pipe.vae.to(self.device)
-        for enc in (pipe.text_encoder, pipe.text_encoder_2):
-            if enc is not None:
-                enc.to(self.text_device)
-        self.pipe = pipe
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = self._load(pipe, batch_size, text_on_gpu=not on_cpu)
         # the checkpoint's geometry, as diffusers derives it: latent channels, the VAE's
         # scale (2 ** downsampling blocks), the grid (x2 for the 2x2 packing)
-        self.channels = pipe.vae.config.latent_channels
-        self.vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        vae_config = self.pipe.vae.config
+        self.channels = vae_config.latent_channels
+        self.vae_scale = 2 ** (len(vae_config.block_out_channels) - 1)
         self.grid = 2 * self.vae_scale
-        self.scheduler_cls = type(pipe.scheduler)  # the checkpoint's own scheduler class
+        self.scheduler_cls = type(self.pipe.scheduler)  # the checkpoint's own scheduler class
         self._prompt_cache: dict[str, tuple] = {}
         self._fill_latents: dict[str, object] = {}
         # One denoising loop at a time per GPU; preparing and decoding happen outside
@@ -248,13 +86,7 @@ class FluxFillBackend:
         self.pipelining = model_cfg.optimize.pipelining
         self.busy = BusyClock()
         if prompts is not None:
-            for p in dict.fromkeys(prompts):
-                self._embed(p)
-            if model_cfg.free_text_encoders:
-                # every prompt is embedded: the encoders (T5 is ~9 GB in bf16) can go
-                self.pipe.text_encoder = self.pipe.text_encoder_2 = None
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            self._embed_all(prompts)
         self.optimizations = accel.apply(self.pipe, model_cfg.optimize, self.device)
         self.bucket = self.optimizations["bucket_px"]
         self.vae = self.pipe.vae
@@ -263,6 +95,52 @@ class FluxFillBackend:
         compiled = self.optimizations["compile"] in ("blocks", "full")
         self.warmup_s = self.warmup(warmup, batch_size) if warmup and compiled else 0.0
         self.busy = BusyClock()  # from the first real batch
+
+    def _load(self, pipe, batch_size: int, text_on_gpu: bool):
+        """The pipeline, quantized where asked, checked to fit, on its devices."""
+        from diffusers import FluxFillPipeline
+
+        cfg = self.cfg
+        loaded_here = pipe is None
+        if loaded_here:
+            path = resolve_model_path(cfg.path, cfg.storage_options, cfg.cache_dir)
+            pipe = FluxFillPipeline.from_pretrained(
+                path, torch_dtype=self.dtype, local_files_only=True
+            )
+            self.fill = cfg.fill or profile_fill(path)
+        else:
+            self.fill = cfg.fill or "grey"
+        if cfg.quantize != "none":  # where the weights are now (CPU after loading)
+            if cfg.optimize.fuse_qkv:  # fuse first: the fused projection is quantized too
+                accel.fuse_qkv(pipe.transformer)
+            accel.quantize(pipe.transformer, cfg.quantize)
+        encoders = [m for m in (pipe.text_encoder, pipe.text_encoder_2) if m is not None]
+        self.weight_bytes = {
+            "transformer": accel.module_bytes(pipe.transformer),
+            "vae": accel.module_bytes(pipe.vae),
+            "text_encoders": sum(accel.module_bytes(m) for m in encoders),
+        }
+        on_gpu = self.weight_bytes["transformer"] + self.weight_bytes["vae"]
+        if text_on_gpu:
+            on_gpu += self.weight_bytes["text_encoders"]
+        # activations: ~2 GiB a batch row at 1-2 MP in bf16 (an estimate; outpaint bench measures)
+        if loaded_here:  # a pipeline handed in (benchmarks) is already where it runs
+            accel.check_fits(self.torch, self.device, on_gpu, batch_size * 2 * 2**30)
+        pipe.transformer.to(self.device)
+        pipe.vae.to(self.device)
+        for encoder in encoders:
+            encoder.to(self.text_device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _embed_all(self, prompts: Sequence[str]) -> None:
+        """Every prompt embedded once; then the encoders (T5 is ~9 GB in bf16) can go."""
+        for p in dict.fromkeys(prompts):
+            self._embed(p)
+        if self.cfg.free_text_encoders:
+            self.pipe.text_encoder = self.pipe.text_encoder_2 = None
+            if self.device.type == "cuda":
+                self.torch.cuda.empty_cache()
 
     def warmup(self, shapes: Sequence[tuple[int, int, str]], batch_size: int = 1) -> float:
         """Compile (and autotune) each canvas shape once, before real rows: one step at
@@ -313,141 +191,6 @@ class FluxFillBackend:
         if self.device.type == "cuda":
             self.torch.cuda.current_stream(self.device).synchronize()
 
-    def _fill_name(self, job: Job) -> str:
-        return contrast_fill(job.ref) if self.fill == "contrast" else self.fill
-
-    @staticmethod
-    def _to_unit(rgb: np.ndarray):
-        """uint8 H x W x 3 -> float [-1, 1], 3 x H x W (the VAE's input range)."""
-        return rgb.astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-
-    def _fill_value(self, name: str) -> np.ndarray:
-        # grey is FLUX.1-Fill-dev's masked pixel exactly: 0 in [-1, 1]
-        if name == "grey":
-            return np.zeros(3, np.float32)
-        return np.asarray(FILL_COLORS[name], np.float32) / 127.5 - 1.0
-
-    def _upload(self, array):
-        """Host (NumPy or CPU tensor) -> device; from pinned memory, asynchronously, on CUDA."""
-        t = (
-            array
-            if isinstance(array, self.torch.Tensor)
-            else self.torch.from_numpy(np.ascontiguousarray(array))
-        )
-        if self.device.type == "cuda":
-            t = t.pin_memory()
-        return t.to(self.device, self.dtype, non_blocking=True)
-
-    def _encode(self, images: np.ndarray):
-        """B x 3 x H x W in [-1, 1] -> normalised latents (distribution mode: deterministic)."""
-        x = self._upload(images)
-        if self.optimizations["channels_last_vae"]:
-            x = x.contiguous(memory_format=self.torch.channels_last)
-        lat = self.vae.encode(x).latent_dist.mode()
-        return (lat - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-
-    def _fill_latent(self, name: str):
-        """The fill colour's latent vector, once per actor (a flat patch of 8 x 8 cells, a centre cell)."""
-        if name not in self._fill_latents:
-            side = 8 * self.vae_scale
-            patch = np.broadcast_to(self._fill_value(name)[:, None, None], (3, side, side))[
-                None
-            ].copy()
-            lat = self._encode(patch)[0, :, 4, 4].clone()
-            self._stream_done()  # other threads' streams will read it: finish it first
-            self._fill_latents[name] = lat
-        return self._fill_latents[name]
-
-    def _pack(self, t, channels: int):
-        b, _, h, w = t.shape
-        t = t.view(b, channels, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
-        return t.reshape(b, (h // 2) * (w // 2), channels * 4)
-
-    def _unpack(self, t, h: int, w: int):
-        b, _, c = t.shape
-        t = t.view(b, h // 2, w // 2, c // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return t.reshape(b, c // 4, h, w)
-
-    def _mask_channels(self, mask_px):
-        """Pixel mask B x H x W (1 = generate) -> FLUX Fill's scale² channels per latent cell."""
-        b, H, W = mask_px.shape
-        s = self.vae_scale
-        m = mask_px.view(b, H // s, s, W // s, s).permute(0, 2, 4, 1, 3)
-        return m.reshape(b, s * s, H // s, W // s)
-
-    # -------------------------------------------------------------- conditioning
-    def _high(self, jobs: Sequence[Job], AW: int, AH: int):
-        """Whole aligned canvas (padding right/bottom), fill wherever the mask is 1 (the
-        unknown area and the grown margin: FLUX Fill was trained on ``image * (1 - mask)``),
-        encoded."""
-        imgs, masks = [], []
-        g = self.cfg.mask_grow_px
-        for job in jobs:
-            name = self._fill_name(job)
-            job.fill_color = name
-            canvas = np.empty((3, AH, AW), np.float32)
-            canvas[:] = self._fill_value(name)[:, None, None]
-            h, w = job.ref.shape[:2]
-            mask = np.ones((AH, AW), np.float32)
-            if h > 2 * g and w > 2 * g:  # what stays known: the reference less the grown margin
-                canvas[:, job.y0 + g : job.y0 + h - g, job.x0 + g : job.x0 + w - g] = self._to_unit(
-                    job.ref[g : h - g, g : w - g]
-                )
-                mask[job.y0 + g : job.y0 + h - g, job.x0 + g : job.x0 + w - g] = 0.0
-            imgs.append(canvas)
-            masks.append(mask)
-        cond = self._encode(np.stack(imgs))
-        mask = self._mask_channels(self._upload(np.stack(masks)))
-        return cond, mask
-
-    def _fast(self, jobs: Sequence[Job], AW: int, AH: int):
-        """Reference-only encoding, placed on constant fill latents; mask at latent
-        resolution. What is conditioned is what is known: a latent cell is the reference's
-        only where the mask keeps it (wholly inside the reference, less the grown margin);
-        every other cell, the straddling ones at the reference's edges too, is fill."""
-        torch = self.torch
-        s, grid = self.vae_scale, self.grid
-        h, w = AH // s, AW // s
-        refs = []
-        for job in jobs:
-            job.fill_color = self._fill_name(job)
-            if (job.x0 + job.pad_left) % s or (job.y0 + job.pad_top) % s:
-                raise ValueError(
-                    f"the reference at ({job.x0 + job.pad_left}, {job.y0 + job.pad_top}) is not on "
-                    f"this checkpoint's {s}-px latent grid: plan with its alignment grid ({grid})"
-                )
-            rh, rw = job.ref.shape[:2]
-            ref = np.empty((3, -(-rh // grid) * grid, -(-rw // grid) * grid), np.float32)
-            ref[:] = self._fill_value(job.fill_color)[:, None, None]
-            ref[:, :rh, :rw] = self._to_unit(job.ref)
-            refs.append(ref)
-        # only the references are encoded: one VAE call per padded reference size
-        by_shape: dict[tuple, list[int]] = {}
-        for i, ref in enumerate(refs):
-            by_shape.setdefault(ref.shape, []).append(i)
-        ref_lats: list = [None] * len(jobs)
-        for idx in by_shape.values():
-            for i, lat in zip(idx, self._encode(np.stack([refs[i] for i in idx]))):
-                ref_lats[i] = lat
-        conds, masks = [], []
-        g = self.cfg.mask_grow_px
-        for job, ref_lat in zip(jobs, ref_lats):
-            rh, rw = job.ref.shape[:2]
-            cond = self._fill_latent(job.fill_color)[:, None, None].expand(-1, h, w).clone()
-            ly, lx = (job.y0 + job.pad_top) // s, (job.x0 + job.pad_left) // s
-            # known = latent cells wholly inside the reference (less the grown margin)
-            ky0, kx0 = -(-(job.y0 + job.pad_top + g) // s), -(-(job.x0 + job.pad_left + g) // s)
-            ky1 = min((job.y0 + job.pad_top + rh - g) // s, h)
-            kx1 = min((job.x0 + job.pad_left + rw - g) // s, w)
-            m = torch.ones((h, w), device=self.device, dtype=self.dtype)
-            if ky1 > ky0 and kx1 > kx0:
-                m[ky0:ky1, kx0:kx1] = 0.0
-                cond[:, ky0:ky1, kx0:kx1] = ref_lat[:, ky0 - ly : ky1 - ly, kx0 - lx : kx1 - lx]
-            conds.append(cond)
-            masks.append(m[None].expand(s * s, -1, -1))
-        return torch.stack(conds), torch.stack(masks)
-
-    # -------------------------------------------------------------- denoising
     def _prepare(self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int) -> dict:
         """Everything the loop needs, on the device: conditioning, noise, embeddings, schedule."""
         torch = self.torch

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
+from . import BACKENDS
+
 
 def nearest_edge_fill(canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Each unknown pixel takes the nearest pixel of the known box (edge replicate)."""
@@ -19,15 +21,20 @@ def nearest_edge_fill(canvas: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 class SolidBackend:
-    name = "solid"
-    needs_actor = False
+    spec = BACKENDS["solid"]
+
+    @classmethod
+    def from_config(cls, model_cfg, context) -> SolidBackend:
+        return cls(model_cfg)
 
     def __init__(self, model_cfg):
         self.mode = model_cfg.solid_mode
         self.color = tuple(model_cfg.solid_color)
         self.blur = model_cfg.solid_blur
         # what the unknown area held: recorded per row as fill_color
-        self.fill_label = ("#%02x%02x%02x" % self.color) if self.mode == "color" else "edge"
+        self.fill_label = (
+            "#{:02x}{:02x}{:02x}".format(*self.color) if self.mode == "color" else "edge"
+        )
 
     def outpaint(self, jobs):
         out = []

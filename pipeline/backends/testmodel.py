@@ -51,57 +51,41 @@ def _t5_tokenizer():
     )
 
 
-def make_test_model(
-    out_dir: str,
-    seed: int = 0,
-    fill: str | None = None,
-    latent_channels: int = 16,
-    vae_blocks: int = 4,
-) -> str:
-    """Write the tiny pipeline to ``out_dir`` (a local directory) and return it."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxFillPipeline,
-        FluxTransformer2DModel,
-    )
+def _text_encoders(tokenizer, tokenizer_2):
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    torch.manual_seed(seed)
-    tokenizer = _clip_tokenizer()
-    tokenizer_2 = _t5_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
+    clip = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
     )
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer_2),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
+    t5 = T5Config(
+        vocab_size=len(tokenizer_2),
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
-    c, scale = latent_channels, 2 ** (vae_blocks - 1)
+    return CLIPTextModel(clip), T5EncoderModel(t5)
+
+
+def _transformer(c: int, scale: int):
+    from diffusers import FluxTransformer2DModel
+
     # packed 2x2: noisy latents (4c) ++ masked-image latents (4c) ++ mask (4 scale²)
-    transformer = FluxTransformer2DModel(
+    return FluxTransformer2DModel(
         patch_size=1,
         in_channels=8 * c + 4 * scale * scale,
         out_channels=4 * c,
@@ -114,13 +98,18 @@ def make_test_model(
         guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     )
-    vae = AutoencoderKL(
+
+
+def _vae(c: int, blocks: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=c,
-        block_out_channels=(8,) + (16,) * (vae_blocks - 1),
-        down_block_types=("DownEncoderBlock2D",) * vae_blocks,
-        up_block_types=("UpDecoderBlock2D",) * vae_blocks,
+        block_out_channels=(8,) + (16,) * (blocks - 1),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=64,
@@ -130,7 +119,12 @@ def make_test_model(
         use_post_quant_conv=False,
         mid_block_add_attention=False,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
+
+
+def _scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
         use_dynamic_shifting=True,
@@ -139,8 +133,28 @@ def make_test_model(
         base_image_seq_len=256,
         max_image_seq_len=4096,
     )
+
+
+def make_test_model(
+    out_dir: str,
+    seed: int = 0,
+    fill: str | None = None,
+    latent_channels: int = 16,
+    vae_blocks: int = 4,
+) -> str:
+    """Write the tiny pipeline to ``out_dir`` (a local directory) and return it. The parts
+    are made in a fixed order after one seed, so a seed always gives the same weights."""
+    import torch
+    from diffusers import FluxFillPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = _clip_tokenizer()
+    tokenizer_2 = _t5_tokenizer()
+    text_encoder, text_encoder_2 = _text_encoders(tokenizer, tokenizer_2)
+    transformer = _transformer(latent_channels, 2 ** (vae_blocks - 1))
+    vae = _vae(latent_channels, vae_blocks)
     pipe = FluxFillPipeline(
-        scheduler=scheduler,
+        scheduler=_scheduler(),
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

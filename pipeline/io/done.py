@@ -4,8 +4,8 @@
   the requests whose outputs exist (16 bytes a done row, ``searchsorted``).
 - ``hash64`` / ``key_fingerprints``: vectorised hashes of any string column (ids, image
   names, object keys), so existence checks and per-id lookups are arrays too.
-- ``Prior``: what earlier runs left for this manifest's ids (which are done, their
-  source sizes), built by the output store and read by triage.
+- ``EarlierRuns``: what earlier runs left for this manifest's ids (which are done, their
+  source sizes), found by ``io.earlier`` and read by triage.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def _sorted_lookup(hi: np.ndarray, lo: np.ndarray, qhi: np.ndarray, qlo: np.ndar
     return out
 
 
-class Prior:
+class EarlierRuns:
     """Earlier runs' state for this manifest's ids, as sorted fixed-width arrays: per id
     with an ``ok`` row whose outputs exist, its request-hash fingerprint (the done set)
     and the source size it had (so a rerun needs no image header where the manifest
@@ -176,7 +176,7 @@ class Prior:
         )
 
     @classmethod
-    def from_fields(cls, fields: dict) -> Prior:
+    def from_fields(cls, fields: dict) -> EarlierRuns:
         """From a dict of the six arrays, taken out of it one at a time as they are sorted
         (peak: one array's copy, not all six)."""
         self = cls.__new__(cls)
@@ -204,7 +204,7 @@ class Prior:
             np.save(f, a, allow_pickle=False)
 
     @classmethod
-    def load(cls, f) -> Prior:
+    def load(cls, f) -> EarlierRuns:
         self = cls.__new__(cls)
         self.id_hi, self.id_lo, self.width, self.height = (
             np.load(f, allow_pickle=False) for _ in range(4)
@@ -215,7 +215,7 @@ class Prior:
         return self
 
     @classmethod
-    def empty(cls) -> Prior:
+    def empty(cls) -> EarlierRuns:
         z = np.zeros(0, np.uint64)
         return cls(z, z, z, z, np.zeros(0, np.int32), np.zeros(0, np.int32))
 

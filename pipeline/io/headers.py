@@ -45,6 +45,42 @@ def _describe(uri: str | None) -> str:
     return uri if uri else "image_bytes"
 
 
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 when absent or malformed: the loader ignores it too)."""
+    if img.format not in ("JPEG", "MPO", "WEBP", "PNG", "TIFF"):
+        return 1
+    try:
+        if img.format == "PNG":
+            # getexif() on a PNG decodes the whole image to look for an eXIf chunk after
+            # the pixels; one before them (where writers put it) is in info
+            exif = Image.Exif()
+            if img.info.get("exif"):
+                exif.load(img.info["exif"])
+        else:
+            exif = img.getexif()
+        return int(exif.get(_ORIENTATION_TAG, 1) or 1)
+    except Exception:  # noqa: BLE001 - malformed EXIF: the loader will ignore it too
+        return 1
+
+
+def _open(fileobj, what: str, nbytes: int) -> tuple[str, int, int, int] | Header:
+    """(format, width, height, orientation) from the header, or the row's ``Header`` with its code."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fileobj)
+            return img.format or "", *img.size, _orientation(img)
+    except Image.DecompressionBombError:
+        why = f"{what} declares a size Pillow refuses to open (decompression bomb guard)"
+        return Header(nbytes=nbytes, code="image_too_large", message=why)
+    except UnidentifiedImageError:
+        why = f"{what} is not a readable image (corrupt, truncated, or not an image file)"
+        return Header(nbytes=nbytes, code="image_unreadable", message=why)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        why = f"{what}: the image header could not be read ({type(e).__name__}: {e})"
+        return Header(nbytes=nbytes, code="image_unreadable", message=why)
+
+
 def inspect(fileobj, nbytes: int, uri: str | None, limits: SourceLimits) -> Header:
     """Parse one header from an open binary file object positioned at 0."""
     what = _describe(uri)
@@ -53,67 +89,27 @@ def inspect(fileobj, nbytes: int, uri: str | None, limits: SourceLimits) -> Head
             code="image_unreadable", message=f"{what} is empty (0 bytes); re-export the image"
         )
     if nbytes > limits.max_source_bytes:
-        return Header(
-            nbytes=nbytes,
-            code="image_too_large",
-            message=f"{what} is {nbytes:,} bytes, over limits.max_source_bytes = "
-            f"{limits.max_source_bytes:,}; shrink the file or raise the limit",
+        why = (
+            f"{what} is {nbytes:,} bytes, over limits.max_source_bytes = {limits.max_source_bytes:,}; "
+            "shrink the file or raise the limit"
         )
+        return Header(nbytes=nbytes, code="image_too_large", message=why)
     head = fileobj.read(32)
     fileobj.seek(0)
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _UNSUPPORTED_BRANDS:
-        return Header(
-            nbytes=nbytes,
-            code="unsupported_image",
-            message=f"{what} is HEIF/AVIF ({head[8:12].decode()}), which is not supported; convert it to PNG, JPEG or WebP",
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fileobj)
-            fmt = img.format or ""
-            w, h = img.size
-            orientation = 1
-            if fmt in ("JPEG", "MPO", "WEBP", "PNG", "TIFF"):
-                try:
-                    if fmt == "PNG":
-                        # getexif() on a PNG decodes the whole image to look for an eXIf chunk
-                        # after the pixels; one before them (where writers put it) is in info
-                        exif = Image.Exif()
-                        if img.info.get("exif"):
-                            exif.load(img.info["exif"])
-                    else:
-                        exif = img.getexif()
-                    orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
-                except Exception:  # malformed EXIF: the loader will ignore it too
-                    orientation = 1
-    except Image.DecompressionBombError:
-        return Header(
-            nbytes=nbytes,
-            code="image_too_large",
-            message=f"{what} declares a size Pillow refuses to open (decompression bomb guard)",
-        )
-    except UnidentifiedImageError:
-        return Header(
-            nbytes=nbytes,
-            code="image_unreadable",
-            message=f"{what} is not a readable image (corrupt, truncated, or not an image file)",
-        )
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        return Header(
-            nbytes=nbytes,
-            code="image_unreadable",
-            message=f"{what}: the image header could not be read ({type(e).__name__}: {e})",
-        )
+        why = f"{what} is HEIF/AVIF ({head[8:12].decode()}), which is not supported; convert it to PNG, JPEG or WebP"
+        return Header(nbytes=nbytes, code="unsupported_image", message=why)
+    opened = _open(fileobj, what, nbytes)
+    if isinstance(opened, Header):
+        return opened
+    fmt, w, h, orientation = opened
     if fmt not in SUPPORTED_FORMATS:
+        why = (
+            f"{what} is {fmt or 'an unknown format'}, which is not supported; "
+            f"use one of {', '.join(sorted(SUPPORTED_FORMATS))}"
+        )
         return Header(
-            width=w,
-            height=h,
-            format=fmt,
-            nbytes=nbytes,
-            code="unsupported_image",
-            message=f"{what} is {fmt or 'an unknown format'}, which is not supported; "
-            f"use one of {', '.join(sorted(SUPPORTED_FORMATS))}",
+            width=w, height=h, format=fmt, nbytes=nbytes, code="unsupported_image", message=why
         )
     if orientation in (5, 6, 7, 8):
         w, h = h, w
@@ -122,14 +118,12 @@ def inspect(fileobj, nbytes: int, uri: str | None, limits: SourceLimits) -> Head
             nbytes=nbytes, code="image_unreadable", message=f"{what} declares an empty size {w}×{h}"
         )
     if w * h > limits.max_source_pixels:
+        why = (
+            f"{what} is {w}×{h} = {w * h:,} px, over limits.max_source_pixels = "
+            f"{limits.max_source_pixels:,}; downscale the source or raise the limit"
+        )
         return Header(
-            width=w,
-            height=h,
-            format=fmt,
-            nbytes=nbytes,
-            code="image_too_large",
-            message=f"{what} is {w}×{h} = {w * h:,} px, over limits.max_source_pixels = "
-            f"{limits.max_source_pixels:,}; downscale the source or raise the limit",
+            width=w, height=h, format=fmt, nbytes=nbytes, code="image_too_large", message=why
         )
     return Header(width=w, height=h, format=fmt, nbytes=nbytes)
 

@@ -24,8 +24,6 @@ from PIL import Image
 
 from ..config import NEWSCODES
 
-LEARNED_BACKENDS = ("flux-fill", "bfl-api")
-
 NS = {
     "x": "adobe:ns:meta/",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -41,8 +39,8 @@ for _prefix, _uri in NS.items():
 CARRIED_NS = frozenset(
     NS[k] for k in ("dc", "xmpRights", "photoshop", "Iptc4xmpCore", "Iptc4xmpExt", "plus")
 )
-_RDF = "{%s}" % NS["rdf"]
-_DST = "{%s}DigitalSourceType" % NS["Iptc4xmpExt"]
+_RDF = "{" + NS["rdf"] + "}"
+_DST = "{" + NS["Iptc4xmpExt"] + "}DigitalSourceType"
 XMP_LIMIT = 60_000  # a JPEG APP1 segment holds at most 65,502 bytes of XMP
 
 _ORIENTATION, _GPS_IFD, _EXIF_IFD = 0x0112, 0x8825, 0x8769
@@ -63,18 +61,14 @@ _IIM = {
 }
 
 
-def source_type_uri(setting: str, backend: str) -> str | None:
-    """``output.digital_source_type`` -> the term's URI (None: no label). ``auto``:
-    learned models are ``compositeWithTrainedAlgorithmicMedia``, classical fills
-    ``compositeSynthetic``."""
+def source_type_uri(setting: str, learned: bool) -> str | None:
+    """``output.digital_source_type`` -> the term's URI (None: no label). ``auto``: a
+    learned model's output is ``compositeWithTrainedAlgorithmicMedia``, a classical
+    fill's ``compositeSynthetic``."""
     if setting == "none":
         return None
     if setting == "auto":
-        setting = (
-            "compositeWithTrainedAlgorithmicMedia"
-            if backend in LEARNED_BACKENDS
-            else "compositeSynthetic"
-        )
+        setting = "compositeWithTrainedAlgorithmicMedia" if learned else "compositeSynthetic"
     return setting if setting.startswith("http") else NEWSCODES + setting
 
 
@@ -166,7 +160,7 @@ def _iim(img: Image.Image) -> dict[str, ET.Element]:
         texts = [v.decode("utf-8", "replace").strip() for v in values if v]
         if not texts:
             continue
-        tag = "{%s}%s" % (NS[prefix], name)
+        tag = f"{{{NS[prefix]}}}{name}"
         el = ET.Element(tag)
         if container is None:
             el.text = texts[0]
@@ -195,7 +189,7 @@ def xmp_packet(rights: Rights | None, source_type: str | None) -> bytes | None:
 
 
 def _packet(props: list[str], source_type: str | None) -> bytes:
-    root = ET.Element("{%s}xmpmeta" % NS["x"])
+    root = ET.Element("{" + NS["x"] + "}xmpmeta")
     rdf = ET.SubElement(root, _RDF + "RDF")
     desc = ET.SubElement(rdf, _RDF + "Description", {_RDF + "about": ""})
     for text in props:

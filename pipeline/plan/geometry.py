@@ -47,6 +47,9 @@ class SizingRules:
     grid: int = GRID  # fast-mode alignment: the checkpoint's (FLUX.1: 16 = VAE x8, 2x2 packing)
 
 
+DEFAULT_RULES = SizingRules()
+
+
 @dataclass
 class GeometryInput:
     """Column arrays of equal length ``n``; masks say where a nullable value is present."""
@@ -132,13 +135,13 @@ def _bisect(lo, hi, w0, h0, a, b, fast, max_pixels: int, grid: int = GRID):
         active = np.flatnonzero(lo < hi)
         if not len(active):
             return lo
-        l, h_ = lo[active], hi[active]
-        mid = (l + h_ + 1) // 2
+        low, high = lo[active], hi[active]
+        mid = (low + high + 1) // 2
         good = _fits_at(
             mid, w0[active], h0[active], a[active], b[active], fast[active], max_pixels, grid
         )
-        lo[active] = np.where(good, mid, l)
-        hi[active] = np.where(good, h_, mid - 1)
+        lo[active] = np.where(good, mid, low)
+        hi[active] = np.where(good, high, mid - 1)
 
 
 def _largest_root(qa, qb, qc):
@@ -196,48 +199,46 @@ def _anchor(pos_axis, free):
     return np.where(pos_axis == 0, 0, np.where(pos_axis == 1, free // 2, free))
 
 
-def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[str, np.ndarray]:
-    """Plan every row. Returns columns (int64 unless noted):
+class _Codes:
+    """Each row's first failure: a later check never overwrites an earlier code."""
 
-    ``code`` (int16 index into ``codes.CODES``), ``geometry_valid`` (bool: the
-    geometry columns mean something), ``canvas_width/height``, ``scale`` (float64),
-    ``reference_width/height`` (scaled source), ``offset_x/y``, ``visible_x0/y0/x1/y1``,
-    ``pad_left/top``, ``aligned_width/height``, ``generated`` (bool).
-    """
-    n = len(g)
-    MAX = rules.max_pixels
-    i64 = np.int64
-    code = np.zeros(n, dtype=np.int16)
+    def __init__(self, n: int):
+        self.code = np.zeros(n, dtype=np.int16)
 
-    def reject(cond, name):
-        hit = (code == 0) & cond
-        code[hit] = CODE[name]
+    def reject(self, cond: np.ndarray, name: str) -> None:
+        self.code[(self.code == 0) & cond] = CODE[name]
 
-    # 1. request errors (read-time ones first, then the targets), ids, image errors
+    def carry(self, given: np.ndarray) -> None:
+        """Codes found before geometry (ids, images), in their place in the order."""
+        self.code = np.where((self.code == 0) & (given > 0), given, self.code).astype(np.int16)
+
+
+def _request_checks(g: GeometryInput, codes_: _Codes) -> np.ndarray:
+    """1. request errors (read-time ones first, then the targets), ids, image errors;
+    returns the rows still alive."""
     size_any = g.has_width | g.has_height
-    bad_target = (
-        (size_any & g.has_ratio)
-        | ~(size_any | g.has_ratio)
-        | (size_any & ~(g.has_width & g.has_height))
-    )
-    reject(g.request_code > 0, "invalid_request")
-    reject(bad_target, "invalid_request")
-    code = np.where((code == 0) & (g.id_code > 0), g.id_code, code).astype(np.int16)
-    code = np.where((code == 0) & (g.image_code > 0), g.image_code, code).astype(np.int16)
-    alive = code == 0
+    both = size_any & g.has_ratio
+    neither = ~(size_any | g.has_ratio)
+    half = size_any & ~(g.has_width & g.has_height)
+    codes_.reject(g.request_code > 0, "invalid_request")
+    codes_.reject(both | neither | half, "invalid_request")
+    codes_.carry(g.id_code)
+    codes_.carry(g.image_code)
+    return codes_.code == 0
 
+
+def _canvas(g: GeometryInput, rules: SizingRules, alive: np.ndarray):
+    """2. canvas and reference size: (W, H, w, h, scale k/1e4, rows no scale can fit)."""
+    n, i64, MAX, G = len(g), np.int64, rules.max_pixels, rules.grid
     w0 = np.where(alive, g.src_w, 1).astype(i64)
     h0 = np.where(alive, g.src_h, 1).astype(i64)
     is_ratio = alive & g.has_ratio
     a = np.where(is_ratio, g.ratio_num, 1).astype(i64)
     b = np.where(is_ratio, g.ratio_den, 1).astype(i64)
-
-    # 2. canvas and reference size
     k = np.full(n, SCALE_DEN, dtype=i64)
     W0, H0 = aspect_canvas(w0, h0, a, b)
     W = np.where(is_ratio, W0, g.width).astype(i64)
     H = np.where(is_ratio, H0, g.height).astype(i64)
-    G = rules.grid
     need = is_ratio & ~fits(W0, H0, g.fast, MAX, G)
     unscalable = np.zeros(n, dtype=bool)
     if need.any():
@@ -254,40 +255,66 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
     h = np.maximum(h0 * k // SCALE_DEN, 1)
     scaled = is_ratio & (k != SCALE_DEN)
     Ws, Hs = aspect_canvas(w, h, a, b)
-    W = np.where(scaled, Ws, W)
-    H = np.where(scaled, Hs, H)
+    return np.where(scaled, Ws, W), np.where(scaled, Hs, H), w, h, k, unscalable
 
-    # 3. placement
-    ox = np.clip(g.offset_x, -_COORD_CLAMP, _COORD_CLAMP).astype(i64)
-    oy = np.clip(g.offset_y, -_COORD_CLAMP, _COORD_CLAMP).astype(i64)
-    x = np.where(g.has_offset_x, ox, _anchor(g.anchor_h, W - w)).astype(i64)
-    y = np.where(g.has_offset_y, oy, _anchor(g.anchor_v, H - h)).astype(i64)
 
-    # 4. checks in contract order
-    reject(alive & ((W < MIN_SIDE) | (H < MIN_SIDE)), "canvas_too_small")
-    reject(alive & (unscalable | (area(W, H, MAX) > MAX)), "canvas_too_large")
+def _place(g: GeometryInput, W, H, w, h):
+    """3. placement: the offsets, else the anchor."""
+    ox = np.clip(g.offset_x, -_COORD_CLAMP, _COORD_CLAMP).astype(np.int64)
+    oy = np.clip(g.offset_y, -_COORD_CLAMP, _COORD_CLAMP).astype(np.int64)
+    x = np.where(g.has_offset_x, ox, _anchor(g.anchor_h, W - w)).astype(np.int64)
+    y = np.where(g.has_offset_y, oy, _anchor(g.anchor_v, H - h)).astype(np.int64)
+    return x, y
+
+
+def _visible(g, alive, codes_: _Codes, too_large, W, H, x, y, w, h):
+    """4. the canvas checks, then the visible box V = R ∩ C (auto_crop) or out_of_bounds."""
+    codes_.reject(alive & ((W < MIN_SIDE) | (H < MIN_SIDE)), "canvas_too_small")
+    codes_.reject(too_large, "canvas_too_large")
     inside = (x >= 0) & (y >= 0) & (x + w <= W) & (y + h <= H)
     vx0, vy0 = np.maximum(x, 0), np.maximum(y, 0)
     vx1, vy1 = np.minimum(x + w, W), np.minimum(y + h, H)
     empty = (vx0 >= vx1) | (vy0 >= vy1)
-    reject(alive & ~inside & ~g.auto_crop, "out_of_bounds")
-    reject(alive & ~inside & empty, "no_overlap")
-    vx0, vy0 = np.where(empty, 0, vx0), np.where(empty, 0, vy0)
-    vx1, vy1 = np.where(empty, 0, vx1), np.where(empty, 0, vy1)
+    codes_.reject(alive & ~inside & ~g.auto_crop, "out_of_bounds")
+    codes_.reject(alive & ~inside & empty, "no_overlap")
+    return [np.where(empty, 0, v) for v in (vx0, vy0, vx1, vy1)]
 
+
+def _fast_checks(g, alive, codes_: _Codes, rules: SizingRules, W, H, box):
+    """5. fast mode: the reference's own limits and the aligned canvas."""
+    vx0, vy0, vx1, vy1 = box
+    G, MAX = rules.grid, rules.max_pixels
     vw, vh = vx1 - vx0, vy1 - vy0
     fast = alive & g.fast
-    pad_left = np.where(fast, (-vx0) % G, 0)
-    pad_top = np.where(fast, (-vy0) % G, 0)
-    aligned_w = ceil_grid(W + pad_left, G)
-    aligned_h = ceil_grid(H + pad_top, G)
-    reject(fast & (np.minimum(vw, vh) < MIN_SIDE), "reference_too_small")
-    reject(fast & (np.maximum(vw, vh) > MAX_REF_ASPECT * np.minimum(vw, vh)), "reference_aspect")
-    reject(fast & (area(aligned_w, aligned_h, MAX) > MAX), "aligned_canvas_too_large")
+    pad_left = np.where(fast, (-vx0) % G, 0).astype(np.int64)
+    pad_top = np.where(fast, (-vy0) % G, 0).astype(np.int64)
+    aligned_w, aligned_h = ceil_grid(W + pad_left, G), ceil_grid(H + pad_top, G)
+    short, long = np.minimum(vw, vh), np.maximum(vw, vh)
+    codes_.reject(fast & (short < MIN_SIDE), "reference_too_small")
+    codes_.reject(fast & (long > MAX_REF_ASPECT * short), "reference_aspect")
+    codes_.reject(fast & (area(aligned_w, aligned_h, MAX) > MAX), "aligned_canvas_too_large")
+    return pad_left, pad_top, aligned_w, aligned_h
 
+
+def plan_geometry(g: GeometryInput, rules: SizingRules = DEFAULT_RULES) -> dict[str, np.ndarray]:
+    """Plan every row. Returns columns (int64 unless noted):
+
+    ``code`` (int16 index into ``codes.CODES``), ``geometry_valid`` (bool: the
+    geometry columns mean something), ``canvas_width/height``, ``scale`` (float64),
+    ``reference_width/height`` (scaled source), ``offset_x/y``, ``visible_x0/y0/x1/y1``,
+    ``pad_left/top``, ``aligned_width/height``, ``generated`` (bool).
+    """
+    codes_ = _Codes(len(g))
+    alive = _request_checks(g, codes_)
+    W, H, w, h, k, unscalable = _canvas(g, rules, alive)
+    x, y = _place(g, W, H, w, h)
+    too_large = alive & (unscalable | (area(W, H, rules.max_pixels) > rules.max_pixels))
+    box = _visible(g, alive, codes_, too_large, W, H, x, y, w, h)
+    pad_left, pad_top, aligned_w, aligned_h = _fast_checks(g, alive, codes_, rules, W, H, box)
+    vx0, vy0, vx1, vy1 = box
     generated = ~((vx0 == 0) & (vy0 == 0) & (vx1 == W) & (vy1 == H))
     return {
-        "code": code,
+        "code": codes_.code,
         "geometry_valid": alive,
         "canvas_width": W,
         "canvas_height": H,
@@ -300,17 +327,17 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = SizingRules()) -> dict[
         "visible_y0": vy0,
         "visible_x1": vx1,
         "visible_y1": vy1,
-        "pad_left": pad_left.astype(i64),
-        "pad_top": pad_top.astype(i64),
+        "pad_left": pad_left,
+        "pad_top": pad_top,
         "aligned_width": aligned_w,
         "aligned_height": aligned_h,
-        "generated": generated & alive & (code == 0),
+        "generated": generated & alive & (codes_.code == 0),
     }
 
 
 def plan_geometry_threaded(
     g: GeometryInput,
-    rules: SizingRules = SizingRules(),
+    rules: SizingRules = DEFAULT_RULES,
     chunk: int = 131_072,
     threads: int | None = None,
 ) -> dict[str, np.ndarray]:

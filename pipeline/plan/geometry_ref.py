@@ -27,74 +27,90 @@ def _canvas_for_ratio(w: int, h: int, a: int, b: int) -> tuple[int, int]:
 def _fits(W: int, H: int, fast: bool, max_pixels: int, grid: int = GRID) -> bool:
     if max_pixels < W * H:
         return False
-    if fast and _ceil_grid(W + grid - 1, grid) * _ceil_grid(H + grid - 1, grid) > max_pixels:
-        return False
-    return True
+    aligned = _ceil_grid(W + grid - 1, grid) * _ceil_grid(H + grid - 1, grid)
+    return not (fast and aligned > max_pixels)
 
 
-def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
+def _request_code(row: dict) -> str | None:
+    """The request's own problems, then the id's and the image's, in the contract's order."""
+    has_size = row.get("width") is not None or row.get("height") is not None
+    ratio = row.get("ratio")
+    if row.get("request_code"):
+        return "invalid_request"
+    if (has_size and ratio is not None) or (not has_size and ratio is None):
+        return "invalid_request"
+    if has_size and (row.get("width") is None or row.get("height") is None):
+        return "invalid_request"
+    return row.get("id_code") or row.get("image_code") or None
+
+
+def _largest_scale(w0: int, h0: int, a: int, b: int, fast: bool, rules: SizingRules) -> int:
+    """Binary search for the largest k/10000 < 1 whose canvas fits (0: none does)."""
+    lo, hi = 0, SCALE_DEN - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        ws, hs = w0 * mid // SCALE_DEN, h0 * mid // SCALE_DEN
+        if _fits(*_canvas_for_ratio(ws, hs, a, b), fast, rules.max_pixels, rules.grid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _sizes(row: dict, rules: SizingRules):
+    """(W, H, w, h, k, code): the canvas, the scaled reference and its scale, and
+    ``canvas_too_large`` where no scale fits."""
+    w0, h0, fast = row["src_w"], row["src_h"], bool(row.get("fast"))
+    if row.get("ratio") is None:
+        W, H = row["width"], row["height"]
+        if not rules.fit_contain:
+            return W, H, w0, h0, SCALE_DEN, None
+        s = min(rules.fill_fraction * W / w0, rules.fill_fraction * H / h0)
+        k = int(s * SCALE_DEN + 1e-6)
+        k = max(min(k, SCALE_DEN) if not rules.allow_upscale else k, 1)
+        return W, H, max(w0 * k // SCALE_DEN, 1), max(h0 * k // SCALE_DEN, 1), k, None
+    a, b = row["ratio"]
+    W, H = _canvas_for_ratio(w0, h0, a, b)
+    if _fits(W, H, fast, rules.max_pixels, rules.grid):
+        return W, H, w0, h0, SCALE_DEN, None
+    k = _largest_scale(w0, h0, a, b, fast, rules)
+    if k == 0 or w0 * k // SCALE_DEN == 0 or h0 * k // SCALE_DEN == 0:
+        return (
+            W,
+            H,
+            w0,
+            h0,
+            SCALE_DEN,
+            "canvas_too_large",
+        )  # nothing fits, or only a 0-px reference would
+    w, h = w0 * k // SCALE_DEN, h0 * k // SCALE_DEN
+    return (*_canvas_for_ratio(w, h, a, b), w, h, k, None)
+
+
+def _fast_code(vw: int, vh: int, aligned: int, rules: SizingRules) -> str | None:
+    if min(vw, vh) < MIN_SIDE:
+        return "reference_too_small"
+    if max(vw, vh) > MAX_REF_ASPECT * min(vw, vh):
+        return "reference_aspect"
+    return "aligned_canvas_too_large" if aligned > rules.max_pixels else None
+
+
+def plan_row(row: dict, rules: SizingRules | None = None) -> dict:
     """``row`` keys: src_w, src_h, width, height, ratio (tuple a, b or None), offset_x,
     offset_y (None = anchor), anchor ((h, v) each 0/1/2), auto_crop, fast, and
     request_code / id_code / image_code (code names or None). Returns ``code``
     (name or None) and, when geometry was computed, the geometry columns."""
-    MAX = rules.max_pixels
-    has_size = row.get("width") is not None or row.get("height") is not None
-    ratio = row.get("ratio")
-    if row.get("request_code"):
-        return {"code": "invalid_request"}
-    if has_size and ratio is not None:
-        return {"code": "invalid_request"}
-    if not has_size and ratio is None:
-        return {"code": "invalid_request"}
-    if has_size and (row.get("width") is None or row.get("height") is None):
-        return {"code": "invalid_request"}
-    if row.get("id_code"):
-        return {"code": row["id_code"]}
-    if row.get("image_code"):
-        return {"code": row["image_code"]}
-
-    w0, h0, fast = row["src_w"], row["src_h"], bool(row.get("fast"))
-    k = SCALE_DEN
-    code = None
-    if ratio is not None:
-        a, b = ratio
-        W, H = _canvas_for_ratio(w0, h0, a, b)
-        w, h = w0, h0
-        if not _fits(W, H, fast, MAX, rules.grid):
-            # binary search for the largest k/10000 < 1 whose canvas fits
-            lo, hi = 0, SCALE_DEN - 1
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                ws, hs = w0 * mid // SCALE_DEN, h0 * mid // SCALE_DEN
-                if _fits(*_canvas_for_ratio(ws, hs, a, b), fast, MAX, rules.grid):
-                    lo = mid
-                else:
-                    hi = mid - 1
-            if lo == 0 or w0 * lo // SCALE_DEN == 0 or h0 * lo // SCALE_DEN == 0:
-                code = "canvas_too_large"  # nothing fits, or only a 0-px reference would
-                k = SCALE_DEN
-            else:
-                k = lo
-                w, h = w0 * k // SCALE_DEN, h0 * k // SCALE_DEN
-                W, H = _canvas_for_ratio(w, h, a, b)
-    else:
-        W, H = row["width"], row["height"]
-        w, h = w0, h0
-        if rules.fit_contain:
-            s = min(rules.fill_fraction * W / w0, rules.fill_fraction * H / h0)
-            k = int(s * SCALE_DEN + 1e-6)
-            if not rules.allow_upscale:
-                k = min(k, SCALE_DEN)
-            k = max(k, 1)
-            w, h = max(w0 * k // SCALE_DEN, 1), max(h0 * k // SCALE_DEN, 1)
-
+    rules = rules or SizingRules()
+    early = _request_code(row)
+    if early:
+        return {"code": early}
+    W, H, w, h, k, code = _sizes(row, rules)
     ah, av = row.get("anchor", (1, 1))
     x = row["offset_x"] if row.get("offset_x") is not None else [0, (W - w) // 2, W - w][ah]
     y = row["offset_y"] if row.get("offset_y") is not None else [0, (H - h) // 2, H - h][av]
-
     if W < MIN_SIDE or H < MIN_SIDE:
         code = "canvas_too_small"
-    elif code is None and W * H > MAX:
+    elif code is None and rules.max_pixels < W * H:
         code = "canvas_too_large"
     vx0, vy0, vx1, vy1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
     inside = x >= 0 and y >= 0 and x + w <= W and y + h <= H
@@ -105,18 +121,12 @@ def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
             code = "no_overlap"
     if vx0 >= vx1 or vy0 >= vy1:
         vx0 = vy0 = vx1 = vy1 = 0
-    G = rules.grid
-    pad_left = (-vx0) % G if fast else 0
-    pad_top = (-vy0) % G if fast else 0
+    fast, G = bool(row.get("fast")), rules.grid
+    pad_left, pad_top = ((-vx0) % G, (-vy0) % G) if fast else (0, 0)
     aw, ah_ = _ceil_grid(W + pad_left, G), _ceil_grid(H + pad_top, G)
     if code is None and fast:
-        vw, vh = vx1 - vx0, vy1 - vy0
-        if min(vw, vh) < MIN_SIDE:
-            code = "reference_too_small"
-        elif max(vw, vh) > MAX_REF_ASPECT * min(vw, vh):
-            code = "reference_aspect"
-        elif aw * ah_ > MAX:
-            code = "aligned_canvas_too_large"
+        code = _fast_code(vx1 - vx0, vy1 - vy0, aw * ah_, rules)
+    whole = vx0 == 0 and vy0 == 0 and vx1 == W and vy1 == H
     return {
         "code": code,
         "canvas_width": W,
@@ -134,7 +144,7 @@ def plan_row(row: dict, rules: SizingRules = SizingRules()) -> dict:
         "pad_top": pad_top,
         "aligned_width": aw,
         "aligned_height": ah_,
-        "generated": code is None and not (vx0 == 0 and vy0 == 0 and vx1 == W and vy1 == H),
+        "generated": code is None and not whole,
     }
 
 

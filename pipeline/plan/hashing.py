@@ -9,41 +9,19 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from ..backends import spec_of
 from ..config import Config
-
-# Bump when an algorithm's output changes, so resumed runs redo its rows.
-BACKEND_VERSIONS = {"solid": "1", "classical": "3", "flux-fill": "2", "bfl-api": "1"}
 
 
 def model_identity(cfg: Config) -> dict:
-    m = cfg.model
-    ident = {"backend": m.backend, "version": BACKEND_VERSIONS[m.backend]}
-    if m.backend == "solid":
-        ident.update(mode=m.solid_mode, color=list(m.solid_color), blur=m.solid_blur)
-    elif m.backend == "classical":
-        ident.update(grain=m.classical_grain)
-    elif m.backend == "bfl-api":  # what the API is asked (the endpoint is where, not what)
-        ident.update(
-            safety=m.api.safety_tolerance, result=m.api.result_format, upload=m.api.upload_format
-        )
-    else:
-        ident.update(path=m.path, fill=m.fill, guidance=m.guidance, dtype=m.dtype)
-        # the optimisations that change pixels (compile and fused QKV do not, to ~1e-3)
-        if m.optimize.fp8:
-            ident.update(fp8=True)
-        if m.optimize.bucket_px != 16:
-            ident.update(bucket_px=m.optimize.bucket_px)
-        if m.quantize != "none":
-            ident.update(quantize=m.quantize)
-    return ident
+    """The backend, its version and the settings that decide its pixels."""
+    spec = spec_of(cfg.model)
+    return {"backend": spec.name, "version": spec.version, **spec.settings(cfg.model)}
 
 
 def model_name(cfg: Config) -> str:
-    if cfg.model.backend == "flux-fill":
-        return f"flux-fill:{cfg.model.path}"
-    if cfg.model.backend == "bfl-api":
-        return f"bfl-api:{cfg.model.api.endpoint}"
-    return cfg.model.backend
+    """What made a row (the metadata's ``model``): the backend, and its weights or endpoint."""
+    return spec_of(cfg.model).where(cfg.model)
 
 
 # Output settings that came after outputs already existed: in the hash only when set

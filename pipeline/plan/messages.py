@@ -6,6 +6,8 @@ a manifest where every row is rejected still plans at column speed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,92 +47,139 @@ def _dims(a, b) -> np.ndarray:
     return cat(_s(a), "×", _s(b))
 
 
+@dataclass
+class _Rejected:
+    """The geometry of the rows rejected with one code (arrays of the rows' values)."""
+
+    W: np.ndarray
+    H: np.ndarray
+    w: np.ndarray
+    h: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    vw: np.ndarray  # the visible box
+    vh: np.ndarray
+    aw: np.ndarray  # the aligned canvas (fast mode)
+    ah: np.ndarray
+    max_pixels: int
+
+    @classmethod
+    def of(cls, out: dict, idx: np.ndarray, max_pixels: int) -> _Rejected:
+        def col(name):
+            return out[name][idx]
+
+        vw = col("visible_x1") - col("visible_x0")
+        vh = col("visible_y1") - col("visible_y0")
+        return cls(
+            col("canvas_width"),
+            col("canvas_height"),
+            col("reference_width"),
+            col("reference_height"),
+            col("offset_x"),
+            col("offset_y"),
+            vw,
+            vh,
+            col("aligned_width"),
+            col("aligned_height"),
+            max_pixels,
+        )
+
+    @property
+    def limit(self) -> str:
+        return f"{self.max_pixels:,}"
+
+
+def _canvas_too_small(r: _Rejected) -> pa.Array:
+    return cat(
+        "canvas ",
+        _dims(r.W, r.H),
+        f" is under the {MIN_SIDE} px minimum on a side; "
+        f"use a width and height of at least {MIN_SIDE}",
+    )
+
+
+def _canvas_too_large(r: _Rejected) -> pa.Array:
+    over = cat(
+        "canvas ",
+        _dims(r.W, r.H),
+        " = ",
+        commas(r.W * r.H),
+        f" px exceeds the {r.limit} px limit; reduce width or height",
+    )
+    no_scale = cat(
+        "no scale of the ",
+        _dims(r.w, r.h),
+        " reference gives a canvas of this aspect ratio "
+        f"within {r.limit} px; use a less extreme aspect_ratio",
+    )
+    return pc.if_else(pa.array(r.max_pixels < r.W * r.H), over, no_scale)
+
+
+def _placed(r: _Rejected, where: str, advice: str) -> pa.Array:
+    """"reference WxH at (x, y) {where} the WxH canvas{advice}"."""
+    at = cat("reference ", _dims(r.w, r.h), " at (", _s(r.x), ", ", _s(r.y), ") ")
+    return cat(at, where, " the ", _dims(r.W, r.H), " canvas", advice)
+
+
+def _out_of_bounds(r: _Rejected) -> pa.Array:
+    advice = "; move it inside (reference_offset_x/y) or set auto_crop: true to crop it"
+    return _placed(r, "extends past", advice)
+
+
+def _no_overlap(r: _Rejected) -> pa.Array:
+    advice = ", so nothing of the image would remain; fix reference_offset_x/y"
+    return _placed(r, "lies entirely outside", advice)
+
+
+def _reference_too_small(r: _Rejected) -> pa.Array:
+    return cat(
+        "the visible reference is ",
+        _dims(r.vw, r.vh),
+        f", under the {MIN_SIDE} px per side that fast "
+        "mode needs; use mode: high or a larger source",
+    )
+
+
+def _reference_aspect(r: _Rejected) -> pa.Array:
+    ratio = np.maximum(r.vw, r.vh) / np.maximum(1, np.minimum(r.vw, r.vh))
+    shown = pc.round(pa.array(ratio), 2).cast(pa.string())
+    return cat(
+        "the visible reference is ",
+        _dims(r.vw, r.vh),
+        " (",
+        shown,
+        f":1), over fast mode's {MAX_REF_ASPECT}:1 limit; use mode: high",
+    )
+
+
+def _aligned_canvas_too_large(r: _Rejected) -> pa.Array:
+    return cat(
+        "fast mode aligns the reference to the 16 px latent grid, making the canvas ",
+        _dims(r.aw, r.ah),
+        " = ",
+        commas(r.aw * r.ah),
+        f" px, over the {r.limit} px limit; place the reference at an offset "
+        "that is a multiple of 16, reduce the canvas, or use mode: high",
+    )
+
+
+MESSAGES = {
+    "canvas_too_small": _canvas_too_small,
+    "canvas_too_large": _canvas_too_large,
+    "out_of_bounds": _out_of_bounds,
+    "no_overlap": _no_overlap,
+    "reference_too_small": _reference_too_small,
+    "reference_aspect": _reference_aspect,
+    "aligned_canvas_too_large": _aligned_canvas_too_large,
+}
+
+
 def geometry_messages(code: str, out: dict, idx: np.ndarray, max_pixels: int) -> pa.Array:
     """Messages for rows ``idx`` of ``plan_geometry`` output ``out``, all with ``code``."""
-
-    def col(name):
-        return out[name][idx]
-
-    W, H = col("canvas_width"), col("canvas_height")
-    w, h = col("reference_width"), col("reference_height")
-    x, y = col("offset_x"), col("offset_y")
-    vw, vh = col("visible_x1") - col("visible_x0"), col("visible_y1") - col("visible_y0")
-    limit = f"{max_pixels:,}"
-    if code == "canvas_too_small":
-        return cat(
-            "canvas ",
-            _dims(W, H),
-            f" is under the {MIN_SIDE} px minimum on a side; "
-            f"use a width and height of at least {MIN_SIDE}",
-        )
-    if code == "canvas_too_large":
-        over = cat(
-            "canvas ",
-            _dims(W, H),
-            " = ",
-            commas(W * H),
-            f" px exceeds the {limit} px limit; reduce width or height",
-        )
-        no_scale = cat(
-            "no scale of the ",
-            _dims(w, h),
-            " reference gives a canvas of this aspect ratio "
-            f"within {limit} px; use a less extreme aspect_ratio",
-        )
-        return pc.if_else(pa.array(max_pixels < W * H), over, no_scale)
-    if code == "out_of_bounds":
-        return cat(
-            "reference ",
-            _dims(w, h),
-            " at (",
-            _s(x),
-            ", ",
-            _s(y),
-            ") extends past the ",
-            _dims(W, H),
-            " canvas; move it inside (reference_offset_x/y) or set auto_crop: true to crop it",
-        )
-    if code == "no_overlap":
-        return cat(
-            "reference ",
-            _dims(w, h),
-            " at (",
-            _s(x),
-            ", ",
-            _s(y),
-            ") lies entirely outside the ",
-            _dims(W, H),
-            " canvas, so nothing of the image would remain; fix reference_offset_x/y",
-        )
-    if code == "reference_too_small":
-        return cat(
-            "the visible reference is ",
-            _dims(vw, vh),
-            f", under the {MIN_SIDE} px per side that fast "
-            "mode needs; use mode: high or a larger source",
-        )
-    if code == "reference_aspect":
-        ratio = pc.round(pa.array(np.maximum(vw, vh) / np.maximum(1, np.minimum(vw, vh))), 2).cast(
-            pa.string()
-        )
-        return cat(
-            "the visible reference is ",
-            _dims(vw, vh),
-            " (",
-            ratio,
-            f":1), over fast mode's {MAX_REF_ASPECT}:1 limit; use mode: high",
-        )
-    if code == "aligned_canvas_too_large":
-        aw, ah = col("aligned_width"), col("aligned_height")
-        return cat(
-            "fast mode aligns the reference to the 16 px latent grid, making the canvas ",
-            _dims(aw, ah),
-            " = ",
-            commas(aw * ah),
-            f" px, over the {limit} px limit; place the reference at an offset "
-            "that is a multiple of 16, reduce the canvas, or use mode: high",
-        )
-    return pa.array([code] * len(idx), pa.string())
+    build = MESSAGES.get(code)
+    if build is None:
+        return pa.array([code] * len(idx), pa.string())
+    return build(_Rejected.of(out, idx, max_pixels))
 
 
 def id_message(code: str, row_id: str, first_row: int | None) -> str:

@@ -253,52 +253,67 @@ def _choose(idx: np.ndarray, names: tuple[str, ...], given: pa.StringArray) -> p
 
 
 def normalise(table: pa.Table, cfg: Config) -> Requests:
-    """Apply defaults and type every request field; problems become messages."""
+    """Apply defaults and type every request field; problems become messages (the first
+    problem of a row wins, so the steps run in the contract's order)."""
     n = table.num_rows
     d = cfg.defaults
     p = _Problems(n)
+    ids, missing_id = _ids(table, p)
+    fields = {
+        **_source(table, cfg.input.image_root, p),
+        **_targets(table, d, p),
+        **_placement(table, d, p),
+        **_generation(table, cfg, ids, p),
+        **_source_size(table, p),
+    }
+    # the id rule: invalid_id is its own code, after invalid_request
+    id_ok = pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False)
+    bad_id = ~np.asarray(id_ok, dtype=bool) & ~missing_id
+    return Requests(ids=ids, problem=p.msg, bad_id=bad_id, **fields)
 
+
+def _ids(table: pa.Table, p: _Problems) -> tuple[pa.StringArray, np.ndarray]:
     ids, _ = str_column(table, "id", None, numbers_ok=True)
-    missing_id = ~_present(ids, n)
-    ids = ids.fill_null("")
-    p.add(missing_id, "id is missing; every row needs an id")
+    missing = ~_present(ids, table.num_rows)
+    p.add(missing, "id is missing; every row needs an id")
+    return ids.fill_null(""), missing
 
-    # --- source: exactly one of image / image_bytes
+
+def _source(table: pa.Table, image_root: str | None, p: _Problems) -> dict:
+    """Exactly one of image / image_bytes."""
+    n = table.num_rows
     image, image_bad = str_column(table, "image", None)
     has_bytes = _present(_column(table, "image_bytes"), n)
-    has_image = _present(image, n) & np.asarray(
-        pc.fill_null(pc.not_equal(image, ""), False), dtype=bool
-    )
+    given = np.asarray(pc.fill_null(pc.not_equal(image, ""), False), dtype=bool)
+    has_image = _present(image, n) & given
     p.add(image_bad, "image must be a string URI")
     p.add(has_image & has_bytes, "give either image or image_bytes, not both")
     p.add(~has_image & ~has_bytes, "no source image: set image (a URI) or image_bytes")
-    image = _resolve_images(
-        pc.if_else(pa.array(has_image), image, pa.scalar(None, pa.string())), cfg.input.image_root
-    )
+    image = pc.if_else(pa.array(has_image), image, pa.scalar(None, pa.string()))
+    return {"image": _resolve_images(image, image_root), "has_bytes": has_bytes}
 
-    # --- targets: row targets, as a group, override the defaults' targets
+
+def _targets(table: pa.Table, d, p: _Problems) -> dict:
+    """Row targets, as a group, override the defaults' targets."""
     width, has_w, bad_w = int_column(table, "width")
     height, has_h, bad_h = int_column(table, "height")
-    ra, rb, has_r, bad_r = _ratio_column(table, n)
+    ra, rb, has_r, bad_r = _ratio_column(table, table.num_rows)
     row_target = has_w | has_h | has_r
     p.add(bad_w, "width must be an integer number of pixels")
     p.add(bad_h, "height must be an integer number of pixels")
     if bad_r.any():
         raw = _column(table, "aspect_ratio")
-        p.add(
-            bad_r,
-            lambda i: (
-                f"aspect_ratio {raw[i].as_py()!r} is not a positive 'W:H' or number "
-                "between 1:10000 and 10000:1"
-            ),
-        )
+
+        def bad_ratio(i):
+            return f"aspect_ratio {raw[i].as_py()!r} is not a positive 'W:H' or number between 1:10000 and 10000:1"
+
+        p.add(bad_r, bad_ratio)
+    use = ~row_target
     if d.aspect_ratio is not None:
         r = parse_ratio(d.aspect_ratio)
-        use = ~row_target
         ra, rb = np.where(use, r.numerator, ra), np.where(use, r.denominator, rb)
         has_r = has_r | use
     elif d.width is not None:
-        use = ~row_target
         width, height = np.where(use, d.width, width), np.where(use, d.height, height)
         has_w, has_h = has_w | use, has_h | use
     p.add(has_w & has_h & has_r, "give either width+height or aspect_ratio, not both")
@@ -307,8 +322,18 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
         ~has_w & ~has_h & ~has_r,
         "no target: give width+height or aspect_ratio (or set one in defaults:)",
     )
+    return {
+        "width": width,
+        "height": height,
+        "has_width": has_w,
+        "has_height": has_h,
+        "ratio_num": ra,
+        "ratio_den": rb,
+        "has_ratio": has_r,
+    }
 
-    # --- placement
+
+def _placement(table: pa.Table, d, p: _Problems) -> dict:
     ox, has_ox, bad_ox = int_column(table, "reference_offset_x")
     oy, has_oy, bad_oy = int_column(table, "reference_offset_y")
     p.add(bad_ox, "reference_offset_x must be an integer (pixels; may be negative)")
@@ -319,12 +344,24 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
         anchor_bad | (anchor_idx < 0),
         lambda i: f"anchor {anchor[i].as_py()!r} is not one of {', '.join(ANCHORS)}",
     )
-    axes = np.array([ANCHOR_AXES[a] for a in ANCHORS], dtype=np.int8)
-    safe_anchor = np.maximum(anchor_idx, 0)
+    axes = np.array([ANCHOR_AXES[a] for a in ANCHORS], dtype=np.int8)[np.maximum(anchor_idx, 0)]
     auto_crop, bad_crop = bool_column(table, "auto_crop", d.auto_crop)
     p.add(bad_crop, "auto_crop must be true or false")
+    return {
+        "offset_x": ox,
+        "offset_y": oy,
+        "has_offset_x": has_ox,
+        "has_offset_y": has_oy,
+        "anchor": _choose(anchor_idx, ANCHORS, anchor),
+        "anchor_h": axes[:, 0],
+        "anchor_v": axes[:, 1],
+        "auto_crop": auto_crop,
+    }
 
-    # --- mode, format, prompt, seed
+
+def _generation(table: pa.Table, cfg: Config, ids: pa.StringArray, p: _Problems) -> dict:
+    """Mode, format, prompt, seed, variants."""
+    d = cfg.defaults
     mode, mode_bad = str_column(table, "mode", d.mode)
     mode_idx = enum_column(mode, MODES)
     p.add(mode_bad | (mode_idx < 0), lambda i: f"mode {mode[i].as_py()!r} is not 'high' or 'fast'")
@@ -341,12 +378,20 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     if not has_seed.all():
         seed = np.where(has_seed, seed, derive_seeds(cfg.runtime.seed, ids))
     nv, has_nv, bad_nv = int_column(table, "num_variants")
-    p.add(
-        bad_nv | (has_nv & ((nv < 1) | (nv > 16))), "num_variants must be an integer from 1 to 16"
-    )
-    nv = np.where(has_nv & ~bad_nv & (nv >= 1) & (nv <= 16), nv, d.num_variants)
+    in_range = (nv >= 1) & (nv <= 16)
+    p.add(bad_nv | (has_nv & ~in_range), "num_variants must be an integer from 1 to 16")
+    return {
+        "mode": _choose(mode_idx, MODES, mode),
+        "fast": mode_idx == 1,
+        "output_format": _choose(fmt_idx, FORMATS, fmt),
+        "prompt": prompt,
+        "seed": seed,
+        "num_variants": np.where(has_nv & ~bad_nv & in_range, nv, d.num_variants),
+    }
 
-    # --- known source size
+
+def _source_size(table: pa.Table, p: _Problems) -> dict:
+    """The source's size, when the manifest knows it."""
     sw, has_sw, bad_sw = int_column(table, "image_width")
     sh, has_sh, bad_sh = int_column(table, "image_height")
     p.add(
@@ -357,39 +402,4 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
         bad_sh | (has_sh & (sh <= 0)),
         "image_height must be a positive integer (or null to read it from the image)",
     )
-
-    # --- id rule (invalid_id is its own code, after invalid_request)
-    id_ok = np.asarray(
-        pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False), dtype=bool
-    )
-    return Requests(
-        ids=ids,
-        image=image,
-        has_bytes=has_bytes,
-        width=width,
-        height=height,
-        has_width=has_w,
-        has_height=has_h,
-        ratio_num=ra,
-        ratio_den=rb,
-        has_ratio=has_r,
-        offset_x=ox,
-        offset_y=oy,
-        has_offset_x=has_ox,
-        has_offset_y=has_oy,
-        anchor=_choose(anchor_idx, ANCHORS, anchor),
-        anchor_h=axes[safe_anchor, 0],
-        anchor_v=axes[safe_anchor, 1],
-        auto_crop=auto_crop,
-        mode=_choose(mode_idx, MODES, mode),
-        fast=mode_idx == 1,
-        output_format=_choose(fmt_idx, FORMATS, fmt),
-        prompt=prompt,
-        seed=seed,
-        num_variants=nv,
-        src_w=sw,
-        src_h=sh,
-        has_src=has_sw & has_sh & (sw > 0) & (sh > 0),
-        problem=p.msg,
-        bad_id=~id_ok & ~missing_id,
-    )
+    return {"src_w": sw, "src_h": sh, "has_src": has_sw & has_sh & (sw > 0) & (sh > 0)}

@@ -2,38 +2,31 @@
 from a feathered seam band; alpha and optional colour matching. Pure array
 functions, no I/O.
 
-The reference (already scaled and cropped to the visible box V) sits at
-``(vx0, vy0)`` on a ``W x H`` canvas. Whatever a backend returns, the reference
-pixels are pasted back exactly.
+The reference (already scaled and cropped to the visible box V) fills ``box`` on a
+``W x H`` canvas. Whatever a backend returns, the reference pixels are pasted back
+exactly.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-
-def crop_box(
-    offset_x: int, offset_y: int, vx0: int, vy0: int, vx1: int, vy1: int
-) -> tuple[int, int, int, int]:
-    """The visible box in the (scaled) reference's own coordinates."""
-    return vx0 - offset_x, vy0 - offset_y, vx1 - offset_x, vy1 - offset_y
+from ..box import Box, Sides
 
 
-def paste_back(out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int) -> np.ndarray:
+def paste_back(out: np.ndarray, ref: np.ndarray, box: Box) -> np.ndarray:
     """Put the exact reference pixels back (the contract: the original is untouched)."""
-    h, w = ref.shape[:2]
     out = np.array(out, dtype=np.uint8, copy=True)
-    out[vy0 : vy0 + h, vx0 : vx0 + w] = ref
+    out[box.region] = ref
     return out
 
 
-def extend_alpha(alpha: np.ndarray | None, W: int, H: int, vx0: int, vy0: int) -> np.ndarray | None:
+def extend_alpha(alpha: np.ndarray | None, W: int, H: int, box: Box) -> np.ndarray | None:
     """Source alpha on the canvas: the reference's own, generated area opaque."""
     if alpha is None:
         return None
     out = np.full((H, W), 255, dtype=np.uint8)
-    h, w = alpha.shape
-    out[vy0 : vy0 + h, vx0 : vx0 + w] = alpha
+    out[box.region] = alpha
     return out
 
 
@@ -46,15 +39,7 @@ def flatten_alpha(pixels: np.ndarray, alpha: np.ndarray, background=(255, 255, 2
     return (pixels.astype(np.float32) * a + bg * (1.0 - a) + 0.5).astype(np.uint8)
 
 
-def generated_sides(
-    W: int, H: int, vx0: int, vy0: int, vx1: int, vy1: int
-) -> tuple[bool, bool, bool, bool]:
-    """(left, top, right, bottom): which sides of the reference border generated pixels.
-    A side on the canvas edge borders nothing and is never feathered."""
-    return vx0 > 0, vy0 > 0, vx1 < W, vy1 < H
-
-
-def feather_alpha(vh: int, vw: int, sides, px: int) -> np.ndarray | None:
+def feather_alpha(vh: int, vw: int, sides: Sides, px: int) -> np.ndarray | None:
     """Weight of the reference inside V: ramps 0 -> 1 over ``px`` pixels from each generated
     side; 1 elsewhere. None when there is no band (so the paste is exact everywhere)."""
     if px <= 0 or not any(sides):
@@ -76,19 +61,20 @@ def feather_alpha(vh: int, vw: int, sides, px: int) -> np.ndarray | None:
 
 
 def feathered_paste(
-    out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, px: int
+    out: np.ndarray, ref: np.ndarray, box: Box, sides: Sides, px: int
 ) -> np.ndarray:
     """Paste the reference back; within ``px`` of a generated side blend it with the
     generated pixels so no hard seam shows. Outside that band the pixels are exact."""
-    h, w = ref.shape[:2]
-    alpha = feather_alpha(h, w, sides, effective_feather(px, h, w))
-    result = paste_back(out, ref, vx0, vy0)
+    alpha = feather_alpha(
+        box.height, box.width, sides, effective_feather(px, box.height, box.width)
+    )
+    result = paste_back(out, ref, box)
     if alpha is None:
         return result
     band = alpha < 1.0  # blend only the band's pixels, not the whole reference
     a = alpha[band][:, None]
-    gen = out[vy0 : vy0 + h, vx0 : vx0 + w][band].astype(np.float32)
-    region = result[vy0 : vy0 + h, vx0 : vx0 + w]
+    gen = out[box.region][band].astype(np.float32)
+    region = result[box.region]
     region[band] = (a * ref[band].astype(np.float32) + (1.0 - a) * gen + 0.5).astype(np.uint8)
     return result
 
@@ -98,11 +84,11 @@ def effective_feather(px: int, vh: int, vw: int) -> int:
 
 
 def match_colors(
-    out: np.ndarray, ref: np.ndarray, vx0: int, vy0: int, sides, band: int = 16
+    out: np.ndarray, ref: np.ndarray, box: Box, sides: Sides, band: int = 16
 ) -> np.ndarray:
     """Optional (``output.color_match``): shift and scale each channel of the generated
     area so the band just outside the reference matches the band just inside it."""
-    h, w = ref.shape[:2]
+    vx0, vy0, h, w = box.x0, box.y0, box.height, box.width
     H, W = out.shape[:2]
     left, top, right, bottom = sides
     outside, inside = [], []
@@ -125,7 +111,7 @@ def match_colors(
     scale = (i.std(0) + 1.0) / (o.std(0) + 1.0)
     adjusted = (out.astype(np.float32) - o.mean(0)) * np.clip(scale, 0.5, 2.0) + i.mean(0)
     mask = np.ones((H, W), dtype=bool)
-    mask[vy0 : vy0 + h, vx0 : vx0 + w] = False
+    mask[box.region] = False
     result = out.copy()
     result[mask] = np.clip(adjusted[mask] + 0.5, 0, 255).astype(np.uint8)
     return result

@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends import Job, make_backend
+from ..backends import BuildContext, Job, make_backend, spec_of
 from ..config import GRID, Config, ConfigError
 from ..plan.flops import FLUX1_CONFIG, transformer_flops
 
@@ -228,6 +229,27 @@ def time_backend(backend, jobs: Sequence[Job], batch: int, sync=lambda: None) ->
     return (time.perf_counter() - t0) / len(jobs)
 
 
+@dataclass
+class _Setup:
+    """What every timing of one bench shares."""
+
+    cfg: Config
+    backend: object
+    W: int
+    H: int
+    images: int
+    ref_fraction: float
+    prompt: str
+
+    def jobs(self, mode: str, count: int | None = None, steps: int | None = None):
+        return synthetic_jobs(
+            self.W, self.H, mode, count or self.images, self.ref_fraction, self.prompt, steps
+        )
+
+    def steps(self, mode: str) -> int:
+        return self.cfg.model.steps_fast if mode == "fast" else self.cfg.model.steps
+
+
 def bench(
     cfg: Config,
     *,
@@ -244,38 +266,43 @@ def bench(
     ``batch_sizes``: also time the first mode at these batch sizes (s/image, peak memory)."""
     W, H = canvas_size(cfg, size)
     batch = cfg.runtime.batch_size
-    flux = cfg.model.backend == "flux-fill"
+    gpu = spec_of(cfg.model).gpu  # a GPU model: compiled shapes, MFU, memory
     prompt = cfg.defaults.prompt
-    images = max(images, batch)
     t0 = time.perf_counter()
-    warm = [(W, H, m) for m in modes] if flux else []
+    warm = [(W, H, m) for m in modes] if gpu else []
     if backend is None and random_weights:
-        if not flux:
+        if not gpu:
             raise ConfigError("--random-weights times FLUX Fill: set model.backend: flux-fill")
         backend = random_weights_backend(cfg, prompt, warm, batch)
     elif backend is None:
-        backend = make_backend(cfg.model, prompts=[prompt], warmup=warm, batch_size=batch)
-    load_s = time.perf_counter() - t0
+        backend = make_backend(
+            cfg.model, BuildContext(prompts=[prompt], warmup=warm, batch_size=batch)
+        )
+    setup = _Setup(cfg, backend, W, H, max(images, batch), ref_fraction, prompt)
     result: dict = {
         "backend": cfg.model.backend + (" (random weights)" if random_weights else ""),
         "canvas": [W, H],
         "ref_fraction": ref_fraction,
         "batch_size": batch,
-        "images": images,
-        "load_s": round(load_s, 2),
+        "images": setup.images,
+        "load_s": round(time.perf_counter() - t0, 2),
         "modes": {},
     }
-    if not flux:
+    if not gpu:
         for mode in modes:
-            s = time_backend(
-                backend, synthetic_jobs(W, H, mode, images, ref_fraction, prompt), batch
-            )
+            s = time_backend(backend, setup.jobs(mode), batch)
             result["modes"][mode] = {"s_per_image": s, "images_per_hour": 3600 / s}
         result["device"] = "cpu"
         return result
+    return _bench_gpu(setup, result, modes, batch_sizes)
 
-    torch = backend.torch
-    device = backend.device
+
+def _bench_gpu(
+    setup: _Setup, result: dict, modes: Sequence[str], batch_sizes: Sequence[int]
+) -> dict:
+    """A GPU model: per mode its FLOP, MFU and utilisation, the memory peak, the batch sweep."""
+    backend, cfg = setup.backend, setup.cfg
+    torch, device = backend.torch, backend.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result.update(
@@ -288,42 +315,15 @@ def bench(
         warmup_s=round(backend.warmup_s, 2),
         torch=torch.__version__,
     )
-    tcfg = dict(backend.transformer.config)
     for mode in modes:
-        steps = cfg.model.steps_fast if mode == "fast" else cfg.model.steps
-        jobs = synthetic_jobs(W, H, mode, images, ref_fraction, prompt, steps)
-        _, AW, AH, _ = backend.shape_key(jobs[0])
-        img_tokens = (AW // GRID) * (AH // GRID)
-        txt_tokens = backend._embed(prompt)[0].shape[0]
-        flop = transformer_flops(tcfg, img_tokens, txt_tokens) * steps
-        with UtilSampler(torch, device) as util:
-            s = time_backend(backend, jobs, batch, backend.sync)
-        result["modes"][mode] = {
-            "steps": steps,
-            "generated": [AW, AH],
-            "s_per_image": s,
-            # what `outpaint plan` should assume here (it prices canvases by FLOP)
-            "seconds_per_step_at_1mp": s
-            / steps
-            * transformer_flops(tcfg, 4096, txt_tokens)
-            / transformer_flops(tcfg, img_tokens, txt_tokens),
-            "images_per_hour": 3600 / s,
-            "tflop_per_image": flop / 1e12,
-            "achieved_tflops": flop / s / 1e12,
-            "gpu_util": util.mean,
-        }
+        result["modes"][mode] = _time_mode(setup, mode)
     result["peak_memory_gib"] = _peak_memory_gib(torch, device)
     sweep = []
     for b in batch_sizes:  # what runtime.batch_size buys (compute bound: little beyond 2-4)
-        steps = cfg.model.steps_fast if modes[0] == "fast" else cfg.model.steps
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        s = time_backend(
-            backend,
-            synthetic_jobs(W, H, modes[0], max(images, b), ref_fraction, prompt, steps),
-            b,
-            backend.sync,
-        )
+        jobs = setup.jobs(modes[0], max(setup.images, b), setup.steps(modes[0]))
+        s = time_backend(backend, jobs, b, backend.sync)
         sweep.append(
             {"batch_size": b, "s_per_image": s, "peak_memory_gib": _peak_memory_gib(torch, device)}
         )
@@ -333,6 +333,36 @@ def bench(
     for m in result["modes"].values():
         m["mfu"] = m["achieved_tflops"] / result["matmul_tflops"]
     return result
+
+
+def _time_mode(setup: _Setup, mode: str) -> dict:
+    backend = setup.backend
+    tcfg = dict(backend.transformer.config)
+    steps = setup.steps(mode)
+    jobs = setup.jobs(mode, steps=steps)
+    _, AW, AH, _ = backend.shape_key(jobs[0])
+    img_tokens = (AW // GRID) * (AH // GRID)
+    txt_tokens = backend._embed(setup.prompt)[0].shape[0]
+    flop = transformer_flops(tcfg, img_tokens, txt_tokens) * steps
+    with UtilSampler(backend.torch, backend.device) as util:
+        s = time_backend(backend, jobs, setup.cfg.runtime.batch_size, backend.sync)
+    # what `outpaint plan` should assume here (it prices canvases by FLOP)
+    per_step_1mp = (
+        s
+        / steps
+        * transformer_flops(tcfg, 4096, txt_tokens)
+        / transformer_flops(tcfg, img_tokens, txt_tokens)
+    )
+    return {
+        "steps": steps,
+        "generated": [AW, AH],
+        "s_per_image": s,
+        "seconds_per_step_at_1mp": per_step_1mp,
+        "images_per_hour": 3600 / s,
+        "tflop_per_image": flop / 1e12,
+        "achieved_tflops": flop / s / 1e12,
+        "gpu_util": util.mean,
+    }
 
 
 def format_result(r: dict) -> str:

@@ -23,10 +23,10 @@ import pyarrow.compute as pc
 from .. import codes
 from ..config import Config
 from ..io import manifest, sources
-from ..io.done import Prior
+from ..io.done import EarlierRuns
 from ..io.outputs import OutputStore
 from ..plan.stage import PlanStage
-from .stages import bulk_metadata
+from .records import bulk_metadata
 
 # Columns of the slice table the driver hands to Ray Data (one row per slice).
 SLICE_FIELDS = ("uri", "format", "group0", "group1", "row0")
@@ -82,8 +82,8 @@ class TriageStage:
     """Slices -> work rows (a generator of plan tables), bulk metadata written aside.
 
     ``duplicates`` (id -> first manifest row) may be a Ray object ref, fetched once per
-    task; ``prior`` (a ``Prior``: the done set and recorded source sizes) a ``Prior`` or the
-    path the output store shared it at (``OutputStore.share_prior``), read once per task.
+    task; ``earlier`` (``EarlierRuns``: the done set and recorded source sizes) one, or the
+    name the output store shared it under (``OutputStore.share``), read once per task.
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class TriageStage:
         store: OutputStore,
         run_id: str,
         duplicates=None,
-        prior=None,
+        earlier=None,
         chunk_rows: int = 65_536,
         stats_to_store: bool = False,
     ):
@@ -100,36 +100,36 @@ class TriageStage:
         self.store = store
         self.run_id = run_id
         self.duplicates = duplicates
-        self.prior = prior
+        self.earlier = earlier
         self.chunk_rows = chunk_rows
         self.stats_to_store = stats_to_store  # Ray tasks leave their counts for the driver
         self.counts = TriageCounts()  # of this instance (tests, direct use)
 
-    def triage(self, plan: pa.Table, prior: Prior | None) -> tuple[pa.Table, pa.Table]:
+    def triage(self, plan: pa.Table, earlier: EarlierRuns | None) -> tuple[pa.Table, pa.Table]:
         """A planned chunk -> (work rows, rows finished here); done rows are neither."""
         ok = np.asarray(
             pc.equal(plan.column("status"), codes.OK).to_numpy(zero_copy_only=False), bool
         )
         already = np.zeros(plan.num_rows, bool)
-        if prior is not None and len(prior) and ok.any():
-            already[ok] = prior.done.contains(plan.column("request_hash").filter(pa.array(ok)))
+        if earlier is not None and len(earlier) and ok.any():
+            already[ok] = earlier.done.contains(plan.column("request_hash").filter(pa.array(ok)))
         self.counts.rows += plan.num_rows
         self.counts.done += int(already.sum())
         return plan.filter(pa.array(ok & ~already)), plan.filter(pa.array(~ok))
 
     def chunks(self, piece: manifest.Slice) -> Iterator[pa.Table]:
-        prior = (
-            self.store.read_prior(self.prior)
-            if isinstance(self.prior, str)
-            else _resolve(self.prior)
+        earlier = (
+            self.store.read_shared(self.earlier)
+            if isinstance(self.earlier, str)
+            else _resolve(self.earlier)
         )
-        planner = PlanStage(self.cfg, _resolve(self.duplicates), identify=True, prior=prior)
+        planner = PlanStage(self.cfg, _resolve(self.duplicates), identify=True, earlier=earlier)
         for k, rows in enumerate(manifest.read_slice(piece, self.cfg, self.chunk_rows)):
-            work, finished = self.triage(planner(rows), prior)
+            work, finished = self.triage(planner(rows), earlier)
             if finished.num_rows:
                 # one part per chunk, named by its place in the manifest: a retried task
                 # rewrites the same part, so no row is ever written twice
-                self.store.write_metadata_part(
+                self.store.metadata.write_part(
                     bulk_metadata(finished, self.run_id, time.time()),
                     f"{self.run_id}-t{piece.row0:012d}-{k:05d}",
                 )
@@ -139,10 +139,36 @@ class TriageStage:
                 yield work
         self.counts.add_plan(planner)
         if self.stats_to_store:
-            self.store.write_json(
+            self.store.folder.write_json(
                 f"{TRIAGE_STATS}/{self.run_id}-{piece.row0:012d}.json", self.counts.as_dict()
             )
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for row in batch.select(list(SLICE_FIELDS)).to_pylist():
             yield from self.chunks(manifest.Slice(**row))
+
+
+def identity_line(counts: TriageCounts, outputs_check: dict | None, mode: str) -> str | None:
+    """One line: how this run learnt which sources changed and which outputs exist."""
+    st = counts.identity
+    parts = []
+    if st.listed or st.prefixes:
+        prefixes = f"{st.prefixes:,} prefix{'es' if st.prefixes != 1 else ''}"
+        parts.append(
+            f"{st.listed:,} sources identified from {st.listing_pages:,} listing requests over {prefixes}"
+        )
+    if st.head:
+        how = sorted(v for k, v in st.decisions.items() if k != "listing")
+        parts.append(f"{st.head:,} looked up one by one ({'; '.join(how) or 'HEAD a row'})")
+    if counts.version:
+        parts.append(f"{counts.version:,} by image_version (no request)")
+    if counts.sizes_from_prior:
+        parts.append(f"{counts.sizes_from_prior:,} sizes from earlier runs")
+    if counts.deferred:
+        parts.append(f"{counts.deferred:,} new remote sources read once, when loaded")
+    if outputs_check and outputs_check.get("existence"):
+        parts.append(f"outputs: {outputs_check['existence']}")
+    if not parts:
+        return None
+    why = st.decisions.get("listing")
+    return f"[outpaint] sources ({mode}): " + "; ".join(parts) + (f" — {why}" if why else "")

@@ -214,7 +214,11 @@ def test_actor_pool_settings(tiny_flux):
     """Two concurrent calls per actor (pipelining), four batches in flight; CUDA graphs
     force one caller thread; explicit settings win."""
     ray = pytest.importorskip("ray")
-    from pipeline.run.runner import actor_pool
+    from pipeline.backends import spec_of
+    from pipeline.run.cluster import actor_pool as pool_of
+
+    def actor_pool(ray, cfg, rows):
+        return pool_of(ray, cfg.model, cfg.runtime, spec_of(cfg.model), rows)
 
     def pool(optimize=None, **runtime):
         a = actor_pool(ray, flux_cfg(tiny_flux, optimize, runtime=runtime), 100)

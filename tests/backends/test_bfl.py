@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,7 +21,8 @@ from PIL import Image
 
 from pipeline import config as config_mod
 from pipeline.backends import Job, RowError
-from pipeline.backends.bfl import ApiClient, BflApiBackend, Journal
+from pipeline.backends.bfl import BflApiBackend
+from pipeline.backends.bfl_client import ApiClient, Journal
 
 from ..bfl_server import BflServer
 from ..conftest import BFL_KEY_ENV, BFL_WRONG_KEY_ENV, write_config, write_manifest
@@ -251,7 +253,7 @@ def test_outpaint_run_with_the_api(tmp_path, photos, ray_local):
     # the key is nowhere under the output
     for dirpath, _, files in os.walk(tmp_path / "out"):
         for f in files:
-            assert KEY.encode() not in open(os.path.join(dirpath, f), "rb").read(), f
+            assert KEY.encode() not in Path(dirpath, f).read_bytes(), f
 
 
 @pytest.mark.ray
@@ -340,7 +342,7 @@ def test_sigkill_mid_run_then_rerun_pays_each_row_once(tmp_path, photos):
         assert len(per_input) == 12 and max(per_input.values()) == 1, (
             per_input
         )  # every row paid exactly once
-    run_json = json.load(open(tmp_path / "out" / "run.json"))
+    run_json = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run_json["manifest"]["by_status"]["ok"] == 12
     assert len(os.listdir(tmp_path / "out" / "images")) == 12
 
@@ -370,4 +372,4 @@ def test_plan_counts_the_api_tasks(tmp_path, photos):
     )
     assert r.returncode == 0, r.stderr
     assert "API tasks: 5 (one per generated row and variant" in r.stdout
-    assert json.load(open(tmp_path / "plan" / "summary.json"))["api_tasks"] == 5
+    assert json.loads((tmp_path / "plan" / "summary.json").read_text())["api_tasks"] == 5

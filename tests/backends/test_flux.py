@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline import config as config_mod
 from pipeline.backends import Job
 from pipeline.backends.canvas import contrast_fill
-from pipeline.review.compose import generated_sides
+from pipeline.box import Box
 from pipeline.review.quality import untouched
 
 from ..conftest import read_png, write_manifest
@@ -232,9 +232,7 @@ def test_outpaint_run_with_flux_actors(tiny_flux, tmp_path, photos, ray_local, s
             else src_img
         )
         y, x = row["visible_y0"], row["visible_x0"]
-        sides = generated_sides(
-            row["canvas_width"], row["canvas_height"], x, y, row["visible_x1"], row["visible_y1"]
-        )
+        sides = Box.visible(row).sides(row["canvas_width"], row["canvas_height"])
         f = row["feather_px"]
         y0, y1, x0, x1 = untouched(ref.shape[0], ref.shape[1], sides, f)
         # original untouched outside the feather band; the band only on generated sides
@@ -334,8 +332,8 @@ def test_failing_row_in_a_batch_fails_alone(tiny_flux, tmp_path, photos):
             "runtime": {"batch_size": 3},
         }
     )
-    planned = LoadStage(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
-    out = OutpaintStage(cfg, prompts=[""])(planned).to_pylist()
+    planned = LoadStage.from_config(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
+    out = OutpaintStage.from_config(cfg, prompts=[""])(planned).to_pylist()
     assert [r["status"] for r in out] == ["ok", "failed", "ok"]
     assert out[1]["error_code"] == "generation_failed" and "unseen" in out[1]["error_message"]
     assert out[1]["out_pixels"] is None and all(len(r["out_pixels"]) == 1 for r in (out[0], out[2]))

@@ -132,7 +132,7 @@ def test_high_mode_equals_diffusers_call(request, photos, model, grow):
 
 
 def test_checkpoint_geometry_comes_from_its_configs(tiny_flux, tiny_flux_4ch):
-    from pipeline.backends.flux import model_grid
+    from pipeline.backends.flux_weights import model_grid
 
     a, b = _backend(tiny_flux, 0), _backend(tiny_flux_4ch, 0)
     assert (a.channels, a.vae_scale, a.grid) == (16, 8, 16)

@@ -20,13 +20,13 @@ def part(store, ids, t, status="ok", ext="png", extra=None, **cols):
         "run_id": [f"run{t}"] * n,
         "request_hash": [f"h{t}"] * n,
         "output_uri": [
-            store.uri_of("images", f"{i}.{ext}") if status == "ok" else None for i in ids
+            store.folder.uri_of("images", f"{i}.{ext}") if status == "ok" else None for i in ids
         ],
         **cols,
     }
     if extra:
         data.update(extra)
-    return store.write_metadata_part(pa.table(data), f"r{t}")
+    return store.metadata.write_part(pa.table(data), f"r{t}")
 
 
 def test_compaction_streams_into_bounded_parts_with_one_schema(tmp_path):
@@ -44,7 +44,7 @@ def test_compaction_streams_into_bounded_parts_with_one_schema(tmp_path):
         extra={"seam_score": [None] * 30},
     )
     assert store.compact("c", part_rows=50) == 150
-    files = store.metadata_files()
+    files = store.metadata.files()
     tables = [pq.read_table(f) for f in files]
     # one old part at a time, flushed once past part_rows: 60 kept of run 1, 60 of run 2, 30 of run 3
     assert [t.num_rows for t in tables] == [60, 60, 30]
@@ -59,7 +59,7 @@ def test_compaction_streams_into_bounded_parts_with_one_schema(tmp_path):
     assert meta["b000"]["status"] == "failed"
     assert store.compact("d", part_rows=50) == 150  # idempotent
     assert {
-        r["id"]: r["run_id"] for f in store.metadata_files() for r in pq.read_table(f).to_pylist()
+        r["id"]: r["run_id"] for f in store.metadata.files() for r in pq.read_table(f).to_pylist()
     } == {k: v["run_id"] for k, v in meta.items()}
 
 
@@ -85,9 +85,9 @@ def test_resume_check_needs_every_output(tmp_path):
     os.makedirs(tmp_path / "images")
     for name in ("a.png", "v-0.png", "v-1.png", "w-0.png"):
         (tmp_path / "images" / name).write_bytes(b"img")
-    uris = lambda *names: [store.uri_of("images", n) for n in names]
+    uris = lambda *names: [store.folder.uri_of("images", n) for n in names]
     h = {k: hashlib.sha256(k.encode()).hexdigest()[:32] for k in "abvwf"}
-    store.write_metadata_part(
+    store.metadata.write_part(
         pa.table(
             {
                 "id": ["a", "b", "v", "w", "f"],
@@ -120,16 +120,16 @@ def test_resume_check_needs_every_output(tmp_path):
         at = prior.find(pa.array(list(ids)))
         return sorted(i for i, k in zip(ids, at) if k >= 0)
 
-    listed, info = store.prior(pa.array(["a", "b", "v", "w", "f", "new"]))
+    listed, info = store.earlier_runs(pa.array(["a", "b", "v", "w", "f", "new"]))
     assert done_ids(listed) == ["a", "v"] and "checked one request each" in info["existence"]
     # b's image is missing, w lacks variant 1, f failed; the sizes they had come along
     assert listed.sizes(listed.find(pa.array(["v", "a", "b"])))[0].tolist() == [30, 10, 0]
     assert listed.done.contains(pa.array([h["a"], h["b"], h["v"]])).tolist() == [True, False, True]
     # only the manifest's ids are checked (a daily manifest of new rows checks nothing)
-    assert done_ids(store.prior(pa.array(["v", "new"]))[0]) == ["v"]
-    assert len(store.prior(pa.array(["new"]))[0]) == 0
+    assert done_ids(store.earlier_runs(pa.array(["v", "new"]))[0]) == ["v"]
+    assert len(store.earlier_runs(pa.array(["new"]))[0]) == 0
     # a later row of another request for the same id decides (its image replaced a's)
-    store.write_metadata_part(
+    store.metadata.write_part(
         pa.table(
             {
                 "id": ["a"],
@@ -141,7 +141,7 @@ def test_resume_check_needs_every_output(tmp_path):
         ),
         "q",
     )
-    later, _ = store.prior(pa.array(["a", "v"]))
+    later, _ = store.earlier_runs(pa.array(["a", "v"]))
     assert later.done.contains(pa.array([h["a"], "0" * 32])).tolist() == [False, True]
 
 
@@ -156,18 +156,18 @@ def test_prior_lists_images_when_cheaper_than_a_request_each(tmp_path):
     ids = [f"sku-{i:05d}" for i in range(n)]
     for i in range(1200):
         (tmp_path / "images" / f"{ids[i]}.png").write_bytes(b"x")
-    store.write_metadata_part(
+    store.metadata.write_part(
         pa.table(
             {
                 "id": ids,
                 "status": ["ok"] * n,
                 "completed_at": [1.0] * n,
                 "request_hash": [hashlib.sha256(i.encode()).hexdigest()[:32] for i in ids],
-                "output_uri": [store.uri_of("images", f"{i}.png") for i in ids],
+                "output_uri": [store.folder.uri_of("images", f"{i}.png") for i in ids],
             }
         ),
         "p",
     )
-    prior, info = store.prior(pa.array(ids))
+    prior, info = store.earlier_runs(pa.array(ids))
     assert len(prior) == 1200 and info["existence"].startswith("images/ listed (1,200 names")
     assert (prior.find(pa.array(ids)) >= 0).tolist() == [True] * 1200 + [False] * 300

@@ -15,7 +15,8 @@ from pipeline.plan.geometry_ref import columns_from_rows, plan_row
 MAX = 4_194_304
 
 
-def plan(rows, rules=SizingRules()):
+def plan(rows, rules=None):
+    rules = rules or SizingRules()
     out = plan_geometry(columns_from_rows(rows), rules)
     res = []
     for i in range(len(rows)):
@@ -25,7 +26,8 @@ def plan(rows, rules=SizingRules()):
     return res
 
 
-def one(rules=SizingRules(), **row):
+def one(rules=None, **row):
+    rules = rules or SizingRules()
     return plan([row], rules)[0]
 
 

@@ -14,13 +14,8 @@ from PIL import Image
 
 from pipeline.io import manifest
 from pipeline.plan.rows import derive_seed
-from pipeline.plan.stage import (
-    PLAN_SCHEMA,
-    PlanStage,
-    duplicate_first_rows,
-    plan_manifest,
-    summarise,
-)
+from pipeline.plan.stage import PLAN_SCHEMA, PlanStage, duplicate_first_rows, plan_manifest
+from pipeline.plan.summary import summarise
 
 from ..conftest import make_config, write_config, write_manifest
 
@@ -29,7 +24,7 @@ def run_plan(tmp_path, rows, **sections):
     cfg = make_config(tmp_path, write_manifest(tmp_path / "m.parquet", rows), **sections)
     manifest.read_schema(cfg)
     plan = plan_manifest(cfg, manifest.read(cfg))
-    return {r["id"] + ("#%d" % r["manifest_row"]): r for r in plan.to_pylist()}, plan, cfg
+    return {r["id"] + f"#{r['manifest_row']}": r for r in plan.to_pylist()}, plan, cfg
 
 
 def by_row(plan):
@@ -379,7 +374,7 @@ def test_summary_counts_generated_shapes_after_bucketing(tmp_path):
     s64 = summarise(plan, cfg64)
     assert s64["top_generated_shapes"] == {"1024x1024 high": 4, "1088x1024 high": 2}
     assert s64["estimated_gpu_seconds"] > s["estimated_gpu_seconds"]  # padded canvases cost more
-    from pipeline.plan.stage import format_summary
+    from pipeline.plan.summary import format_summary
 
     assert "shapes" not in format_summary(s64)  # the CPU backend compiles nothing
     assert "more shapes than model.optimize.max_shapes (1)" in format_summary(

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.backends.canvas import FILL_COLORS
-from pipeline.review.compose import feathered_paste, generated_sides, match_colors
+from pipeline.box import NO_SIDES, Box
+from pipeline.review.compose import feathered_paste, match_colors
 from pipeline.review.quality import (
     fidelity,
     fill_leakage,
@@ -38,10 +39,11 @@ def test_feather_only_on_generated_sides(box, expect_sides):
     truth = scene()
     ref = truth[vy0:vy1, vx0:vx1]
     gen = np.full((H, W, 3), 7, np.uint8)  # a generator that got everything wrong
-    sides = generated_sides(W, H, vx0, vy0, vx1, vy1)
+    box = Box(vx0, vy0, vx1, vy1)
+    sides = box.sides(W, H)
     assert sides == expect_sides
     px = 6
-    out = feathered_paste(gen, ref, vx0, vy0, sides, px)
+    out = feathered_paste(gen, ref, box, sides, px)
     y0, y1, x0, x1 = untouched(vy1 - vy0, vx1 - vx0, sides, px)
     assert np.array_equal(
         out[vy0 + y0 : vy0 + y1, vx0 + x0 : vx0 + x1], ref[y0:y1, x0:x1]
@@ -55,8 +57,8 @@ def test_feather_only_on_generated_sides(box, expect_sides):
             assert np.abs(v[sl] - 7).mean() < np.abs(r[sl] - 7).mean() * 0.5
         else:  # canvas edge: exact reference, no feather
             assert np.array_equal(v[sl], r[sl])
-    assert fidelity(out, ref, vx0, vy0, sides, px) == (0, 0.0)
-    assert fidelity(out, ref, vx0, vy0, sides, 0)[0] > 0  # inside the band the pixels did change
+    assert fidelity(out, ref, box, sides, px) == (0, 0.0)
+    assert fidelity(out, ref, box, sides, 0)[0] > 0  # inside the band the pixels did change
 
 
 def _real_crop():
@@ -73,10 +75,11 @@ def test_seam_score_is_two_sided_and_a_photo_is_natural():
     far from natural."""
     truth, (vx0, vy0, vx1, vy1) = _real_crop()
     H, W = truth.shape[:2]
-    sides = generated_sides(W, H, vx0, vy0, vx1, vy1)
+    box = Box(vx0, vy0, vx1, vy1)
+    sides = box.sides(W, H)
     mask = np.ones((H, W), bool)
     mask[vy0:vy1, vx0:vx1] = False
-    natural = seam_score(truth, vx0, vy0, vx1, vy1, sides)
+    natural = seam_score(truth, box, sides)
     hard = truth.copy()
     hard[mask] = 250
     from pipeline.backends.solid import nearest_edge_fill
@@ -87,13 +90,13 @@ def test_seam_score_is_two_sided_and_a_photo_is_natural():
     # photo itself steps (what the old classical fill leaned towards in its first pixels)
     ramp = nearest_edge_fill(canvas, mask)
     assert 0.8 <= natural <= 1.25
-    assert seam_score(hard, vx0, vy0, vx1, vy1, sides) > 3
-    smooth = seam_score(ramp, vx0, vy0, vx1, vy1, sides)
+    assert seam_score(hard, box, sides) > 3
+    smooth = seam_score(ramp, box, sides)
     assert smooth < 0.6
     dist = {
         k: quality_distance(
-            seam_score(img, vx0, vy0, vx1, vy1, sides),
-            texture_score(img, vx0, vy0, vx1, vy1, sides),
+            seam_score(img, box, sides),
+            texture_score(img, box, sides),
         )
         for k, img in (("natural", truth), ("hard", hard), ("ramp", ramp))
     }
@@ -105,7 +108,8 @@ def test_texture_score_flags_blur_and_noise():
 
     truth, (vx0, vy0, vx1, vy1) = _real_crop()
     H, W = truth.shape[:2]
-    sides = generated_sides(W, H, vx0, vy0, vx1, vy1)
+    box = Box(vx0, vy0, vx1, vy1)
+    sides = box.sides(W, H)
     mask = np.ones((H, W), bool)
     mask[vy0:vy1, vx0:vx1] = False
     blurred, noisy = truth.copy(), truth.copy()
@@ -115,25 +119,27 @@ def test_texture_score_flags_blur_and_noise():
         mask
     ]
     t = {
-        k: texture_score(img, vx0, vy0, vx1, vy1, sides)
+        k: texture_score(img, box, sides)
         for k, img in (("natural", truth), ("blurred", blurred), ("noisy", noisy))
     }
     assert 0.8 <= t["natural"] <= 1.25 and t["blurred"] < 0.5 and t["noisy"] > 2.5, t
-    assert texture_score(truth, 0, 0, W, H, (False,) * 4) is None  # nothing generated
+    assert texture_score(truth, Box(0, 0, W, H), NO_SIDES) is None  # nothing generated
 
 
 def test_leakage_detector_catches_planted_fill():
     truth = scene()
     vx0, vy0, vx1, vy1 = 40, 30, 120, 90
-    assert fill_leakage(truth, vx0, vy0, vx1, vy1, "green") < 0.01
+    assert fill_leakage(truth, Box(vx0, vy0, vx1, vy1), "green") < 0.01
     planted = truth.copy()
     planted[0:30, 0:80] = FILL_COLORS["green"]  # fill colour left in part of the generated area
-    leak = fill_leakage(planted, vx0, vy0, vx1, vy1, "green")
+    leak = fill_leakage(planted, Box(vx0, vy0, vx1, vy1), "green")
     assert (
         abs(leak - 2400 / 14400) < 0.01
     )  # 30 x 80 planted of 160 x 120 - 80 x 60 generated pixels
-    assert fill_leakage(planted, vx0, vy0, vx1, vy1, "magenta") < 0.01
-    assert fill_leakage(planted, vx0, vy0, vx1, vy1, "grey") is None  # grey is not a colour fill
+    assert fill_leakage(planted, Box(vx0, vy0, vx1, vy1), "magenta") < 0.01
+    assert (
+        fill_leakage(planted, Box(vx0, vy0, vx1, vy1), "grey") is None
+    )  # grey is not a colour fill
 
 
 def test_color_match_moves_generated_area_to_the_border():
@@ -141,8 +147,8 @@ def test_color_match_moves_generated_area_to_the_border():
     vx0, vy0, vx1, vy1 = 40, 30, 120, 90
     ref = truth[vy0:vy1, vx0:vx1]
     shifted = np.clip(truth.astype(int) + np.array([40, -30, 20]), 0, 255).astype(np.uint8)
-    sides = generated_sides(160, 120, vx0, vy0, vx1, vy1)
-    fixed = match_colors(shifted, ref, vx0, vy0, sides)
+    box = Box(vx0, vy0, vx1, vy1)
+    fixed = match_colors(shifted, ref, box, box.sides(160, 120))
     mask = np.ones((120, 160), bool)
     mask[vy0:vy1, vx0:vx1] = False
     before = np.abs(shifted[mask].astype(int) - truth[mask]).mean()

@@ -187,7 +187,7 @@ def test_report_is_columnar_stable_and_complete(tmp_path):
     status = np.where(np.arange(n) % 50 == 0, "failed", "ok")
     seam = rng.random(n) * 3
     store = OutputStore(str(tmp_path))
-    store.write_metadata_part(
+    store.metadata.write_part(
         pa.table(
             {
                 "id": [f"sku-{i:05d}" for i in range(n)],
@@ -260,8 +260,11 @@ def test_thumbnails_show_true_colour(tmp_path, photos):
     )
     cfg = make_config(tmp_path, m)
     store = OutputStore(cfg.output.uri)
-    store.write_metadata_part(
-        ProcessStage(cfg, store, "r")(PlanStage(cfg, identify=True)(manifest.read(cfg))), "r"
+    store.metadata.write_part(
+        ProcessStage.from_config(cfg, store, "r")(
+            PlanStage(cfg, identify=True)(manifest.read(cfg))
+        ),
+        "r",
     )
     page, _ = report.build(store, {}, sample=0, worst=1)
     thumbs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)

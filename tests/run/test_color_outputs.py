@@ -41,7 +41,7 @@ def run_rows(tmp_path, rows, name="out", **sections):
         tmp_path, m, output={"uri": str(tmp_path / name), **sections.pop("output", {})}, **sections
     )
     plan = PlanStage(cfg, identify=True)(manifest.read(cfg))
-    out = ProcessStage(cfg, OutputStore(cfg.output.uri), "r")(plan)
+    out = ProcessStage.from_config(cfg, OutputStore(cfg.output.uri), "r")(plan)
     return {r["id"]: r for r in out.to_pylist()}, cfg
 
 
@@ -148,7 +148,7 @@ def test_the_model_sees_the_reference_rendered_to_srgb(tmp_path, photo):
     )
     cfg = make_config(tmp_path, m)
     plan = PlanStage(cfg, identify=True)(manifest.read(cfg)).to_pylist()[0]
-    ref = LoadStage(cfg).load(plan)
+    ref = LoadStage.from_config(cfg).load(plan)
     stored = np.asarray(Image.open(src).convert("RGB")).astype(int)
     assert np.abs(stored - photo).mean() > 20  # red and green swapped
     assert np.abs(ref.model.astype(int) - photo).mean() < 3
@@ -405,11 +405,15 @@ def test_label_settings(tmp_path, photo):
     rows, _ = run_rows(tmp_path, [row], name="gps", output={"keep_gps": True})
     assert "GPS:GPSLatitude" in exiftool(tmp_path / "gps/images/gen.png")
     _, flux_like = run_rows(tmp_path, [row], name="labels")
+    from pipeline.backends import BACKENDS
     from pipeline.io.provenance import source_type_uri
 
-    assert source_type_uri("auto", "flux-fill") == NEWS + "compositeWithTrainedAlgorithmicMedia"
-    assert source_type_uri("auto", "bfl-api") == NEWS + "compositeWithTrainedAlgorithmicMedia"
-    assert source_type_uri("auto", flux_like.model.backend) == NEWS + "compositeSynthetic"
+    def term(backend):
+        return source_type_uri("auto", BACKENDS[backend].learned)
+
+    assert term("flux-fill") == NEWS + "compositeWithTrainedAlgorithmicMedia"
+    assert term("bfl-api") == NEWS + "compositeWithTrainedAlgorithmicMedia"
+    assert term(flux_like.model.backend) == NEWS + "compositeSynthetic"
 
 
 @needs_profiles
@@ -429,9 +433,11 @@ def test_the_model_actor_path_carries_colour_and_rights_through_arrow(tmp_path, 
     fused, cfg = run_rows(tmp_path, rows, name="fused")
     m = write_manifest(tmp_path / "sep.parquet", rows)
     cfg = make_config(tmp_path, m, output={"uri": str(tmp_path / "sep")})
-    t = LoadStage(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
+    t = LoadStage.from_config(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
     assert t.column("ref_out_pixels").null_count == 0  # both keep their own space
-    meta = WriteStage(cfg, OutputStore(cfg.output.uri), "r")(OutpaintStage(cfg)(t))
+    meta = WriteStage.from_config(cfg, OutputStore(cfg.output.uri), "r")(
+        OutpaintStage.from_config(cfg)(t)
+    )
     assert not {"ref_pixels", "out_icc", "rights_xmp"} & set(meta.column_names)
     for r in meta.to_pylist():
         assert (tmp_path / "sep/images" / r["output_uri"].rsplit("/", 1)[-1]).read_bytes() == (

@@ -332,7 +332,7 @@ def test_unreachable_manifest_storage_fails_at_start_in_one_line(tmp_path):
     from pipeline.io.outputs import OutputStore
 
     with pytest.raises(ConfigError, match="output.uri s3://nowhere/out is not writable"):
-        OutputStore(cfg.output.uri, cfg.output.storage_options).check_writable()
+        OutputStore(cfg.output.uri, cfg.output.storage_options).folder.check_writable()
 
 
 # ------------------------------------------------------------------ hostile files

@@ -23,9 +23,9 @@ from ..conftest import make_config, read_png, write_manifest
 def pipeline_once(cfg, table, run_id="r1"):
     store = OutputStore(cfg.output.uri)
     t = PlanStage(cfg, identify=True)(table)
-    t = LoadStage(cfg)(t)
-    t = OutpaintStage(cfg)(t)
-    return WriteStage(cfg, store, run_id)(t)
+    t = LoadStage.from_config(cfg)(t)
+    t = OutpaintStage.from_config(cfg)(t)
+    return WriteStage.from_config(cfg, store, run_id)(t)
 
 
 def test_stages_without_ray(tmp_path, photos):
@@ -62,8 +62,8 @@ def test_batched_equals_single(tmp_path, photos):
     ]
     m = write_manifest(tmp_path / "m.parquet", rows)
     cfg = make_config(tmp_path, m, runtime={"batch_size": 4})
-    plan = LoadStage(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
-    stage = OutpaintStage(cfg)
+    plan = LoadStage.from_config(cfg)(PlanStage(cfg, identify=True)(manifest.read(cfg)))
+    stage = OutpaintStage.from_config(cfg)
     whole = stage(plan).column("out_pixels").to_pylist()
     single = [stage(plan.slice(i, 1)).column("out_pixels")[0].as_py() for i in range(plan.num_rows)]
     assert whole == single
@@ -97,7 +97,7 @@ def test_alpha_preserved_in_png(tmp_path):
 
 def test_write_is_atomic_and_leaves_no_temporaries(tmp_path):
     store = OutputStore(str(tmp_path / "o"))
-    uri = store.write_image("x.png", b"\x89PNG data")
+    uri = store.images.write("x.png", b"\x89PNG data")
     assert (
         uri.endswith("/images/x.png")
         and (tmp_path / "o" / "images" / "x.png").read_bytes() == b"\x89PNG data"
@@ -201,7 +201,7 @@ def test_separate_stages_equal_fused(tmp_path, photos):
     sep = pipeline_once(cfg, manifest.read(cfg), run_id="x")
     sep_bytes = {p: (tmp_path / "out" / "images" / p).read_bytes() for p in ("a.png", "b.webp")}
     fused_cfg = make_config(tmp_path, m, output={"uri": str(tmp_path / "fused")})
-    fused = ProcessStage(fused_cfg, OutputStore(fused_cfg.output.uri), "x")(planned)
+    fused = ProcessStage.from_config(fused_cfg, OutputStore(fused_cfg.output.uri), "x")(planned)
     assert fused.column_names == sep.column_names
     assert (
         fused.column("status").to_pylist()

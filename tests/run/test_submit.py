@@ -3,6 +3,7 @@ Kubernetes manifests in jobs/."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -125,10 +126,8 @@ def two_nodes(request):
         ]
         procs = {p.pid: p for r in roots for p in [r, *r.children(recursive=True)]}
         for p in procs.values():
-            try:
+            with contextlib.suppress(psutil.Error):
                 p.kill()
-            except psutil.Error:
-                pass
         psutil.wait_procs(list(procs.values()), timeout=30)
 
 

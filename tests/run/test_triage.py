@@ -50,13 +50,13 @@ def test_only_work_rows_leave_triage(tmp_path, photos):
         set(work.column("status").to_pylist()) == {"ok"}
         and work.column("request_hash").null_count == 0
     )
-    bulk = store.read_metadata()
+    bulk = store.metadata.read()
     assert sorted(bulk.column("id").to_pylist()) == sorted(
         ["r1"] + [f"r{i}" for i in range(0, 12, 3)]
     )
     codes = dict(zip(bulk.column("id").to_pylist(), bulk.column("error_code").to_pylist()))
     assert codes["r1"] == "image_not_found" and codes["r0"] == "canvas_too_small"
-    assert len(store.metadata_files()) == 2  # chunks r0-r4 and r5-r9 had bulk rows, r10-r11 none
+    assert len(store.metadata.files()) == 2  # chunks r0-r4 and r5-r9 had bulk rows, r10-r11 none
     assert (stage.counts.rows, stage.counts.work, stage.counts.bulk, stage.counts.done) == (
         12,
         7,
@@ -71,11 +71,11 @@ def test_done_rows_are_dropped(tmp_path, photos):
     store = OutputStore(cfg.output.uri)
     index = manifest.scan(cfg)
     first = pa.concat_tables(list(TriageStage(cfg, store, "a").chunks(index.slices[0])))
-    from pipeline.io.done import Prior, fingerprints, key_fingerprints
+    from pipeline.io.done import EarlierRuns, fingerprints, key_fingerprints
 
     hi, lo, _ = fingerprints(first.column("request_hash").slice(0, 2))
     ihi, ilo = key_fingerprints(first.column("id").slice(0, 2))
-    stage = TriageStage(cfg, store, "b", prior=Prior(ihi, ilo, hi, lo, [0, 0], [0, 0]))
+    stage = TriageStage(cfg, store, "b", earlier=EarlierRuns(ihi, ilo, hi, lo, [0, 0], [0, 0]))
     again = pa.concat_tables(list(stage.chunks(index.slices[0])))
     assert again.column("id").to_pylist() == first.column("id").to_pylist()[2:]
     assert stage.counts.done == 2

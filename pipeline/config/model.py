@@ -1,0 +1,269 @@
+"""The backend and how it runs (``model``): FLUX Fill's checkpoint and speed settings,
+the hosted API's connection, the CPU backends' knobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import Section as _Section
+from .source import GRID, MAX_PIXELS_CEILING
+
+SHAPE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+# attention backends that need no download (diffusers' *_hub ones fetch kernels)
+ATTENTION_BACKENDS = (
+    "native",
+    "_native_flash",
+    "_native_cudnn",
+    "_native_efficient",
+    "flash",
+    "_flash_3",
+    "sage",
+)
+
+
+class OptimizeConfig(_Section):
+    """How the model runs on the GPU (flux-fill). ``auto`` turns a setting on on CUDA
+    and off on CPU. Only ``fp8`` and ``bucket_px`` change outputs (and so the rows'
+    request hash); the rest are numerically near-identical (see benchmarks/RESULTS.md)."""
+
+    compile: Literal["auto", "none", "blocks", "full"] = Field(
+        "auto",
+        description="torch.compile the transformer's repeated blocks (short compile) or all of it",
+    )
+    compile_mode: Literal[
+        "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"
+    ] = Field("default", description="torch.compile mode")
+    cuda_graphs: bool = Field(
+        False,
+        description="CUDA graphs for the compiled blocks (pays off at small "
+        "canvases; not yet measured here); runs one call at a time per actor",
+    )
+    fuse_qkv: bool = Field(
+        True, description="one QKV projection GEMM per attention instead of three"
+    )
+    channels_last_vae: Literal["auto", "on", "off"] = Field(
+        "auto", description="NHWC convolutions in the VAE"
+    )
+    attention: str = Field(
+        "native", description="diffusers attention backend: " + ", ".join(ATTENTION_BACKENDS)
+    )
+    fp8: bool = Field(
+        False, description="torchao dynamic float8 (rowwise) transformer linears; CUDA >= 8.9"
+    )
+    bucket_px: int = Field(
+        16,
+        ge=16,
+        le=1024,
+        description="canvases are generated at multiples of this "
+        "(then cropped): fewer distinct shapes -> bigger batches, fewer compilations",
+    )
+    max_shapes: int = Field(
+        16, ge=1, le=256, description="compiled shapes kept per actor (torch recompile limit)"
+    )
+    warmup: list[str] = Field(
+        default_factory=list,
+        description="canvas sizes 'WxH' compiled at actor start "
+        "(the defaults' width x height is added)",
+    )
+    pipelining: bool = Field(
+        True,
+        description="prepare (upload, VAE encode) and decode outside the GPU lock, "
+        "so concurrent calls overlap the denoising loop",
+    )
+
+    @field_validator("attention")
+    @classmethod
+    def _attention(cls, v):
+        if v not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention backend {v!r} is not one of {', '.join(ATTENTION_BACKENDS)} "
+                "(hub-downloaded kernels are not allowed)"
+            )
+        return v
+
+    @field_validator("bucket_px")
+    @classmethod
+    def _bucket(cls, v):
+        if v % GRID:
+            raise ValueError(f"bucket_px must be a multiple of {GRID} (the latent grid)")
+        return v
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup(cls, v):
+        for item in v:
+            m = SHAPE.match(str(item))
+            if not m or not (0 < int(m[1]) * int(m[2]) <= MAX_PIXELS_CEILING):
+                raise ValueError(
+                    f"warmup size {item!r} must be 'WxH' with W*H <= {MAX_PIXELS_CEILING}"
+                )
+        return v
+
+    def shapes(self) -> list[tuple[int, int]]:
+        return [(int(m[1]), int(m[2])) for m in (SHAPE.match(str(s)) for s in self.warmup)]
+
+
+class ApiConfig(_Section):
+    """``model.backend: bfl-api``: the hosted FLUX Outpainting API."""
+
+    endpoint: str = Field(
+        "https://api.bfl.ai",
+        description="https://api.bfl.ai, https://api.eu.bfl.ai or https://api.us.bfl.ai",
+    )
+    key_env: str = Field(
+        "BFL_API_KEY", description="the environment variable holding the API key (only there)"
+    )
+    max_active: int = Field(
+        24,
+        ge=1,
+        le=256,
+        description="the account's concurrent-task limit, held across the whole run",
+    )
+    safety_tolerance: int = Field(
+        2, ge=0, le=5, description="moderation: 0 (strict) .. 5 (permissive)"
+    )
+    max_cost_credits: float | None = Field(
+        None,
+        gt=0,
+        description="stop submitting once the run has spent "
+        "this many credits (1 credit = 0.01 USD)",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="first poll after submitting; backs off from here"
+    )
+    poll_max_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="polls back off to this: a finished task waits at most this long to be seen",
+    )
+    task_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="a task still Pending after this fails its row "
+        "(it stays journaled: a rerun polls it again)",
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="one HTTP request to the API")
+    max_wait_s: float = Field(
+        600.0, ge=0, description="the most a row waits out 429s and unreachable API"
+    )
+    upload_format: Literal["png", "jpeg"] = Field("png", description="how the reference is sent")
+    result_format: Literal["png", "jpeg"] = Field(
+        "png", description="what the API returns (png: lossless)"
+    )
+    retry_ambiguous_submit: bool = Field(
+        False,
+        description="repeat a submission whose answer was lost (5xx, "
+        "connection reset): the row may then be charged twice (recorded)",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v):
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+
+class ModelConfig(_Section):
+    """What generates the unknown area (docs/backends.md)."""
+
+    backend: Literal["classical", "solid", "flux-fill", "bfl-api"] = Field(
+        "classical",
+        description="classical (CPU, no weights) | solid (plain padding) | flux-fill (FLUX.1 Fill on "
+        "GPUs) | bfl-api (the hosted API, no GPU)",
+    )
+    api: ApiConfig = Field(
+        default_factory=ApiConfig, description="bfl-api: the hosted FLUX Outpainting API"
+    )
+    path: str | None = Field(
+        None,
+        description="flux-fill: a diffusers directory, a Hugging Face id in the "
+        "offline cache, or an object-storage URI synced once per node",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for an object-storage model.path"
+    )
+    fill: Literal["grey", "contrast", "green", "blue", "magenta"] | None = Field(
+        None,
+        description="flux-fill: what the unknown area holds before generation (default: the checkpoint's "
+        "own, grey for FLUX.1-Fill-dev)",
+    )
+    steps: int = Field(50, ge=1, le=1000, description="denoising steps in high mode")
+    fast_steps: int | None = Field(None, ge=1, le=1000, description="default: a third of steps")
+    guidance: float = Field(
+        30.0, ge=0, description="flux-fill: guidance scale (FLUX.1-Fill-dev is distilled for 30)"
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16",
+        description="flux-fill: weights and compute (float32 for the tiny test model on CPU)",
+    )
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="flux-fill: auto = cuda where present"
+    )
+    mask_grow_px: int = Field(
+        0, ge=0, le=64, description="grow the mask into the reference (blending)"
+    )
+    quantize: Literal["none", "float8", "int8"] = Field(
+        "none",
+        description="transformer weight storage (torchao, weight-only; changes pixels: part of the "
+        "request hash): float8 on compute capability >= 8.9, int8 on Ampere; halves its memory for 24 GB GPUs",
+    )
+    text_encoder_device: Literal["auto", "cpu", "model"] = Field(
+        "auto",
+        description="where the text encoders embed the prompts (then they are dropped): auto = cpu "
+        "when model.quantize is set (to fit small GPUs), else the model's device",
+    )
+    max_sequence_length: int = Field(512, ge=1, le=512, description="flux-fill: T5 prompt tokens")
+    free_text_encoders: bool = Field(
+        True, description="drop the text encoders once every prompt is embedded"
+    )
+    cache_dir: str | None = Field(
+        None, description="where object-storage model URIs are synced (per node)"
+    )
+    optimize: OptimizeConfig = Field(
+        default_factory=OptimizeConfig,
+        description="flux-fill speed (docs/gpu.md); auto = on with CUDA, off on CPU",
+    )
+    solid_mode: Literal["edge", "color"] = Field(
+        "edge", description="solid: edge (the reference's border extended) | color"
+    )
+    solid_color: tuple[int, int, int] = Field(
+        (255, 255, 255), description="solid color: RGB 0..255"
+    )
+    solid_blur: float = Field(
+        0.0, ge=0, le=256, description="solid edge: Gaussian blur radius of the extension"
+    )
+    classical_grain: float = Field(
+        1.0,
+        ge=0,
+        le=4,
+        description="classical: strength of the photo's own texture "
+        "continued over the fill (0 = smooth, 1 = matched)",
+    )
+
+    @field_validator("solid_color")
+    @classmethod
+    def _rgb(cls, v):
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError("colour components must be 0..255")
+        return v
+
+    @property
+    def steps_fast(self) -> int:
+        return self.fast_steps if self.fast_steps is not None else max(1, round(self.steps / 3))
+
+    @model_validator(mode="after")
+    def _path(self):
+        if self.backend == "flux-fill" and not self.path:
+            raise ValueError(
+                "backend flux-fill needs model.path (a diffusers directory, HF id or URI)"
+            )
+        if self.optimize.fp8 and (self.device == "cpu" or self.dtype != "bfloat16"):
+            raise ValueError(
+                "optimize.fp8 needs a CUDA GPU (compute capability >= 8.9) and dtype bfloat16; "
+                "set model.optimize.fp8: false"
+            )
+        return self

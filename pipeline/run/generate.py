@@ -1,0 +1,195 @@
+"""The model stage: the backend over batches of work rows, one generated canvas per row
+and variant. Pasting the reference back happens after, in the write stage's CPU tasks.
+
+Heavy setup (the backend, its weights) once per instance: as a Ray actor for backends
+that need one, otherwise inside fused CPU tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from ..backends import BuildContext, Job, RowError, spec_of, warmup_shapes
+from ..config import Config, ModelConfig
+from .load import from_columns
+from .records import (
+    API_COUNTERS,
+    API_FIELDS,
+    BUSY_FIELDS,
+    PIXELS,
+    Record,
+    RowStage,
+    elapsed_ms,
+    todo,
+)
+
+
+def variant_seed(seed: int, k: int) -> int:
+    """Variant k of a row: seed + k (variant 0 is the row's own seed)."""
+    return (int(seed) + k) % (1 << 63)
+
+
+class OutpaintStage(RowStage):
+    """Run the backend in batches; what the backend says of each row (fill, API task,
+    cost) goes on the row, failed or not."""
+
+    ADDS = [
+        ("out_pixels", pa.list_(PIXELS)),
+        ("generate_ms", pa.float64()),
+        ("fill_color", pa.string()),
+        ("model", pa.string()),
+        *BUSY_FIELDS,
+        *API_FIELDS,
+        *API_COUNTERS,
+    ]
+    RESETS = (
+        "generate_ms",
+        "fill_color",
+        "model",
+        *dict(BUSY_FIELDS),
+        *dict(API_FIELDS),
+        *dict(API_COUNTERS),
+    )
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        context: BuildContext,
+        color_intent: str,
+        backend=None,
+        lazy: bool = False,
+    ):
+        """``backend``: an already built one (benchmarks); default: built from ``model``,
+        here (model actors: created only when rows need generating) or, ``lazy``, on the
+        first row that needs it (fused CPU tasks, whose rows may need none)."""
+        self.model_cfg = model
+        self.context = context
+        self.color_intent = color_intent
+        self.spec = spec_of(model)
+        self._backend = backend
+        self._lock = threading.Lock()  # concurrent calls of one actor build it once
+        if backend is None and not lazy:
+            self.backend  # noqa: B018 - load now: a model that cannot load fails the actor, not rows
+        # the hosted API runs a call's rows concurrently, each on its own task: all at once
+        self.batch_size = 1 << 30 if self.spec.one_conversation else context.batch_size
+        self.model = self.spec.where(model)
+        self.actor = f"{socket.gethostname()}:{os.getpid()}"
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, prompts: list[str] | None = None, backend=None, lazy: bool = False
+    ):
+        context = BuildContext(prompts, warmup_shapes(cfg), cfg.runtime.batch_size, cfg.output)
+        return cls(cfg.model, context, cfg.output.color_intent, backend=backend, lazy=lazy)
+
+    def __getstate__(self):  # fused CPU tasks receive the stage pickled: no lock, no model
+        return {**self.__dict__, "_lock": None, "_backend": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    @property
+    def backend(self):
+        with self._lock:
+            if self._backend is None:
+                self._backend = self.spec.build(self.model_cfg, self.context)
+        return self._backend
+
+    def _job(self, rec: Record, k: int) -> Job:
+        row = rec.row
+        key = (row.get("request_hash") or row["id"]) + (f"-{k}" if k else "")
+        return Job(
+            ref=rec.ref.model,
+            width=row["canvas_width"],
+            height=row["canvas_height"],
+            x0=row["visible_x0"],
+            y0=row["visible_y0"],
+            seed=variant_seed(row["seed"], k),
+            prompt=row["prompt"] or "",
+            mode=row["mode"],
+            steps=row["steps"],
+            pad_left=row["pad_left"],
+            pad_top=row["pad_top"],
+            row_id=row["id"],
+            key=key,
+        )
+
+    def _run(self, items: list[tuple[Record, int]]) -> list[np.ndarray | Exception]:
+        """Outpaint (record, variant) pairs in one backend call; isolate failures."""
+        jobs = [self._job(rec, k) for rec, k in items]
+        try:
+            results: list = list(self.backend.outpaint(jobs))
+        except Exception as e:  # noqa: BLE001 - isolate the failing rows below
+            if len(items) > 1:  # one bad row must not fail its batch: retry singly
+                return [r for item in items for r in self._run([item])]
+            results = [e]
+        for (rec, _), job, res in zip(items, jobs, results):
+            rec.row["fill_color"] = job.fill_color
+            for name, value in {**(job.info or {}), **(getattr(res, "info", None) or {})}.items():
+                if value is not None or rec.row.get(name) is None:
+                    rec.row[name] = value
+        return results
+
+    def process(self, records: list[Record]) -> None:
+        """Sets ``out`` (one H x W x 3 sRGB array per variant; None where nothing is
+        generated: the output is the reference), ``generate_ms``, ``fill_color``, ``model``."""
+        work: list[tuple[Record, int]] = []
+        for rec in todo(records):
+            n = rec.row.get("num_variants") or 1
+            rec.row.update(model=self.model, generate_ms=0.0)
+            rec.out = [None] * n
+            if rec.row["generated"]:
+                work += [(rec, k) for k in range(n)]
+        for start in range(0, len(work), self.batch_size):
+            items = work[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            results = self._run(items)
+            per_item = elapsed_ms(t0) / len(items)
+            for (rec, k), res in zip(items, results):
+                rec.row["generate_ms"] += per_item
+                if rec.todo:
+                    self._take(rec, k, res)
+        if work:
+            self._stamp([rec for rec, _ in work])
+
+    def _take(self, rec: Record, k: int, res) -> None:
+        """Variant ``k``'s result on its record, or the row's failure."""
+        if isinstance(res, RowError):
+            rec.fail(res.code, res.message)
+        elif isinstance(res, Exception):
+            message = (
+                f"the {self.spec.name} backend failed on this row: {type(res).__name__}: {res}"
+            )
+            rec.fail("generation_failed", message)
+        else:
+            assert res.shape == (rec.row["canvas_height"], rec.row["canvas_width"], 3)
+            rec.out[k] = res
+
+    def _stamp(self, records: list[Record]) -> None:
+        """What the backend's counters said when these rows finished."""
+        if self.spec.hosted:  # the hosted API takes no seed: a row's seed is not what made it
+            active, spent = self.backend.snapshot()
+            for rec in records:
+                rec.row.update(seed=None, api_active=active, api_spent=spent)
+        busy = getattr(self._backend, "busy", None)
+        if busy is not None:
+            loop_s, wall_s = busy.snapshot()
+            for rec in records:
+                rec.row.update(model_actor=self.actor, model_loop_s=loop_s, model_wall_s=wall_s)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        records = self.records(batch)
+        for rec in records:
+            rec.ref = from_columns(rec.row, self.color_intent)
+        self.process(records)
+        for rec in records:
+            rec.row["out_pixels"] = (
+                None if rec.out is None else [o if o is None else o.tobytes() for o in rec.out]
+            )
+        return self.table(batch.schema, records)
