@@ -208,7 +208,11 @@ def http_scenarios(n: int, work: str) -> dict:
 
         def cfg(m, outdir):
             return {
-                "input": {"manifest": os.path.join(work, f"http-{m}.parquet")},
+                # the stand-in CDN runs on loopback: allowed on purpose
+                "input": {
+                    "manifest": os.path.join(work, f"http-{m}.parquet"),
+                    "http": {"allow_private_networks": True},
+                },
                 "output": {"uri": os.path.join(work, outdir)},
                 "model": {"backend": "solid"},
                 "runtime": {"progress_interval_s": 3600},

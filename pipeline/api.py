@@ -367,6 +367,7 @@ def make_manifest(
     mode: str | None = None,
     output_format: str | None = None,
     storage_options: dict | None = None,
+    http: dict | None = None,
 ) -> tuple[pa.Table, str]:
     """A manifest from folders, globs or bucket prefixes of images (``outpaint manifest``):
     one row per image and target; returns the table and the written file's URI."""
@@ -381,6 +382,7 @@ def make_manifest(
         mode=mode,
         output_format=output_format,
         storage_options=storage_options,
+        http=http,
     )
     return table, write(table, out, storage_options)
 

@@ -9,7 +9,7 @@ import sys
 
 import pyarrow.parquet as pq
 
-from . import api, storage
+from . import api, secrets, storage
 from . import config as config_mod
 from .config import ConfigError
 
@@ -61,6 +61,11 @@ def add_manifest(sub) -> None:
     sp.add_argument("--mode", choices=["high", "fast"], help="mode column (default: the config's)")
     sp.add_argument("--format", choices=["png", "jpeg", "jpg", "webp"], help="output_format column")
     sp.add_argument("--storage-options", help="fsspec options for SOURCE and --out, as JSON")
+    sp.add_argument(
+        "--allow-private-networks",
+        action="store_true",
+        help="http(s) sources may be on private networks (as input.http.allow_private_networks)",
+    )
     sp.set_defaults(func=cmd_manifest)
 
 
@@ -80,6 +85,7 @@ def cmd_manifest(args) -> int:
         mode=args.mode,
         output_format=args.format,
         storage_options=opts,
+        http={"allow_private_networks": args.allow_private_networks},
     )
     targets = [Target(aspect_ratio=r) for r in ratios]
     if size:
@@ -358,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:
-        print(f"outpaint: {e}", file=sys.stderr)
+        print(f"outpaint: {secrets.scrub(str(e))}", file=sys.stderr)
         return 2
 
 

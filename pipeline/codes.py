@@ -20,6 +20,9 @@ CODES: tuple[str | None, ...] = (
     None,
     # request and geometry -> rejected
     "invalid_request",
+    "prompt_too_long",
+    "cell_too_large",
+    "row_too_large",
     "invalid_id",
     "duplicate_id",
     "canvas_too_small",
@@ -35,6 +38,7 @@ CODES: tuple[str | None, ...] = (
     "image_too_large",
     "unsupported_image",
     "image_access_denied",
+    "image_metadata_too_large",
     # runtime -> failed
     "generation_failed",
     "moderated",
@@ -49,8 +53,11 @@ IMAGE_CODES = frozenset(
         "image_too_large",
         "unsupported_image",
         "image_access_denied",
+        "image_metadata_too_large",
     }
 )
+# a request's own problems (the first of them is the row's code, before ids and images)
+REQUEST_CODES = ("invalid_request", "prompt_too_long", "cell_too_large", "row_too_large")
 FAILED_CODES = IMAGE_CODES | {
     "generation_failed",
     "moderated",

@@ -91,6 +91,7 @@ class ImageServer(LoopbackServer):
             str, tuple[int, str]
         ] = {}  # path -> (429 answers left, Retry-After value)
         self.status: dict[str, int] = {}  # path -> fixed status (401, 403, 404...)
+        self.redirects: dict[str, str] = {}  # path -> where a 302 sends it
         self.active = 0
         self.max_active = 0
         lock = threading.Lock()
@@ -123,6 +124,8 @@ class ImageServer(LoopbackServer):
                 try:
                     if path in server.status:
                         return self._send(server.status[path], {})
+                    if path in server.redirects:
+                        return self._send(302, {"Location": server.redirects[path]})
                     left, after = server.throttle.get(path, (0, ""))
                     if left > 0:
                         server.throttle[path] = (left - 1, after)

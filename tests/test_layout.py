@@ -12,7 +12,7 @@ import pipeline
 ROOT = Path(pipeline.__file__).parent
 SUBPACKAGES = ("io", "backends", "plan", "review", "run")
 # what every layer shares (the entry points cli/__main__ may import anything)
-SHARED = {"box", "config", "codes", "parallel", "retries", "storage"}
+SHARED = {"box", "config", "codes", "parallel", "retries", "secrets", "storage"}
 
 
 def _module(path: Path) -> str:

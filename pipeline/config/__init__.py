@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from .. import storage
+from .. import secrets, storage
 from .base import ConfigError
 from .base import Section as _Section
 from .model import ATTENTION_BACKENDS, SHAPE, ApiConfig, ModelConfig, OptimizeConfig
@@ -184,10 +184,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def from_dict(data: Any, source: str = "") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping of sections")
+    secrets.remember(data)  # its credentials are masked wherever this process writes or says
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(secrets.scrub(_format_errors(e, source))) from None
 
 
 def load(

@@ -70,8 +70,37 @@ class HttpConfig(_Section):
     )
     headers: dict[str, str] = Field(
         default_factory=dict,
-        description="sent with every request (User-Agent, an API key header...)",
+        description="sent with every request (User-Agent, an API key header...); the values are "
+        "treated as secrets",
     )
+    max_redirects: int = Field(
+        5, ge=0, le=20, description="redirects followed per request, each hop checked"
+    )
+    allow_private_networks: bool = Field(
+        False,
+        description="let sources reach loopback, private, link-local (cloud metadata), multicast and "
+        "reserved addresses: for internal CDNs and tests; manifests are untrusted, so off by default",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="host names or CIDR ranges sources may reach even when private (an internal CDN: "
+        "cdn.corp.example, 10.20.0.0/16)",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v):
+        import ipaddress
+
+        for item in v:
+            if "/" in item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{item!r} is not a CIDR range (10.0.0.0/8, fd00::/8)"
+                    ) from None
+        return v
 
 
 class InputConfig(_Section):
@@ -185,11 +214,34 @@ class SizingConfig(_Section):
 
 
 class LimitsConfig(_Section):
-    """Caps checked from each source's header before any pixel is decoded."""
+    """Caps on what an untrusted manifest or source may make a row cost: checked from the
+    manifest's cells and each source's header before any pixel is decoded; a row over a
+    cap ends with its code, never the job."""
 
     max_source_pixels: int = Field(
         64 * 1024 * 1024, gt=0, le=1 << 32, description="decoded size limit (image_too_large)"
     )
     max_source_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="file size limit (image_too_large)"
+    )
+    max_prompt_chars: int = Field(
+        2_000, ge=1, le=100_000, description="a row's prompt (prompt_too_long)"
+    )
+    max_cell_bytes: int = Field(
+        64 * 1024,
+        ge=256,
+        description="any other manifest cell, passthrough columns included (cell_too_large)",
+    )
+    max_manifest_line_bytes: int = Field(
+        1024 * 1024, ge=1024, description="a CSV/TSV/JSON Lines manifest's line (row_too_large)"
+    )
+    max_icc_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1024,
+        description="a source's embedded ICC profile (image_metadata_too_large)",
+    )
+    max_xmp_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="a source's embedded XMP packet (image_metadata_too_large)",
     )

@@ -15,13 +15,16 @@ import hashlib
 import posixpath
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 
 from .. import storage
-from ..config import ConfigError, parse_ratio
+from ..config import ConfigError, InputConfig, parse_ratio
 from . import headers
+from .netguard import NetPolicy, SourceRefused
+from .sources import http_header
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -49,11 +52,16 @@ class Found:
     rel: list[str] = field(default_factory=list)
 
 
-def find_images(sources: list[str], storage_options: dict | None = None) -> Found:
+def find_images(
+    sources: list[str], storage_options: dict | None = None, policy: NetPolicy | None = None
+) -> Found:
     """Every image under each source (a folder or prefix, recursively; a glob; a file),
-    in sorted order, with its path relative to the source."""
+    in sorted order, with its path relative to the source. An http(s) source's host is
+    checked against the network ``policy`` before anything is read from it."""
     out = Found()
     for src in sources:
+        if src.startswith(("http://", "https://")):
+            _check_host(src, policy or NetPolicy())
         fs, path = storage.filesystem(src, storage_options)
         if any(c in path for c in "*?["):
             base = path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
@@ -74,6 +82,18 @@ def find_images(sources: list[str], storage_options: dict | None = None) -> Foun
     if not out.uris:
         raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {', '.join(sources)}")
     return out
+
+
+def _check_host(url: str, policy: NetPolicy) -> None:
+    parts = urlsplit(url)
+    try:
+        policy.addresses(
+            parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+        )
+    except SourceRefused as e:
+        raise ConfigError(f"{url}: refused: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{url}: {e}") from None
 
 
 def ids_from_paths(rel: list[str]) -> list[str]:
@@ -100,8 +120,10 @@ def build(
     output_format: str | None = None,
     storage_options: dict | None = None,
     threads: int = 32,
+    http: dict | None = None,
 ) -> pa.Table:
-    """The manifest table: one row per image and target."""
+    """The manifest table: one row per image and target. ``http``: ``input.http`` settings
+    for http(s) sources (what they may reach: ``allow_private_networks``, ``allowed_hosts``)."""
     if not targets:
         raise ConfigError(
             "give at least one target: --aspect-ratio W:H (repeatable) or --width W --height H"
@@ -112,11 +134,17 @@ def build(
                 parse_ratio(t.aspect_ratio)
             except ValueError as e:
                 raise ConfigError(f"--aspect-ratio: {e}") from None
-    found = find_images(sources, storage_options)
+    source_cfg = InputConfig(manifest="-", storage_options=storage_options or {}, http=http or {})
+    found = find_images(sources, storage_options, NetPolicy.of(source_cfg.http))
     ids = ids_from_paths(found.rel)
     limits = headers.SourceLimits(1 << 40, 1 << 40)  # sizes only: the run applies the real limits
+
+    def probe_http(uri: str, want: bool):
+        return http_header(uri, source_cfg, limits, want)
+
+    wants = np.ones(len(found.uris), bool)
     w, h, code, _, _ = headers.probe_many(
-        found.uris, None, np.ones(len(found.uris), bool), storage_options or {}, limits, threads
+        found.uris, None, wants, storage_options or {}, limits, threads, http=probe_http
     )
     ok = code == None  # noqa: E711 - elementwise
     n, k = len(ids), len(targets)

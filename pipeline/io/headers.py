@@ -39,6 +39,18 @@ class Header:
 class SourceLimits:
     max_source_pixels: int
     max_source_bytes: int
+    max_icc_bytes: int = 1 << 40
+    max_xmp_bytes: int = 1 << 40
+
+    @classmethod
+    def of(cls, limits) -> SourceLimits:
+        """From the config's ``limits`` section."""
+        return cls(
+            limits.max_source_pixels,
+            limits.max_source_bytes,
+            limits.max_icc_bytes,
+            limits.max_xmp_bytes,
+        )
 
 
 def _describe(uri: str | None) -> str:
@@ -204,9 +216,17 @@ def probe_bytes(data: bytes, limits: SourceLimits, want_header: bool = True) -> 
 
 
 def probe_many(
-    uris, blobs, want_header, storage_options: dict, limits: SourceLimits, threads: int = 32
+    uris,
+    blobs,
+    want_header,
+    storage_options: dict,
+    limits: SourceLimits,
+    threads: int = 32,
+    http=None,
 ):
     """Probe rows in parallel (I/O bound): ``uris[i]`` or ``blobs[i]``; None = skip.
+    ``http(uri, want_header) -> Header`` probes http(s) URIs (``sources.http_header``:
+    through the guarded client; without it they are refused, never read unguarded).
 
     Returns (width, height, code, message, identity) arrays.
     """
@@ -222,6 +242,11 @@ def probe_many(
     def one(i):
         if blobs is not None and blobs[i] is not None:
             return i, probe_bytes(blobs[i], limits, bool(want_header[i]))
+        if uris[i].startswith(("http://", "https://")):
+            if http is None:
+                why = f"{uris[i]}: http(s) sources are read only through the guarded client"
+                return i, Header(code="image_access_denied", message=why)
+            return i, http(uris[i], bool(want_header[i]))
         return i, probe(uris[i], storage_options, limits, bool(want_header[i]), resolve)
 
     todo = [

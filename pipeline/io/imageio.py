@@ -96,6 +96,25 @@ def draft_size(w0: int, h0: int, target: tuple[int, int] | None) -> tuple[int, i
     return target[0] * 2, target[1] * 2
 
 
+def _check_metadata_sizes(img: Image.Image, limits: SourceLimits, what: str) -> None:
+    """An embedded ICC profile or XMP packet over its cap fails the row: a source may
+    not make its row parse megabytes of profile or XML."""
+    icc = img.info.get("icc_profile") or b""
+    if len(icc) > limits.max_icc_bytes:
+        raise ImageError(
+            "image_metadata_too_large",
+            f"{what} embeds a {len(icc):,}-byte ICC profile, over "
+            f"limits.max_icc_bytes = {limits.max_icc_bytes:,}; re-export it with a standard profile",
+        )
+    xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp") or b""
+    if len(xmp) > limits.max_xmp_bytes:
+        raise ImageError(
+            "image_metadata_too_large",
+            f"{what} embeds {len(xmp):,} bytes of XMP, over "
+            f"limits.max_xmp_bytes = {limits.max_xmp_bytes:,}; strip its metadata",
+        )
+
+
 def decode(
     data: bytes,
     limits: SourceLimits,
@@ -142,6 +161,7 @@ def decode(
             if want is not None and fmt == "JPEG":
                 img.draft(img.mode, want[::-1] if orientation in (5, 6, 7, 8) else want)
             img.load()
+            _check_metadata_sizes(img, limits, what)
             src = color.read_source(img)
             rights = provenance.read_rights(img, keep_gps) if metadata else None
             img = ImageOps.exif_transpose(img)

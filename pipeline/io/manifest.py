@@ -13,7 +13,10 @@ workers read their slice with ``read_slice``.
 
 from __future__ import annotations
 
+import io
+import json
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +31,10 @@ from .. import retries, storage
 from ..config import Config, ConfigError
 
 ROW_INDEX = "manifest_row"  # added on read: global row number, for duplicate-id precedence
+# added on read of a text manifest whose line is over limits.max_manifest_line_bytes: the
+# line is read as its id alone and this column holds its size (planning rejects the row)
+LINE_BYTES = "__line_bytes"
+INTERNAL = (ROW_INDEX, LINE_BYTES)
 
 # column -> what it holds (for messages); types are checked per value while planning
 COLUMNS: dict[str, str] = {
@@ -77,7 +84,7 @@ HINTS = {
 def check_schema(schema: pa.Schema, cfg: Config, source: str = "") -> None:
     """Raise ``ConfigError`` for a manifest schema the run cannot use."""
     where = f"manifest {source}: " if source else "manifest: "
-    names = [n for n in schema.names if n != ROW_INDEX]
+    names = [n for n in schema.names if n not in INTERNAL]
     if "id" not in names:  # first: a missing id explains an "unknown" sku/key column
         raise ConfigError(
             where
@@ -200,24 +207,72 @@ def _unreadable(fs, path: str, fmt: str, e: BaseException) -> ConfigError:
     )
 
 
-def _read_text(fs, path: str, fmt: str, columns: list[str] | None = None) -> pa.Table:
+def _shorten(data: bytes, fmt: str, max_line: int) -> tuple[bytes, dict[int, int]]:
+    """Lines over ``max_line`` bytes replaced by a line holding only their id (the row is
+    then rejected ``row_too_large``, never parsed whole); returns the data and, per data
+    row, the size of its original line."""
+    lines = data.split(b"\n")
+    if max(map(len, lines), default=0) <= max_line:
+        return data, {}
+    delimiter = b"\t" if fmt == "tsv" else b","
+    header = [h.strip().strip(b'"') for h in lines[0].split(delimiter)] if fmt != "jsonl" else []
+    id_at = header.index(b"id") if b"id" in header else None
+    sizes, row = {}, 0
+    for k, line in enumerate(lines):
+        if fmt != "jsonl" and k == 0:
+            continue
+        if not line.strip():
+            continue
+        if len(line) > max_line:
+            sizes[row] = len(line)
+            lines[k] = _id_only(line[:65536], fmt, delimiter, header, id_at, k)
+        row += 1
+    return b"\n".join(lines), sizes
+
+
+def _id_only(
+    head: bytes, fmt: str, delimiter: bytes, header: list[bytes], id_at: int | None, k: int
+) -> bytes:
+    """A short line with the over-long line's id (read from its first bytes), or a stand-in
+    id naming the line when it cannot be read there."""
+    found = None
+    if fmt == "jsonl":
+        m = re.search(rb'"id"\s*:\s*"([A-Za-z0-9._-]{1,200})"', head)
+        found = m.group(1) if m else None
+        return json.dumps({"id": found.decode() if found else f".line-{k + 1}"}).encode()
+    if id_at is not None:
+        fields = head.split(delimiter, id_at + 1)
+        if len(fields) > id_at + 1 and re.fullmatch(
+            rb"[A-Za-z0-9._-]{1,200}", fields[id_at].strip(b'"')
+        ):
+            found = fields[id_at].strip(b'"')
+    value = found or f".line-{k + 1}".encode()
+    return delimiter.join(value if i == id_at else b"" for i in range(len(header)))
+
+
+def _read_text(
+    fs, path: str, fmt: str, columns: list[str] | None = None, max_line: int = 1 << 20
+) -> pa.Table:
     with fs.open(path, "rb") as f:
-        if fmt in ("csv", "tsv"):
-            conv = pcsv.ConvertOptions(
-                column_types={c: pa.string() for c in TEXT_COLUMNS},
-                strings_can_be_null=True,
-                include_columns=columns,
-                include_missing_columns=False,
-            )
-            t = pcsv.read_csv(
-                f,
-                parse_options=pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
-                convert_options=conv,
-            )
-        else:
-            t = pjson.read_json(f)
-            if columns is not None:
-                t = t.select([c for c in columns if c in t.column_names])
+        data, long_lines = _shorten(f.read(), fmt, max_line)
+    block = max_line + (1 << 20)  # a line of up to max_line bytes fits in one block
+    if fmt in ("csv", "tsv"):
+        conv = pcsv.ConvertOptions(
+            column_types={c: pa.string() for c in TEXT_COLUMNS},
+            strings_can_be_null=True,
+            include_columns=columns,
+            include_missing_columns=False,
+        )
+        t = pcsv.read_csv(
+            io.BytesIO(data),
+            read_options=pcsv.ReadOptions(block_size=block),
+            parse_options=pcsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ","),
+            convert_options=conv,
+        )
+    else:
+        t = pjson.read_json(io.BytesIO(data), read_options=pjson.ReadOptions(block_size=block))
+        if columns is not None:
+            t = t.select([c for c in columns if c in t.column_names])
     for c in TEXT_COLUMNS:  # JSON numbers in string columns (e.g. numeric ids)
         if (
             c in t.column_names
@@ -226,15 +281,23 @@ def _read_text(fs, path: str, fmt: str, columns: list[str] | None = None) -> pa.
             and not pa.types.is_null(t.column(c).type)
         ):
             t = t.set_column(t.column_names.index(c), c, t.column(c).cast(pa.string()))
+    if long_lines:
+        sizes = np.zeros(t.num_rows, np.int64)
+        for row, size in long_lines.items():
+            sizes[row] = size
+        t = t.append_column(LINE_BYTES, pa.array(sizes, mask=sizes == 0))
     return t
 
 
-def read_file(fs, path: str, fmt: str, columns: list[str] | None = None) -> pa.Table:
-    """One manifest file as a table; ``ConfigError`` (one line) if it is not a table."""
+def read_file(
+    fs, path: str, fmt: str, columns: list[str] | None = None, max_line: int = 1 << 20
+) -> pa.Table:
+    """One manifest file as a table; ``ConfigError`` (one line) if it is not a table.
+    ``max_line``: text formats' longest line read whole (``limits.max_manifest_line_bytes``)."""
     try:
         if fmt == "parquet":
             return storage.retry(pq.read_table, path, filesystem=fs, columns=columns)
-        return storage.retry(_read_text, fs, path, fmt, columns)
+        return storage.retry(_read_text, fs, path, fmt, columns, max_line)
     except ConfigError:
         raise
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as e:
@@ -275,7 +338,7 @@ def read(cfg: Config, columns: list[str] | None = None) -> pa.Table:
     fs, paths = files(cfg)
     tables = []
     for p in paths:
-        t = read_file(fs, p, file_format(p, cfg))
+        t = read_file(fs, p, file_format(p, cfg), max_line=cfg.limits.max_manifest_line_bytes)
         check_schema(t.schema, cfg, storage.unstrip(fs, p))
         if columns is not None:
             t = t.select([c for c in columns if c in t.column_names])
@@ -348,7 +411,7 @@ def scan(cfg: Config, slice_rows: int = 65_536) -> ManifestIndex:
                     row0 += rows
                     start, rows = g + 1, 0
         else:
-            t = read_file(fs, p, fmt)
+            t = read_file(fs, p, fmt, max_line=cfg.limits.max_manifest_line_bytes)
             schema = t.schema
             check_schema(schema, cfg, uri)
             col = t.column("id")
@@ -429,7 +492,7 @@ def read_slice(piece: Slice, cfg: Config, chunk_rows: int = 65_536) -> Iterator[
             )
         )
     else:
-        t = read_file(fs, path, piece.format)
+        t = read_file(fs, path, piece.format, max_line=cfg.limits.max_manifest_line_bytes)
         batches = (t.slice(s, chunk_rows) for s in range(0, t.num_rows, chunk_rows))
     for t in batches:
         yield t.append_column(ROW_INDEX, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))

@@ -33,11 +33,17 @@ class Compacted:
     orphaned: list[str]  # image names no kept row names any more
 
 
-class MetadataParts:
-    """``metadata/part-{shard}.parquet`` of one output folder."""
+# free text that may quote a URI or an exception, and the source URI itself (a password in it)
+TEXT_COLUMNS = ("error_message", "api_note", "image")
 
-    def __init__(self, folder: OutputFolder):
+
+class MetadataParts:
+    """``metadata/part-{shard}.parquet`` of one output folder. ``scrub`` (a
+    ``secrets.Scrubber``) masks credentials in the free-text columns of every part written."""
+
+    def __init__(self, folder: OutputFolder, scrub=None):
         self.folder = folder
+        self.scrub = scrub
 
     def files(self) -> list[str]:
         return self.folder.find(
@@ -46,6 +52,11 @@ class MetadataParts:
 
     def write_part(self, table: pa.Table, shard: str) -> str:
         """One part, whole: it appears complete or not at all."""
+        if self.scrub is not None:
+            for name in TEXT_COLUMNS:
+                if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+                    i = table.column_names.index(name)
+                    table = table.set_column(i, name, self.scrub.column(table.column(name)))
         buf = io.BytesIO()
         pq.write_table(table, buf, row_group_size=ROW_GROUP)
         name = storage.join(METADATA, f"part-{shard}.parquet")

@@ -48,10 +48,11 @@ class OutputStore:
     """One output URI: its folder, images and metadata. Picklable, so workers receive it
     and write straight to storage."""
 
-    def __init__(self, uri: str, storage_options: dict | None = None):
+    def __init__(self, uri: str, storage_options: dict | None = None, scrub=None):
+        """``scrub``: a ``secrets.Scrubber`` for what is written (the metadata's free text)."""
         self.folder = OutputFolder(uri, storage_options)
         self.images = ImageFiles(self.folder)
-        self.metadata = MetadataParts(self.folder)
+        self.metadata = MetadataParts(self.folder, scrub)
 
     @property
     def uri(self) -> str:

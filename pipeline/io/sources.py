@@ -20,18 +20,22 @@ a listing, a HEAD, or the GET that loads the image. It goes into the request has
 
 from __future__ import annotations
 
+import io
+import json
 import posixpath
 import threading
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urljoin
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import retries, storage
-from .headers import identity_of
+from .headers import Header, identity_of, inspect
 from .imageio import ImageError
+from .netguard import NetPolicy, SourceRefused, guarded_pool_manager
 
 HTTP_SCHEMES = ("http://", "https://")
 
@@ -43,55 +47,86 @@ def is_http(uri: str | None) -> bool:
 # ------------------------------------------------------------------ HTTP
 
 
+class Refused(PermissionError):
+    """A source the job may not reach (a private address, a scheme it may not follow)."""
+
+
 class HTTPStatusError(OSError):
     def __init__(self, url: str, status: int, reason: str = ""):
         super().__init__(f"HTTP {status} {reason} for {url}".replace("  ", " "))
         self.status = status
 
 
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
 class HttpClient:
-    """One pool of keep-alive connections per process (thread-safe), per-host limited."""
+    """One pool of keep-alive connections per process (thread-safe), per-host limited,
+    that reaches only what the network policy allows (``netguard``) and follows
+    redirects itself, checking every hop."""
 
     _lock = threading.Lock()
     _clients: dict[tuple, HttpClient] = {}
 
-    def __init__(self, max_per_host: int, timeout_s: float, max_wait_s: float, headers: dict):
+    def __init__(self, http_cfg):
         import urllib3
 
         self.urllib3 = urllib3
-        self.max_wait_s = max_wait_s
-        self.pool = urllib3.PoolManager(
+        self.max_wait_s = http_cfg.max_wait_s
+        self.max_redirects = http_cfg.max_redirects
+        self.pool = guarded_pool_manager(
+            NetPolicy.of(http_cfg),
             num_pools=256,
-            maxsize=max_per_host,
+            maxsize=http_cfg.max_connections_per_host,
             block=True,
             retries=False,
-            timeout=urllib3.Timeout(total=timeout_s),
-            headers=dict(headers),
+            timeout=urllib3.Timeout(total=http_cfg.timeout_s),
+            headers=dict(http_cfg.headers),
         )
 
     @classmethod
     def get(cls, http_cfg) -> HttpClient:
-        key = (
-            http_cfg.max_connections_per_host,
-            http_cfg.timeout_s,
-            http_cfg.max_wait_s,
-            tuple(sorted(http_cfg.headers.items())),
-        )
+        key = json.dumps(http_cfg.model_dump(mode="json"), sort_keys=True)
         with cls._lock:
             client = cls._clients.get(key)
             if client is None:
-                client = cls._clients[key] = cls(*key[:3], dict(key[3]))
+                client = cls._clients[key] = cls(http_cfg)
         return client
 
     def request(self, method: str, url: str):
-        """The response (body read), after waiting out 429/503 (``Retry-After``) and
-        retrying 5xx / connection errors, within ``max_wait_s`` in all; raises
-        FileNotFoundError (404/410), PermissionError (401/403), HTTPStatusError (others)."""
+        """The response (body read), after following redirects (each hop checked, at most
+        ``max_redirects``), waiting out 429/503 (``Retry-After``) and retrying 5xx /
+        connection errors, within ``max_wait_s`` in all; raises FileNotFoundError
+        (404/410), PermissionError (401/403, or a source the policy refuses),
+        HTTPStatusError (others)."""
+        for _ in range(self.max_redirects + 1):
+            r = self._once(method, url)
+            if r.status not in REDIRECTS:
+                return r
+            url = self._next_hop(url, r.headers.get("Location"))
+        raise HTTPStatusError(
+            url, 310, f"more than input.http.max_redirects = {self.max_redirects} redirects"
+        )
+
+    @staticmethod
+    def _next_hop(url: str, location: str | None) -> str:
+        if not location:
+            raise HTTPStatusError(url, 502, "a redirect without a Location")
+        target = urljoin(url, location)
+        if not is_http(target):
+            raise Refused(
+                f"{url} redirects to a {target.split(':', 1)[0]}: URL; only http(s) redirects are followed"
+            )
+        return target
+
+    def _once(self, method: str, url: str):
         started = time.monotonic()
 
         def attempt(_):
             try:
-                r = self.pool.request(method, url, preload_content=True, redirect=True)
+                r = self.pool.request(method, url, preload_content=True, redirect=False)
+            except SourceRefused as e:
+                raise Refused(f"{url}: {e}") from None
             except (self.urllib3.exceptions.HTTPError, OSError) as e:
                 raise retries.RetryLater(
                     ConnectionError(f"{url}: {type(e).__name__}: {e}")
@@ -233,6 +268,23 @@ def head(uri: str, input_cfg) -> str:
         raise source_error(uri, e) from None
 
 
+def http_header(uri: str, input_cfg, limits, want_header: bool = True):
+    """``headers.probe_many``'s probe for an http(s) source: a HEAD for its identity, or
+    one GET for its header and identity, through the guarded client."""
+    if not want_header:
+        try:
+            return Header(identity=head(uri, input_cfg))
+        except ImageError as e:
+            return Header(code=e.code, message=e.message)
+    try:
+        data, identity = fetch(uri, input_cfg)
+    except ImageError as e:
+        return Header(code=e.code, message=e.message)
+    found = inspect(io.BytesIO(data), len(data), uri, limits)
+    found.identity = identity
+    return found
+
+
 def source_error(uri: str, e: BaseException) -> ImageError:
     if isinstance(e, ImageError):
         return e
@@ -242,6 +294,8 @@ def source_error(uri: str, e: BaseException) -> ImageError:
         )
     if isinstance(e, IsADirectoryError):
         return ImageError("image_not_found", f"{uri} is a directory, not an image file")
+    if isinstance(e, Refused):
+        return ImageError("image_access_denied", f"refused: {str(e)[:400]}")
     if isinstance(e, PermissionError):
         return ImageError(
             "image_access_denied",

@@ -220,7 +220,7 @@ def _request_checks(g: GeometryInput, codes_: _Codes) -> np.ndarray:
     both = size_any & g.has_ratio
     neither = ~(size_any | g.has_ratio)
     half = size_any & ~(g.has_width & g.has_height)
-    codes_.reject(g.request_code > 0, "invalid_request")
+    codes_.carry(g.request_code)  # invalid_request, or a cap's code
     codes_.reject(both | neither | half, "invalid_request")
     codes_.carry(g.id_code)
     codes_.carry(g.image_code)

@@ -36,7 +36,7 @@ def _request_code(row: dict) -> str | None:
     has_size = row.get("width") is not None or row.get("height") is not None
     ratio = row.get("ratio")
     if row.get("request_code"):
-        return "invalid_request"
+        return row["request_code"]
     if (has_size and ratio is not None) or (not has_size and ratio is None):
         return "invalid_request"
     if has_size and (row.get("width") is None or row.get("height") is None):

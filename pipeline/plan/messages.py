@@ -116,7 +116,7 @@ def _canvas_too_large(r: _Rejected) -> pa.Array:
 
 
 def _placed(r: _Rejected, where: str, advice: str) -> pa.Array:
-    """"reference WxH at (x, y) {where} the WxH canvas{advice}"."""
+    """ "reference WxH at (x, y) {where} the WxH canvas{advice}"."""
     at = cat("reference ", _dims(r.w, r.h), " at (", _s(r.x), ", ", _s(r.y), ") ")
     return cat(at, where, " the ", _dims(r.W, r.H), " canvas", advice)
 

@@ -18,141 +18,14 @@ import pyarrow.compute as pc
 
 from ..config import ANCHORS, Config, parse_ratio
 from ..io.done import FNV_OFFSET, FNV_PRIME, M64, hash64, splitmix64
+from .cells import Problems, bool_column, column, enum_column, int_column, is_present, str_column
 from .geometry import ANCHOR_AXES
+from .untrusted import caps, source_rules
 
 MODES = ("high", "fast")
 FORMATS = ("png", "jpeg", "webp")
 FORMAT_ALIASES = {"jpg": "jpeg"}
 ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$"
-
-
-class _Problems:
-    """The first problem per row, as a message; formatted only for rows that have one."""
-
-    def __init__(self, n: int):
-        self.msg = np.full(n, None, dtype=object)
-        self.any = np.zeros(n, dtype=bool)
-
-    def add(self, bad: np.ndarray, text) -> None:
-        hit = bad & ~self.any
-        if not hit.any():
-            return
-        self.any |= hit
-        for i in np.flatnonzero(hit):
-            self.msg[i] = text(i) if callable(text) else text
-
-
-def _column(table: pa.Table, name: str):
-    if name not in table.column_names:
-        return None
-    col = table.column(name)
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return None if pa.types.is_null(col.type) else col
-
-
-def _present(col, n: int) -> np.ndarray:
-    if col is None:
-        return np.zeros(n, bool)
-    return np.asarray(col.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def int_column(table: pa.Table, name: str):
-    """-> (values int64, present bool, bad bool). Integral floats and numeric strings pass."""
-    n = table.num_rows
-    col = _column(table, name)
-    present = _present(col, n)
-    if col is None:
-        return np.zeros(n, np.int64), present, np.zeros(n, bool)
-    t = col.type
-    if pa.types.is_integer(t):
-        return col.fill_null(0).to_numpy().astype(np.int64), present, np.zeros(n, bool)
-    if pa.types.is_floating(t):
-        v = col.fill_null(0).to_numpy().astype(np.float64)
-        ok = np.isfinite(v) & (np.floor(v) == v) & (np.abs(v) < 2**62)
-        return np.where(ok, v, 0).astype(np.int64), present, present & ~ok
-    vals = np.zeros(n, np.int64)
-    bad = np.zeros(n, bool)
-    for i, v in enumerate(col.to_pylist()):  # unexpected storage type: slow path
-        if v is None:
-            continue
-        try:
-            if isinstance(v, bool):
-                raise ValueError
-            f = v if isinstance(v, int) else float(v)
-            if f != int(f):
-                raise ValueError
-            vals[i] = int(f)
-        except (ValueError, TypeError, OverflowError):
-            bad[i] = True
-    return vals, present, bad
-
-
-def bool_column(table: pa.Table, name: str, default: bool):
-    n = table.num_rows
-    col = _column(table, name)
-    if col is None:
-        return np.full(n, default), np.zeros(n, bool)
-    if pa.types.is_boolean(col.type):
-        return np.asarray(
-            col.fill_null(default).to_numpy(zero_copy_only=False), dtype=bool
-        ), np.zeros(n, bool)
-    vals, bad = np.full(n, default), np.zeros(n, bool)
-    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    for i, v in enumerate(col.to_pylist()):
-        if v is None:
-            continue
-        w = words.get(str(v).strip().lower())
-        if w is None:
-            bad[i] = True
-        else:
-            vals[i] = w
-    return vals, bad
-
-
-def str_column(table: pa.Table, name: str, default: str | None, numbers_ok: bool = False):
-    """-> (pa.StringArray with nulls replaced by ``default``, bad bool).
-
-    Non-string storage is ill-typed (``bad``) unless ``numbers_ok`` (ids may be ints).
-    """
-    n = table.num_rows
-    col = _column(table, name)
-    if col is None:
-        return pa.array([default] * n, pa.string()) if default is not None else pa.nulls(
-            n, pa.string()
-        ), np.zeros(n, bool)
-    bad = np.zeros(n, bool)
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
-    if pa.types.is_large_string(col.type):
-        col = col.cast(pa.string())
-    elif not pa.types.is_string(col.type):
-        is_num = pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
-        if not (numbers_ok and is_num):
-            bad = _present(col, n)
-        try:
-            col = col.cast(pa.string())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            col = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
-    if default is not None:
-        col = col.fill_null(default)
-    return col, bad
-
-
-def enum_column(arr: pa.Array, allowed: tuple[str, ...], aliases: dict | None = None):
-    """Strings -> index into ``allowed`` (-1 = unknown), case- and space-insensitive.
-
-    Parses each distinct value once (a catalogue has a handful).
-    """
-    lut = {a: i for i, a in enumerate(allowed)}
-    for k, v in (aliases or {}).items():
-        lut[k] = lut[v]
-    enc = pc.utf8_lower(pc.utf8_trim_whitespace(arr)).dictionary_encode()
-    codes = np.array([lut.get(u, -1) for u in enc.dictionary.to_pylist()] or [-1], dtype=np.int64)
-    return (
-        codes[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)]
-        if len(arr)
-        else np.zeros(0, np.int64)
-    )
 
 
 # ---------------------------------------------------------------- seeds
@@ -210,14 +83,17 @@ class Requests:
     src_w: np.ndarray  # from image_width/height, valid where has_src
     src_h: np.ndarray
     has_src: np.ndarray
-    problem: np.ndarray  # object: invalid_request message or None
+    problem: np.ndarray  # object: the request's first problem, as a message, or None
+    problem_code: np.ndarray  # int16: its code (invalid_request, a cap's code), 0 for none
     bad_id: np.ndarray  # bool: fails the id rule
+    refused: np.ndarray  # object: why the source may not be read (image_access_denied), or None
+    table: pa.Table  # the batch as read, oversized cells cut down (what may travel on)
 
 
 def _ratio_column(table: pa.Table, n: int):
-    col = _column(table, "aspect_ratio")
+    col = column(table, "aspect_ratio")
     a, b = np.ones(n, np.int64), np.ones(n, np.int64)
-    present, bad = _present(col, n), np.zeros(n, bool)
+    present, bad = is_present(col, n), np.zeros(n, bool)
     if col is None:
         return a, b, present, bad
     # few distinct ratios in a catalogue: parse each distinct value once
@@ -257,7 +133,8 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     problem of a row wins, so the steps run in the contract's order)."""
     n = table.num_rows
     d = cfg.defaults
-    p = _Problems(n)
+    p = Problems(n)
+    table = caps(table, cfg.limits, p)
     ids, missing_id = _ids(table, p)
     fields = {
         **_source(table, cfg.input.image_root, p),
@@ -269,23 +146,32 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
     # the id rule: invalid_id is its own code, after invalid_request
     id_ok = pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False)
     bad_id = ~np.asarray(id_ok, dtype=bool) & ~missing_id
-    return Requests(ids=ids, problem=p.msg, bad_id=bad_id, **fields)
+    refused = source_rules(fields["image"], table, cfg.input.image_root)
+    return Requests(
+        ids=ids,
+        problem=p.msg,
+        problem_code=p.code,
+        bad_id=bad_id,
+        refused=refused,
+        table=table,
+        **fields,
+    )
 
 
-def _ids(table: pa.Table, p: _Problems) -> tuple[pa.StringArray, np.ndarray]:
+def _ids(table: pa.Table, p: Problems) -> tuple[pa.StringArray, np.ndarray]:
     ids, _ = str_column(table, "id", None, numbers_ok=True)
-    missing = ~_present(ids, table.num_rows)
+    missing = ~is_present(ids, table.num_rows)
     p.add(missing, "id is missing; every row needs an id")
     return ids.fill_null(""), missing
 
 
-def _source(table: pa.Table, image_root: str | None, p: _Problems) -> dict:
+def _source(table: pa.Table, image_root: str | None, p: Problems) -> dict:
     """Exactly one of image / image_bytes."""
     n = table.num_rows
     image, image_bad = str_column(table, "image", None)
-    has_bytes = _present(_column(table, "image_bytes"), n)
+    has_bytes = is_present(column(table, "image_bytes"), n)
     given = np.asarray(pc.fill_null(pc.not_equal(image, ""), False), dtype=bool)
-    has_image = _present(image, n) & given
+    has_image = is_present(image, n) & given
     p.add(image_bad, "image must be a string URI")
     p.add(has_image & has_bytes, "give either image or image_bytes, not both")
     p.add(~has_image & ~has_bytes, "no source image: set image (a URI) or image_bytes")
@@ -293,7 +179,7 @@ def _source(table: pa.Table, image_root: str | None, p: _Problems) -> dict:
     return {"image": _resolve_images(image, image_root), "has_bytes": has_bytes}
 
 
-def _targets(table: pa.Table, d, p: _Problems) -> dict:
+def _targets(table: pa.Table, d, p: Problems) -> dict:
     """Row targets, as a group, override the defaults' targets."""
     width, has_w, bad_w = int_column(table, "width")
     height, has_h, bad_h = int_column(table, "height")
@@ -302,7 +188,7 @@ def _targets(table: pa.Table, d, p: _Problems) -> dict:
     p.add(bad_w, "width must be an integer number of pixels")
     p.add(bad_h, "height must be an integer number of pixels")
     if bad_r.any():
-        raw = _column(table, "aspect_ratio")
+        raw = column(table, "aspect_ratio")
 
         def bad_ratio(i):
             return f"aspect_ratio {raw[i].as_py()!r} is not a positive 'W:H' or number between 1:10000 and 10000:1"
@@ -333,7 +219,7 @@ def _targets(table: pa.Table, d, p: _Problems) -> dict:
     }
 
 
-def _placement(table: pa.Table, d, p: _Problems) -> dict:
+def _placement(table: pa.Table, d, p: Problems) -> dict:
     ox, has_ox, bad_ox = int_column(table, "reference_offset_x")
     oy, has_oy, bad_oy = int_column(table, "reference_offset_y")
     p.add(bad_ox, "reference_offset_x must be an integer (pixels; may be negative)")
@@ -359,7 +245,7 @@ def _placement(table: pa.Table, d, p: _Problems) -> dict:
     }
 
 
-def _generation(table: pa.Table, cfg: Config, ids: pa.StringArray, p: _Problems) -> dict:
+def _generation(table: pa.Table, cfg: Config, ids: pa.StringArray, p: Problems) -> dict:
     """Mode, format, prompt, seed, variants."""
     d = cfg.defaults
     mode, mode_bad = str_column(table, "mode", d.mode)
@@ -390,7 +276,7 @@ def _generation(table: pa.Table, cfg: Config, ids: pa.StringArray, p: _Problems)
     }
 
 
-def _source_size(table: pa.Table, p: _Problems) -> dict:
+def _source_size(table: pa.Table, p: Problems) -> dict:
     """The source's size, when the manifest knows it."""
     sw, has_sw, bad_sw = int_column(table, "image_width")
     sh, has_sh, bad_sh = int_column(table, "image_height")

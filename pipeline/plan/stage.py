@@ -92,11 +92,11 @@ class Batch:
         req = normalise(table, cfg)
         has_rows = ROW_INDEX in table.column_names
         rows = table.column(ROW_INDEX).to_numpy() if has_rows else np.arange(n, dtype=np.int64)
-        request_code = np.where(req.problem != None, CODE["invalid_request"], 0)  # noqa: E711 - elementwise
+        request_code = req.problem_code
         none = np.full(n, None, dtype=object)
         no = np.zeros(n, bool)
         return cls(
-            table,
+            req.table,
             req,
             rows,
             req.src_w.copy(),
@@ -180,9 +180,7 @@ class PlanStage:
             allow_upscale=cfg.sizing.allow_upscale,
             grid=plan_grid(cfg),
         )
-        self.limits = headers.SourceLimits(
-            cfg.limits.max_source_pixels, cfg.limits.max_source_bytes
-        )
+        self.limits = headers.SourceLimits.of(cfg.limits)
         self.passthrough = list(cfg.output.passthrough_columns)
         self._dup_keys = pa.array(list(self.duplicates), pa.string())
         self.earlier = earlier if earlier is not None else EarlierRuns.empty()
@@ -194,6 +192,8 @@ class PlanStage:
             table = pa.table(table)
         b = Batch.of(table, self.cfg)
         self._check_ids(b)
+        for i in np.flatnonzero(b.req.refused != None):  # noqa: E711 - elementwise
+            b.image_failed(i, "image_access_denied", b.req.refused[i])
         self._check_known_sizes(b)
         if self.identify:
             self._sizes_from_earlier(b)
@@ -304,8 +304,13 @@ class PlanStage:
             blobs = [col[int(i)].as_py() if b.req.has_bytes[i] else None for i in todo]
         cfg = self.cfg.input
         wants = np.full(len(todo), want_header)
+        limits = self.limits
+
+        def http(uri: str, want: bool):
+            return sources.http_header(uri, cfg, limits, want)
+
         found = headers.probe_many(
-            images, blobs, wants, cfg.storage_options, self.limits, cfg.header_threads
+            images, blobs, wants, cfg.storage_options, limits, cfg.header_threads, http=http
         )
         widths, heights, found_codes, messages, identities = found
         if want_header:
@@ -322,7 +327,7 @@ class PlanStage:
         code = out["code"]
         pieces, where = [], []
         sparse = (
-            (b.req.problem, code == CODE["invalid_request"]),
+            (b.req.problem, np.isin(code, [CODE[c] for c in codes.REQUEST_CODES])),
             (b.id_msg, (code == CODE["invalid_id"]) | (code == CODE["duplicate_id"])),
             (b.image_msg, np.isin(code, [CODE[c] for c in codes.IMAGE_CODES])),
         )

@@ -14,7 +14,7 @@ manifest's strings are untrusted), so no call site can forget to.
 
 from __future__ import annotations
 
-import secrets
+import secrets as tokens  # the page nonce (not ..secrets, the credentials)
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import codes
+from .. import codes, secrets
 from ..box import Box
 from ..config import InputConfig
 from ..io.outputs import IMAGES, OutputStore, conform
@@ -60,6 +60,7 @@ SCHEMA = pa.schema(
         ("visible_x1", pa.int64()),
         ("visible_y1", pa.int64()),
         ("request_hash", pa.string()),
+        ("prompt", pa.string()),
     ]
 )
 TABLE_ROWS = 5000  # the metrics table: the rows farthest from natural first, at most this many
@@ -204,6 +205,7 @@ class Cards:
             "canvas_width": W,
             "canvas_height": H,
             "mode": str(r.get("mode")),
+            "prompt": (r.get("prompt") or "")[:500],
             "note": note,
             "seam": _num(r.get("seam_score")),
             "texture": _num(r.get("texture_score")),
@@ -308,7 +310,7 @@ def build(
         _environment()
         .get_template("report.html")
         .render(
-            nonce=secrets.token_urlsafe(16),
+            nonce=tokens.token_urlsafe(16),
             output=store.uri,
             summary=summary,
             generated_at=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -329,4 +331,7 @@ def write(
     store: OutputStore, source_options: dict | None = None, sample: int = 24
 ) -> tuple[str, dict]:
     page, summary = build(store, source_options, sample=sample)
+    page = secrets.scrub(
+        page
+    )  # a credential that reached a message or a URI never reaches the page
     return store.folder.put("report.html", page.encode()), summary

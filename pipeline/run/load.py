@@ -75,7 +75,7 @@ class LoadStage(RowStage):
         self, source: InputConfig, limits: LimitsConfig, output: OutputConfig, replan: Replanner
     ):
         self.source = source
-        self.limits = SourceLimits(limits.max_source_pixels, limits.max_source_bytes)
+        self.limits = SourceLimits.of(limits)
         self.output = output
         self.replan = replan
 

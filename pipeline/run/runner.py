@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import codes, storage
+from .. import codes, secrets, storage
 from ..backends import BackendSpec, BuildContext, spec_of, warmup_shapes
 from ..config import Config, ConfigError, dump
 from ..io import manifest
@@ -225,7 +225,9 @@ def check(cfg: Config, say: Say) -> Started:
             "workers on other nodes would write to their own disks; use object storage (s3://, gs://, az://)"
         )
     versions = check_versions(say.out)
-    store = OutputStore(cfg.output.uri, cfg.output.storage_options)
+    store = OutputStore(
+        cfg.output.uri, cfg.output.storage_options, scrub=secrets.Scrubber.current()
+    )
     index = manifest.scan(cfg, cfg.runtime.plan_block_rows)  # schema problems fail before any work
     manifest.check_reachable(index)
     store.folder.check_writable()
@@ -361,7 +363,7 @@ def finish(
         "work_s": round(images.work_s, 3),
         "megapixels_per_s": round(counts.megapixels / wall, 4) if wall > 0 else 0.0,
         "metadata_rows": rows_kept,
-        "config": dump(cfg),
+        "config": secrets.redact(dump(cfg)),  # credentials masked by name and by value
         "versions": package_versions(),
         "submitted_from": started.versions,
         "sources": {**work.counts.as_dict(), "outputs_check": earlier.info},
@@ -382,7 +384,10 @@ def _review_page(cfg: Config, store: OutputStore, wrote: bool, say: Say) -> None
 
         report.write(store, cfg.input.storage_options, sample=cfg.output.report_sample)
     except Exception as e:  # noqa: BLE001 - the review page must never fail a finished run
-        print(f"[outpaint] report.html not written: {type(e).__name__}: {e}", file=say.out)
+        print(
+            secrets.scrub(f"[outpaint] report.html not written: {type(e).__name__}: {e}"),
+            file=say.out,
+        )
 
 
 def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "auto") -> dict:

@@ -33,33 +33,12 @@ import time
 
 import yaml
 
-from .. import retries, storage
+from .. import retries, secrets, storage
 from ..config import Config, ConfigError, dump
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 EXIT = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 EXIT_STILL_RUNNING = 3
-# storage_options keys that hold credentials (fsspec: s3fs, gcsfs, adlfs), at any depth
-SECRET_KEYS = frozenset(
-    {
-        "key",
-        "secret",
-        "token",
-        "password",
-        "session_token",
-        "access_key",
-        "secret_key",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "account_key",
-        "sas_token",
-        "client_secret",
-        "connection_string",
-        "credentials",
-        "credential",
-    }
-)
 _TRANSIENT = (
     "No available agent",
     "status code 5",
@@ -73,14 +52,16 @@ _TRANSIENT = (
 
 
 def strip_secrets(data: dict) -> tuple[dict, list[str]]:
-    """The config without credential values in any ``storage_options``; the key paths left out."""
+    """The config without any credential-named value (``storage_options``' keys and
+    tokens, ``input.http.headers``' Authorization...: ``secrets.is_secret_name``); the key
+    paths left out. The cluster's environment provides them."""
     removed: list[str] = []
 
     def clean(value, path):
         if isinstance(value, dict):
             out = {}
             for k, v in value.items():
-                if k.lower() in SECRET_KEYS and "storage_options" in path:
+                if secrets.is_secret_name(k) and v not in (None, "", {}):
                     removed.append(".".join(path + [k]))
                     continue
                 out[k] = clean(v, path + [k])

@@ -22,7 +22,9 @@ from ..servers import ImageServer
 
 
 def input_cfg(**kw):
-    return config_mod.InputConfig(manifest="unused", **kw)
+    # the test CDN runs on loopback: a private address, allowed here on purpose
+    http = {"allow_private_networks": True, **kw.pop("http", {})}
+    return config_mod.InputConfig(manifest="unused", http=http, **kw)
 
 
 @pytest.fixture

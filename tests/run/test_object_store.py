@@ -118,7 +118,11 @@ def test_http_sources_one_get_each_then_one_head_each_then_none(tmp_path, cdn, r
         {"id": "private", "image": cdn.url("private.jpg"), "aspect_ratio": "1:1"},
     ]
     data = {
-        "input": {"manifest": write_manifest(tmp_path / "m.parquet", rows)},
+        # the test CDN runs on loopback: a private address, allowed here on purpose
+        "input": {
+            "manifest": write_manifest(tmp_path / "m.parquet", rows),
+            "http": {"allow_private_networks": True},
+        },
         "output": {"uri": str(tmp_path / "out"), "report": False},
         "model": {"backend": "solid"},
     }
@@ -140,7 +144,9 @@ def test_http_sources_one_get_each_then_one_head_each_then_none(tmp_path, cdn, r
     # the catalogue knows its versions: a rerun asks the server nothing
     for r in rows:
         r["image_version"] = "2026-11-30"
-    versioned = dict(data, input={"manifest": write_manifest(tmp_path / "v.parquet", rows[:20])})
+    versioned = dict(
+        data, input=dict(data["input"], manifest=write_manifest(tmp_path / "v.parquet", rows[:20]))
+    )
     run(
         config_mod.from_dict(versioned), quiet=True
     )  # the first run with versions: they enter the hash
@@ -168,7 +174,11 @@ def test_http_rows_planned_from_their_get_are_rejected_or_failed_there(tmp_path,
         {"id": "broken", "image": cdn.url("broken.jpg"), "aspect_ratio": "1:1"},
     ]
     data = {
-        "input": {"manifest": write_manifest(tmp_path / "m.parquet", rows)},
+        # the test CDN runs on loopback: a private address, allowed here on purpose
+        "input": {
+            "manifest": write_manifest(tmp_path / "m.parquet", rows),
+            "http": {"allow_private_networks": True},
+        },
         "output": {"uri": str(tmp_path / "out"), "report": False},
         "model": {"backend": "solid"},
         "runtime": {"batch_size": 16},
