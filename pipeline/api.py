@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import storage
 from .config import Config, ConfigError, apply_overrides, dump, from_dict, load
@@ -277,8 +278,9 @@ def run(config, **kwargs) -> RunResult:
 class Stages:
     """The pipeline's stages for ``ds.map_batches`` over a dataset of your own (pyarrow
     batches): ``plan`` (geometry, codes, request hash), then either ``process`` (load,
-    outpaint and write in one CPU task: the CPU backends) or ``load`` -> ``Outpaint`` (a
-    class, for an actor pool: ``fn_constructor_args=stages.outpaint_args``) -> ``write``.
+    route, outpaint and write in one CPU task: the CPU backends) or ``load`` -> ``route``
+    (plain backdrops continued without the model) -> ``Outpaint`` (a class, for an actor
+    pool: ``fn_constructor_args=stages.outpaint_args``) -> ``write``.
     Each takes a pyarrow Table and returns one, and is callable without Ray. The write
     stages write images under ``output.uri`` and return the metadata rows (every row,
     whatever its fate): write those wherever you like, e.g. ``ds.write_parquet``."""
@@ -286,6 +288,7 @@ class Stages:
     config: Config
     plan: Any
     load: Any
+    route: Any
     write: Any
     process: Any
     Outpaint: type
@@ -307,6 +310,7 @@ class Stages:
         import ray
 
         ds = ds.map_batches(self.load, **task)
+        ds = ds.map_batches(self.route, **task)
         ds = ds.map_batches(
             self.Outpaint,
             fn_constructor_args=self.outpaint_args,
@@ -322,7 +326,7 @@ def stages(config, run_id: str | None = None) -> Stages:
     from .backends import BuildContext, spec_of, warmup_shapes
     from .io.outputs import OutputStore, new_run_id
     from .plan.stage import PlanStage
-    from .run.stages import LoadStage, OutpaintStage, ProcessStage, WriteStage
+    from .run.stages import BackdropStage, LoadStage, OutpaintStage, ProcessStage, WriteStage
 
     cfg = load_config(config)
     store = OutputStore(cfg.output.uri, cfg.output.storage_options)
@@ -332,6 +336,7 @@ def stages(config, run_id: str | None = None) -> Stages:
         cfg,
         PlanStage(cfg, identify=True),
         LoadStage.from_config(cfg),
+        BackdropStage.from_config(cfg),
         WriteStage.from_config(cfg, store, run_id),
         ProcessStage.from_config(cfg, store, run_id),
         OutpaintStage,
@@ -368,9 +373,12 @@ def make_manifest(
     output_format: str | None = None,
     storage_options: dict | None = None,
     http: dict | None = None,
+    analyze: bool = False,
 ) -> tuple[pa.Table, str]:
     """A manifest from folders, globs or bucket prefixes of images (``outpaint manifest``):
-    one row per image and target; returns the table and the written file's URI."""
+    one row per image and target; returns the table and the written file's URI.
+    ``analyze``: decode each image once for the product-photo columns (``analyze_manifest``)."""
+    from .backdrop import Tolerances
     from .io.catalogue import Target, build, write
 
     targets = [Target(aspect_ratio=r) for r in aspect_ratios]
@@ -383,8 +391,37 @@ def make_manifest(
         output_format=output_format,
         storage_options=storage_options,
         http=http,
+        analyze=Tolerances() if analyze else None,
     )
     return table, write(table, out, storage_options)
+
+
+def analyze_manifest(config, out: str | None = None, threads: int = 16) -> pa.Table:
+    """The config's manifest with the product-photo columns (docs/product-photos.md):
+    ``backdrop_kind``, ``backdrop_color``, ``backdrop_sides`` and the product's box
+    ``subject_x0`` .. ``subject_y1``, from one decode per distinct source, judged by the
+    config's ``model.backdrop`` tolerances; written to ``out`` (by its extension) if given.
+    ``outpaint plan`` then routes and places those rows without decoding them."""
+    from .backdrop import Tolerances
+    from .io import manifest as manifest_io
+    from .io.analyze import analyze_images, with_analysis
+    from .io.catalogue import write
+    from .io.headers import SourceLimits
+    from .plan.rows import resolve_images
+
+    cfg = load_config(config)
+    table = manifest_io.read(cfg)
+    table = table.drop_columns([c for c in manifest_io.INTERNAL if c in table.column_names])
+    images = resolve_images(table.column("image").cast(pa.string()), cfg.input.image_root)
+    distinct = pc.unique(images.drop_null()).to_pylist()
+    found = analyze_images(
+        distinct, cfg.input, SourceLimits.of(cfg.limits), Tolerances.of(cfg.model.backdrop), threads
+    )
+    at = pc.index_in(images, value_set=pa.array(distinct, pa.string()))
+    table = with_analysis(table, found.take(at))
+    if out is not None:
+        write(table, out, cfg.input.storage_options)
+    return table
 
 
 def submit(config, address: str, **kwargs) -> tuple[str, str]:
@@ -405,6 +442,52 @@ def bench(config, **kwargs) -> dict:
     from .run.bench import bench as bench_backend
 
     return bench_backend(load_config(config), **kwargs)
+
+
+def serve_config(source, overrides: Sequence[str] = ()) -> Config:
+    """A config for ``serve``: the same YAML as ``outpaint run``, ``input`` optional."""
+    if isinstance(source, (str, os.PathLike)):
+        return load(os.fspath(source), list(overrides), base={"input": {"manifest": IN_MEMORY}})
+    return load_config(source, overrides)
+
+
+def serve(config, *, ready=None, block: bool = True):
+    """Run ``outpaint serve``: the hosted API's contract on Ray Serve, at
+    ``serve.host:serve.port``, until interrupted (``block=False``: return once it is up).
+    ``ready(url, backend)`` is called when it answers. Keys: docs/serving.md."""
+    import signal
+    import time
+
+    from ray import serve as ray_serve
+
+    from .run.cluster import ensure_ray
+    from .serve.app import application
+    from .serve.contract import PATH
+    from .serve.keys import load_digests
+
+    cfg = serve_config(config)
+    load_digests(cfg.serve)  # no keys: fail here, before Ray starts
+    ensure_ray(cfg.runtime)
+    app = application(cfg, verbose=cfg.runtime.verbose)
+    ray_serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    ray_serve.run(app, name="outpaint", route_prefix="/")
+    if ready is not None:
+        ready(f"http://{cfg.serve.host}:{cfg.serve.port}{PATH}", cfg.model.backend)
+    if not block:
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGTERM (kill, Kubernetes, a supervisor) stops it as Ctrl-C does; so does SIGINT where
+    # a shell started it in the background with SIGINT ignored
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        ray_serve.shutdown()
 
 
 def make_test_model(directory: str | os.PathLike, seed: int = 0, fill: str | None = None) -> str:

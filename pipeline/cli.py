@@ -39,13 +39,27 @@ def _with_config(sub, name: str, help_: str) -> argparse.ArgumentParser:
 
 def add_manifest(sub) -> None:
     sp = sub.add_parser(
-        "manifest", help="write a manifest from a folder, glob or bucket prefix of images"
+        "manifest",
+        help="write a manifest from a folder, glob or bucket prefix of images (--analyze: with "
+        "each image's backdrop and product box)",
     )
     sp.add_argument(
         "sources",
-        nargs="+",
+        nargs="*",
         metavar="SOURCE",
         help="folder (recursive), glob or prefix, any fsspec URI",
+    )
+    sp.add_argument(
+        "--analyze",
+        action="store_true",
+        help="decode each image once and add backdrop_kind, backdrop_color, backdrop_sides and "
+        "subject_x0..subject_y1 (docs/product-photos.md)",
+    )
+    sp.add_argument(
+        "--from",
+        dest="from_config",
+        metavar="CONFIG",
+        help="with --analyze: the manifest of this config, analysed, instead of SOURCEs",
     )
     sp.add_argument(
         "--out", required=True, help="manifest to write: .parquet, .csv, .tsv or .jsonl"
@@ -72,6 +86,14 @@ def add_manifest(sub) -> None:
 def cmd_manifest(args) -> int:
     from .io.catalogue import Target, summary_line
 
+    if args.from_config is not None:
+        if not args.analyze or args.sources:
+            raise ConfigError("--from CONFIG goes with --analyze and no SOURCE")
+        table = api.analyze_manifest(args.from_config, args.out)
+        print(analysis_line(table, args.out))
+        return 0
+    if not args.sources:
+        raise ConfigError("give a SOURCE (a folder, glob or prefix), or --analyze --from CONFIG")
     if (args.width is None) != (args.height is None):
         raise ConfigError("--width and --height go together")
     size = (args.width, args.height) if args.width is not None else None
@@ -86,12 +108,27 @@ def cmd_manifest(args) -> int:
         output_format=args.format,
         storage_options=opts,
         http={"allow_private_networks": args.allow_private_networks},
+        analyze=args.analyze,
     )
     targets = [Target(aspect_ratio=r) for r in ratios]
     if size:
         targets.append(Target(width=size[0], height=size[1]))
     print(summary_line(table, written, targets))
+    if args.analyze:
+        print(analysis_line(table, written))
     return 0
+
+
+def analysis_line(table, out: str) -> str:
+    """How many rows' sources are on a plain backdrop, and have a product box."""
+    import pyarrow.compute as pc
+
+    kinds = {k["values"]: k["counts"] for k in pc.value_counts(table["backdrop_kind"]).to_pylist()}
+    boxed = table.num_rows - table["subject_x0"].null_count
+    shown = ", ".join(f"{kinds.get(k, 0):,} {k}" for k in ("flat", "gradient", "scene"))
+    unread = kinds.get(None, 0)
+    tail = f", {unread:,} not judged (unreadable, or transparent)" if unread else ""
+    return f"analysed: {out}: {shown}{tail}; {boxed:,} rows with a product box"
 
 
 # ------------------------------------------------------------------ validate, plan, run
@@ -337,6 +374,37 @@ def cmd_make_test_model(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ serve
+
+
+def add_serve(sub) -> None:
+    sp = _with_config(
+        sub,
+        "serve",
+        "serve the hosted FLUX Outpainting API's contract on Ray Serve (docs/serving.md)",
+    )
+    sp.add_argument("--host", help="address to listen on (default serve.host: 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="HTTP port (default serve.port: 8000)")
+    sp.add_argument("--verbose", action="store_true", help="one log line per task, Ray's logs")
+    sp.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    cfg = api.serve_config(args.config, args.set)
+    if args.host:
+        cfg.serve.host = args.host
+    if args.port:
+        cfg.serve.port = args.port
+    if args.verbose:
+        cfg.runtime.verbose = True
+
+    def ready(url: str, backend: str) -> None:
+        print(f"outpaint serve: {url} ({backend} backend); Ctrl-C stops it", flush=True)
+
+    api.serve(cfg, ready=ready)
+    return 0
+
+
 COMMANDS = (
     add_manifest,
     add_validate,
@@ -345,6 +413,7 @@ COMMANDS = (
     add_submit,
     add_bench,
     add_report,
+    add_serve,
     add_make_test_model,
 )
 

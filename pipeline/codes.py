@@ -32,6 +32,7 @@ CODES: tuple[str | None, ...] = (
     "reference_too_small",
     "reference_aspect",
     "aligned_canvas_too_large",
+    "preset_too_small",
     # image -> failed
     "image_not_found",
     "image_unreadable",
@@ -39,6 +40,8 @@ CODES: tuple[str | None, ...] = (
     "unsupported_image",
     "image_access_denied",
     "image_metadata_too_large",
+    "backdrop_not_plain",
+    "preset_not_met",
     # runtime -> failed
     "generation_failed",
     "moderated",
@@ -54,6 +57,8 @@ IMAGE_CODES = frozenset(
         "unsupported_image",
         "image_access_denied",
         "image_metadata_too_large",
+        "backdrop_not_plain",
+        "preset_not_met",
     }
 )
 # a request's own problems (the first of them is the row's code, before ids and images)
@@ -72,6 +77,7 @@ GEOMETRY_CODES = (
     "reference_too_small",
     "reference_aspect",
     "aligned_canvas_too_large",
+    "preset_too_small",
 )
 
 

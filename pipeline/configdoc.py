@@ -122,9 +122,25 @@ def section(model: type[BaseModel], path: str, level: int = 2) -> list[str]:
 
 def render() -> str:
     lines = [HEADER]
+    top = []
     for name, field in Config.model_fields.items():
         model = _sub_model(field.annotation)
+        if model is None:  # a top-level key, not a section (preset)
+            top.append((name, field))
+            continue
         lines += section(model, name)
+    if top:
+        lines += [
+            "## top level",
+            "",
+            "| key | type | default | what it does |",
+            "|---|---|---|---|",
+        ]
+        for name, field in top:
+            kind = _cell(type_name(field.annotation))
+            described = _cell(field.description or "")
+            lines.append(f"| `{name}` | {kind} | {default_text(field)} | {described} |")
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 

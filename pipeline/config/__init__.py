@@ -16,11 +16,13 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from .. import secrets, storage
+from . import presets
 from .base import ConfigError
 from .base import Section as _Section
-from .model import ATTENTION_BACKENDS, SHAPE, ApiConfig, ModelConfig, OptimizeConfig
+from .model import ATTENTION_BACKENDS, SHAPE, ApiConfig, BackdropConfig, ModelConfig, OptimizeConfig
 from .output import DIGITAL_SOURCE_TYPES, NEWSCODES, C2paConfig, ImageEncoding, OutputConfig
 from .runtime import PlanConfig, RuntimeConfig
+from .serve import ServeConfig
 from .source import (
     ANCHORS,
     GRID,
@@ -46,6 +48,7 @@ __all__ = [
     "SHAPE",
     "Anchor",
     "ApiConfig",
+    "BackdropConfig",
     "C2paConfig",
     "Config",
     "ConfigError",
@@ -62,6 +65,7 @@ __all__ = [
     "OutputFormat",
     "PlanConfig",
     "RuntimeConfig",
+    "ServeConfig",
     "SizingConfig",
     "apply_overrides",
     "dump",
@@ -89,6 +93,14 @@ class Config(_Section):
         default_factory=RuntimeConfig, description="Ray, actors, progress"
     )
     plan: PlanConfig = Field(default_factory=PlanConfig, description="outpaint plan's estimates")
+    serve: ServeConfig = Field(
+        default_factory=ServeConfig, description="outpaint serve only: keys, limits, replicas"
+    )
+    preset: str | None = Field(
+        None,
+        description="a marketplace preset (amazon-main, google-shopping, instagram-portrait, "
+        "banner-16x9): documented keys under the config's own (docs/product-photos.md)",
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -185,6 +197,7 @@ def from_dict(data: Any, source: str = "") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: the top level must be a mapping of sections")
     secrets.remember(data)  # its credentials are masked wherever this process writes or says
+    data = presets.expand(data)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
@@ -192,9 +205,13 @@ def from_dict(data: Any, source: str = "") -> Config:
 
 
 def load(
-    uri: str, overrides: list[str] | None = None, storage_options: dict | None = None
+    uri: str,
+    overrides: list[str] | None = None,
+    storage_options: dict | None = None,
+    base: dict | None = None,
 ) -> Config:
-    """Read a YAML config from any fsspec URI, apply ``--set`` overrides, validate."""
+    """Read a YAML config from any fsspec URI, apply ``--set`` overrides, validate.
+    ``base``: sections the file may leave out (``outpaint serve`` reads no manifest)."""
     try:
         fs, path = storage.filesystem(uri, storage_options)
         with fs.open(path, "rb") as f:
@@ -209,6 +226,8 @@ def load(
         raise ConfigError(
             f"config {uri}: not valid YAML{where}: {getattr(e, 'problem', e)}"
         ) from None
+    if isinstance(data, dict):
+        data = {**(base or {}), **data}
     return from_dict(apply_overrides(data, overrides or []), uri)
 
 

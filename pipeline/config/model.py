@@ -167,6 +167,45 @@ class ApiConfig(_Section):
         return v
 
 
+class BackdropConfig(_Section):
+    """When a row's border is a plain studio backdrop, continued without a model
+    (docs/product-photos.md); the tolerances are levels of 0..255, measured on real
+    products composited on real-looking backdrops and on scene photos."""
+
+    flat_tolerance: float = Field(
+        1.5,
+        ge=0,
+        le=50,
+        description="RMS of the border's block means around a "
+        "constant (beyond their noise) for a flat backdrop",
+    )
+    gradient_tolerance: float = Field(
+        2.0,
+        ge=0,
+        le=50,
+        description="RMS around a quadratic surface for a gradient, sweep or vignette",
+    )
+    outlier_share: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="share of border pixels far from the fit "
+        "(an object, a product cut by the frame) that makes a side a scene",
+    )
+    band_px: int = Field(12, ge=2, le=128, description="px of each generated side judged")
+    color: tuple[int, int, int] | None = Field(
+        None,
+        description="fill with this RGB instead of the fitted "
+        "backdrop, without grain (a shop's pure white)",
+    )
+    max_color_distance: float | None = Field(
+        None,
+        gt=0,
+        description="with color: a row whose fitted "
+        "backdrop is farther than this (levels, per channel) fails",
+    )
+
+
 class ModelConfig(_Section):
     """What generates the unknown area (docs/backends.md)."""
 
@@ -235,6 +274,15 @@ class ModelConfig(_Section):
     )
     solid_blur: float = Field(
         0.0, ge=0, le=256, description="solid edge: Gaussian blur radius of the extension"
+    )
+    route: Literal["auto", "model", "backdrop"] = Field(
+        "auto",
+        description="auto: a row whose generated sides border a plain backdrop is continued without the "
+        "model (no GPU, no API credit); model: every row to the backend; backdrop: every row continued, "
+        "rows not on a plain backdrop fail",
+    )
+    backdrop: BackdropConfig = Field(
+        default_factory=BackdropConfig, description="plain-backdrop rules"
     )
     classical_grain: float = Field(
         1.0,

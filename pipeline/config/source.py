@@ -25,6 +25,7 @@ Anchor = Literal[
     "top-right",
     "bottom-left",
     "bottom-right",
+    "subject",  # the product's own box (subject_x0..y1 columns) centred at sizing.subject_fill
 ]
 ANCHORS: tuple[str, ...] = Anchor.__args__  # type: ignore[attr-defined]
 
@@ -210,7 +211,27 @@ class SizingConfig(_Section):
         le=1.0,
         description="fit: contain: share of each canvas side the reference may span",
     )
-    allow_upscale: bool = Field(False, description="fit: contain may enlarge small references")
+    allow_upscale: bool = Field(
+        False, description="fit: contain, and anchor: subject, may enlarge small references"
+    )
+    subject_fill: float = Field(
+        0.85,
+        gt=0,
+        le=1.0,
+        description="anchor: subject: the share of the canvas's shorter side the product's box spans "
+        "(its longer side; Amazon's main image: 0.85)",
+    )
+    require_subject_fill: bool = Field(
+        False,
+        description="anchor: subject: a product too small to reach subject_fill without upscaling is "
+        "preset_too_small rather than placed smaller (presets that promise the share)",
+    )
+    min_side: int | None = Field(
+        None,
+        ge=1,
+        description="a canvas whose shorter side would be under this is preset_too_small (an "
+        "aspect-ratio canvas is enlarged to it instead when allow_upscale)",
+    )
 
 
 class LimitsConfig(_Section):

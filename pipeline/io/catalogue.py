@@ -21,8 +21,10 @@ import numpy as np
 import pyarrow as pa
 
 from .. import storage
-from ..config import ConfigError, InputConfig, parse_ratio
+from ..backdrop import Tolerances
+from ..config import ConfigError, InputConfig, LimitsConfig, parse_ratio
 from . import headers
+from .analyze import analyze_images, with_analysis
 from .netguard import NetPolicy, SourceRefused
 from .sources import http_header
 
@@ -121,9 +123,11 @@ def build(
     storage_options: dict | None = None,
     threads: int = 32,
     http: dict | None = None,
+    analyze: Tolerances | None = None,
 ) -> pa.Table:
     """The manifest table: one row per image and target. ``http``: ``input.http`` settings
-    for http(s) sources (what they may reach: ``allow_private_networks``, ``allowed_hosts``)."""
+    for http(s) sources (what they may reach: ``allow_private_networks``, ``allowed_hosts``).
+    ``analyze``: also decode each image once for the product-photo columns (io.analyze)."""
     if not targets:
         raise ConfigError(
             "give at least one target: --aspect-ratio W:H (repeatable) or --width W --height H"
@@ -170,6 +174,12 @@ def build(
         "aspect_ratio": pa.string(),
     }
     table = pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in cols.items()})
+    if analyze is not None:
+        # the run's default caps: a decode here is as exposed as the run's
+        caps = headers.SourceLimits.of(LimitsConfig())
+        found_cols = analyze_images(found.uris, source_cfg, caps, analyze, threads)
+        per_row = np.repeat(np.arange(n), k)
+        table = with_analysis(table, found_cols.take(pa.array(per_row)))
     drop = [
         c
         for c in ("aspect_ratio", "width", "height")

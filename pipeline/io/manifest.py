@@ -56,6 +56,13 @@ COLUMNS: dict[str, str] = {
     "image_width": "int",
     "image_height": "int",
     "image_version": "string: the source's version as the catalogue knows it (ETag, updated_at)",
+    "subject_x0": "int: the product's box in the source, px (anchor: subject)",
+    "subject_y0": "int",
+    "subject_x1": "int",
+    "subject_y1": "int",
+    "backdrop_kind": "'flat' | 'gradient' | 'scene' (outpaint manifest --analyze)",
+    "backdrop_color": "'#rrggbb'",
+    "backdrop_sides": "letters of the plain sides: l, t, r, b",
 }
 
 # Common names from other tools -> what to use instead.
@@ -158,6 +165,9 @@ TEXT_COLUMNS = (
     "output_format",
     "prompt",
     "image_version",
+    "backdrop_kind",
+    "backdrop_color",
+    "backdrop_sides",
 )
 
 

@@ -41,6 +41,10 @@ PLAN_SCHEMA = pa.schema(
         ("num_variants", pa.int64()),
         ("prompt", pa.string()),
         ("steps", pa.int64()),
+        ("route", pa.string()),
+        ("backdrop_kind", pa.string()),
+        ("backdrop_color", pa.string()),
+        ("placement_note", pa.string()),
         (ROW_INDEX, pa.int64()),
     ]
 )
@@ -66,4 +70,11 @@ REQUEST_COLUMNS = (
     "seed",
     "num_variants",
     "image_version",
+    "subject_x0",
+    "subject_y0",
+    "subject_x1",
+    "subject_y1",
+    "backdrop_kind",
+    "backdrop_color",
+    "backdrop_sides",
 )

@@ -35,6 +35,7 @@ ANCHOR_AXES = {
     "top-right": (2, 0),
     "bottom-left": (0, 2),
     "bottom-right": (2, 2),
+    "subject": (1, 1),  # placed by its box where known (plan.subject), else as the centre
 }
 
 
@@ -45,6 +46,14 @@ class SizingRules:
     fill_fraction: float = 0.8
     allow_upscale: bool = False
     grid: int = GRID  # fast-mode alignment: the checkpoint's (FLUX.1: 16 = VAE x8, 2x2 packing)
+    subject_fill: float = 0.85  # anchor: subject: the box's longer side / the canvas's shorter
+    require_subject_fill: bool = False  # a box that would need enlarging: preset_too_small
+    min_side: int = 0  # a canvas's shorter side under this: preset_too_small (0: no minimum)
+
+    @property
+    def fill_k(self) -> int:
+        """subject_fill as an integer multiple of 1/SCALE_DEN."""
+        return max(1, round(self.subject_fill * SCALE_DEN))
 
 
 DEFAULT_RULES = SizingRules()
@@ -71,6 +80,12 @@ class GeometryInput:
     anchor_v: np.ndarray
     auto_crop: np.ndarray  # bool
     fast: np.ndarray  # bool: mode == fast
+    # anchor: subject with the product's box (source px): placed and scaled by the box
+    subject: np.ndarray = field(default=None)  # type: ignore[assignment]  # bool
+    subject_x0: np.ndarray = field(default=None)  # type: ignore[assignment]
+    subject_y0: np.ndarray = field(default=None)  # type: ignore[assignment]
+    subject_x1: np.ndarray = field(default=None)  # type: ignore[assignment]
+    subject_y1: np.ndarray = field(default=None)  # type: ignore[assignment]
     # Codes found before geometry, by precedence group (0 = none): request errors
     # from reading the row, id errors, image errors (header / source limits).
     request_code: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -82,6 +97,11 @@ class GeometryInput:
         for name in ("request_code", "id_code", "image_code"):
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(n, dtype=np.int16))
+        if self.subject is None:
+            self.subject = np.zeros(n, dtype=bool)
+        for name in ("subject_x0", "subject_y0", "subject_x1", "subject_y1"):
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros(n, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.src_w)
@@ -255,22 +275,137 @@ def _canvas(g: GeometryInput, rules: SizingRules, alive: np.ndarray):
     h = np.maximum(h0 * k // SCALE_DEN, 1)
     scaled = is_ratio & (k != SCALE_DEN)
     Ws, Hs = aspect_canvas(w, h, a, b)
-    return np.where(scaled, Ws, W), np.where(scaled, Hs, H), w, h, k, unscalable
+    W, H = np.where(scaled, Ws, W), np.where(scaled, Hs, H)
+    short = np.zeros(n, dtype=bool)
+    if rules.min_side:
+        W, H, k, unscalable, short = _min_side(g, rules, alive, W, H, k, unscalable, a, b)
+    if (alive & g.subject).any():
+        W, H, k, unscalable, short = _by_subject(g, rules, alive, W, H, k, unscalable, short, a, b)
+    w = np.maximum(w0 * k // SCALE_DEN, 1)
+    h = np.maximum(h0 * k // SCALE_DEN, 1)
+    return W, H, w, h, k, unscalable, short
+
+
+def _largest_k(lo, hi, ok):
+    """Per row, the largest k in [lo, hi] with ``ok(k, rows)`` (monotone: true up to some k),
+    lo where none is (the caller checks lo)."""
+    lo, hi = lo.copy(), hi.copy()
+    while True:
+        active = np.flatnonzero(lo < hi)
+        if not len(active):
+            return lo
+        mid = (lo[active] + hi[active] + 1) // 2
+        good = ok(mid, active)
+        lo[active] = np.where(good, mid, lo[active])
+        hi[active] = np.where(good, hi[active], mid - 1)
+
+
+def _min_side(g, rules: SizingRules, alive, W, H, k, unscalable, a, b):
+    """``sizing.min_side`` for rows not placed by a subject: an aspect-ratio canvas is
+    enlarged to it when upscaling is allowed; any other canvas under it is preset_too_small."""
+    M, D = rules.min_side, SCALE_DEN
+    under = alive & ~g.subject & (np.minimum(W, H) < M)
+    grow = under & g.has_ratio & bool(rules.allow_upscale)
+    if grow.any():
+        idx = np.flatnonzero(grow)
+        w0, h0, ai, bi = g.src_w[idx], g.src_h[idx], a[idx], b[idx]
+
+        def canvas_at(kk, rows):
+            return aspect_canvas(w0[rows] * kk // D, h0[rows] * kk // D, ai[rows], bi[rows])
+
+        # the canvas grows with k: the smallest k reaching the minimum, by bisection from above
+        top = np.full(len(idx), 1 << 24, dtype=np.int64)  # 1678x: any source reaches it
+        rows = np.arange(len(idx))
+        least = _smallest_k(k[idx], top, lambda kk, r: np.minimum(*canvas_at(kk, r)) >= M, rows)
+        Wn, Hn = canvas_at(least, rows)
+        k[idx], W[idx], H[idx] = least, Wn, Hn
+        unscalable[idx] |= ~fits(Wn, Hn, g.fast[idx], rules.max_pixels, rules.grid)
+    short = under & ~grow
+    return W, H, k, unscalable, short
+
+
+def _smallest_k(lo, hi, ok, rows):
+    """Per row, the smallest k in [lo, hi] with ``ok`` (monotone: false, then true)."""
+    lo, hi = lo.copy(), hi.copy()
+    while True:
+        active = np.flatnonzero(lo < hi)
+        if not len(active):
+            return lo
+        mid = (lo[active] + hi[active]) // 2
+        good = ok(mid, rows[active])
+        hi[active] = np.where(good, mid, hi[active])
+        lo[active] = np.where(good, lo[active], mid + 1)
+
+
+def _subject_canvas(m, kk, a, b, F):
+    """A ratio canvas whose shorter side the box (longer side ``m`` at scale kk) spans at F/1e4."""
+    S = np.maximum(ceil_div(m * kk, F), 1)
+    wide = a >= b
+    return np.where(wide, ceil_div(S * a, b), S), np.where(wide, S, ceil_div(S * b, a))
+
+
+def _by_subject(g, rules: SizingRules, alive, W, H, k, unscalable, short, a, b):
+    """anchor: subject with a box: the scale (explicit canvases) or the canvas (ratios) that
+    makes the box's longer side span subject_fill of the canvas's shorter side."""
+    D, F, M = SCALE_DEN, rules.fill_k, rules.min_side
+    rows = alive & g.subject
+    m = np.maximum(np.maximum(g.subject_x1 - g.subject_x0, g.subject_y1 - g.subject_y0), 1).astype(
+        np.int64
+    )
+    # explicit canvas: k = F * min(W, H) / m, enlarging only when allowed
+    explicit = rows & ~g.has_ratio
+    want = F * np.minimum(W, H) // m
+    needs_up = explicit & (want > D) & (not rules.allow_upscale)
+    k = np.where(explicit, np.maximum(np.where(needs_up, D, want), 1), k)
+    short = np.where(
+        explicit, (np.minimum(W, H) < M) | (needs_up & bool(rules.require_subject_fill)), short
+    )
+    # ratio: the canvas from the box at full scale, scaled down to the budget where needed
+    ratio = np.flatnonzero(rows & g.has_ratio)
+    if len(ratio):
+        mi, ai, bi, fast = m[ratio], a[ratio], b[ratio], g.fast[ratio]
+        kk = np.full(len(ratio), D, dtype=np.int64)
+        if M and rules.allow_upscale:  # enlarged to the minimum side
+            kk = np.maximum(kk, (M - 1) * F // mi + 1)
+
+        def fit(kv, r):
+            Wk, Hk = _subject_canvas(mi[r], kv, ai[r], bi[r], F)
+            return fits(Wk, Hk, fast[r], rules.max_pixels, rules.grid)
+
+        over = ~fit(kk, np.arange(len(ratio)))
+        if over.any():
+            o = np.flatnonzero(over)
+            kk[o] = _largest_k(np.zeros(len(o), np.int64), kk[o] - 1, lambda kv, r: fit(kv, o[r]))
+        Wr, Hr = _subject_canvas(mi, np.maximum(kk, 1), ai, bi, F)
+        src_gone = (g.src_w[ratio] * kk // D < 1) | (g.src_h[ratio] * kk // D < 1)
+        unscalable[ratio] = (kk == 0) | src_gone
+        k[ratio], W[ratio], H[ratio] = np.maximum(kk, 1), Wr, Hr
+        short[ratio] = np.minimum(Wr, Hr) < M
+    return W, H, k, unscalable, short
 
 
 def _place(g: GeometryInput, W, H, w, h):
-    """3. placement: the offsets, else the anchor."""
+    """3. placement: the offsets, else the product's box centred (anchor: subject with a
+    box), else the anchor."""
     ox = np.clip(g.offset_x, -_COORD_CLAMP, _COORD_CLAMP).astype(np.int64)
     oy = np.clip(g.offset_y, -_COORD_CLAMP, _COORD_CLAMP).astype(np.int64)
-    x = np.where(g.has_offset_x, ox, _anchor(g.anchor_h, W - w)).astype(np.int64)
-    y = np.where(g.has_offset_y, oy, _anchor(g.anchor_v, H - h)).astype(np.int64)
+    ax, ay = _anchor(g.anchor_h, W - w), _anchor(g.anchor_v, H - h)
+    if g.subject.any():
+        w0, h0 = np.maximum(g.src_w, 1), np.maximum(g.src_h, 1)
+        # the box's centre, scaled as the reference is, on the canvas's centre (floor division)
+        sx = (W * w0 - (g.subject_x0 + g.subject_x1) * w) // (2 * w0)
+        sy = (H * h0 - (g.subject_y0 + g.subject_y1) * h) // (2 * h0)
+        ax, ay = np.where(g.subject, sx, ax), np.where(g.subject, sy, ay)
+    x = np.where(g.has_offset_x, ox, ax).astype(np.int64)
+    y = np.where(g.has_offset_y, oy, ay).astype(np.int64)
     return x, y
 
 
-def _visible(g, alive, codes_: _Codes, too_large, W, H, x, y, w, h):
+def _visible(g, alive, codes_: _Codes, too_large, short, W, H, x, y, w, h):
     """4. the canvas checks, then the visible box V = R ∩ C (auto_crop) or out_of_bounds."""
     codes_.reject(alive & ((W < MIN_SIDE) | (H < MIN_SIDE)), "canvas_too_small")
     codes_.reject(too_large, "canvas_too_large")
+    codes_.reject(alive & short, "preset_too_small")
     inside = (x >= 0) & (y >= 0) & (x + w <= W) & (y + h <= H)
     vx0, vy0 = np.maximum(x, 0), np.maximum(y, 0)
     vx1, vy1 = np.minimum(x + w, W), np.minimum(y + h, H)
@@ -306,10 +441,10 @@ def plan_geometry(g: GeometryInput, rules: SizingRules = DEFAULT_RULES) -> dict[
     """
     codes_ = _Codes(len(g))
     alive = _request_checks(g, codes_)
-    W, H, w, h, k, unscalable = _canvas(g, rules, alive)
+    W, H, w, h, k, unscalable, short = _canvas(g, rules, alive)
     x, y = _place(g, W, H, w, h)
     too_large = alive & (unscalable | (area(W, H, rules.max_pixels) > rules.max_pixels))
-    box = _visible(g, alive, codes_, too_large, W, H, x, y, w, h)
+    box = _visible(g, alive, codes_, too_large, short, W, H, x, y, w, h)
     pad_left, pad_top, aligned_w, aligned_h = _fast_checks(g, alive, codes_, rules, W, H, box)
     vx0, vy0, vx1, vy1 = box
     generated = ~((vx0 == 0) & (vy0 == 0) & (vx1 == W) & (vy1 == H))

@@ -49,8 +49,25 @@ def run_constant(cfg: Config) -> str:
     }
     fields, values = type(o).model_fields, o.model_dump(mode="json")
     const.update({k: values[k] for k in LATER_OUTPUT_KEYS if getattr(o, k) != fields[k].default})
+    m = cfg.model
+    model_fields, model_values = type(m).model_fields, m.model_dump(mode="json")
+    const.update(
+        {
+            f"model.{k}": model_values[k]
+            for k in LATER_MODEL_KEYS
+            if model_values[k] != _default(model_fields[k])
+        }
+    )
     return json.dumps(const, sort_keys=True)
 
+
+def _default(field) -> object:
+    value = field.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+# Model settings that came later still (the backdrop route, issue 28): the same rule.
+LATER_MODEL_KEYS = ("route", "backdrop")
 
 HASHED_FIELDS = (
     "id",

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .geometry import MAX_REF_ASPECT, MIN_SIDE
+from .geometry import MAX_REF_ASPECT, MIN_SIDE, SizingRules
 
 
 def _s(v) -> pa.Array:
@@ -62,9 +62,10 @@ class _Rejected:
     aw: np.ndarray  # the aligned canvas (fast mode)
     ah: np.ndarray
     max_pixels: int
+    rules: SizingRules
 
     @classmethod
-    def of(cls, out: dict, idx: np.ndarray, max_pixels: int) -> _Rejected:
+    def of(cls, out: dict, idx: np.ndarray, rules: SizingRules) -> _Rejected:
         def col(name):
             return out[name][idx]
 
@@ -81,7 +82,8 @@ class _Rejected:
             vh,
             col("aligned_width"),
             col("aligned_height"),
-            max_pixels,
+            rules.max_pixels,
+            rules,
         )
 
     @property
@@ -163,6 +165,23 @@ def _aligned_canvas_too_large(r: _Rejected) -> pa.Array:
     )
 
 
+def _preset_too_small(r: _Rejected) -> pa.Array:
+    M = r.rules.min_side
+    under = cat(
+        "canvas ",
+        _dims(r.W, r.H),
+        f" is under sizing.min_side = {M:,} px on its shorter side: the source is too small to "
+        "reach it without enlarging; use a larger source or sizing.allow_upscale: true",
+    )
+    fill = cat(
+        f"the product's box would have to be enlarged to span {r.rules.subject_fill:.0%} of the ",
+        _dims(r.W, r.H),
+        " canvas's shorter side (sizing.subject_fill); use a larger source, a smaller canvas or "
+        "sizing.allow_upscale: true",
+    )
+    return pc.if_else(pa.array(np.minimum(r.W, r.H) < M), under, fill)
+
+
 MESSAGES = {
     "canvas_too_small": _canvas_too_small,
     "canvas_too_large": _canvas_too_large,
@@ -171,15 +190,16 @@ MESSAGES = {
     "reference_too_small": _reference_too_small,
     "reference_aspect": _reference_aspect,
     "aligned_canvas_too_large": _aligned_canvas_too_large,
+    "preset_too_small": _preset_too_small,
 }
 
 
-def geometry_messages(code: str, out: dict, idx: np.ndarray, max_pixels: int) -> pa.Array:
+def geometry_messages(code: str, out: dict, idx: np.ndarray, rules: SizingRules) -> pa.Array:
     """Messages for rows ``idx`` of ``plan_geometry`` output ``out``, all with ``code``."""
     build = MESSAGES.get(code)
     if build is None:
         return pa.array([code] * len(idx), pa.string())
-    return build(_Rejected.of(out, idx, max_pixels))
+    return build(_Rejected.of(out, idx, rules))
 
 
 def id_message(code: str, row_id: str, first_row: int | None) -> str:

@@ -20,6 +20,7 @@ from ..config import ANCHORS, Config, parse_ratio
 from ..io.done import FNV_OFFSET, FNV_PRIME, M64, hash64, splitmix64
 from .cells import Problems, bool_column, column, enum_column, int_column, is_present, str_column
 from .geometry import ANCHOR_AXES
+from .product import backdrop_fields, subject_fields
 from .untrusted import caps, source_rules
 
 MODES = ("high", "fast")
@@ -83,6 +84,14 @@ class Requests:
     src_w: np.ndarray  # from image_width/height, valid where has_src
     src_h: np.ndarray
     has_src: np.ndarray
+    has_subject: np.ndarray  # bool: the product's box, all four columns valid
+    subject_x0: np.ndarray  # int64 source px
+    subject_y0: np.ndarray
+    subject_x1: np.ndarray
+    subject_y1: np.ndarray
+    backdrop_kind: pa.StringArray  # the manifest's analysis (flat | gradient | scene), or null
+    backdrop_color: pa.StringArray
+    plain_sides: np.ndarray  # int8 bit mask of plain sides, -1 where not given
     problem: np.ndarray  # object: the request's first problem, as a message, or None
     problem_code: np.ndarray  # int16: its code (invalid_request, a cap's code), 0 for none
     bad_id: np.ndarray  # bool: fails the id rule
@@ -113,7 +122,7 @@ def _ratio_column(table: pa.Table, n: int):
     return a, b, present, bad
 
 
-def _resolve_images(image: pa.StringArray, root: str | None) -> pa.StringArray:
+def resolve_images(image: pa.StringArray, root: str | None) -> pa.StringArray:
     """Relative ``image`` values under ``input.image_root`` (absolute URIs/paths kept)."""
     if not root:
         return image
@@ -142,6 +151,8 @@ def normalise(table: pa.Table, cfg: Config) -> Requests:
         **_placement(table, d, p),
         **_generation(table, cfg, ids, p),
         **_source_size(table, p),
+        **subject_fields(table, p),
+        **backdrop_fields(table, p),
     }
     # the id rule: invalid_id is its own code, after invalid_request
     id_ok = pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False)
@@ -176,7 +187,7 @@ def _source(table: pa.Table, image_root: str | None, p: Problems) -> dict:
     p.add(has_image & has_bytes, "give either image or image_bytes, not both")
     p.add(~has_image & ~has_bytes, "no source image: set image (a URI) or image_bytes")
     image = pc.if_else(pa.array(has_image), image, pa.scalar(None, pa.string()))
-    return {"image": _resolve_images(image, image_root), "has_bytes": has_bytes}
+    return {"image": resolve_images(image, image_root), "has_bytes": has_bytes}
 
 
 def _targets(table: pa.Table, d, p: Problems) -> dict:

@@ -29,6 +29,7 @@ from .duplicates import duplicate_first_rows
 from .geometry import GRID, GeometryInput, SizingRules, plan_geometry
 from .hashing import request_hashes
 from .messages import geometry_messages, id_message
+from .product import plan_routes, sides_bits
 from .rows import Requests, normalise
 
 
@@ -117,6 +118,15 @@ class Batch:
         """Rows with nothing against them yet."""
         return (self.request_code == 0) & (self.id_code == 0) & (self.image_code == 0)
 
+    @property
+    def subject_anchor(self) -> np.ndarray:
+        return np.asarray(pc.equal(self.req.anchor, "subject").fill_null(False), bool)
+
+    @property
+    def by_subject(self) -> np.ndarray:
+        """Rows placed by their product's box (anchor: subject, a valid box)."""
+        return self.subject_anchor & self.req.has_subject & (self.request_code == 0)
+
     def image_failed(self, i: int, code: str, message: str) -> None:
         self.image_code[i] = CODE[code]
         self.image_msg[i] = message
@@ -142,6 +152,11 @@ class Batch:
             anchor_v=r.anchor_v,
             auto_crop=r.auto_crop,
             fast=r.fast,
+            subject=self.by_subject,
+            subject_x0=r.subject_x0,
+            subject_y0=r.subject_y0,
+            subject_x1=r.subject_x1,
+            subject_y1=r.subject_y1,
             request_code=self.request_code,
             id_code=self.id_code,
             image_code=self.image_code,
@@ -179,6 +194,9 @@ class PlanStage:
             fill_fraction=cfg.sizing.fill_fraction,
             allow_upscale=cfg.sizing.allow_upscale,
             grid=plan_grid(cfg),
+            subject_fill=cfg.sizing.subject_fill,
+            require_subject_fill=cfg.sizing.require_subject_fill,
+            min_side=cfg.sizing.min_side or 0,
         )
         self.limits = headers.SourceLimits.of(cfg.limits)
         self.passthrough = list(cfg.output.passthrough_columns)
@@ -201,6 +219,7 @@ class PlanStage:
         # sizes unknown (dry runs; local files and inline bytes in runs): read headers,
         # which also give the source's identity
         self._probe(b, b.usable & ~b.req.has_src & ~b.from_earlier & ~b.deferred, want_header=True)
+        _check_subjects(b)
         out = self._geometry(b)
         if self.identify and self._identify(b, out):
             out = self._geometry(b)  # an image that vanished: its code comes before geometry
@@ -338,7 +357,7 @@ class PlanStage:
         for c in codes.GEOMETRY_CODES:
             idx = np.flatnonzero(code == CODE[c])
             if len(idx):
-                pieces.append(geometry_messages(c, out, idx, self.rules.max_pixels))
+                pieces.append(geometry_messages(c, out, idx, self.rules))
                 where.append(idx)
         total = sum(len(p) for p in pieces)
         order = np.full(n, total, dtype=np.int64)  # -> the trailing null
@@ -350,6 +369,9 @@ class PlanStage:
         valid = out["geometry_valid"]
         known_src = valid | (b.src_w > 0)
         steps = np.where(req.fast, self.cfg.model.steps_fast, self.cfg.model.steps)
+        ok = code == 0
+        routes = self._routes(b, out, ok)
+        steps = np.where(np.asarray(pc.equal(routes, "backdrop").fill_null(False), bool), 0, steps)
         cols = {
             "id": req.ids,
             "status": codes.status_array(code),
@@ -368,12 +390,30 @@ class PlanStage:
             "num_variants": pa.array(req.num_variants.astype(np.int64)),
             "prompt": req.prompt,
             "steps": pa.array(np.where(out["generated"], steps, 0).astype(np.int64)),
+            "route": routes,
+            "backdrop_kind": req.backdrop_kind,
+            "backdrop_color": req.backdrop_color,
+            "placement_note": _placement_notes(b, ok),
             ROW_INDEX: pa.array(b.rows.astype(np.int64)),
         }
         table = pa.table(cols, schema=PLAN_SCHEMA)
         for c in self.passthrough:
             table = table.append_column(c, b.table.column(c))
         return table
+
+    def _routes(self, b: Batch, out: dict, ok: np.ndarray) -> pa.Array:
+        """Where each generated row goes, as far as planning can tell (product.plan_routes)."""
+        W, H = out["canvas_width"], out["canvas_height"]
+        needs = sides_bits(
+            out["visible_x0"] > 0,
+            out["visible_y0"] > 0,
+            out["visible_x1"] < W,
+            out["visible_y1"] < H,
+        )
+        req = b.req
+        return plan_routes(
+            self.cfg.model.route, out["generated"], ok, req.backdrop_kind, req.plain_sides, needs
+        )
 
     def _with_identity(self, b: Batch, out: dict, table: pa.Table) -> pa.Table:
         """Runs: each row's source identity and request hash, and what the load stage
@@ -392,6 +432,34 @@ class PlanStage:
                 "image_bytes", b.table.column("image_bytes").cast(pa.large_binary())
             )
         return table
+
+
+def _check_subjects(b: Batch) -> None:
+    """A product's box must lie inside its source (known only once the size is)."""
+    r = b.req
+    known = (b.src_w > 0) & (b.src_h > 0) & ~b.deferred
+    outside = (
+        r.has_subject & known & b.usable & ((r.subject_x1 > b.src_w) | (r.subject_y1 > b.src_h))
+    )
+    for i in np.flatnonzero(outside):
+        b.request_code[i] = CODE["invalid_request"]
+        r.problem[i] = (
+            f"subject box ({r.subject_x0[i]}, {r.subject_y0[i]}, {r.subject_x1[i]}, "
+            f"{r.subject_y1[i]}) reaches past the {b.src_w[i]}×{b.src_h[i]} source; boxes are in "
+            "the source's pixels, after EXIF rotation"
+        )
+
+
+def _placement_notes(b: Batch, ok: np.ndarray) -> pa.Array:
+    """anchor: subject without a box: centred, and said so."""
+    fallback = ok & b.subject_anchor & ~b.req.has_subject
+    notes = np.where(
+        fallback,
+        "anchor subject: no subject_x0..subject_y1 for this row, so centred; "
+        "outpaint manifest --analyze finds the product's box",
+        None,
+    )
+    return pa.array(notes, pa.string())
 
 
 def plan_manifest(

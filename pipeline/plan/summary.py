@@ -33,7 +33,14 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     rel = transformer_flops(FLUX1_CONFIG, (BW * BH / 256.0), txt) / transformer_flops(
         FLUX1_CONFIG, 4096, txt
     )
-    gpu_s = float((steps * rel * cfg.plan.seconds_per_step_at_1mp)[gen].sum())
+    per_row_s = rel * cfg.plan.seconds_per_step_at_1mp
+    gpu_s = float((steps * per_row_s)[gen].sum())
+    route = plan.column("route").fill_null("").to_numpy(zero_copy_only=False)
+    filled = gen & (route == "backdrop")
+    model_steps = np.where(fast, cfg.model.steps_fast, cfg.model.steps)
+    variants = plan.column("num_variants").fill_null(1).to_numpy()
+    placed = plan.column("placement_note").is_null().to_numpy(zero_copy_only=False)
+    subject = plan.column("anchor").to_numpy(zero_copy_only=False) == "subject"
     uniq, counts = np.unique(
         np.stack([BW[gen], BH[gen], fast[gen].astype(np.int64)], axis=1), axis=0, return_counts=True
     )
@@ -51,6 +58,7 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     return {
         "rows": int(plan.num_rows),
         "backend": cfg.model.backend,
+        "route": cfg.model.route,
         "mostly_generated": int(mostly.sum()),
         "warn_generated_share": cfg.plan.warn_generated_share,
         "max_generated_share": round(float(share[gen].max()), 4) if gen.any() else 0.0,
@@ -59,8 +67,19 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
         "output_megapixels": round(float((W * H)[ok].sum()) / 1e6, 3),
         "generated": {"high": int((gen & ~fast).sum()), "fast": int((gen & fast).sum())},
         "passthrough_ok": int((ok & ~gen).sum()),
-        # the hosted API: one task per generated row and variant
-        "api_tasks": int(plan.column("num_variants").fill_null(1).to_numpy()[gen].sum()),
+        # the hosted API: one task per generated row and variant, none for backdrop fills
+        "api_tasks": int(variants[gen & ~filled].sum()),
+        "routes": {
+            "backdrop": int(filled.sum()),
+            "model": int((gen & (route == "model")).sum()),
+            "at_load": int((gen & (route == "")).sum()),  # judged once decoded
+        },
+        "saved_api_tasks": int(variants[filled].sum()),
+        "saved_gpu_seconds": round(float((model_steps * per_row_s)[filled].sum()), 1),
+        "subject": {
+            "by_box": int((ok & subject & placed).sum()),
+            "centred": int((ok & subject & ~placed).sum()),
+        },
         "generated_shapes": len(shapes),
         "top_generated_shapes": dict(sorted(shapes.items(), key=lambda kv: (-kv[1], kv[0]))[:5]),
         "max_shapes": cfg.model.optimize.max_shapes,
@@ -82,6 +101,18 @@ def format_summary(s: dict) -> str:
         f"output: {s['output_megapixels']:,} MP; to generate: {g['high']:,} high + {g['fast']:,} fast; "
         f"{s['passthrough_ok']:,} need no generation"
     )
+    r = s["routes"]
+    if r["backdrop"] or r["at_load"]:
+        lines.append(
+            f"routes: {r['backdrop']:,} to the backdrop fill (no model), {r['model']:,} to the "
+            f"model, {r['at_load']:,} judged when loaded (outpaint manifest --analyze decides them now)"
+        )
+    sub = s["subject"]
+    if sub["by_box"] or sub["centred"]:
+        lines.append(
+            f"anchor subject: {sub['by_box']:,} placed by the product's box, {sub['centred']:,} "
+            "centred for want of subject columns (outpaint manifest --analyze)"
+        )
     if s["mostly_generated"]:
         lines.append(
             f"warning: {s['mostly_generated']:,} rows would be more than {s['warn_generated_share']:.0%} "
@@ -96,6 +127,8 @@ def format_summary(s: dict) -> str:
             f"API tasks: {s['api_tasks']:,} (one per generated row and variant; rows needing no generation "
             f"cost none), {s['output_megapixels']:,} MP out; the API reports each task's cost in credits"
         )
+        if s["saved_api_tasks"]:
+            lines.append(f"API tasks saved by the backdrop fill: {s['saved_api_tasks']:,}")
     if not spec.gpu:  # compiled shapes and GPU time are a GPU model's
         return "\n".join(lines)
     if s["generated_shapes"]:
@@ -110,4 +143,10 @@ def format_summary(s: dict) -> str:
     lines.append(
         f"estimated GPU time: {s['estimated_gpu_seconds']:,} s ({hours:,.2f} GPU-hours) at {s['estimate_basis']}"
     )
+    if s["saved_gpu_seconds"]:
+        saved = s["saved_gpu_seconds"]
+        lines.append(
+            f"saved by the backdrop fill: {saved:,} s ({saved / 3600:,.2f} GPU-hours) of rows planned "
+            "for it"
+        )
     return "\n".join(lines)

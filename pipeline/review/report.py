@@ -61,6 +61,7 @@ SCHEMA = pa.schema(
         ("visible_y1", pa.int64()),
         ("request_hash", pa.string()),
         ("prompt", pa.string()),
+        ("route", pa.string()),
     ]
 )
 TABLE_ROWS = 5000  # the metrics table: the rows farthest from natural first, at most this many
@@ -102,10 +103,12 @@ def summarise(meta: pa.Table) -> dict:
         meta.column("canvas_height").cast(pa.float64()),
     )
     mp = (pc.sum(pc.filter(area, ok)).as_py() or 0.0) / 1e6
+    routes = pc.value_counts(pc.filter(meta.column("route"), ok).drop_null()).to_pylist()
     return {
         "rows": meta.num_rows,
         "by_status": counted.statuses(),
         "by_code": counted.codes_by_count(),
+        "by_route": {r["values"]: r["counts"] for r in sorted(routes, key=lambda r: r["values"])},
         "output_megapixels": round(mp, 3),
     }
 
@@ -166,6 +169,7 @@ def choose(meta: pa.Table, sample: int, worst: int) -> Selection:
         "canvas_width",
         "canvas_height",
         "mode",
+        "route",
         "seam_score",
         "texture_score",
         "quality_distance",
@@ -205,6 +209,7 @@ class Cards:
             "canvas_width": W,
             "canvas_height": H,
             "mode": str(r.get("mode")),
+            "route": r.get("route") or "",
             "prompt": (r.get("prompt") or "")[:500],
             "note": note,
             "seam": _num(r.get("seam_score")),
@@ -293,6 +298,7 @@ def build(
             "canvas_width": r["canvas_width"],
             "canvas_height": r["canvas_height"],
             "mode": str(r["mode"]),
+            "route": r["route"] or "",
             "seam": _num(r["seam_score"]),
             "texture": _num(r["texture_score"]),
             "distance": _num(r["quality_distance"]),

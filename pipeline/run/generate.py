@@ -17,10 +17,11 @@ import pyarrow as pa
 
 from ..backends import BuildContext, Job, RowError, spec_of, warmup_shapes
 from ..config import Config, ModelConfig
-from .load import from_columns
+from .load import from_bytes, from_columns
 from .records import (
     API_COUNTERS,
     API_FIELDS,
+    BACKDROP,
     BUSY_FIELDS,
     PIXELS,
     Record,
@@ -88,6 +89,9 @@ class OutpaintStage(RowStage):
         context = BuildContext(prompts, warmup_shapes(cfg), cfg.runtime.batch_size, cfg.output)
         return cls(cfg.model, context, cfg.output.color_intent, backend=backend, lazy=lazy)
 
+    def keeps(self, row: dict) -> bool:
+        return row.get("route") == BACKDROP  # filled before this stage: its model and time stay
+
     def __getstate__(self):  # fused CPU tasks receive the stage pickled: no lock, no model
         return {**self.__dict__, "_lock": None, "_backend": None}
 
@@ -141,6 +145,8 @@ class OutpaintStage(RowStage):
         generated: the output is the reference), ``generate_ms``, ``fill_color``, ``model``."""
         work: list[tuple[Record, int]] = []
         for rec in todo(records):
+            if rec.row.get("route") == BACKDROP:  # continued by the backdrop stage already
+                continue
             n = rec.row.get("num_variants") or 1
             rec.row.update(model=self.model, generate_ms=0.0)
             rec.out = [None] * n
@@ -187,9 +193,18 @@ class OutpaintStage(RowStage):
         records = self.records(batch)
         for rec in records:
             rec.ref = from_columns(rec.row, self.color_intent)
+            rec.out = filled_out(rec.row)
         self.process(records)
         for rec in records:
             rec.row["out_pixels"] = (
                 None if rec.out is None else [o if o is None else o.tobytes() for o in rec.out]
             )
         return self.table(batch.schema, records)
+
+
+def filled_out(row: dict) -> list[np.ndarray] | None:
+    """The canvases the backdrop stage made for a row (its ``out_pixels``), or None."""
+    if row.get("route") != BACKDROP or row.get("out_pixels") is None:
+        return None
+    shape = (row["canvas_height"], row["canvas_width"], 3)
+    return [from_bytes(b, shape) for b in row["out_pixels"]]

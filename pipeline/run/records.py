@@ -23,6 +23,8 @@ from ..box import Box
 from ..plan.columns import GEOMETRY_COLUMNS, REQUEST
 
 PIXELS = pa.large_binary()
+BACKDROP = "backdrop"  # a row's route to the backdrop fill (route.py), and its ``model``
+MODEL = "model"  # a row's route to the backend
 
 # Final metadata columns added after planning (docs/contracts.md, Outputs), in order.
 # colour and labels (docs/contracts.md, "Colour and labels"): the load stage names the
@@ -56,6 +58,8 @@ OUTPUT_FIELDS = [
     *COLOR_FIELDS,
     ("digital_source_type", pa.string()),
     ("fill_color", pa.string()),
+    ("backdrop_residual", pa.float64()),
+    ("backdrop_noise", pa.float64()),
     ("feather_px", pa.int64()),
     ("seam_score", pa.float64()),
     ("texture_score", pa.float64()),
@@ -156,8 +160,13 @@ class RowStage:
     def records(self, batch: pa.Table) -> list[Record]:
         records = [Record(row) for row in batch.to_pylist()]
         for rec in records:
-            rec.row.update(dict.fromkeys(self.RESETS))
+            if not self.keeps(rec.row):
+                rec.row.update(dict.fromkeys(self.RESETS))
         return records
+
+    def keeps(self, row: dict) -> bool:
+        """Rows whose ``RESETS`` columns an earlier stage set for this stage to keep."""
+        return False
 
     def table(self, schema: pa.Schema, records: list[Record]) -> pa.Table:
         return rows_to_table(schema, [rec.row for rec in records], self.ADDS, self.DROPS)

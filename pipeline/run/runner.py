@@ -47,16 +47,38 @@ from .counts import ApiCounts, RunCounts, summary_table
 from .generate import OutpaintStage
 from .load import LoadStage
 from .progress import Progress
+from .records import BACKDROP
+from .route import BackdropStage
 from .stages import ProcessStage
 from .triage import TRIAGE_STATS, TriageCounts, TriageStage, identity_line, slices_table
 from .write import WriteStage
 
 
+def _filled(batch: pa.Table) -> pa.Array:
+    """Rows planning routed to the backdrop fill (the manifest's analysis, or route: backdrop)."""
+    return pc.fill_null(pc.equal(batch.column("route"), BACKDROP), False)
+
+
 def work_summary(batch: pa.Table) -> pa.Table:
-    """Per block of work rows: how many need the model, and their distinct prompts."""
-    generated = pc.sum(batch.column("generated").cast(pa.int64())).as_py() or 0
+    """Per block of work rows: how many may need the model (all generated rows but those
+    planned for the backdrop fill), how many are planned for the fill, and the prompts."""
+    filled = _filled(batch)
+    model = pc.and_(batch.column("generated"), pc.invert(filled))
     prompts = pc.unique(batch.column("prompt").cast(pa.string()).fill_null("")).to_pylist()
-    return pa.table({"generated": [generated], "prompts": [prompts]})
+    counts = {"generated": _count(model), "filled": _count(filled)}
+    return pa.table({**{k: [v] for k, v in counts.items()}, "prompts": [prompts]})
+
+
+def _count(mask: pa.Array) -> int:
+    return pc.sum(mask.cast(pa.int64())).as_py() or 0
+
+
+def only_filled(batch: pa.Table) -> pa.Table:
+    return batch.filter(_filled(batch))
+
+
+def not_filled(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.invert(_filled(batch)))
 
 
 class WorkRows:
@@ -72,15 +94,16 @@ class WorkRows:
     def to_dataset(self, ray):
         return self.dataset if self.dataset is not None else ray.data.from_arrow(self.tables)
 
-    def summary(self) -> tuple[int, list[str]]:
-        """Rows that need the model, and their distinct prompts."""
+    def summary(self) -> tuple[int, int, list[str]]:
+        """Rows that may need the model, rows planned for the backdrop fill, and the
+        distinct prompts."""
         if self.dataset is not None:
             task = {"batch_format": "pyarrow", "batch_size": None}
             parts = self.dataset.map_batches(work_summary, **task).take_all()
         else:
             parts = [work_summary(t).to_pylist()[0] for t in self.tables]
         prompts = sorted({q for p in parts for q in p["prompts"]})
-        return sum(p["generated"] for p in parts), prompts
+        return sum(p["generated"] for p in parts), sum(p["filled"] for p in parts), prompts
 
 
 def triage(
@@ -133,16 +156,25 @@ def image_stages(ray, cfg: Config, store: OutputStore, run_id: str, work: WorkRo
     runtime = cfg.runtime
     ds = work.to_dataset(ray).repartition(target_num_rows_per_block=runtime.block_rows)
     task = {"batch_format": "pyarrow", "batch_size": None}
-    generated, prompts = work.summary() if spec.actor else (0, [])
+    generated, filled, prompts = work.summary() if spec.actor else (0, 0, [])
     # A light backend fuses every stage into one task operator, where Ray Data's
     # per-operator resource reservation would only hold CPUs back; actor pipelines keep
     # it, so that no stage starves (benchmarks/RESULTS.md, pipeline_overhead.py).
     ray.data.DataContext.get_current().op_resource_reservation_enabled = generated > 0
-    if generated == 0:  # light CPU backends, or nothing to generate: no model actor, no weights
-        return ds.map_batches(ProcessStage.from_config(cfg, store, run_id), **task)
-    ds = ds.map_batches(LoadStage.from_config(cfg), **task)
-    ds = ds.map_batches(OutpaintStage, **_actor_args(ray, cfg, spec, generated, prompts))
-    return ds.map_batches(WriteStage.from_config(cfg, store, run_id), **task)
+    in_tasks = ProcessStage.from_config(cfg, store, run_id)
+    if generated == 0:  # light CPU backends, or nothing for a model: no model actor, no weights
+        return ds.map_batches(in_tasks, **task)
+    # rows planned for the backdrop fill never pass a model actor: a branch of CPU tasks
+    rest = ds.map_batches(not_filled, **task) if filled else ds
+    rest = rest.map_batches(LoadStage.from_config(cfg), **task)
+    rest = rest.map_batches(BackdropStage.from_config(cfg), **task)  # fused with the load
+    rest = rest.map_batches(OutpaintStage, **_actor_args(ray, cfg, spec, generated, prompts))
+    rest = rest.map_batches(WriteStage.from_config(cfg, store, run_id), **task)
+    return (
+        rest.union(ds.map_batches(only_filled, **task).map_batches(in_tasks, **task))
+        if filled
+        else rest
+    )
 
 
 def _actor_args(ray, cfg: Config, spec: BackendSpec, generated: int, prompts: list[str]) -> dict:
@@ -354,6 +386,7 @@ def finish(
             "skipped": counts.skipped,
             "by_status": counts.rows.by_status,
             "by_code": counts.rows.by_code,
+            "by_route": dict(sorted(counts.routes.items())),
         },
         "model_busy": counts.busy(),
         "images_written": counts.images,

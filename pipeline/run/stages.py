@@ -6,7 +6,8 @@ not ``ok`` pass through untouched, so every manifest row reaches the metadata; a
 failure never raises out of a stage.
 
 - ``load.LoadStage``: fetch, decode, colour: the visible reference;
-- ``generate.OutpaintStage``: the backend, in batches;
+- ``route.BackdropStage``: plain studio backdrops continued without the model;
+- ``generate.OutpaintStage``: the backend, in batches, for the other rows;
 - ``write.WriteStage``: paste back, encode, write, measure;
 - ``ProcessStage`` (here): the three in one step, for backends that run in CPU tasks.
 """
@@ -20,10 +21,12 @@ from ..io.outputs import OutputStore
 from .generate import OutpaintStage, variant_seed
 from .load import LoadStage, Reference, Replanner, from_columns, to_columns
 from .records import OUTPUT_FIELDS, Record, bulk_metadata
+from .route import BackdropStage
 from .write import WriteStage
 
 __all__ = [
     "OUTPUT_FIELDS",
+    "BackdropStage",
     "LoadStage",
     "OutpaintStage",
     "ProcessStage",
@@ -39,14 +42,17 @@ __all__ = [
 
 
 class ProcessStage:
-    """Load -> outpaint -> write in one step, pixels kept as arrays in memory.
+    """Load -> route -> outpaint -> write in one step, pixels kept as arrays in memory.
 
     For backends that run in plain CPU tasks: the stages would be fused into one Ray
     task anyway, so passing pixels through Arrow between them is pure copying.
     """
 
-    def __init__(self, load: LoadStage, outpaint: OutpaintStage, write: WriteStage):
+    def __init__(
+        self, load: LoadStage, route: BackdropStage, outpaint: OutpaintStage, write: WriteStage
+    ):
         self.load = load
+        self.route = route
         self.outpaint = outpaint
         self.write = write
 
@@ -54,6 +60,7 @@ class ProcessStage:
     def from_config(cls, cfg: Config, store: OutputStore, run_id: str) -> ProcessStage:
         return cls(
             LoadStage.from_config(cfg),
+            BackdropStage.from_config(cfg),
             OutpaintStage.from_config(cfg, lazy=True),
             WriteStage.from_config(cfg, store, run_id),
         )
@@ -61,6 +68,7 @@ class ProcessStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         records = self.load.records(batch)
         self.load.process(records)
+        self.route.process(records)
         self.outpaint.process(records)
         self.write.process(records)
         return self.write.table(batch.schema, records)

@@ -27,7 +27,15 @@ from ..review.compose import (
     paste_back,
 )
 from .load import Reference, from_bytes, from_columns
-from .records import DROPPED_COLUMNS, OUTPUT_FIELDS, Record, RowStage, elapsed_ms, node_id
+from .records import (
+    BACKDROP,
+    DROPPED_COLUMNS,
+    OUTPUT_FIELDS,
+    Record,
+    RowStage,
+    elapsed_ms,
+    node_id,
+)
 
 UNLIMITED = SourceLimits(1 << 40, 1 << 40)  # our own encoded output, decoded to measure it
 
@@ -42,6 +50,8 @@ class WriteStage(RowStage):
         self.store = store
         self.run_id = run_id
         self.source_type = provenance.source_type_uri(output.digital_source_type, spec.learned)
+        # a backdrop fill holds no trained model's output: never labelled as one under auto
+        self.fill_type = provenance.source_type_uri(output.digital_source_type, learned=False)
         self.credentials = None
         if output.c2pa is not None:
             self.credentials = provenance.ContentCredentials(output.c2pa, __version__)
@@ -56,12 +66,19 @@ class WriteStage(RowStage):
         ref: Reference = rec.ref
         box = rec.box
         sides = box.sides(rec.row["canvas_width"], rec.row["canvas_height"])
-        if self.output.color_match:
+        filled = rec.row.get("route") == BACKDROP  # already the backdrop's own colours
+        if self.output.color_match and not filled:
             generated = match_colors(generated, ref.model, box, sides)
         generated = ref.color.output.from_model(generated)
         if self.spec.keeps_reference:  # blending V with itself: skip the work
             return paste_back(generated, ref.out, box)
         return feathered_paste(generated, ref.out, box, sides, self.output.feather_px)
+
+    def label(self, row: dict) -> str | None:
+        """The IPTC digital source type of a row's output (None: nothing generated)."""
+        if not row["generated"]:
+            return None
+        return self.fill_type if row.get("route") == BACKDROP else self.source_type
 
     def _encode(self, rec: Record, finals: list[np.ndarray], label: str | None) -> list[bytes]:
         ref: Reference = rec.ref
@@ -91,7 +108,7 @@ class WriteStage(RowStage):
             finals = [self.composite(rec, g) for g in rec.out]
         else:  # nothing generated: the reference is the output
             finals = [ref.out] * len(rec.out)
-        label = self.source_type if row["generated"] else None
+        label = self.label(row)
         row["digital_source_type"] = label.rsplit("/", 1)[-1] if label else None
         fmt = row["output_format"]
         if len(finals) == 1:

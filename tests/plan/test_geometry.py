@@ -323,7 +323,7 @@ ratios = st.one_of(
     st.tuples(st.integers(1, 32), st.integers(1, 32)),
     st.tuples(st.integers(1, 10_000), st.integers(1, 10_000)),
 )
-row_st = st.fixed_dictionaries(
+_plain_row_st = st.fixed_dictionaries(
     {"src_w": st.integers(1, 9000), "src_h": st.integers(1, 9000)},
     optional={
         "width": st.integers(-10, 5000),
@@ -337,6 +337,20 @@ row_st = st.fixed_dictionaries(
         "id_code": st.sampled_from([None, "invalid_id"]),
     },
 )
+
+
+@st.composite
+def _with_subject(draw, row):
+    """A row placed by its product's box (anchor: subject), the box inside the source."""
+    w, h = row["src_w"], row["src_h"]
+    x0, x1 = sorted(draw(st.tuples(st.integers(0, w), st.integers(0, w))))
+    y0, y1 = sorted(draw(st.tuples(st.integers(0, h), st.integers(0, h))))
+    return (
+        {**row, "subject": (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))} if w > 1 and h > 1 else row
+    )
+
+
+row_st = st.one_of(_plain_row_st, _plain_row_st.flatmap(_with_subject))
 rules_st = st.builds(
     SizingRules,
     max_pixels=st.sampled_from([MAX, 1_000_000, 100_000]),
@@ -344,6 +358,9 @@ rules_st = st.builds(
     fill_fraction=st.sampled_from([0.5, 0.8, 1.0]),
     allow_upscale=st.booleans(),
     grid=st.sampled_from([16, 16, 8, 32]),  # FLUX.1's, and other checkpoints' alignment grids
+    subject_fill=st.sampled_from([0.85, 0.5, 1.0, 0.333]),
+    require_subject_fill=st.booleans(),
+    min_side=st.sampled_from([0, 0, 250, 1600]),
 )
 
 
@@ -369,7 +386,10 @@ def test_invariants(rows, rules):
         x0, y0, x1, y1 = box(r)
         assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H  # visible box inside the canvas
         assert W >= 64 and H >= 64 and rules.max_pixels >= W * H  # ok rows fit the budget
-        assert r["scale"] <= 1.0 or (rules.fit_contain and rules.allow_upscale)
+        # enlarged only where allowed: contain, a box to fill, a minimum side
+        upscaling = rules.fit_contain or row.get("subject") is not None or rules.min_side
+        assert r["scale"] <= 1.0 or (rules.allow_upscale and upscaling)
+        assert min(W, H) >= rules.min_side
         G = rules.grid
         assert r["aligned_width"] % G == 0 and r["aligned_height"] % G == 0
         assert r["aligned_width"] >= W and r["aligned_height"] >= H

@@ -377,6 +377,7 @@ KUBERAY = {
     "RayJob": "ray.io_rayjobs.yaml",
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayCronJob": "ray.io_raycronjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
 }
 
 

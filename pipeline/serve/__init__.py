@@ -1,0 +1,13 @@
+"""``outpaint serve``: the hosted FLUX Outpainting API's contract (submit, poll, signed
+result URLs, 403/413/422/429) on Ray Serve, over the same planner, backends and encoders
+as ``outpaint run`` (docs/serving.md).
+
+- ``contract``: the request body and its 422s (the planner's codes for geometry);
+- ``keys``: the accepted keys, held as digests;
+- ``tasks``: task state in the output store, signed result URLs;
+- ``app``: the deployments and the application builders.
+
+Importing this package needs only the core dependencies; ``app`` needs ``ray[serve]``.
+May import: the top-level shared modules, ``api`` (the stages, configs), ``io``,
+``backends``, ``plan`` (the planner: one geometry) and ``run`` (cluster resources).
+"""

@@ -1,0 +1,166 @@
+"""The hosted FLUX Outpainting API's request contract, as this server checks it.
+
+A request passes two checks, in the hosted API's order: its body's shape (fields, types,
+enums; unknown fields refused, with the hint the manifest reader gives for names from
+other tools), then the batch planner itself on a one-row table (``PlanStage``: the same
+geometry rules, codes and messages as ``outpaint run``). Both answer FastAPI-style 422
+details: ``{"loc": ["body", field], "msg": ..., "type": ...}``; a geometry or image
+rule's ``type`` is the planner's code (``out_of_bounds``, ``image_unreadable``...).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..codes import GEOMETRY_CODES, IMAGE_CODES
+from ..io.manifest import HINTS
+
+PATH = "/v1/flux-tools/outpainting-v1"
+MODE_RULES = ("reference_too_small", "reference_aspect", "aligned_canvas_too_large")
+_ASCII_SPACE = re.compile(rb"[ \t\r\n]+")
+
+
+class OutpaintRequest(BaseModel):
+    """The documented body of ``POST /v1/flux-tools/outpainting-v1``. Geometry (sizes,
+    offsets, the 4 MP limit, fast mode's rules) is not checked here but by the planner."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_image: str = Field(description="base64 of the encoded reference image")
+    width: int
+    height: int
+    reference_offset_x: int | None = None
+    reference_offset_y: int | None = None
+    auto_crop: bool = False
+    mode: Literal["high", "fast"] = "high"
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    prompt: str | None = None
+    safety_tolerance: int = Field(2, ge=0, le=5)
+
+
+def error(field: str | None, msg: str, kind: str) -> dict:
+    loc = ["body", field] if field else ["body"]
+    return {"loc": loc, "msg": msg, "type": kind}
+
+
+def parse(body: object) -> tuple[OutpaintRequest | None, list[dict]]:
+    """The body as a request, or FastAPI-style details of what is wrong with it. The
+    details never echo a value back (``input_image`` is megabytes, and untrusted)."""
+    try:
+        return OutpaintRequest.model_validate(body), []
+    except ValidationError as e:
+        details = []
+        for err in e.errors():
+            loc, msg = ["body", *err["loc"]], err["msg"]
+            name = str(err["loc"][0]) if err["loc"] else ""
+            if err["type"] == "extra_forbidden" and name.lower() in HINTS:
+                msg = f"{msg}: {_api_hint(name)}"
+            details.append({"loc": loc, "msg": msg, "type": err["type"]})
+        return None, details
+
+
+def _api_hint(name: str) -> str:
+    """The manifest reader's hint, in this endpoint's words (its fields, not columns)."""
+    hint = HINTS[name.lower()]
+    return hint.replace("use image", "use input_image").replace(
+        "use aspect_ratio", "use width, height"
+    )
+
+
+def image_bytes(value: str) -> tuple[bytes | None, list[dict]]:
+    """``input_image`` decoded, or the 422 detail saying why not."""
+    if value.startswith(("http://", "https://")):
+        msg = "this server takes the image itself, base64-encoded, not a URL"
+        return None, [error("input_image", msg, "url_not_accepted")]
+    try:
+        data = base64.b64decode(_ASCII_SPACE.sub(b"", value.encode("ascii")), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return None, [error("input_image", "not valid base64", "base64_decode")]
+    if not data:
+        return None, [error("input_image", "empty image", "image_unreadable")]
+    return data, []
+
+
+REQUEST_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image_bytes", pa.binary()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("reference_offset_x", pa.int64()),
+        ("reference_offset_y", pa.int64()),
+        ("auto_crop", pa.bool_()),
+        ("mode", pa.string()),
+        ("output_format", pa.string()),
+        ("prompt", pa.string()),
+        ("manifest_row", pa.int64()),
+    ]
+)
+
+
+def request_table(task_id: str, req: OutpaintRequest, data: bytes) -> pa.Table:
+    """The request as a one-row manifest for the planner (null offsets: its anchor places)."""
+    return pa.Table.from_pylist(
+        [{**manifest_row(task_id, req, data), "manifest_row": 0}], REQUEST_SCHEMA
+    )
+
+
+def manifest_row(task_id: str, req: OutpaintRequest, data: bytes) -> dict:
+    return {
+        "id": task_id,
+        "image_bytes": data,
+        "width": req.width,
+        "height": req.height,
+        "reference_offset_x": req.reference_offset_x,
+        "reference_offset_y": req.reference_offset_y,
+        "auto_crop": req.auto_crop,
+        "mode": req.mode,
+        "output_format": req.output_format,
+        "prompt": req.prompt,
+    }
+
+
+def plan_errors(planned: pa.Table) -> list[dict]:
+    """The planner's verdict on a one-row table as 422 details (empty: accepted)."""
+    row = planned.slice(0, 1).to_pylist()[0]
+    code = row["error_code"]
+    if not code:
+        return []
+    message = row["error_message"].replace("image_bytes", "input_image")
+    return [error(field_of(code, row), message, code)]
+
+
+def field_of(code: str, row: dict) -> str | None:
+    """The request field a planner code is about."""
+    if code in IMAGE_CODES:
+        return "input_image"
+    if code == "prompt_too_long":
+        return "prompt"
+    if code == "canvas_too_small":
+        return "width" if (row["canvas_width"] or 0) < 64 else "height"
+    if code in ("canvas_too_large", "preset_too_small"):
+        return "width"
+    if code in MODE_RULES:
+        return "mode"
+    if code in GEOMETRY_CODES:  # out_of_bounds, no_overlap: the axis that is off
+        x_ok = _inside(row) if code == "out_of_bounds" else _overlaps(row)
+        return "reference_offset_y" if x_ok else "reference_offset_x"
+    return None
+
+
+def _inside(row: dict) -> bool:
+    """The reference's columns all on the canvas."""
+    x, w, W = row["offset_x"], row["reference_width"], row["canvas_width"]
+    return None not in (x, w, W) and x >= 0 and x + w <= W
+
+
+def _overlaps(row: dict) -> bool:
+    """Some of the reference's columns on the canvas."""
+    x, w, W = row["offset_x"], row["reference_width"], row["canvas_width"]
+    return None not in (x, w, W) and x < W and x + w > 0
