@@ -458,10 +458,17 @@ def serve(config, *, ready=None, block: bool = True):
     import signal
     import time
 
-    from ray import serve as ray_serve
+    try:
+        from ray import serve as ray_serve
+
+        from .serve.app import application
+    except ImportError as e:  # ray[data] alone has no Serve, FastAPI or uvicorn
+        raise ConfigError(
+            f"outpaint serve needs Ray Serve ({e.name or e} is missing): "
+            'pip install -c constraints.txt -e ".[serve]"'
+        ) from None
 
     from .run.cluster import ensure_ray
-    from .serve.app import application
     from .serve.contract import PATH
     from .serve.keys import load_digests
 

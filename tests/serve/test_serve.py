@@ -149,6 +149,20 @@ def test_the_documented_client_flow(server, photo, fields, at):
     assert (out / "images" / f"{task['id']}.png").read_bytes() == data
 
 
+def test_fast_mode_and_webp(server, photo):
+    """Fast mode's placement (offsets on the latent grid) and the newer page's webp."""
+    base, _ = server
+    body = {"input_image": b64(encoded(photo)), "width": 512, "height": 384, "mode": "fast"}
+    body.update(reference_offset_x=128, reference_offset_y=96, output_format="webp")
+    status, task, _ = call("POST", base + PATH, body)
+    assert status == 200, task
+    done = poll(task["polling_url"])
+    status, data, headers = call("GET", done["result"]["sample"], key=None)
+    assert status == 200 and headers["content-type"] == "image/webp"
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "WEBP" and im.size == (512, 384)
+
+
 def test_jpeg_output_and_get_result_by_id(server, photo):
     base, _ = server
     body = {"input_image": b64(encoded(photo, "JPEG")), "width": 320, "height": 320}
