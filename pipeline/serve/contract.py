@@ -24,6 +24,7 @@ from ..io.manifest import HINTS
 PATH = "/v1/flux-tools/outpainting-v1"
 MODE_RULES = ("reference_too_small", "reference_aspect", "aligned_canvas_too_large")
 _ASCII_SPACE = re.compile(rb"[ \t\r\n]+")
+INT32 = 2**31
 
 
 class OutpaintRequest(BaseModel):
@@ -33,10 +34,12 @@ class OutpaintRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input_image: str = Field(description="base64 of the encoded reference image")
-    width: int
-    height: int
-    reference_offset_x: int | None = None
-    reference_offset_y: int | None = None
+    # 32-bit bounds only (the planner's columns): the 64-px minimum and the 4 MP limit are
+    # the planner's rules, answered with its codes
+    width: int = Field(ge=-INT32, lt=INT32)
+    height: int = Field(ge=-INT32, lt=INT32)
+    reference_offset_x: int | None = Field(None, ge=-INT32, lt=INT32)
+    reference_offset_y: int | None = Field(None, ge=-INT32, lt=INT32)
     auto_crop: bool = False
     mode: Literal["high", "fast"] = "high"
     output_format: Literal["png", "jpeg", "webp"] = "png"

@@ -50,6 +50,12 @@ def test_unknown_fields_are_422_with_the_hint_and_no_echo():
         ({"width": 64, "height": 64, "mode": "slow"}, "mode", "literal_error"),
         ({"width": 64, "height": 64, "output_format": "gif"}, "output_format", "literal_error"),
         ({"width": 64, "height": 64, "safety_tolerance": 6}, "safety_tolerance", "less_than_equal"),
+        ({"width": 10**30, "height": 64}, "width", "less_than"),  # never an overflow (500)
+        (
+            {"width": 64, "height": 64, "reference_offset_y": -(10**12)},
+            "reference_offset_y",
+            "greater_than_equal",
+        ),
     ],
 )
 def test_the_body_shape(fields, field, kind):
