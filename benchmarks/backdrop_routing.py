@@ -25,7 +25,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -35,6 +34,9 @@ from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from record import record  # noqa: E402 - benchmarks/ on the path first
 
 KEY_ENV = "BENCH_BFL_KEY"
 
@@ -213,16 +215,7 @@ def main() -> None:
                 return {"api_tasks": submitted, "credits": summary["api"]["cost_credits"]}
 
             results["bfl_api"] = compare("api", hosted, work, tasks)
-        results["hardware"] = {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        }
-        results["date"] = time.strftime("%Y-%m-%d")
-        print(json.dumps(results, indent=2))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
+        record(results, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -23,7 +23,6 @@ import concurrent.futures
 import io
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -34,6 +33,10 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from record import record  # noqa: E402 - benchmarks/ on the path first
+
 PATH = "/v1/flux-tools/outpainting-v1"
 KEY = "bench-" + os.urandom(6).hex()
 
@@ -184,16 +187,7 @@ def main() -> None:
         )
         serve.shutdown()
         ray.shutdown()
-        results["hardware"] = {
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        }
-        results["date"] = time.strftime("%Y-%m-%d")
-        print(json.dumps(results, indent=2))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
+        record(results, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
