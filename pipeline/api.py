@@ -396,15 +396,19 @@ def make_manifest(
     return table, write(table, out, storage_options)
 
 
-def analyze_manifest(config, out: str | None = None, threads: int = 16) -> pa.Table:
+def analyze_manifest(
+    config, out: str | None = None, threads: int = 16, on_ray: bool | None = None
+) -> pa.Table:
     """The config's manifest with the product-photo columns (docs/product-photos.md):
     ``backdrop_kind``, ``backdrop_color``, ``backdrop_sides`` and the product's box
     ``subject_x0`` .. ``subject_y1``, from one decode per distinct source, judged by the
     config's ``model.backdrop`` tolerances; written to ``out`` (by its extension) if given.
-    ``outpaint plan`` then routes and places those rows without decoding them."""
+    ``outpaint plan`` then routes and places those rows without decoding them.
+    ``on_ray``: decode as Ray Data tasks over the cluster (default: when the config or the
+    environment names one: ``runtime.ray_address``, ``RAY_ADDRESS``), else threads here."""
     from .backdrop import Tolerances
     from .io import manifest as manifest_io
-    from .io.analyze import analyze_images, with_analysis
+    from .io.analyze import AnalyzeStage, with_analysis
     from .io.catalogue import write
     from .io.headers import SourceLimits
     from .plan.rows import resolve_images
@@ -413,15 +417,31 @@ def analyze_manifest(config, out: str | None = None, threads: int = 16) -> pa.Ta
     table = manifest_io.read(cfg)
     table = table.drop_columns([c for c in manifest_io.INTERNAL if c in table.column_names])
     images = resolve_images(table.column("image").cast(pa.string()), cfg.input.image_root)
-    distinct = pc.unique(images.drop_null()).to_pylist()
-    found = analyze_images(
-        distinct, cfg.input, SourceLimits.of(cfg.limits), Tolerances.of(cfg.model.backdrop), threads
+    distinct = pa.table({"image": pc.unique(images.drop_null()).cast(pa.string())})
+    stage = AnalyzeStage(
+        cfg.input, SourceLimits.of(cfg.limits), Tolerances.of(cfg.model.backdrop), threads
     )
-    at = pc.index_in(images, value_set=pa.array(distinct, pa.string()))
+    if on_ray is None:
+        on_ray = bool(cfg.runtime.ray_address or os.environ.get("RAY_ADDRESS"))
+    found = _analyze_on_ray(stage, distinct, cfg) if on_ray else stage(distinct)
+    at = pc.index_in(images, value_set=found.column("image"))
     table = with_analysis(table, found.take(at))
     if out is not None:
         write(table, out, cfg.input.storage_options)
     return table
+
+
+def _analyze_on_ray(stage, distinct: pa.Table, cfg: Config) -> pa.Table:
+    """The stage as Ray Data tasks: the sources spread over the cluster's CPUs (blocks of
+    ``runtime.block_rows``), the results back here (a few columns a source)."""
+    from .run.cluster import ensure_ray
+
+    ray = ensure_ray(cfg.runtime)
+    ds = ray.data.from_arrow(distinct).repartition(
+        max(1, -(-distinct.num_rows // cfg.runtime.block_rows))
+    )
+    found = ds.map_batches(stage, batch_format="pyarrow", batch_size=None)
+    return pa.concat_tables(ray.get(found.to_arrow_refs()))
 
 
 def submit(config, address: str, **kwargs) -> tuple[str, str]:

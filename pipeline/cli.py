@@ -62,6 +62,12 @@ def add_manifest(sub) -> None:
         help="with --analyze: the manifest of this config, analysed, instead of SOURCEs",
     )
     sp.add_argument(
+        "--ray",
+        action="store_true",
+        help="with --from: decode as Ray Data tasks (the config's runtime.ray_address, or a "
+        "local Ray; the default whenever the config or RAY_ADDRESS names a cluster)",
+    )
+    sp.add_argument(
         "--out", required=True, help="manifest to write: .parquet, .csv, .tsv or .jsonl"
     )
     sp.add_argument(
@@ -89,7 +95,7 @@ def cmd_manifest(args) -> int:
     if args.from_config is not None:
         if not args.analyze or args.sources:
             raise ConfigError("--from CONFIG goes with --analyze and no SOURCE")
-        table = api.analyze_manifest(args.from_config, args.out)
+        table = api.analyze_manifest(args.from_config, args.out, on_ray=args.ray or None)
         print(analysis_line(table, args.out))
         return 0
     if not args.sources:

@@ -48,21 +48,41 @@ def describe_source(data: bytes, what: str, limits: SourceLimits, tol: backdrop.
     return backdrop.describe(img.pixels, tol)
 
 
+class AnalyzeStage:
+    """A block of sources (column ``image``: URIs) -> the block with the analysis columns.
+    Setup here, a pure ``__call__``: the same stage runs in threads here or as Ray Data
+    tasks over a cluster (``api.analyze_manifest(..., on_ray=True)``)."""
+
+    def __init__(
+        self, input_cfg, limits: SourceLimits, tol: backdrop.Tolerances, threads: int = 16
+    ):
+        self.input_cfg = input_cfg
+        self.limits = limits
+        self.tol = tol
+        self.threads = threads
+
+    def one(self, uri: str) -> dict:
+        try:
+            data, _ = fetch(uri, self.input_cfg)
+            return describe_source(data, uri, self.limits, self.tol)
+        except ImageError:
+            return dict.fromkeys(NAMES)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        uris = batch.column("image").to_pylist()
+        # decoding releases the GIL: threads help local files too
+        found = storage.map_io(self.one, uris, self.threads, local=False)
+        for name, t in FIELDS:
+            batch = batch.append_column(name, pa.array([f[name] for f in found], t))
+        return batch
+
+
 def analyze_images(
     uris: list[str], input_cfg, limits: SourceLimits, tol: backdrop.Tolerances, threads: int = 16
 ) -> pa.Table:
     """The analysis columns for each URI, in order (nulls where a source cannot be read)."""
-
-    def one(uri: str) -> dict:
-        try:
-            data, _ = fetch(uri, input_cfg)
-            return describe_source(data, uri, limits, tol)
-        except ImageError:
-            return dict.fromkeys(NAMES)
-
-    # decoding releases the GIL: threads help local files too
-    found = storage.map_io(one, uris, threads, local=False)
-    return pa.table({name: pa.array([f[name] for f in found], t) for name, t in FIELDS})
+    stage = AnalyzeStage(input_cfg, limits, tol, threads)
+    return stage(pa.table({"image": pa.array(uris, pa.string())})).select(NAMES)
 
 
 def with_analysis(table: pa.Table, analysis: pa.Table) -> pa.Table:

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from pipeline import api
@@ -116,3 +117,29 @@ def test_analyze_an_existing_manifest(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert pq.read_table(tmp_path / "again.parquet").to_pylist() == table.to_pylist()
+
+
+@pytest.mark.ray
+def test_analysis_on_ray_equals_the_threads(tmp_path, ray_local):
+    """The same stage as Ray Data tasks over the cluster (several blocks): the same columns."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = []
+    for i, kind in enumerate(["white", "vignette", "sweep", "shadow"] * 2):
+        img, _ = product_photo(kind, seed=i, at=(60 + 7 * i, 90))
+        Image.fromarray(img).save(src / f"{kind}-{i}.png")
+        rows.append({"id": f"r{i}", "image": f"{kind}-{i}.png", "aspect_ratio": "16:9"})
+    Image.fromarray(scene_photos()["rocket"]).save(src / "rocket.jpg", quality=92)
+    rows.append({"id": "scene", "image": "rocket.jpg", "aspect_ratio": "16:9"})
+    rows.append({"id": "again", "image": "white-0.png", "aspect_ratio": "1:1"})
+    cfg = {
+        "input": {"manifest": write_manifest(tmp_path / "m.parquet", rows), "image_root": str(src)},
+        "output": {"uri": str(tmp_path / "out")},
+        "runtime": {"block_rows": 3},
+    }
+    here = api.analyze_manifest(cfg, on_ray=False)
+    there = api.analyze_manifest(cfg, on_ray=True)
+    assert there.to_pylist() == here.to_pylist()
+    kinds = {r["id"]: r["backdrop_kind"] for r in here.to_pylist()}
+    assert kinds["scene"] == "scene" and kinds["r0"] == "flat" and kinds["again"] == "flat"
+    assert sum(r["subject_x0"] is not None for r in here.to_pylist()) == 9
