@@ -120,6 +120,7 @@ class Outpainter:
         return [by_id[t.column("id")[0].as_py()] for t in tables]
 
     def stats(self) -> dict:
+        """Model calls so far: how many batches the requests made (tests, benchmarks)."""
         return {"calls": self.calls}
 
 

@@ -411,11 +411,18 @@ def test_active_limit_expiry_and_restart(http, tmp_path, photo, monkeypatch):
     status, answer, headers = call("POST", base + PATH, body)
     assert status == 429 and int(headers["retry-after"]) >= 1
     assert "max_active_per_key = 2" in answer["detail"]
-    assert call("POST", base + PATH, body, key="second-key")[0] == 200  # limits are per key
+    status, third, _ = call("POST", base + PATH, body, key="second-key")  # limits are per key
+    assert status == 200
     huge = {**body, "input_image": b64(os.urandom(160_000))}
     assert call("POST", base + PATH, huge)[0] == 413
     done = poll(first[0][1]["polling_url"])
     assert done["status"] == "Ready"
+    # the three tasks submitted within batch_wait_s went to the model in one call
+    assert poll(third["polling_url"])["status"] == "Ready"
+    from ray import serve
+
+    model = serve.get_deployment_handle("Outpainter", app_name="outpaint")
+    assert model.stats.remote().result() == {"calls": 1}
     status, image, _ = call("GET", done["result"]["sample"], key=None)
     assert status == 200
     tampered = done["result"]["sample"].replace("sig=", "sig=0")
