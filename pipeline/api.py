@@ -41,16 +41,18 @@ def load_config(
     source: str | os.PathLike | Mapping | Config,
     overrides: Sequence[str] = (),
     storage_options: dict | None = None,
+    base: dict | None = None,
 ) -> Config:
     """A validated config from a YAML file (any fsspec URI), a dict or a ``Config``, with
     ``key.path=value`` overrides (as ``--set``). A dict may leave ``input`` out when the
-    rows are handed to ``plan``/``outpaint`` directly. Raises ``ConfigError`` naming the key."""
+    rows are handed to ``plan``/``outpaint`` directly. ``base``: sections a file may leave
+    out. Raises ``ConfigError`` naming the key."""
     if isinstance(source, Config):
         if not overrides:
             return source
         source = dump(source)
     if isinstance(source, (str, os.PathLike)):
-        return load(os.fspath(source), list(overrides), storage_options)
+        return load(os.fspath(source), list(overrides), storage_options, base)
     data = copy.deepcopy(dict(source))
     data.setdefault("input", {}).setdefault("manifest", IN_MEMORY)
     return from_dict(apply_overrides(data, list(overrides)), "(dict)")
@@ -465,10 +467,9 @@ def bench(config, **kwargs) -> dict:
 
 
 def serve_config(source, overrides: Sequence[str] = ()) -> Config:
-    """A config for ``serve``: the same YAML as ``outpaint run``, ``input`` optional."""
-    if isinstance(source, (str, os.PathLike)):
-        return load(os.fspath(source), list(overrides), base={"input": {"manifest": IN_MEMORY}})
-    return load_config(source, overrides)
+    """A config for ``serve``: the same YAML as ``outpaint run``, ``input`` optional (a
+    file, as a dict always may: the requests bring the rows)."""
+    return load_config(source, overrides, base={"input": {"manifest": IN_MEMORY}})
 
 
 def serve(config, *, ready=None, block: bool = True):

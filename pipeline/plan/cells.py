@@ -37,7 +37,10 @@ def column(table: pa.Table, name: str):
     if name not in table.column_names:
         return None
     col = table.column(name)
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ChunkedArray):
+        # one chunk (the usual block) is taken as it is: combining would copy it, and a
+        # string column is read by several checks
+        col = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
     return None if pa.types.is_null(col.type) else col
 
 
