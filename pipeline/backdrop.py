@@ -25,19 +25,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from .box import Box, Sides
+from .config.model import BackdropConfig
 
 FLAT, GRADIENT, SCENE = "flat", "gradient", "scene"
 KINDS = (FLAT, GRADIENT, SCENE)
+
+
+# the numbers live in one place: the config's documented defaults
+_DEFAULT = BackdropConfig()
 
 
 @dataclass(frozen=True)
 class Tolerances:
     """When a band is a backdrop (levels of 0..255); ``model.backdrop`` in the config."""
 
-    flat: float = 1.5  # RMS of the block means around a constant
-    gradient: float = 2.0  # RMS of the block means around a quadratic surface
-    outliers: float = 0.002  # share of band pixels far from the fit that makes it a scene
-    band: int = 12  # px of each side judged (fewer on a small reference)
+    flat: float = _DEFAULT.flat_tolerance  # RMS of the block means around a constant
+    gradient: float = _DEFAULT.gradient_tolerance  # RMS around a quadratic surface
+    outliers: float = _DEFAULT.outlier_share  # share of band pixels far from the fit: a scene
+    band: int = _DEFAULT.band_px  # px of each side judged (fewer on a small reference)
+    noise: float = _DEFAULT.max_noise  # the band's noise beyond which it is texture
     block: int = 4  # px of the blocks averaged before fitting
 
     @classmethod
@@ -48,6 +54,7 @@ class Tolerances:
             section.gradient_tolerance,
             section.outlier_share,
             section.band_px,
+            section.max_noise,
         )
 
 
@@ -219,29 +226,36 @@ def analyse(ref: np.ndarray, sides: Sides, tol: Tolerances = Tolerances()) -> Ba
     bx, by, bv = _blocks(strips, block)
     if len(bv) < 6:
         return Backdrop(SCENE, (0, 0, 0), float("inf"), noise, None, size)
-    # the flat fit: a robust constant; the gradient fit: least squares over the block means
+    # the flat fit: a robust constant; the gradient fit (least squares over the block means)
+    # only where the constant does not already decide
     constant = np.median(bv, axis=0)
     flat_rms = float(np.sqrt(np.mean((bv - constant) ** 2)))
-    design = _design(bx, by, size)
-    coef, *_ = np.linalg.lstsq(design, bv, rcond=None)
-    smooth_rms = float(np.sqrt(np.mean((bv - design @ coef) ** 2)))
     # the block means still hold noise / block: only what exceeds it is structure
     floor = noise / block
-    if max(0.0, flat_rms - floor) <= tol.flat:
+    design = None
+    coef = np.zeros((6, channels))
+    coef[0] = constant
+    if noise > tol.noise:  # texture (sand, fabric, foliage, noise): no studio backdrop
+        kind, residual = SCENE, flat_rms
+    elif max(0.0, flat_rms - floor) <= tol.flat:
         kind, residual = FLAT, flat_rms
-        coef = np.zeros((6, channels))
-        coef[0] = constant
-    elif max(0.0, smooth_rms - floor) <= tol.gradient:
-        kind, residual = GRADIENT, smooth_rms
     else:
-        kind, residual = SCENE, smooth_rms
+        design = _design(bx, by, size)
+        coef, *_ = np.linalg.lstsq(design, bv, rcond=None)
+        smooth_rms = float(np.sqrt(np.mean((bv - design @ coef) ** 2)))
+        kind = GRADIENT if max(0.0, smooth_rms - floor) <= tol.gradient else SCENE
+        residual = smooth_rms
     if kind != SCENE:
         outliers, spread = _residuals(strips, coef, size, far_level(noise))
         # something standing in the band (a product cut by the frame, a prop): a scene
         kind = SCENE if outliers > tol.outliers else kind
         noise = spread if kind != SCENE else noise
-    fitted = bv if kind == SCENE else design @ coef
-    color = tuple(int(np.clip(round(v), 0, 255)) for v in np.resize(fitted.mean(axis=0), 3))
+    if kind == SCENE:
+        fitted = bv
+    else:
+        fitted = design @ coef if design is not None else np.broadcast_to(constant, bv.shape)
+    mean = np.resize(fitted.mean(axis=0), 3)
+    color = tuple(np.clip(np.round(mean), 0, 255).astype(int).tolist())
     low, high = tuple(fitted.min(axis=0).tolist()), tuple(fitted.max(axis=0).tolist())
     return Backdrop(kind, color, residual, noise, coef.T.reshape(channels, 6), size, low, high)
 

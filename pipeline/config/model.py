@@ -193,6 +193,13 @@ class BackdropConfig(_Section):
         "(an object, a product cut by the frame) that makes a side a scene",
     )
     band_px: int = Field(12, ge=2, le=128, description="px of each generated side judged")
+    max_noise: float = Field(
+        8.0,
+        ge=0,
+        le=128,
+        description="the border's noise (per-pixel sigma, levels) beyond which it is texture "
+        "(sand, fabric, foliage), not a backdrop: studio shots measure 1-3",
+    )
     color: tuple[int, int, int] | None = Field(
         None,
         description="fill with this RGB instead of the fitted "
