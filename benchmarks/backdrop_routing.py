@@ -74,8 +74,8 @@ def analysis_cost(paths: list[str], upscale: int = 1) -> dict:
     import numpy as np
     from PIL import Image
 
-    from pipeline import backdrop
-    from pipeline.box import Sides
+    from pipeline.common.box import Sides
+    from pipeline.io import backdrop
 
     sides = Sides(True, False, True, False)
     decode_us, analyse_us = [], []

@@ -34,7 +34,7 @@ from pipeline import config as config_mod
 from pipeline.backends import Job
 from pipeline.backends.classical import ClassicalBackend
 from pipeline.backends.solid import SolidBackend
-from pipeline.box import Box
+from pipeline.common.box import Box
 from pipeline.review.compose import paste_back
 from pipeline.review.quality import psnr, seam_score
 

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from pipeline import config as config_mod
 from pipeline.backends.canvas import compose
 from pipeline.backends.solid import nearest_edge_fill
-from pipeline.box import Box
+from pipeline.common.box import Box
 from pipeline.io.headers import SourceLimits
 from pipeline.io.imageio import decode, encode
 from pipeline.review.compose import paste_back

@@ -29,7 +29,7 @@ import pyarrow as pa
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from pipeline import config as config_mod
-from pipeline.codes import CODES
+from pipeline.common.codes import CODES
 from pipeline.io.manifest import ROW_INDEX
 from pipeline.plan.geometry import SizingRules, plan_geometry, plan_geometry_threaded
 from pipeline.plan.geometry_ref import columns_from_rows, plan_row

@@ -9,8 +9,9 @@ import sys
 
 import pyarrow.parquet as pq
 
-from . import api, secrets, storage
+from . import api
 from . import config as config_mod
+from .common import secrets, storage
 from .config import ConfigError
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from pipeline.box import Box
+from pipeline.common.box import Box
 
 KINDS = ("white", "vignette", "sweep", "shadow")  # and "blown": a pure-white (255) sweep
 

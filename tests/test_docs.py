@@ -13,7 +13,7 @@ becomes one bash script, in a fresh folder holding a copy of ``configs/``, ``doc
 
 S3 commands reach a moto server through the standard ``AWS_ENDPOINT_URL`` variable,
 with a bucket ``catalogue`` made for the page. ``docs/configuration.md`` must equal what
-``python -m pipeline.configdoc`` writes.
+``python -m pipeline.config.doc`` writes.
 """
 
 from __future__ import annotations
@@ -113,10 +113,10 @@ def test_every_command_of_the_page_runs(page, tmp_path, request):
 
 
 def test_configuration_page_is_what_the_generator_writes():
-    from pipeline.configdoc import render
+    from pipeline.config.doc import render
 
     assert (DOCS / "configuration.md").read_text() == render(), (
-        "docs/configuration.md is stale: python -m pipeline.configdoc > docs/configuration.md"
+        "docs/configuration.md is stale: python -m pipeline.config.doc > docs/configuration.md"
     )
 
 

@@ -12,7 +12,7 @@ GPU actors) with ``accel`` (its speed settings) and ``testmodel`` (a tiny random
 checkpoint), ``bfl`` (the hosted FLUX Outpainting API), and ``canvas`` (the reference
 placed on its canvas, fill colours).
 
-May import: the top-level shared modules and ``io``. Never ``plan``, ``review`` or ``run``.
+May import: the shared packages (``common``, ``config``) and ``io``. Never ``plan``, ``review`` or ``run``.
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class BackendSpec:
     factory: str  # "module:Class" in this package, imported only when built
     actor: bool = False  # a long-lived actor pool (weights, a conversation), not plain CPU tasks
     gpu: bool = False  # an actor asks for a GPU wherever GPUs are or may come
+    actor_cpus: float | None = None  # CPUs its actor reserves; None: runtime.num_cpus_per_actor
     keeps_reference: bool = False  # returns the reference itself inside V: no feather blend needed
     learned: bool = False  # a trained model: outputs carry a trained-media IPTC term
     # one actor for the whole run, a block per call, a network wait rather than compute:
@@ -164,6 +165,7 @@ BACKENDS: dict[str, BackendSpec] = {
             learned=True,
             one_conversation=True,
             hosted=True,
+            actor_cpus=0.25,  # it waits on the network: the rest to the load and write tasks
             # what the API is asked (the endpoint is where, not what)
             settings=lambda m: {
                 "safety": m.api.safety_tolerance,

@@ -38,7 +38,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from .. import retries
+from ..common import retries
 from . import BACKENDS, Job, RowError
 from .bfl_client import SUBMIT_PATH, TERMINAL, ApiClient, Journal, Reply, _detail, api_key
 

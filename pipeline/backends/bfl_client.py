@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from .. import storage
+from ..common import storage
 
 SUBMIT_PATH = "/v1/flux-tools/outpainting-v1"
 TERMINAL = ("Ready", "Error", "Request Moderated", "Content Moderated", "Task not found")

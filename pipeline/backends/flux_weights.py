@@ -22,7 +22,7 @@ GRID = 16  # VAE scale x 2: latents are packed 2 x 2 into the transformer's toke
 def model_grid(path: str | None, storage_options: dict | None = None) -> int:
     """The alignment grid of a diffusers checkpoint, from ``vae/config.json`` alone (no
     weights): 2 x the VAE's scale factor. FLUX.1's 16 when the config cannot be read."""
-    from .. import storage
+    from ..common import storage
 
     if not path:
         return GRID
@@ -52,7 +52,7 @@ def resolve_model_path(
     """A local directory for ``model.path``: a directory as is; an object-storage URI
     synced once per node into the cache (a lock, then a completion marker); otherwise a
     Hugging Face id resolved from the local cache only (never a download)."""
-    from .. import storage
+    from ..common import storage
 
     if storage.has_scheme(path) and not path.startswith("file://"):
         return _sync_uri(path, storage_options or {}, cache_dir)
@@ -73,7 +73,7 @@ def resolve_model_path(
 def _sync_uri(uri: str, storage_options: dict, cache_dir: str | None) -> str:
     import fcntl
 
-    from .. import storage
+    from ..common import storage
 
     root = (
         cache_dir

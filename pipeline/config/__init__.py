@@ -3,19 +3,25 @@
 Validated once, at start: unknown keys and bad values raise ``ConfigError`` whose
 message names the key path and what is allowed, before any work is done. The sections
 live beside this file, one module per concern (``source``, ``model``, ``output``,
-``runtime``); everything is importable from here.
+``runtime``, ``serve``); everything is importable from here, with ``load_config`` (a
+file, a dict or a Config) and ``serve_config``; ``doc`` renders the configuration page.
+
+May import: ``common``. Every other layer imports this one.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 import re
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from .. import secrets, storage
+from ..common import secrets, storage
 from . import presets
 from .base import ConfigError
 from .base import Section as _Section
@@ -233,3 +239,41 @@ def load(
 
 def dump(cfg: Config) -> dict:
     return cfg.model_dump(mode="json")
+
+
+# input.manifest of a config whose rows come from the caller (the Python API, a server)
+IN_MEMORY = "<in-memory manifest>"
+
+
+def load_config(
+    source: str | os.PathLike | Mapping | Config,
+    overrides: Sequence[str] = (),
+    storage_options: dict | None = None,
+    base: dict | None = None,
+) -> Config:
+    """A validated config from a YAML file (any fsspec URI), a dict or a ``Config``, with
+    ``key.path=value`` overrides (as ``--set``). A dict may leave ``input`` out when the
+    rows are handed over directly. ``base``: sections a file may leave out. Raises
+    ``ConfigError`` naming the key."""
+    if isinstance(source, Config):
+        if not overrides:
+            return source
+        source = dump(source)
+    if isinstance(source, (str, os.PathLike)):
+        return load(os.fspath(source), list(overrides), storage_options, base)
+    data = copy.deepcopy(dict(source))
+    data.setdefault("input", {}).setdefault("manifest", IN_MEMORY)
+    return from_dict(apply_overrides(data, list(overrides)), "(dict)")
+
+
+def serve_config(source, overrides: Sequence[str] = ()) -> Config:
+    """A config for ``outpaint serve``: the same YAML as ``outpaint run``, ``input``
+    optional (a file, as a dict always may: the requests bring the rows)."""
+    return load_config(source, overrides, base={"input": {"manifest": IN_MEMORY}})
+
+
+def with_manifest(cfg: Config, uri: str) -> Config:
+    """``cfg`` reading its rows from ``uri``."""
+    data = dump(cfg)
+    data["input"]["manifest"] = uri
+    return from_dict(data)

@@ -77,7 +77,12 @@ class ServeConfig(_Section):
         description="default: runtime.num_gpus_per_actor's default (1 for flux-fill with GPUs, "
         "0 for the CPU backends)",
     )
-    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs reserved by each model replica")
+    cpus_per_replica: float | None = Field(
+        None,
+        gt=0,
+        description="CPUs reserved by each model replica; default: runtime.num_cpus_per_actor "
+        "(1), or what the backend declares (0.25 for bfl-api, which waits on the network)",
+    )
     credits: float = Field(
         1_000_000.0,
         ge=0,

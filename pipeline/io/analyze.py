@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .. import backdrop, storage
+from ..common import storage
+from . import backdrop
 from .headers import SourceLimits
 from .imageio import ImageError, decode
 from .sources import fetch

@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 import numpy as np
 import pyarrow as pa
 
-from .. import storage
-from ..backdrop import Tolerances
+from ..common import storage
 from ..config import ConfigError, InputConfig, LimitsConfig, parse_ratio
 from . import headers
 from .analyze import analyze_images, with_analysis
+from .backdrop import Tolerances
 from .netguard import NetPolicy, SourceRefused
 from .sources import http_header
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import storage
+from ..common import storage
 from .done import EarlierRuns, _sorted_lookup, fingerprints, hash64, key_fingerprints, sorted_keys
 from .images import ImageFiles
 from .metadata import MetadataParts

@@ -16,7 +16,7 @@ import posixpath
 import uuid
 from collections.abc import Callable, Iterator
 
-from .. import storage
+from ..common import storage
 from ..config import ConfigError
 
 TMP = "_tmp"  # staging for atomic local writes; never under images/ or metadata/

@@ -9,7 +9,7 @@ import posixpath
 import numpy as np
 import pyarrow as pa
 
-from .. import storage
+from ..common import storage
 from .done import hash64
 from .folder import OutputFolder
 from .imageio import EXTENSIONS

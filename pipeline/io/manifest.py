@@ -27,7 +27,7 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
-from .. import retries, storage
+from ..common import retries, storage
 from ..config import Config, ConfigError
 
 ROW_INDEX = "manifest_row"  # added on read: global row number, for duplicate-id precedence

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import codes, storage
+from ..common import codes, storage
 from .done import _sorted_lookup, key_fingerprints, sorted_keys
 from .folder import OutputFolder
 

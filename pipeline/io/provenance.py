@@ -257,7 +257,7 @@ class ContentCredentials:
             return self._signer
         import os
 
-        from .. import storage
+        from ..common import storage
         from ..config import ConfigError
 
         try:

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import retries, storage
+from ..common import retries, storage
 from .headers import Header, identity_of, inspect
 from .imageio import ImageError
 from .netguard import NetPolicy, SourceRefused, guarded_pool_manager

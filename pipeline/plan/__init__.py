@@ -4,8 +4,9 @@ Vectorised over Arrow/NumPy columns; the first stage of triage and all of ``outp
 plan``. Holds the geometry (``geometry``, and ``geometry_ref``, the per-row oracle of
 the property tests), row normalisation and per-row seeds (``rows``), reject messages
 (``messages``), the planning stage (``stage``), the FLOP model that prices canvases
-(``flops``) and the request hash (``hashing``).
+(``flops``), the request hash (``hashing``) and the dry run over any manifest
+(``dryrun``).
 
-May import: the top-level shared modules, ``io`` (source headers, manifest constants)
+May import: the shared packages (``common``, ``config``), ``io`` (source headers, manifest constants)
 and ``backends`` (a checkpoint's alignment grid). Never ``review`` or ``run``.
 """

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..codes import CODE
+from ..common.codes import CODE
 
 
 class Problems:

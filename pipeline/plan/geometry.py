@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..codes import CODE
+from ..common.codes import CODE
 
 GRID = 16
 MIN_SIDE = 64  # canvas and (fast) reference minimum side
@@ -478,7 +478,7 @@ def plan_geometry_threaded(
 ) -> dict[str, np.ndarray]:
     """``plan_geometry`` over cache-sized chunks on a thread pool (NumPy releases the
     GIL in its kernels), for planning large manifests on several cores."""
-    from ..parallel import map_chunks
+    from ..common.parallel import map_chunks
 
     parts = map_chunks(lambda s, e: plan_geometry(g.slice(s, e), rules), len(g), chunk, threads)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

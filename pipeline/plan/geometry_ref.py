@@ -238,7 +238,7 @@ def columns_from_rows(rows: list[dict]):
     """Per-row dicts (``plan_row``'s format) -> ``GeometryInput`` columns."""
     import numpy as np
 
-    from ..codes import CODE
+    from ..common.codes import CODE
     from .geometry import GeometryInput
 
     def ints(key, default=0):

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..backdrop import KINDS, SIDE_LETTERS
+from ..io.backdrop import KINDS, SIDE_LETTERS
 from .cells import Problems, column, enum_column, int_column, is_present, str_column
 
 SUBJECT_COLUMNS = ("subject_x0", "subject_y0", "subject_x1", "subject_y1")

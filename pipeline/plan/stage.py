@@ -16,14 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import codes
 from ..backends import spec_of
-from ..codes import CODE
+from ..common import codes
+from ..common.codes import CODE
+from ..common.parallel import map_chunks
 from ..config import Config
 from ..io import headers, sources
 from ..io.done import EarlierRuns
 from ..io.manifest import ROW_INDEX
-from ..parallel import map_chunks
 from .columns import GEOMETRY_COLUMNS, PLAN_SCHEMA, REQUEST, REQUEST_COLUMNS, VERSION_PREFIX
 from .duplicates import duplicate_first_rows
 from .geometry import GRID, GeometryInput, SizingRules, plan_geometry

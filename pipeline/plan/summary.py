@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from .. import codes
 from ..backends import BACKENDS
+from ..common import codes
 from ..config import Config
 from .flops import FLUX1_CONFIG, transformer_flops
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..box import Box, Sides
+from ..common.box import Box, Sides
 
 
 def paste_back(out: np.ndarray, ref: np.ndarray, box: Box) -> np.ndarray:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..backends.canvas import CONTRAST_CHOICES as COLOUR_FILLS
 from ..backends.canvas import FILL_COLORS
-from ..box import Box, Sides
+from ..common.box import Box, Sides
 
 LEAK_DISTANCE = 60.0  # RGB distance under which a generated pixel "is" the fill colour
 LEAK_FLAG = 0.02  # fraction of generated pixels above which a row is flagged

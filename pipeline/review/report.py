@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import codes, secrets
-from ..box import Box
+from ..common import codes, secrets
+from ..common.box import Box
 from ..config import InputConfig
 from ..io.outputs import IMAGES, OutputStore, conform
 from ..plan.rows import derive_seeds

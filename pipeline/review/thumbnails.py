@@ -10,7 +10,7 @@ from threading import Lock
 
 from PIL import Image, ImageOps
 
-from ..box import Box
+from ..common.box import Box
 from ..config import InputConfig
 from ..io import color, sources
 from ..io.folder import OutputFolder

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 
 from ..backends import BackendSpec
 from ..config import ConfigError, ModelConfig, RuntimeConfig
@@ -110,7 +111,39 @@ def check_versions(out) -> dict | None:
     return {"client": want, "skew": skew}
 
 
-def gpus_per_actor(ray, model: ModelConfig, runtime: RuntimeConfig, spec: BackendSpec) -> float:
+@dataclass(frozen=True)
+class Resources:
+    """What one model actor (a batch run's) or replica (a server's) reserves."""
+
+    num_cpus: float
+    num_gpus: float
+
+    def options(self) -> dict:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+
+
+def model_resources(
+    ray,
+    model: ModelConfig,
+    runtime: RuntimeConfig,
+    spec: BackendSpec,
+    *,
+    cpus: float | None = None,
+    gpus: float | None = None,
+) -> Resources:
+    """The one place a model actor's resources are decided, for ``outpaint run``,
+    ``outpaint submit`` (the same run on a cluster) and ``outpaint serve`` alike: ``cpus``/
+    ``gpus`` as given (the server's ``serve.*_per_replica``), else the config's
+    ``runtime.num_*_per_actor``, else what the backend declares (``BackendSpec.gpu``,
+    ``actor_cpus``)."""
+    if cpus is None:
+        cpus = spec.actor_cpus if spec.actor_cpus is not None else runtime.num_cpus_per_actor
+    if gpus is None:
+        gpus = _gpus(ray, model, runtime, spec)
+    return Resources(cpus, gpus)
+
+
+def _gpus(ray, model: ModelConfig, runtime: RuntimeConfig, spec: BackendSpec) -> float:
     """``runtime.num_gpus_per_actor``, or by the backend: a GPU per model actor wherever
     GPUs are or may come (a cluster's autoscaler adds GPU nodes only for actors that ask
     for one); none for CPU backends, ``model.device: cpu``, or a local Ray without GPUs."""

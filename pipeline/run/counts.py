@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import codes
+from ..common import codes
 
 
 def _sum(mask) -> int:

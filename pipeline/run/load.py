@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .. import storage
+from ..common import storage
 from ..config import Config, InputConfig, LimitsConfig, OutputConfig
 from ..io import color, provenance, sources
 from ..io.headers import SourceLimits

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .. import codes
-from ..box import Box
+from ..common import codes
+from ..common.box import Box
 from ..plan.columns import GEOMETRY_COLUMNS, REQUEST
 
 PIXELS = pa.large_binary()

@@ -13,8 +13,8 @@ import time
 
 import pyarrow as pa
 
-from .. import backdrop
 from ..config import Config, ModelConfig, SizingConfig
+from ..io import backdrop
 from .generate import variant_seed
 from .load import from_columns
 from .records import BACKDROP, MODEL, PIXELS, Record, RowStage, elapsed_ms, todo

@@ -27,8 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import codes, secrets, storage
 from ..backends import BackendSpec, BuildContext, spec_of, warmup_shapes
+from ..common import codes, secrets, storage
 from ..config import Config, ConfigError, dump
 from ..io import manifest
 from ..io.done import EarlierRuns, sorted_keys
@@ -40,7 +40,7 @@ from .cluster import (
     actor_pool,
     check_versions,
     ensure_ray,
-    gpus_per_actor,
+    model_resources,
     package_versions,
 )
 from .counts import ApiCounts, RunCounts, summary_table
@@ -193,9 +193,7 @@ def _actor_args(ray, cfg: Config, spec: BackendSpec, generated: int, prompts: li
         # the API actor runs a call's rows concurrently (each waits on its task): a block a call
         "batch_size": None if spec.one_conversation else runtime.batch_size,
         "compute": actor_pool(ray, cfg.model, runtime, spec, generated),
-        "num_gpus": gpus_per_actor(ray, cfg.model, runtime, spec),
-        # the API actor waits on the network: a quarter CPU, the rest to the load and write tasks
-        "num_cpus": 0.25 if spec.one_conversation else runtime.num_cpus_per_actor,
+        **model_resources(ray, cfg.model, runtime, spec).options(),
         "runtime_env": {"env_vars": MODEL_ACTOR_ENV},
     }
     # A dead actor (killed, OOM) is restarted and its batch redone: Ray Data's default

@@ -9,15 +9,23 @@ failure never raises out of a stage.
 - ``route.BackdropStage``: plain studio backdrops continued without the model;
 - ``generate.OutpaintStage``: the backend, in batches, for the other rows;
 - ``write.WriteStage``: paste back, encode, write, measure;
-- ``ProcessStage`` (here): the three in one step, for backends that run in CPU tasks.
+- ``ProcessStage`` (here): the three in one step, for backends that run in CPU tasks;
+- ``Stages`` / ``stages(cfg)`` (here): the whole set for a config, planning included, for
+  ``ds.map_batches`` over a dataset of the caller's own and for ``outpaint serve``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import pyarrow as pa
 
+from ..backends import BuildContext, spec_of, warmup_shapes
 from ..config import Config
-from ..io.outputs import OutputStore
+from ..io import manifest as manifest_io
+from ..io.outputs import OutputStore, new_run_id
+from ..plan.stage import PlanStage
 from .generate import OutpaintStage, variant_seed
 from .load import LoadStage, Reference, Replanner, from_columns, to_columns
 from .records import OUTPUT_FIELDS, Record, bulk_metadata
@@ -31,11 +39,13 @@ __all__ = [
     "OutpaintStage",
     "ProcessStage",
     "Record",
+    "Stages",
     "Reference",
     "Replanner",
     "WriteStage",
     "bulk_metadata",
     "from_columns",
+    "stages",
     "to_columns",
     "variant_seed",
 ]
@@ -72,3 +82,69 @@ class ProcessStage:
         self.outpaint.process(records)
         self.write.process(records)
         return self.write.table(batch.schema, records)
+
+
+@dataclass
+class Stages:
+    """The pipeline's stages for ``ds.map_batches`` over a dataset of your own (pyarrow
+    batches): ``plan`` (geometry, codes, request hash), then either ``process`` (load,
+    route, outpaint and write in one CPU task: the CPU backends) or ``load`` -> ``route``
+    (plain backdrops continued without the model) -> ``Outpaint`` (a class, for an actor
+    pool: ``fn_constructor_args=stages.outpaint_args``) -> ``write``.
+    Each takes a pyarrow Table and returns one, and is callable without Ray. The write
+    stages write images under ``output.uri`` and return the metadata rows (every row,
+    whatever its fate): write those wherever you like, e.g. ``ds.write_parquet``."""
+
+    config: Config
+    plan: PlanStage
+    load: LoadStage
+    route: BackdropStage
+    write: WriteStage
+    process: ProcessStage
+    Outpaint: type
+    outpaint_args: tuple
+    needs_actor: bool
+
+    def apply(self, ds: Any, *, batch_size: int | None = None, concurrency: int = 1) -> Any:
+        """The whole chain on a Ray Dataset of manifest rows; returns the metadata dataset."""
+        import ray
+
+        schema = ds.schema()
+        manifest_io.check_schema(
+            schema.base_schema
+            if hasattr(schema, "base_schema")
+            else pa.schema(zip(schema.names, schema.types)),
+            self.config,
+        )
+        task = dict(batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(self.plan, **task)
+        if not self.needs_actor:
+            return ds.map_batches(self.process, **task)
+        ds = ds.map_batches(self.load, **task)
+        ds = ds.map_batches(self.route, **task)
+        ds = ds.map_batches(
+            self.Outpaint,
+            fn_constructor_args=self.outpaint_args,
+            batch_format="pyarrow",
+            batch_size=batch_size or self.config.runtime.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=concurrency),
+        )
+        return ds.map_batches(self.write, **task)
+
+
+def stages(cfg: Config, run_id: str | None = None) -> Stages:
+    """The stages of ``cfg`` (``run_id`` tags the metadata rows; default: a new one)."""
+    store = OutputStore(cfg.output.uri, cfg.output.storage_options)
+    run_id = run_id or new_run_id()
+    context = BuildContext(None, warmup_shapes(cfg), cfg.runtime.batch_size, cfg.output)
+    return Stages(
+        cfg,
+        PlanStage(cfg, identify=True),
+        LoadStage.from_config(cfg),
+        BackdropStage.from_config(cfg),
+        WriteStage.from_config(cfg, store, run_id),
+        ProcessStage.from_config(cfg, store, run_id),
+        OutpaintStage,
+        (cfg.model, context, cfg.output.color_intent),
+        spec_of(cfg.model).actor,
+    )

@@ -33,7 +33,7 @@ import time
 
 import yaml
 
-from .. import retries, secrets, storage
+from ..common import retries, secrets, storage
 from ..config import Config, ConfigError, dump
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import codes
+from ..common import codes
 from ..config import Config
 from ..io import manifest, sources
 from ..io.done import EarlierRuns

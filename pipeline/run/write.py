@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from .. import __version__
 from ..backends import BackendSpec, spec_of
-from ..box import Box
+from ..common.box import Box
 from ..config import Config, OutputConfig
 from ..io import provenance
 from ..io.headers import SourceLimits

@@ -5,9 +5,11 @@ as ``outpaint run`` (docs/serving.md).
 - ``contract``: the request body and its 422s (the planner's codes for geometry);
 - ``keys``: the accepted keys, held as digests;
 - ``tasks``: task state in the output store, signed result URLs;
-- ``app``: the deployments and the application builders.
+- ``app``: the deployments and the application builders;
+- ``main``: the server in the foreground, until SIGINT/SIGTERM.
 
 Importing this package needs only the core dependencies; ``app`` needs ``ray[serve]``.
-May import: the top-level shared modules, ``api`` (the stages, configs), ``io``,
-``backends``, ``plan`` (the planner: one geometry) and ``run`` (cluster resources).
+May import: the shared packages (``common``, ``config``: configs), ``io``, ``backends``,
+``plan`` (the planner: one geometry) and ``run`` (the stages, model resources). Never
+``api`` or ``cli``: they import it.
 """

@@ -26,12 +26,15 @@ import os
 import time
 
 import pyarrow as pa
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from ..backends import spec_of
 from ..config import Config, dump, from_dict
 from ..io.outputs import new_run_id
+from ..run.cluster import model_resources
 from . import contract
 from .keys import FORBIDDEN, Keys, load_digests
 from .tasks import ERROR, NOT_FOUND, PENDING, READY, Signer, TaskStore, is_task_id, new_task_id
@@ -95,7 +98,7 @@ class Outpainter:
     """The pipeline's image stages for a batch of planned requests."""
 
     def __init__(self, config: dict, run_id: str, max_batch_size: int, batch_wait_s: float):
-        from ..api import stages
+        from ..run.stages import stages
 
         self.stages = stages(from_dict(config), run_id)
         outpaint = self.stages.Outpaint
@@ -334,22 +337,20 @@ class Api:
 
 def application(cfg: Config, verbose: bool = False):
     """The application for ``cfg``: keys read here (they go no further than digests)."""
-    from ..backends import spec_of
-
     s = cfg.serve
     digests = load_digests(s)
     secret = os.environ.get(s.signing_key_env, "").encode() or os.urandom(32)
     run_id = new_run_id()
     config = dump(cfg)
     max_batch = s.max_batch_size or cfg.runtime.batch_size
-    spec = spec_of(cfg.model)
-    gpus = s.gpus_per_replica
-    if gpus is None:  # as a batch run's model actors: a GPU each wherever GPUs are or may come
-        import ray
-
-        from ..run.cluster import gpus_per_actor
-
-        gpus = gpus_per_actor(ray, cfg.model, cfg.runtime, spec)
+    resources = model_resources(
+        ray,
+        cfg.model,
+        cfg.runtime,
+        spec_of(cfg.model),
+        cpus=s.cpus_per_replica,
+        gpus=s.gpus_per_replica,
+    )
     replicas = (
         {"num_replicas": s.max_replicas}
         if s.min_replicas == s.max_replicas
@@ -362,7 +363,7 @@ def application(cfg: Config, verbose: bool = False):
         }
     )
     model = Outpainter.options(
-        ray_actor_options={"num_cpus": s.cpus_per_replica, "num_gpus": gpus},
+        ray_actor_options=resources.options(),
         max_ongoing_requests=max(2 * max_batch, 8),
         **replicas,
     ).bind(config, run_id, max_batch, s.batch_wait_s)
@@ -372,7 +373,7 @@ def application(cfg: Config, verbose: bool = False):
 def build(args: dict):
     """``serve run pipeline.serve.app:build config=CONFIG`` / a RayService's import path:
     args ``config`` (a URI), optional ``set`` (a list of ``key.path=value``)."""
-    from ..api import serve_config
+    from ..config import serve_config
 
     sets = args.get("set") or []
     cfg = serve_config(args["config"], [sets] if isinstance(sets, str) else list(sets))

@@ -18,7 +18,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..codes import GEOMETRY_CODES, IMAGE_CODES
+from ..common.codes import GEOMETRY_CODES, IMAGE_CODES
 from ..io.manifest import HINTS
 
 PATH = "/v1/flux-tools/outpainting-v1"

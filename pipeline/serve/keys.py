@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import os
 
-from .. import storage
+from ..common import storage
 from ..config import ConfigError, ServeConfig
 
 FORBIDDEN = {"detail": "Not authenticated - Invalid Authentication"}

@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline import config as config_mod
 from pipeline.backends import Job
 from pipeline.backends.canvas import contrast_fill
-from pipeline.box import Box
+from pipeline.common.box import Box
 from pipeline.review.quality import untouched
 
 from ..conftest import read_png, write_manifest

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline import config as config_mod
-from pipeline import retries
+from pipeline.common import retries
 from pipeline.io import sources
 from pipeline.io.imageio import ImageError
 

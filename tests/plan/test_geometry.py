@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.codes import CODES
+from pipeline.common.codes import CODES
 from pipeline.plan.geometry import SCALE_DEN, SizingRules, aspect_canvas, fits, plan_geometry
 from pipeline.plan.geometry_ref import columns_from_rows, plan_row
 

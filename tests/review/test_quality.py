@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.backends.canvas import FILL_COLORS
-from pipeline.box import NO_SIDES, Box
+from pipeline.common.box import NO_SIDES, Box
 from pipeline.review.compose import feathered_paste, match_colors
 from pipeline.review.quality import (
     fidelity,

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from pipeline import config as config_mod
-from pipeline import retries, storage
+from pipeline.common import retries, storage
 from pipeline.config import ConfigError
 
 from ..conftest import relay, write_config, write_manifest

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import api, backdrop
-from pipeline.box import Box, Sides
+from pipeline import api
+from pipeline.common.box import Box, Sides
+from pipeline.io import backdrop
 
 from ..backdrops import KINDS, product_photo, scene_photos
 from ..bfl_server import BflServer

@@ -1,7 +1,7 @@
 """``docs/configuration.md``, generated from the config's pydantic models, so the page
 cannot drift from what the code accepts (a test regenerates it and compares).
 
-    python -m pipeline.configdoc > docs/configuration.md
+    python -m pipeline.config.doc > docs/configuration.md
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from .config import Config
+from . import Config
 
 HEADER = """\
 # Configuration
 
-<!-- generated from pipeline/config.py by `python -m pipeline.configdoc`; do not edit by hand -->
+<!-- generated from pipeline/config/ by `python -m pipeline.config.doc`; do not edit by hand -->
 
 One YAML file per run. Only `input.manifest` and `output.uri` are required; every other
 key has the default shown. Unknown keys and bad values stop the run before any work, with

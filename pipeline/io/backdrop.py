@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .box import Box, Sides
-from .config.model import BackdropConfig
+from ..common.box import Box, Sides
+from ..config.model import BackdropConfig
 
 FLAT, GRADIENT, SCENE = "flat", "gradient", "scene"
 KINDS = (FLAT, GRADIENT, SCENE)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import backdrop
-from pipeline.box import Box, Sides
+from pipeline.common.box import Box, Sides
+from pipeline.io import backdrop
 
 from .backdrops import KINDS, product_photo, scene_photos
 
