@@ -4,7 +4,9 @@
     python docs/make_figure.py out/example docs/images/example.jpg
 
 Each row of the picture: the source as it sits on its canvas (the rest checkered: what
-had to be made), then the output written by the run, at the same scale.
+had to be made), then the output written by the run, at the same scale, labelled with the
+route the run recorded for it: product shots on a studio backdrop continued by the backdrop
+fill (no model), scene photos by the configured backend (the example's: classical, CPU).
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-ROWS = (
-    "coffee-portrait",
-    "astronaut-banner",
-    "camera-offset",
-)  # three shapes: 4:5, 16:9, a placed tile
-HEIGHT = 300  # px of each image in the picture
+# both routes, two shapes each: product shots (1:1, 16:9), then scene photos (4:5, 16:9)
+ROWS = ("cup-white-square", "cup-vignette-banner", "coffee-portrait", "astronaut-banner")
+HEIGHT = 260  # px of each image in the picture
 GAP = 12
+LABEL = 30  # px of the caption above each row
+
+
+def caption(row: dict) -> str:
+    """What made the row's new pixels, as the metadata records it."""
+    if row.get("route") == "backdrop":
+        return f"backdrop fill, no model ({row.get('backdrop_kind')} backdrop)"
+    return f"{row['model'].split(':')[0]} backend (scene photo)"
 
 
 def checker(w: int, h: int, cell: int = 12) -> Image.Image:
@@ -59,13 +66,17 @@ def main(output: str, target: str) -> None:
             after = im.convert("RGB").resize(
                 (round(row["canvas_width"] * k), HEIGHT), Image.LANCZOS
             )
-        pairs.append((before(row, k), after))
-    width = max(b.width + a.width for b, a in pairs) + 3 * GAP
-    sheet = Image.new("RGB", (width, len(pairs) * (HEIGHT + GAP) + GAP), (255, 255, 255))
-    for i, (b, a) in enumerate(pairs):
-        y = GAP + i * (HEIGHT + GAP)
-        sheet.paste(b, (GAP, y))
-        sheet.paste(a, (2 * GAP + b.width, y))
+        pairs.append((before(row, k), after, caption(row)))
+    width = max(b.width + a.width for b, a, _ in pairs) + 3 * GAP
+    step = HEIGHT + GAP + LABEL
+    sheet = Image.new("RGB", (width, len(pairs) * step + GAP), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=18)
+    for i, (b, a, text) in enumerate(pairs):
+        y = GAP + i * step
+        draw.text((GAP, y + 4), f"{text}:  source on its canvas  ->  output", (40, 40, 40), font)
+        sheet.paste(b, (GAP, y + LABEL))
+        sheet.paste(a, (2 * GAP + b.width, y + LABEL))
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     sheet.save(target, quality=82, optimize=True)
     print(f"{target}: {sheet.width}x{sheet.height}")

@@ -47,7 +47,7 @@ def test_plan_and_run_the_example_manifest_from_a_ray_dataset(tmp_path, ray_loca
     cfg = _config(tmp_path, passthrough=["sku"])
 
     planned = outpaint.plan(ds, cfg)
-    assert planned.num_rows == 10
+    assert planned.num_rows == 12
     by_id = {r["id"]: r for r in planned.to_pylist()}
     # the same plan as the example job's own manifest file
     reference = outpaint.plan(
@@ -76,15 +76,15 @@ def test_plan_and_run_the_example_manifest_from_a_ray_dataset(tmp_path, ray_loca
             row["offset_x"],
         )
     summary = outpaint.plan_summary(planned, cfg)
-    assert summary["by_status"] == {"ok": 8, "rejected": 1, "failed": 1}
-    assert "rows: 10" in outpaint.format_plan_summary(summary)
+    assert summary["by_status"] == {"ok": 10, "rejected": 1, "failed": 1}
+    assert "rows: 12" in outpaint.format_plan_summary(summary)
 
     result = outpaint.outpaint(ds, cfg, quiet=True)
-    assert result.by_status == {"ok": 8, "rejected": 1, "failed": 1}
+    assert result.by_status == {"ok": 10, "rejected": 1, "failed": 1}
     assert result.by_code == {"canvas_too_large": 1, "image_not_found": 1}
-    assert result.images_written == 8 and result.rows == 10
+    assert result.images_written == 10 and result.rows == 12
     meta = result.metadata(["id", "status", "canvas_width", "canvas_height", "output_uri", "sku"])
-    assert meta.num_rows == 10
+    assert meta.num_rows == 12
     for r in meta.to_pylist():
         if r["status"] == "ok":
             with Image.open(r["output_uri"]) as im:
@@ -94,7 +94,7 @@ def test_plan_and_run_the_example_manifest_from_a_ray_dataset(tmp_path, ray_loca
     )
 
     again = outpaint.outpaint(ds, cfg, quiet=True)
-    assert again.skipped == 8 and again.images_written == 0 and again.by_status == result.by_status
+    assert again.skipped == 10 and again.images_written == 0 and again.by_status == result.by_status
 
 
 def test_rows_in_memory_plan_like_a_file_and_bad_columns_are_named(tmp_path):

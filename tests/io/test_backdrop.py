@@ -9,7 +9,7 @@ import pytest
 from pipeline.common.box import Box, Sides
 from pipeline.io import backdrop
 
-from .backdrops import KINDS, product_photo, scene_photos
+from ..backdrops import KINDS, product_photo, scene_photos
 
 ALL = Sides(True, True, True, True)
 LEFT_RIGHT = Sides(True, False, True, False)
