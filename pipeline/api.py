@@ -95,22 +95,30 @@ def outpaint(
     progress: str = "auto",
     quiet: bool = False,
     out: TextIO | None = None,
+    redo: bool = False,
 ) -> RunResult:
     """Run the job over ``manifest`` (``None``: the config's ``input.manifest``; or a URI,
     a pyarrow Table, a pandas DataFrame, row dicts, a Ray Dataset) and return what it did.
     Resumes like ``outpaint run``: rows already done with the same request are skipped.
     ``progress``: ``auto`` (a bar in a terminal or notebook, lines in logs), ``bar``,
-    ``line`` or ``none``; ``out``: where progress goes (standard error)."""
+    ``line`` or ``none``; ``out``: where progress goes (standard error); ``redo``: only
+    the rows a reviewer rejected, regenerated with their next attempt's seed."""
     from .run.result import run_manifest
 
-    return run_manifest(manifest, load_config(config), progress=progress, quiet=quiet, out=out)
+    cfg = load_config(config)
+    return run_manifest(manifest, cfg, progress=progress, quiet=quiet, out=out, redo=redo)
 
 
 def run(
-    config, *, progress: str = "auto", quiet: bool = False, out: TextIO | None = None
+    config,
+    *,
+    progress: str = "auto",
+    quiet: bool = False,
+    out: TextIO | None = None,
+    redo: bool = False,
 ) -> RunResult:
     """``outpaint(None, config)``: the config's own manifest."""
-    return outpaint(None, config, progress=progress, quiet=quiet, out=out)
+    return outpaint(None, config, progress=progress, quiet=quiet, out=out, redo=redo)
 
 
 def stages(config, run_id: str | None = None) -> Stages:
@@ -185,6 +193,77 @@ def analyze_manifest(
     from .run.analyze import analyze_manifest as analyze
 
     return analyze(load_config(config), out, threads, on_ray)
+
+
+def score(
+    source: str,
+    out: str | None = None,
+    *,
+    config=None,
+    storage_options: dict | None = None,
+    threads: int = 8,
+) -> pa.Table:
+    """The quality score (``outpaint score``) of images made by anything: ``source`` is a
+    table (Parquet/CSV/TSV/JSONL with ``id``, ``image``, ``visible_x0`` .. ``visible_y1``) or
+    a run's output URI (its generated rows rescored in place). Returns the scores (``id``,
+    ``quality_distance``, ``quality_pass``, ``quality_defect``, per-defect columns,
+    ``score_error``), also written to ``out`` (Parquet) if given. ``config``: its
+    ``quality.thresholds`` and output storage options."""
+    from .review.rescore import score as rescore
+
+    thresholds = None
+    if config is not None:
+        cfg = load_config(config)
+        thresholds = cfg.quality.thresholds
+        storage_options = storage_options or cfg.output.storage_options
+    return rescore(
+        source, out, thresholds=thresholds, storage_options=storage_options, threads=threads
+    )
+
+
+def review(
+    output_uri: str,
+    *,
+    approve: Sequence[str] = (),
+    reject: Sequence[str] = (),
+    reviewer: str | None = None,
+    config=None,
+) -> list[dict]:
+    """Cast verdicts from a script (``outpaint review OUTPUT --approve ID... --reject
+    ID...``): approved rows are published (moved from ``held/`` to ``images/``), rejected
+    ones unpublished until ``outpaint run CONFIG --redo`` regenerates them. Returns the
+    verdicts as persisted under ``review/verdicts/``."""
+    from .io.outputs import OutputStore
+    from .review import verdicts
+
+    options = load_config(config).output.storage_options if config is not None else {}
+    store = OutputStore(output_uri, options)
+    try:
+        made = verdicts.cast(store, approve, verdicts.APPROVE, reviewer) if approve else []
+        if reject:
+            made += verdicts.cast(store, reject, verdicts.REJECT, reviewer)
+    except verdicts.VerdictError as e:
+        raise ConfigError(str(e)) from None
+    return made
+
+
+def review_server(
+    output_uri: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8770,
+    config=None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the review page of an output (``outpaint review OUTPUT``) until interrupted:
+    held rows first, then by quality distance; approve/reject with buttons or keys, each
+    verdict persisted as it is cast. ``ready(url)`` once it listens."""
+    from .io.outputs import OutputStore
+    from .review.app import Review, serve
+
+    cfg = load_config(config) if config is not None else None
+    store = OutputStore(output_uri, cfg.output.storage_options if cfg else {})
+    serve(Review(store, cfg.input if cfg else None), host, port, ready)
 
 
 def submit(
@@ -276,7 +355,10 @@ __all__ = [
     "plan",
     "plan_summary",
     "report",
+    "review",
+    "review_server",
     "run",
+    "score",
     "serve",
     "serve_config",
     "stages",

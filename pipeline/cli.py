@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import api
@@ -181,9 +182,17 @@ def add_run(sub) -> None:
         sub, "run", "run the job: outpaint every row, write images + metadata (resumes by default)"
     )
     sp.add_argument(
-        "--strict", action="store_true", help="exit 1 if any row was rejected or failed"
+        "--strict",
+        action="store_true",
+        help="exit 1 if any row was rejected or failed, or held by the quality gate",
     )
     sp.add_argument("--quiet", action="store_true", help="no progress or summary table")
+    sp.add_argument(
+        "--redo",
+        action="store_true",
+        help="regenerate only the rows a reviewer rejected (outpaint review), each with its "
+        "next attempt's seed; no other row is touched",
+    )
     sp.add_argument(
         "--progress",
         choices=["auto", "bar", "line", "none"],
@@ -199,11 +208,13 @@ def add_run(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    result = api.run(_load(args), quiet=args.quiet, progress=args.progress)
+    result = api.run(_load(args), quiet=args.quiet, progress=args.progress, redo=args.redo)
     bad = result.by_status.get("rejected", 0) + result.by_status.get("failed", 0)
-    if args.strict and bad:
+    held = result.by_review.get("held", 0)
+    if args.strict and (bad or held):
         message = (
-            f"outpaint: --strict: {bad:,} rows were rejected or failed (see metadata/ and run.json)"
+            f"outpaint: --strict: {bad:,} rows were rejected or failed, {held:,} held by the "
+            "quality gate (see metadata/ and run.json)"
         )
         print(message, file=sys.stderr)
         return 1
@@ -279,6 +290,82 @@ def cmd_report(args) -> int:
     print(f"rows: {summary['rows']:,}  {statuses}  output {summary['output_megapixels']:,} MP")
     for k, v in summary["by_code"].items():
         print(f"  {k:<26} {v:>10,}")
+    return 0
+
+
+# ------------------------------------------------------------------ score, review
+
+
+def add_score(sub) -> None:
+    sp = sub.add_parser(
+        "score",
+        help="the quality score of images made by anything, or of a run (rescored in place)",
+    )
+    sp.add_argument(
+        "source",
+        help="a table (Parquet/CSV/TSV/JSONL: id, image, visible_x0..visible_y1) or a run's "
+        "output URI",
+    )
+    sp.add_argument("--out", required=True, help="where the scores go (Parquet)")
+    sp.add_argument("--config", help="thresholds (quality.thresholds) and storage options")
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS
+    )
+    sp.add_argument("--threads", type=int, default=8, help="images decoded and scored at once")
+    sp.set_defaults(func=cmd_score)
+
+
+def cmd_score(args) -> int:
+    table = api.score(
+        args.source, args.out, config=_load(args) if args.config else None, threads=args.threads
+    )
+    scored = table.filter(pc.is_null(table.column("score_error")))
+    passed = sum(1 for v in scored.column("quality_pass").to_pylist() if v)
+    print(
+        f"scored {scored.num_rows:,} of {table.num_rows:,} rows: {passed:,} pass, "
+        f"{scored.num_rows - passed:,} fail; {table.num_rows - scored.num_rows:,} not scored "
+        f"(score_error) -> {args.out}"
+    )
+    return 0
+
+
+def add_review(sub) -> None:
+    sp = sub.add_parser(
+        "review",
+        help="approve or reject generated rows: a local review page, or --approve/--reject",
+    )
+    sp.add_argument("output_uri", help="the run's output.uri")
+    sp.add_argument("--approve", nargs="+", default=[], metavar="ID", help="publish these rows")
+    sp.add_argument(
+        "--reject", nargs="+", default=[], metavar="ID", help="unpublish these rows for --redo"
+    )
+    sp.add_argument("--reviewer", help="a name recorded with each verdict")
+    sp.add_argument(
+        "--host", default="127.0.0.1", help="where the page listens (default: loopback)"
+    )
+    sp.add_argument("--port", type=int, default=8770, help="its port (0: any free one)")
+    sp.add_argument("--config", help="storage options for the output and the sources")
+    sp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS
+    )
+    sp.set_defaults(func=cmd_review)
+
+
+def cmd_review(args) -> int:
+    cfg = _load(args) if args.config else None
+    if args.approve or args.reject:
+        done = api.review(
+            args.output_uri, approve=args.approve, reject=args.reject,
+            reviewer=args.reviewer, config=cfg,
+        )  # fmt: skip
+        for v in done:
+            print(f"{v['verdict']:>8} {v['id']}")
+        return 0
+
+    def ready(url: str) -> None:
+        print(f"outpaint review: {url} (Ctrl-C to stop); verdicts are saved as they are cast")
+
+    api.review_server(args.output_uri, host=args.host, port=args.port, config=cfg, ready=ready)
     return 0
 
 
@@ -420,6 +507,8 @@ COMMANDS = (
     add_submit,
     add_bench,
     add_report,
+    add_score,
+    add_review,
     add_serve,
     add_make_test_model,
 )

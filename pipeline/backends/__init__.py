@@ -103,6 +103,9 @@ class BackendSpec:
     one_conversation: bool = False
     hosted: bool = False  # a paid API: key checked at start, tasks and credits counted, no seeds
     checkpoint_grid: bool = False  # fast mode aligns to the checkpoint's own grid
+    # another seed gives another canvas: the quality gate retries a failing row with one
+    # (a deterministic backend would give the same pixels: its failing rows are held at once)
+    reseedable: bool = False
     settings: Callable[[object], dict] = _no_settings  # model.* that decide its pixels
     where: Callable[[object], str] = lambda m: m.backend  # the `model` column: what made a row
 
@@ -154,6 +157,7 @@ BACKENDS: dict[str, BackendSpec] = {
             gpu=True,
             learned=True,
             checkpoint_grid=True,
+            reseedable=True,
             settings=_flux_settings,
             where=lambda m: f"flux-fill:{m.path}",
         ),
@@ -165,6 +169,7 @@ BACKENDS: dict[str, BackendSpec] = {
             learned=True,
             one_conversation=True,
             hosted=True,
+            reseedable=True,  # a new task is a new sample: each attempt is paid
             actor_cpus=0.25,  # it waits on the network: the rest to the load and write tasks
             # what the API is asked (the endpoint is where, not what)
             settings=lambda m: {

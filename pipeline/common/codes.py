@@ -105,6 +105,7 @@ class Counts:
 
     by_status: dict[str, int] = field(default_factory=dict)
     by_code: dict[str, int] = field(default_factory=dict)
+    by_review: dict[str, int] = field(default_factory=dict)  # generated ok rows: passed, held...
 
     @classmethod
     def of(cls, table) -> Counts:
@@ -112,7 +113,13 @@ class Counts:
 
     def add(self, table) -> Counts:
         """Add a table's rows (its ``status`` and ``error_code`` columns)."""
-        for total, name in ((self.by_status, "status"), (self.by_code, "error_code")):
+        for total, name in (
+            (self.by_status, "status"),
+            (self.by_code, "error_code"),
+            (self.by_review, "review_status"),
+        ):
+            if name not in table.column_names:
+                continue
             column = table.column(name).drop_null()
             for d in pc.value_counts(column).to_pylist():
                 total[d["values"]] = total.get(d["values"], 0) + d["counts"]

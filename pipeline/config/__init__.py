@@ -27,6 +27,7 @@ from .base import ConfigError
 from .base import Section as _Section
 from .model import ATTENTION_BACKENDS, SHAPE, ApiConfig, BackdropConfig, ModelConfig, OptimizeConfig
 from .output import DIGITAL_SOURCE_TYPES, NEWSCODES, C2paConfig, ImageEncoding, OutputConfig
+from .quality import QualityConfig, QualityThresholds
 from .runtime import PlanConfig, RuntimeConfig
 from .serve import ServeConfig
 from .source import (
@@ -72,6 +73,8 @@ __all__ = [
     "PlanConfig",
     "RuntimeConfig",
     "ServeConfig",
+    "QualityConfig",
+    "QualityThresholds",
     "SizingConfig",
     "apply_overrides",
     "dump",
@@ -99,6 +102,9 @@ class Config(_Section):
         default_factory=RuntimeConfig, description="Ray, actors, progress"
     )
     plan: PlanConfig = Field(default_factory=PlanConfig, description="outpaint plan's estimates")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="the score's thresholds, the gate, holding"
+    )
     serve: ServeConfig = Field(
         default_factory=ServeConfig, description="outpaint serve only: keys, limits, replicas"
     )

@@ -96,9 +96,13 @@ class _Scan:
         return out
 
 
-def find(metadata: MetadataParts, images: ImageFiles, ids=None) -> tuple[EarlierRuns, dict]:
+def find(
+    metadata: MetadataParts, images: ImageFiles | tuple[ImageFiles, ...], ids=None
+) -> tuple[EarlierRuns, dict]:
     """The done state of the manifest's ``ids`` (strings, or their ``sorted_keys``; None:
-    every id) and how it was checked."""
+    every id) and how it was checked. ``images``: where outputs may be (``images/``, and
+    ``held/``: a held row is done too, until a reviewer rejects it)."""
+    folders = images if isinstance(images, tuple) else (images,)
     files = metadata.files()
     if not files:
         return EarlierRuns.empty(), {"checked": 0}
@@ -109,7 +113,10 @@ def find(metadata: MetadataParts, images: ImageFiles, ids=None) -> tuple[Earlier
     total = sum(storage.retry(pq.read_metadata, f, filesystem=fs).num_rows for f in files)
     wanted = len(manifest[0]) if manifest is not None else total
     cheaper = 1000 if metadata.folder.local else total / 1000
-    listed = images.listed_name_hashes() if wanted > cheaper else None
+    listed = held = None
+    if wanted > cheaper:
+        each = [f.listed_name_hashes() for f in folders]
+        listed, held = np.sort(np.concatenate(each)), sum(len(h) for h in each[1:])
     scan = _Scan(manifest, listed, dedupe=len({_run_of(f) for f in files}) > 1)
     for t in metadata.batches(files, COLUMNS):
         scan.add(t)
@@ -119,10 +126,11 @@ def find(metadata: MetadataParts, images: ImageFiles, ids=None) -> tuple[Earlier
         _keep_latest(done, cat)
     checked = int(done.sum())
     if listed is None:
-        how = _check_one_by_one(done, scan, images)
+        how = _check_one_by_one(done, scan, folders)
     else:
         how = (
             f"images/ listed ({len(listed):,} names, ~{max(1, -(-len(listed) // 1000)):,} requests)"
+            + (f", {held:,} of them held/" if held else "")
         )
     for k in list(cat):  # keep the done rows only, a field at a time
         cat[k] = cat[k][done]
@@ -145,13 +153,18 @@ def _keep_latest(done: np.ndarray, cat: dict[str, np.ndarray]) -> None:
     done[order[:-1][same]] = False
 
 
-def _check_one_by_one(done: np.ndarray, scan: _Scan, images: ImageFiles) -> str:
+def _check_one_by_one(done: np.ndarray, scan: _Scan, folders: tuple[ImageFiles, ...]) -> str:
     """Rows still done once every one of their images answered a request."""
     n = len(done)
     names = pa.concat_arrays(scan.names) if scan.names else pa.array([], pa.string())
     rows = np.concatenate(scan.name_rows) if scan.name_rows else np.zeros(0, np.int64)
     want = done[rows] if len(rows) else np.zeros(0, bool)
-    present = np.asarray(images.exist(names.filter(pa.array(want)).to_pylist()), bool)
+    asked = names.filter(pa.array(want)).to_pylist()
+    present = np.asarray(folders[0].exist(asked), bool)
+    for other in folders[1:]:  # held/: asked only for what images/ lacks
+        missing = np.flatnonzero(~present)
+        if len(missing):
+            present[missing] = other.exist([asked[i] for i in missing])
     rows = rows[want]
     done &= np.bincount(rows[~present], minlength=n) == 0
     done &= np.bincount(rows, minlength=n) > 0

@@ -1,5 +1,6 @@
-"""The written images under ``images/``: written whole (``OutputFolder.put``), listed
-as hashed names in one streaming listing, or looked up one request each."""
+"""The written images under ``images/`` (published) or ``held/`` (held by the quality
+gate for a reviewer): written whole (``OutputFolder.put``), listed as hashed names in one
+streaming listing, or looked up one request each."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .folder import OutputFolder
 from .imageio import EXTENSIONS
 
 IMAGES = "images"
+HELD = "held"  # outputs the quality gate held for a reviewer: never under images/
 
 
 def image_name(row_id: str, fmt: str, variant: int | None = None) -> str:
@@ -23,17 +25,21 @@ def image_name(row_id: str, fmt: str, variant: int | None = None) -> str:
 
 
 class ImageFiles:
-    """``images/`` of one output folder."""
+    """``images/`` (or ``held/``) of one output folder."""
 
-    def __init__(self, folder: OutputFolder):
+    def __init__(self, folder: OutputFolder, directory: str = IMAGES):
         self.folder = folder
+        self.directory = directory
 
     def write(self, name: str, data: bytes) -> str:
-        """``images/{name}``, appearing only complete; its URI."""
-        return self.folder.put(storage.join(IMAGES, name), data)
+        """``{directory}/{name}``, appearing only complete; its URI."""
+        return self.folder.put(storage.join(self.directory, name), data)
 
     def uri_of(self, name: str) -> str:
-        return self.folder.uri_of(IMAGES, name)
+        return self.folder.uri_of(self.directory, name)
+
+    def read(self, name: str) -> bytes:
+        return self.folder.read_bytes(storage.join(self.directory, name))
 
     def any(self) -> bool:
         found: list = []
@@ -70,7 +76,7 @@ class ImageFiles:
 
     def _walk(self, add, stop_after: int | None) -> None:
         """``add(name)`` for every name until it returns True."""
-        fs, path = self.folder.fs, self.folder.path(IMAGES)
+        fs, path = self.folder.fs, self.folder.path(self.directory)
         if self.folder.local:
             try:
                 with os.scandir(path) as it:  # the path the storage entry point resolved
@@ -94,19 +100,20 @@ class ImageFiles:
 
             storage.retry(sync, fs.loop, go)
         else:
-            for p in self.folder.find(IMAGES):
+            for p in self.folder.find(self.directory):
                 if add(posixpath.basename(p)):
                     break
 
     def exist(self, names: list[str | None], threads: int = 32) -> list[bool]:
-        """Whether ``images/{name}`` exists, one request each (on a thread pool for object stores)."""
+        """Whether ``{directory}/{name}`` exists, one request each (on a thread pool for
+        object stores)."""
         self.folder.fs.invalidate_cache()
 
         def one(name):
-            return bool(name) and self.folder.exists(storage.join(IMAGES, name))
+            return bool(name) and self.folder.exists(storage.join(self.directory, name))
 
         return storage.map_io(one, names, threads, self.folder.local)
 
     def remove(self, names: list[str]) -> None:
         for name in names:
-            self.folder.remove(storage.join(IMAGES, name))
+            self.folder.remove(storage.join(self.directory, name))

@@ -99,7 +99,7 @@ class MetadataParts:
         (strings, or their ``sorted_keys``), a row group at a time, matched by fingerprint."""
         counted = codes.Counts()
         mhi, mlo = ids if isinstance(ids, tuple) else sorted_keys(ids)
-        for t in self.batches(self.files(), ("id", "status", "error_code")):
+        for t in self.batches(self.files(), ("id", "status", "error_code", "review_status")):
             member = _sorted_lookup(mhi, mlo, *key_fingerprints(t.column("id"))) >= 0
             counted.add(t.filter(pa.array(member)))
         return counted

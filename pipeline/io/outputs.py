@@ -1,7 +1,10 @@
 """The output layout under ``output.uri`` (docs/contracts.md, Outputs) and its state.
 
 ```
-images/{id}.{ext}              one per ok row; appears only complete
+images/{id}.{ext}              one per ok row that passed the gate or was approved; appears
+                               only complete
+held/{id}.{ext}                what the quality gate held for a reviewer (never images/)
+review/verdicts/               reviewers' verdicts, one JSON each, as they are cast
 metadata/part-{shard}.parquet  one row per manifest row (latest wins), the run state
 run.json                       config, versions, counts, timings
 report.html                    review page
@@ -22,10 +25,11 @@ import uuid
 
 from .done import EarlierRuns
 from .folder import TMP, OutputFolder
-from .images import IMAGES, ImageFiles, image_name
+from .images import HELD, IMAGES, ImageFiles, image_name
 from .metadata import METADATA, ROW_GROUP, Compacted, MetadataParts, conform, latest_per_id
 
 __all__ = [
+    "HELD",
     "IMAGES",
     "METADATA",
     "ROW_GROUP",
@@ -52,6 +56,7 @@ class OutputStore:
         """``scrub``: a ``secrets.Scrubber`` for what is written (the metadata's free text)."""
         self.folder = OutputFolder(uri, storage_options)
         self.images = ImageFiles(self.folder)
+        self.held = ImageFiles(self.folder, HELD)
         self.metadata = MetadataParts(self.folder, scrub)
 
     @property
@@ -77,7 +82,7 @@ class OutputStore:
         """What earlier runs left for the manifest's ``ids`` (``io.earlier.find``)."""
         from .earlier import find
 
-        return find(self.metadata, self.images, ids)
+        return find(self.metadata, (self.images, self.held), ids)
 
     def share(self, earlier: EarlierRuns, run_id: str) -> str:
         """Write ``earlier`` where a run's workers read it (``_tmp/``, streamed: the driver

@@ -47,6 +47,8 @@ SCHEMA = pa.schema(
         ("seam_score", pa.float64()),
         ("texture_score", pa.float64()),
         ("quality_distance", pa.float64()),
+        ("quality_defect", pa.string()),
+        ("review_status", pa.string()),
         ("fill_color", pa.string()),
         ("fill_leakage", pa.float64()),
         ("fill_leak_flag", pa.bool_()),
@@ -173,6 +175,8 @@ def choose(meta: pa.Table, sample: int, worst: int) -> Selection:
         "seam_score",
         "texture_score",
         "quality_distance",
+        "quality_defect",
+        "review_status",
         "fill_leakage",
     ]
     return Selection(
@@ -215,6 +219,8 @@ class Cards:
             "seam": _num(r.get("seam_score")),
             "texture": _num(r.get("texture_score")),
             "distance": _num(r.get("quality_distance")),
+            "defect": r.get("quality_defect") or "",
+            "review": r.get("review_status") or "",
             "before": before,
             "after": after,
             "before_width": max(1, round((r.get("source_width") or 0) * scale)),
@@ -302,6 +308,8 @@ def build(
             "seam": _num(r["seam_score"]),
             "texture": _num(r["texture_score"]),
             "distance": _num(r["quality_distance"]),
+            "defect": r["quality_defect"] or "",
+            "review": r["review_status"] or "",
             "leakage": _num(r["fill_leakage"], "{:.3f}"),
         }
         for r in chosen.metrics

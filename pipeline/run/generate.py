@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ..backends import BuildContext, Job, RowError, spec_of, warmup_shapes
 from ..config import Config, ModelConfig
+from ..review.gate import Gate, attempt_seed
 from .load import from_bytes, from_columns
 from .records import (
     API_COUNTERS,
@@ -45,6 +46,7 @@ class OutpaintStage(RowStage):
         ("generate_ms", pa.float64()),
         ("fill_color", pa.string()),
         ("model", pa.string()),
+        ("quality_attempts", pa.int64()),
         *BUSY_FIELDS,
         *API_FIELDS,
         *API_COUNTERS,
@@ -53,6 +55,7 @@ class OutpaintStage(RowStage):
         "generate_ms",
         "fill_color",
         "model",
+        "quality_attempts",
         *dict(BUSY_FIELDS),
         *dict(API_FIELDS),
         *dict(API_COUNTERS),
@@ -63,13 +66,16 @@ class OutpaintStage(RowStage):
         model: ModelConfig,
         context: BuildContext,
         color_intent: str,
+        gate: Gate | None = None,
         backend=None,
         lazy: bool = False,
     ):
-        """``backend``: an already built one (benchmarks); default: built from ``model``,
+        """``gate``: the quality gate (more than one attempt: failing rows are retried);
+        ``backend``: an already built one (benchmarks); default: built from ``model``,
         here (model actors: created only when rows need generating) or, ``lazy``, on the
         first row that needs it (fused CPU tasks, whose rows may need none)."""
         self.model_cfg = model
+        self.gate = gate
         self.context = context
         self.color_intent = color_intent
         self.spec = spec_of(model)
@@ -87,7 +93,9 @@ class OutpaintStage(RowStage):
         cls, cfg: Config, prompts: list[str] | None = None, backend=None, lazy: bool = False
     ):
         context = BuildContext(prompts, warmup_shapes(cfg), cfg.runtime.batch_size, cfg.output)
-        return cls(cfg.model, context, cfg.output.color_intent, backend=backend, lazy=lazy)
+        return cls(
+            cfg.model, context, cfg.output.color_intent, gate_of(cfg), backend=backend, lazy=lazy
+        )
 
     def keeps(self, row: dict) -> bool:
         return row.get("route") == BACKDROP  # filled before this stage: its model and time stay
@@ -105,16 +113,18 @@ class OutpaintStage(RowStage):
                 self._backend = self.spec.build(self.model_cfg, self.context)
         return self._backend
 
-    def _job(self, rec: Record, k: int) -> Job:
+    def _job(self, rec: Record, k: int, attempt: int = 0) -> Job:
         row = rec.row
+        attempt += row.get("attempt_base") or 0  # a redone row goes on from its last attempt
         key = (row.get("request_hash") or row["id"]) + (f"-{k}" if k else "")
+        key += f"-a{attempt}" if attempt else ""
         return Job(
             ref=rec.ref.model,
             width=row["canvas_width"],
             height=row["canvas_height"],
             x0=row["visible_x0"],
             y0=row["visible_y0"],
-            seed=variant_seed(row["seed"], k),
+            seed=attempt_seed(variant_seed(row["seed"], k), attempt),
             prompt=row["prompt"] or "",
             mode=row["mode"],
             steps=row["steps"],
@@ -124,14 +134,16 @@ class OutpaintStage(RowStage):
             key=key,
         )
 
-    def _run(self, items: list[tuple[Record, int]]) -> list[np.ndarray | Exception]:
+    def _run(
+        self, items: list[tuple[Record, int]], attempt: int = 0
+    ) -> list[np.ndarray | Exception]:
         """Outpaint (record, variant) pairs in one backend call; isolate failures."""
-        jobs = [self._job(rec, k) for rec, k in items]
+        jobs = [self._job(rec, k, attempt) for rec, k in items]
         try:
             results: list = list(self.backend.outpaint(jobs))
         except Exception as e:  # noqa: BLE001 - isolate the failing rows below
             if len(items) > 1:  # one bad row must not fail its batch: retry singly
-                return [r for item in items for r in self._run([item])]
+                return [r for item in items for r in self._run([item], attempt)]
             results = [e]
         for (rec, _), job, res in zip(items, jobs, results):
             rec.row["fill_color"] = job.fill_color
@@ -161,8 +173,52 @@ class OutpaintStage(RowStage):
                 rec.row["generate_ms"] += per_item
                 if rec.todo:
                     self._take(rec, k, res)
+        for rec, _ in work:  # a redone row counts the attempts it had before
+            rec.row["quality_attempts"] = (rec.row.get("attempt_base") or 0) + 1
+        kept = self._retry(work)
+        for i, (rec, k) in enumerate(work):  # the metadata's seed: what made the kept canvas
+            attempt = (rec.row.get("attempt_base") or 0) + kept.get(i, 0)
+            if k == 0 and attempt and rec.todo:
+                rec.row["seed"] = attempt_seed(rec.row["seed"], attempt)
         if work:
             self._stamp([rec for rec, _ in work])
+
+    def _retry(self, work: list[tuple[Record, int]]) -> dict[int, int]:
+        """The gate: generated canvases that fail the score again with the next attempt's
+        seed, the failing ones of a batch together (one backend call per batch, as the
+        first pass), up to ``max_attempts``; the best attempt of each kept. A backend that
+        cannot do better with another seed is not asked again (its failing rows are held).
+        Returns the kept attempt of each item retried."""
+        gate = self.gate
+        if gate is None or gate.max_attempts <= 1 or not self.spec.reseedable:
+            return {}
+        best: dict[int, tuple[float, np.ndarray, int]] = {}
+        for i, (rec, k) in enumerate(work):
+            if rec.todo and rec.out is not None and rec.out[k] is not None:
+                best[i] = (gate.distance(rec.out[k], rec.ref.model, rec.box), rec.out[k], 0)
+        pending = [i for i, (d, _, _) in best.items() if d > 1.0]
+        for attempt in range(1, gate.max_attempts):
+            for start in range(0, len(pending), self.batch_size):
+                chunk = pending[start : start + self.batch_size]
+                t0 = time.perf_counter()
+                results = self._run([work[i] for i in chunk], attempt)
+                per_item = elapsed_ms(t0) / len(chunk)
+                for i, res in zip(chunk, results):
+                    rec, _ = work[i]
+                    rec.row["generate_ms"] += per_item
+                    rec.row["quality_attempts"] = (rec.row.get("attempt_base") or 0) + attempt + 1
+                    if isinstance(res, Exception):  # this attempt only: the row has a canvas
+                        continue
+                    d = gate.distance(res, rec.ref.model, rec.box)
+                    if d < best[i][0]:
+                        best[i] = (d, res, attempt)
+            pending = [i for i in pending if best[i][0] > 1.0]
+            if not pending:
+                break
+        for i, (_, image, _) in best.items():
+            rec, k = work[i]
+            rec.out[k] = image
+        return {i: attempt for i, (_, _, attempt) in best.items()}
 
     def _take(self, rec: Record, k: int, res) -> None:
         """Variant ``k``'s result on its record, or the row's failure."""
@@ -200,6 +256,11 @@ class OutpaintStage(RowStage):
                 None if rec.out is None else [o if o is None else o.tobytes() for o in rec.out]
             )
         return self.table(batch.schema, records)
+
+
+def gate_of(cfg: Config) -> Gate:
+    """The quality gate of a run's model stage."""
+    return Gate.of(cfg.quality, cfg.output.feather_px, spec_of(cfg.model).keeps_reference)
 
 
 def filled_out(row: dict) -> list[np.ndarray] | None:

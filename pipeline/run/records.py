@@ -21,10 +21,13 @@ import pyarrow as pa
 from ..common import codes
 from ..common.box import Box
 from ..plan.columns import GEOMETRY_COLUMNS, REQUEST
+from ..review.score import DEFECTS
 
 PIXELS = pa.large_binary()
 BACKDROP = "backdrop"  # a row's route to the backdrop fill (route.py), and its ``model``
 MODEL = "model"  # a row's route to the backend
+# review_status of a generated ok row: the gate's verdict, then a reviewer's
+PASSED, HELD, APPROVED, REJECTED = "passed", "held", "approved", "rejected"
 
 # Final metadata columns added after planning (docs/contracts.md, Outputs), in order.
 # colour and labels (docs/contracts.md, "Colour and labels"): the load stage names the
@@ -64,6 +67,11 @@ OUTPUT_FIELDS = [
     ("seam_score", pa.float64()),
     ("texture_score", pa.float64()),
     ("quality_distance", pa.float64()),
+    *[(f"quality_{k}", pa.float64()) for k in DEFECTS],
+    ("quality_pass", pa.bool_()),
+    ("quality_defect", pa.string()),
+    ("quality_attempts", pa.int64()),
+    ("review_status", pa.string()),
     ("ref_max_abs_diff", pa.int64()),
     ("ref_mean_abs_diff", pa.float64()),
     ("fill_leakage", pa.float64()),
@@ -95,7 +103,8 @@ CARRIED = [
     ("source_bytes", pa.large_binary()),
     ("source_format", pa.string()),
 ]
-DROPPED_COLUMNS = (*dict(CARRIED), "out_pixels", "image_bytes", REQUEST)
+# ``attempt_base``: the gate's attempts a rejected row had before ``outpaint run --redo``
+DROPPED_COLUMNS = (*dict(CARRIED), "out_pixels", "image_bytes", REQUEST, "attempt_base")
 # what planning a row at load sets (its size known only then)
 PLANNED = (
     "status",

@@ -37,6 +37,11 @@ class RunResult:
         return dict(self.summary["manifest"]["by_status"])
 
     @property
+    def by_review(self) -> dict[str, int]:
+        """Generated ok rows by their latest review status: passed, held, approved, rejected."""
+        return dict(self.summary["manifest"].get("by_review", {}))
+
+    @property
     def by_code(self) -> dict[str, int]:
         return dict(self.summary["manifest"]["by_code"])
 
@@ -61,6 +66,7 @@ def run_manifest(
     progress: str = "auto",
     quiet: bool = False,
     out: TextIO | None = None,
+    redo: bool = False,
 ) -> RunResult:
     """``run`` over ``manifest``, staged first when it is held in memory."""
     with staged(manifest, cfg) as cfg:
@@ -69,5 +75,6 @@ def run_manifest(
             quiet=quiet,
             out=out if out is not None else sys.stderr,
             progress="none" if quiet else progress,
+            redo=redo,
         )
     return RunResult(summary, cfg.output.uri, dict(cfg.output.storage_options))

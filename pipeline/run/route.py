@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from ..config import Config, ModelConfig, SizingConfig
 from ..io import backdrop
+from ..review.gate import attempt_seed
 from .generate import variant_seed
 from .load import from_columns
 from .records import BACKDROP, MODEL, PIXELS, Record, RowStage, elapsed_ms, todo
@@ -31,8 +32,16 @@ class BackdropStage(RowStage):
         ("out_pixels", pa.list_(PIXELS)),
         ("generate_ms", pa.float64()),
         ("model", pa.string()),
+        ("quality_attempts", pa.int64()),
     ]
-    RESETS = ("backdrop_residual", "backdrop_noise", "out_pixels", "generate_ms", "model")
+    RESETS = (
+        "backdrop_residual",
+        "backdrop_noise",
+        "out_pixels",
+        "generate_ms",
+        "model",
+        "quality_attempts",
+    )
 
     def __init__(
         self, model: ModelConfig, sizing: SizingConfig, color_intent: str, preset: str | None = None
@@ -130,6 +139,10 @@ class BackdropStage(RowStage):
         row = rec.row
         t0 = time.perf_counter()
         n = row.get("num_variants") or 1
+        attempt = row.get("attempt_base") or 0  # a rejected row redone: its next grain
+        if attempt:
+            row["seed"] = attempt_seed(row["seed"], attempt)
+        row["quality_attempts"] = attempt + 1
         rec.out = [
             backdrop.fill(
                 rec.ref.model,

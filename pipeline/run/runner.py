@@ -44,7 +44,7 @@ from .cluster import (
     package_versions,
 )
 from .counts import ApiCounts, RunCounts, summary_table
-from .generate import OutpaintStage
+from .generate import OutpaintStage, gate_of
 from .load import LoadStage
 from .progress import Progress
 from .records import BACKDROP
@@ -113,9 +113,10 @@ def triage(
     index: manifest.ManifestIndex,
     earlier: EarlierRuns | None,
     duplicates: dict | None = None,
+    redo: dict[str, int] | None = None,
 ) -> WorkRows:
     """Plan and resume-filter every row; the work rows come back, with the triage counts
-    (how sources were identified)."""
+    (how sources were identified). ``redo``: only these rejected rows are work."""
     if duplicates is None:
         duplicates = duplicate_first_rows(index.ids, np.arange(index.rows, dtype=np.int64))
     chunk = cfg.runtime.plan_block_rows
@@ -123,7 +124,7 @@ def triage(
         # one slice is one task's worth: run it here, and a run with nothing to do
         # never starts Ray (memory: one slice of at most plan_block_rows rows)
         stage = TriageStage(
-            cfg, store, run_id, duplicates=duplicates, earlier=earlier, chunk_rows=chunk
+            cfg, store, run_id, duplicates=duplicates, earlier=earlier, chunk_rows=chunk, redo=redo
         )
         work = WorkRows(tables=[t for piece in index.slices for t in stage.chunks(piece)])
         work.counts = stage.counts
@@ -134,7 +135,14 @@ def triage(
     ray = ensure_ray(cfg.runtime)
     refs = ray.put(duplicates) if duplicates else None
     stage = TriageStage(
-        cfg, store, run_id, duplicates=refs, earlier=shared, chunk_rows=chunk, stats_to_store=True
+        cfg,
+        store,
+        run_id,
+        duplicates=refs,
+        earlier=shared,
+        chunk_rows=chunk,
+        stats_to_store=True,
+        redo=redo,
     )
     slices = slices_table(index.slices)
     ds = ray.data.from_arrow(
@@ -188,7 +196,7 @@ def _actor_args(ray, cfg: Config, spec: BackendSpec, generated: int, prompts: li
         cfg.output,
     )
     args = {
-        "fn_constructor_args": (cfg.model, context, cfg.output.color_intent),
+        "fn_constructor_args": (cfg.model, context, cfg.output.color_intent, gate_of(cfg)),
         "batch_format": "pyarrow",
         # the API actor runs a call's rows concurrently (each waits on its task): a block a call
         "batch_size": None if spec.one_conversation else runtime.batch_size,
@@ -378,6 +386,8 @@ def finish(
         "manifest": {
             "by_status": manifest_counts.statuses(),
             "by_code": dict(sorted(manifest_counts.by_code.items())),
+            # generated ok rows: passed the quality gate, held for a reviewer, or verdicts
+            "by_review": dict(sorted(manifest_counts.by_review.items())),
         },
         "counts": {
             "processed": counts.done + counts.bulk,
@@ -385,6 +395,8 @@ def finish(
             "by_status": counts.rows.by_status,
             "by_code": counts.rows.by_code,
             "by_route": dict(sorted(counts.routes.items())),
+            "by_review": dict(sorted(counts.rows.by_review.items())),
+            "retries": counts.retries,
         },
         "model_busy": counts.busy(),
         "images_written": counts.images,
@@ -421,10 +433,18 @@ def _review_page(cfg: Config, store: OutputStore, wrote: bool, say: Say) -> None
         )
 
 
-def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "auto") -> dict:
+def run(
+    cfg: Config,
+    *,
+    quiet: bool = False,
+    out=sys.stderr,
+    progress: str = "auto",
+    redo: bool = False,
+) -> dict:
     """Run the job; returns the run summary (also written to ``run.json``). ``progress``:
     auto (a bar on a terminal or in a notebook, else a line every
-    ``runtime.progress_interval_s``), bar, line or none."""
+    ``runtime.progress_interval_s``), bar, line or none. ``redo``: regenerate only the
+    rows a reviewer rejected (``outpaint review``), each with its next attempt's seed."""
     say = Say(out, quiet)
     run_id = new_run_id()
     # 1. everything that can fail, before any work
@@ -433,9 +453,17 @@ def run(cfg: Config, *, quiet: bool = False, out=sys.stderr, progress: str = "au
     ids = manifest_ids(started.index)
     # 3. what earlier runs left
     earlier = earlier_runs(cfg, started.store, ids)
+    rejected = None
+    if redo:
+        from ..review.verdicts import rejected_rows
+
+        rejected = rejected_rows(started.store)
+        say(f"[outpaint] --redo: {len(rejected):,} rows rejected by a reviewer, nothing else")
     # 4. triage: plan and resume-filter every row; the work rows come back
     say(f"[outpaint] planning {ids.rows:,} rows ({len(started.index.slices):,} slices)")
-    work = triage(cfg, started.store, run_id, started.index, earlier.state, ids.duplicates)
+    work = triage(
+        cfg, started.store, run_id, started.index, earlier.state, ids.duplicates, rejected
+    )
     earlier.state = None  # handed over: triage shared it with its tasks and the driver drops it
     # 5. what triage finished
     counts = planned_counts(cfg, started.store, run_id, ids, work, started)

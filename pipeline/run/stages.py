@@ -26,7 +26,7 @@ from ..config import Config
 from ..io import manifest as manifest_io
 from ..io.outputs import OutputStore, new_run_id
 from ..plan.stage import PlanStage
-from .generate import OutpaintStage, variant_seed
+from .generate import OutpaintStage, gate_of, variant_seed
 from .load import LoadStage, Reference, Replanner, from_columns, to_columns
 from .records import OUTPUT_FIELDS, Record, bulk_metadata
 from .route import BackdropStage
@@ -145,6 +145,6 @@ def stages(cfg: Config, run_id: str | None = None) -> Stages:
         WriteStage.from_config(cfg, store, run_id),
         ProcessStage.from_config(cfg, store, run_id),
         OutpaintStage,
-        (cfg.model, context, cfg.output.color_intent),
+        (cfg.model, context, cfg.output.color_intent, gate_of(cfg)),
         spec_of(cfg.model).actor,
     )

@@ -95,6 +95,7 @@ class TriageStage:
         earlier=None,
         chunk_rows: int = 65_536,
         stats_to_store: bool = False,
+        redo: dict[str, int] | None = None,
     ):
         self.cfg = cfg
         self.store = store
@@ -104,6 +105,9 @@ class TriageStage:
         self.chunk_rows = chunk_rows
         self.stats_to_store = stats_to_store  # Ray tasks leave their counts for the driver
         self.counts = TriageCounts()  # of this instance (tests, direct use)
+        # ``outpaint run --redo``: the rows a reviewer rejected (id -> attempts they had) are
+        # the only work; every other row is left as it is, done or not
+        self.redo = redo
 
     def triage(self, plan: pa.Table, earlier: EarlierRuns | None) -> tuple[pa.Table, pa.Table]:
         """A planned chunk -> (work rows, rows finished here); done rows are neither."""
@@ -114,8 +118,19 @@ class TriageStage:
         if earlier is not None and len(earlier) and ok.any():
             already[ok] = earlier.done.contains(plan.column("request_hash").filter(pa.array(ok)))
         self.counts.rows += plan.num_rows
+        if self.redo is not None:
+            return self._redo(plan, ok)
         self.counts.done += int(already.sum())
         return plan.filter(pa.array(ok & ~already)), plan.filter(pa.array(~ok))
+
+    def _redo(self, plan: pa.Table, ok: np.ndarray) -> tuple[pa.Table, pa.Table]:
+        """The rejected rows as work, each going on from the attempts it had; nothing else."""
+        keys = pa.array(list(self.redo), pa.string())
+        picked = ok & np.asarray(pc.is_in(plan.column("id"), value_set=keys).fill_null(False))
+        self.counts.done += plan.num_rows - int(picked.sum())
+        work = plan.filter(pa.array(picked))
+        base = [self.redo[i] for i in work.column("id").to_pylist()]
+        return work.append_column("attempt_base", pa.array(base, pa.int64())), plan.slice(0, 0)
 
     def chunks(self, piece: manifest.Slice) -> Iterator[pa.Table]:
         earlier = (

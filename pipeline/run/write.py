@@ -13,7 +13,7 @@ import pyarrow as pa
 from .. import __version__
 from ..backends import BackendSpec, spec_of
 from ..common.box import Box
-from ..config import Config, OutputConfig
+from ..config import Config, OutputConfig, QualityConfig
 from ..io import provenance
 from ..io.headers import SourceLimits
 from ..io.imageio import decode, encode
@@ -26,11 +26,14 @@ from ..review.compose import (
     match_colors,
     paste_back,
 )
+from ..review.score import judge
 from .load import Reference, from_bytes, from_columns
 from .records import (
     BACKDROP,
     DROPPED_COLUMNS,
+    HELD,
     OUTPUT_FIELDS,
+    PASSED,
     Record,
     RowStage,
     elapsed_ms,
@@ -44,8 +47,16 @@ class WriteStage(RowStage):
     ADDS = OUTPUT_FIELDS
     DROPS = DROPPED_COLUMNS
 
-    def __init__(self, output: OutputConfig, spec: BackendSpec, store: OutputStore, run_id: str):
+    def __init__(
+        self,
+        output: OutputConfig,
+        spec: BackendSpec,
+        store: OutputStore,
+        run_id: str,
+        quality_cfg: QualityConfig | None = None,
+    ):
         self.output = output
+        self.quality = quality_cfg or QualityConfig()
         self.spec = spec
         self.store = store
         self.run_id = run_id
@@ -58,7 +69,7 @@ class WriteStage(RowStage):
 
     @classmethod
     def from_config(cls, cfg: Config, store: OutputStore, run_id: str) -> WriteStage:
-        return cls(cfg.output, spec_of(cfg.model), store, run_id)
+        return cls(cfg.output, spec_of(cfg.model), store, run_id, cfg.quality)
 
     def composite(self, rec: Record, generated: np.ndarray) -> np.ndarray:
         """The generated canvas (sRGB) in the output's space with the reference back in:
@@ -127,12 +138,32 @@ class WriteStage(RowStage):
                 rec.fail("generation_failed", f"C2PA signing failed: {type(e).__name__}: {e}")
                 return
         row["encode_ms"] = elapsed_ms(t0)
+        self.judge(rec, finals[0])
+        # a held row goes under held/, never images/: whatever publishes images/ never sees it
+        files = self.store.held if row["review_status"] == HELD and self.quality.holds else None
+        files = files or self.store.images
         t0 = time.perf_counter()
-        uris = [self.store.images.write(name, data) for name, data in zip(names, encoded)]
+        uris = [files.write(name, data) for name, data in zip(names, encoded)]
+        if row.get("attempt_base"):  # a redone row: its earlier image, held or not, goes
+            other = self.store.images if files is self.store.held else self.store.held
+            other.remove(names)
         row["write_ms"] = elapsed_ms(t0)
         row["output_bytes"] = sum(len(d) for d in encoded)
         row["output_uri"], row["output_uris"] = uris[0], uris
         self.measure(rec, finals[0], encoded[0])
+
+    def judge(self, rec: Record, final: np.ndarray) -> None:
+        """The quality score of what is written (pixels before encoding) and the gate's
+        verdict: passed, or held for a reviewer. Rows with nothing generated: none."""
+        row = rec.row
+        if not row["generated"]:
+            row.update(judge(final, Box(0, 0, *final.shape[1::-1]), self.quality.thresholds))
+            row["review_status"] = None
+            return
+        feather = effective_feather(self.output.feather_px, rec.box.height, rec.box.width)
+        row.update(judge(final, rec.box, self.quality.thresholds, max(feather, 1)))
+        row["quality_attempts"] = row.get("quality_attempts") or (row.get("attempt_base") or 0) + 1
+        row["review_status"] = PASSED if row["quality_pass"] else HELD
 
     def measure(self, rec: Record, final: np.ndarray, encoded: bytes) -> None:
         """Quality metrics of what was written (lossy formats: measured after decoding);
@@ -152,7 +183,6 @@ class WriteStage(RowStage):
         row["feather_px"] = feather
         row["seam_score"] = quality.seam_score(out, box, sides) if generated else None
         row["texture_score"] = quality.texture_score(out, box, sides) if generated else None
-        row["quality_distance"] = quality.quality_distance(row["seam_score"], row["texture_score"])
         row["ref_max_abs_diff"], row["ref_mean_abs_diff"] = quality.fidelity(
             out, rec.ref.out, box, sides, feather
         )
