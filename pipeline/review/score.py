@@ -235,12 +235,13 @@ def _stretch(s: Seam, feather: int) -> float:
 def _structure(s: Seam, feather: int) -> float:
     """Edges crossing the seam: the profile along the seam just outside against just
     inside, past the blend (band-passed: shapes of 3 to 24 px, which carry over that
-    distance). Natural: they match as they stand. Broken: they do not match, or match
-    better displaced along the seam (the surroundings misplaced)."""
+    distance). Natural: they match about as well as the original matches itself over the
+    same distance. Broken: they match worse, or better displaced along the seam (the
+    surroundings misplaced)."""
     import cv2
 
     w = 2
-    if s.c < w or s.deep < feather + 2 * w:
+    if s.c < w or s.deep < 2 * feather + 3 * w:
         return 0.0
 
     def profile(c0):
@@ -249,6 +250,7 @@ def _structure(s: Seam, feather: int) -> float:
 
     out_p = profile(s.c - w)
     in_p = profile(s.c + feather)
+    in2_p = profile(s.c + 2 * feather + w)
     if np.std(in_p) < 0.5 and np.std(out_p) < 0.5:
         return 0.0  # nothing crosses the seam to continue
     n = len(in_p)
@@ -258,7 +260,7 @@ def _structure(s: Seam, feather: int) -> float:
         (_ncc(out_p[max(0, d) : n + min(0, d)], in_p[max(0, -d) : n - max(0, d)]) for d in shifts),
         default=here,
     )
-    return max(0.0, 1.0 - here, 2.0 * (displaced - here))
+    return max(0.0, max(_ncc(in_p, in2_p), 0.0) - here) + max(0.0, displaced - here)
 
 
 def _repeat(image: np.ndarray, box: Box) -> float:
@@ -306,6 +308,17 @@ def _repeat(image: np.ndarray, box: Box) -> float:
     return max(0.0, best)
 
 
+# how a defect's values on several seams combine: the worst seam, or (structure: its
+# evidence is weak on one seam and the misplaced surroundings are everywhere) their mean
+MEAN_OVER_SEAMS = {"structure"}
+
+
+def _combine(defect: str, values: list[float]) -> float:
+    if not values:
+        return 0.0
+    return float(np.mean(values)) if defect in MEAN_OVER_SEAMS else float(max(values))
+
+
 def score(image: np.ndarray, box: Box, feather: int = FEATHER) -> dict[str, float] | None:
     """The defect columns of one output (H x W x 3 uint8) whose original area is ``box``;
     None when nothing was generated."""
@@ -314,6 +327,10 @@ def score(image: np.ndarray, box: Box, feather: int = FEATHER) -> dict[str, floa
     H, W = image.shape[:2]
     if box.sides(W, H) == (False, False, False, False):
         return None
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] < 3:  # grey (with or without alpha): judged as the grey it displays
+        image = np.repeat(image[..., :1], 3, axis=2)
     k = min(1.0, SCALE_PX / max(H, W))
     if k < 1.0:
         size = (max(1, round(W * k)), max(1, round(H * k)))
@@ -321,11 +338,11 @@ def score(image: np.ndarray, box: Box, feather: int = FEATHER) -> dict[str, floa
         box = Box(round(box.x0 * k), round(box.y0 * k), round(box.x1 * k), round(box.y1 * k))
         feather = max(1, round(feather * k))
     image = np.ascontiguousarray(image[..., :3])
-    cols = dict.fromkeys(DEFECTS, 0.0)
+    found: dict[str, list[float]] = {k: [] for k in DEFECTS}
     for s, _ in _seams(image, box, feather):
         seam, color = _offsets(s, feather)
         blur, noise, flat = _texture(s, feather)
-        found = {
+        each = {
             "seam": seam,
             "color": color,
             "blur": blur,
@@ -335,8 +352,9 @@ def score(image: np.ndarray, box: Box, feather: int = FEATHER) -> dict[str, floa
             "stretch": _stretch(s, feather),
             "structure": _structure(s, feather),
         }
-        for key, value in found.items():
-            cols[key] = max(cols[key], value)
+        for key, value in each.items():
+            found[key].append(value)
+    cols = {k: _combine(k, v) for k, v in found.items() if k != "repeat"}
     cols["repeat"] = _repeat(image, box)
     return cols
 

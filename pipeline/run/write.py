@@ -161,7 +161,12 @@ class WriteStage(RowStage):
             row["review_status"] = None
             return
         feather = effective_feather(self.output.feather_px, rec.box.height, rec.box.width)
-        row.update(judge(final, rec.box, self.quality.thresholds, max(feather, 1)))
+        try:
+            row.update(judge(final, rec.box, self.quality.thresholds, max(feather, 1)))
+        except Exception:  # noqa: BLE001 - a score that cannot be made never fails the row
+            row.update(judge(final, Box(0, 0, *final.shape[1::-1]), self.quality.thresholds))
+            row["review_status"] = None
+            return
         row["quality_attempts"] = row.get("quality_attempts") or (row.get("attempt_base") or 0) + 1
         row["review_status"] = PASSED if row["quality_pass"] else HELD
 

@@ -1,6 +1,6 @@
 """The quality score on a labelled set made from real photos (tests/quality_set.py): true
 continuations against nine defect kinds, scored with the default thresholds, on windows
-the thresholds were not fitted on (seed 1; they were fitted on seed 0)."""
+the thresholds were not fitted on (seed 2; they were fitted on seeds 0 and 1)."""
 
 from __future__ import annotations
 
@@ -23,21 +23,21 @@ from ..quality_set import auc, labelled_set
 # measured on this set (benchmarks/RESULTS.md); the floors leave room for another CPU's
 # last bits, and say where the score falls short of the issue's goals (structure)
 FLOORS = {
-    "cast": 0.95,
-    "step": 0.88,
+    "cast": 0.93,
+    "step": 0.9,
     "blur": 0.9,
-    "noise": 0.9,
+    "noise": 0.88,
     "flat": 0.97,
-    "mirror": 0.97,
-    "stretch": 0.95,
-    "structure": 0.68,
-    "repeat": 0.92,
+    "mirror": 0.96,
+    "stretch": 0.94,
+    "structure": 0.8,
+    "repeat": 0.91,
 }
 
 
 @pytest.fixture(scope="module")
 def scored():
-    cases = labelled_set(seed=1, n=60)
+    cases = labelled_set(seed=2, n=60)
     t = QualityThresholds()
     return [(c.kind, judge(c.image, c.box, t)["quality_distance"]) for c in cases]
 
@@ -55,11 +55,11 @@ def test_each_defect_kind_ranks_above_true_continuations(scored):
 def test_the_defaults_pass_most_true_continuations_and_fail_most_defects(scored):
     true = np.array([d for k, d in scored if k == "true"])
     defects = np.array([d for k, d in scored if k != "true"])
-    assert (true <= 1).mean() >= 0.8
-    assert (defects > 1).mean() >= 0.85
-    # the unmistakable ones fail every time
+    assert (true <= 1).mean() >= 0.88
+    assert (defects > 1).mean() >= 0.88
+    # the unmistakable ones fail nearly every time
     for kind in ("mirror", "stretch", "flat"):
-        assert all(d > 1 for k, d in scored if k == kind), kind
+        assert np.mean([d > 1 for k, d in scored if k == kind]) >= 0.95, kind
 
 
 @pytest.mark.parametrize("kind", KINDS)

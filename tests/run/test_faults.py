@@ -205,7 +205,12 @@ def test_run_through_faulty_storage_matches_clean_run(
     assert (
         faulty["manifest"]
         == clean["manifest"]
-        == {"by_status": {"ok": 12, "rejected": 0, "failed": 1}, "by_code": {"image_not_found": 1}}
+        == {
+            "by_status": {"ok": 12, "rejected": 0, "failed": 1},
+            "by_code": {"image_not_found": 1},
+            # the classical backend mirrors these crops near the seam: the score says so
+            "by_review": {"held": 12},
+        }
     )
     fs.invalidate_cache()
     for i in range(12):
