@@ -78,6 +78,7 @@ def cost(repeats: int = 5) -> list[dict]:
             row[f"decode_{fmt.lower()}_us_per_mp"] = round(
                 (time.perf_counter() - t0) / repeats / (side * side / 1e6) * 1e6
             )
+        judge(arr, box, QualityThresholds())  # warm: imports, OpenCV's first calls
         t0 = time.perf_counter()
         for _ in range(repeats):
             judge(arr, box, QualityThresholds())

@@ -38,6 +38,7 @@ DEFECTS = ("seam", "color", "blur", "noise", "flat", "mirror", "stretch", "struc
 SCALE_PX = 768  # the longer side the score looks at: a fixed scale, a bounded cost
 FEATHER = 8  # the paste-back's blend band inside the original (output.feather_px's default)
 BAND = 24  # px of each band compared across a seam
+REPEAT_PX = 320  # the longer side the search for a repeated original looks at
 SEGMENT = 16  # px of seam per comparison: the segments must agree on a step or a cast
 
 
@@ -84,9 +85,16 @@ def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, np.nda
 
 def _segment_medians(a: np.ndarray) -> np.ndarray:
     """Per segment of ``SEGMENT`` rows: the median of each channel (segments x channels)."""
-    n = max(1, a.shape[0] // SEGMENT)
-    parts = np.array_split(a.reshape(a.shape[0], -1, a.shape[-1]), n, axis=0)
-    return np.stack([np.median(p.reshape(-1, a.shape[-1]), axis=0) for p in parts])
+    rows, ch = a.shape[0], a.shape[-1]
+    n = max(1, rows // SEGMENT)
+    flat = a.reshape(rows, -1, ch)
+    q, extra = divmod(rows, n)  # as np.array_split: the first ``extra`` segments a row longer
+    out = []
+    for start, size, count in ((0, q + 1, extra), (extra * (q + 1), q, n - extra)):
+        if count:
+            block = flat[start : start + size * count].reshape(count, -1, ch)
+            out.append(np.median(block, axis=1))
+    return np.concatenate(out)
 
 
 def _consistent(d: np.ndarray) -> float:
@@ -266,11 +274,18 @@ def _structure(s: Seam, feather: int) -> float:
 def _repeat(image: np.ndarray, box: Box) -> float:
     """The best match of a piece of the original inside the generated area (normalised
     cross-correlation, pieces wholly outside the original), beyond the photo's own
-    self-similarity: the best match of the same piece elsewhere in the original."""
+    self-similarity: the best match of the same piece elsewhere in the original. Looked
+    for at most ``REPEAT_PX`` on the longer side: a repeated product is a large structure,
+    and the search's cost grows with the image's area times the piece's."""
     import cv2
 
+    H, W = image.shape[:2]
+    k = min(1.0, REPEAT_PX / max(H, W))
+    if k < 1.0:
+        W, H = max(1, round(W * k)), max(1, round(H * k))
+        image = cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA)
+        box = Box(round(box.x0 * k), round(box.y0 * k), round(box.x1 * k), round(box.y1 * k))
     grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    H, W = grey.shape
     gen_w = max(box.x0, W - box.x1)
     gen_h = max(box.y0, H - box.y1)
     best = 0.0
