@@ -28,7 +28,7 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 
 from ..common import retries, storage
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, InputConfig, LimitsConfig
 
 ROW_INDEX = "manifest_row"  # added on read: global row number, for duplicate-id precedence
 # added on read of a text manifest whose line is over limits.max_manifest_line_bytes: the
@@ -488,10 +488,12 @@ def check_reachable(index: ManifestIndex) -> None:
             )
 
 
-def read_slice(piece: Slice, cfg: Config, chunk_rows: int = 65_536) -> Iterator[pa.Table]:
+def read_slice(
+    piece: Slice, input_cfg: InputConfig, limits: LimitsConfig, chunk_rows: int = 65_536
+) -> Iterator[pa.Table]:
     """The rows of one slice in chunks of at most ``chunk_rows``, each with its
     ``manifest_row`` (run in workers)."""
-    fs, path = storage.filesystem(piece.uri, cfg.input.storage_options)
+    fs, path = storage.filesystem(piece.uri, input_cfg.storage_options)
     row = piece.row0
     if piece.format == "parquet":
         pf = storage.retry(pq.ParquetFile, path, filesystem=fs)
@@ -502,7 +504,7 @@ def read_slice(piece: Slice, cfg: Config, chunk_rows: int = 65_536) -> Iterator[
             )
         )
     else:
-        t = read_file(fs, path, piece.format, max_line=cfg.limits.max_manifest_line_bytes)
+        t = read_file(fs, path, piece.format, max_line=limits.max_manifest_line_bytes)
         batches = (t.slice(s, chunk_rows) for s in range(0, t.num_rows, chunk_rows))
     for t in batches:
         yield t.append_column(ROW_INDEX, pa.array(np.arange(row, row + t.num_rows, dtype=np.int64)))

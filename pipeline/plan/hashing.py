@@ -11,15 +11,16 @@ import pyarrow as pa
 
 from ..backends import spec_of
 from ..config import Config
+from .sections import PlanSections
 
 
-def model_identity(cfg: Config) -> dict:
+def model_identity(cfg: Config | PlanSections) -> dict:
     """The backend, its version and the settings that decide its pixels."""
     spec = spec_of(cfg.model)
     return {"backend": spec.name, "version": spec.version, **spec.settings(cfg.model)}
 
 
-def model_name(cfg: Config) -> str:
+def model_name(cfg: Config | PlanSections) -> str:
     """What made a row (the metadata's ``model``): the backend, and its weights or endpoint."""
     return spec_of(cfg.model).where(cfg.model)
 
@@ -36,7 +37,7 @@ LATER_OUTPUT_KEYS = (
 )
 
 
-def run_constant(cfg: Config) -> str:
+def run_constant(cfg: Config | PlanSections) -> str:
     """Everything outside the row that changes its output bytes."""
     o = cfg.output
     const = {
@@ -89,7 +90,7 @@ HASHED_FIELDS = (
 )
 
 
-def request_hashes(plan: pa.Table, identity: np.ndarray, cfg: Config) -> pa.Array:
+def request_hashes(plan: pa.Table, identity: np.ndarray, cfg: Config | PlanSections) -> pa.Array:
     """sha256 (hex, 32 chars) per row of (id, source identity, geometry, mode, steps,
     seed, prompt, format, model and encoding); null where the source has no identity.
 

@@ -21,6 +21,7 @@ from ..io.done import FNV_OFFSET, FNV_PRIME, M64, hash64, splitmix64
 from .cells import Problems, bool_column, column, enum_column, int_column, is_present, str_column
 from .geometry import ANCHOR_AXES
 from .product import backdrop_fields, subject_fields
+from .sections import PlanSections
 from .untrusted import caps, source_rules
 
 MODES = ("high", "fast")
@@ -137,7 +138,7 @@ def _choose(idx: np.ndarray, names: tuple[str, ...], given: pa.StringArray) -> p
     return pc.if_else(pa.array(idx >= 0), canon, given)
 
 
-def normalise(table: pa.Table, cfg: Config) -> Requests:
+def normalise(table: pa.Table, cfg: Config | PlanSections) -> Requests:
     """Apply defaults and type every request field; problems become messages (the first
     problem of a row wins, so the steps run in the contract's order)."""
     n = table.num_rows
@@ -256,7 +257,9 @@ def _placement(table: pa.Table, d, p: Problems) -> dict:
     }
 
 
-def _generation(table: pa.Table, cfg: Config, ids: pa.StringArray, p: Problems) -> dict:
+def _generation(
+    table: pa.Table, cfg: Config | PlanSections, ids: pa.StringArray, p: Problems
+) -> dict:
     """Mode, format, prompt, seed, variants."""
     d = cfg.defaults
     mode, mode_bad = str_column(table, "mode", d.mode)

@@ -31,9 +31,10 @@ from .hashing import request_hashes
 from .messages import geometry_messages, id_message
 from .product import plan_routes, sides_bits
 from .rows import Requests, normalise
+from .sections import PlanSections
 
 
-def plan_grid(cfg: Config) -> int:
+def plan_grid(cfg: Config | PlanSections) -> int:
     """Fast mode's alignment grid: a checkpoint's own (read from its VAE config, no
     weights), FLUX.1's 16 otherwise."""
     if not spec_of(cfg.model).checkpoint_grid:
@@ -88,7 +89,7 @@ class Batch:
     candidate: np.ndarray  # bool: done before, so worth learning whether its source changed
 
     @classmethod
-    def of(cls, table: pa.Table, cfg: Config) -> Batch:
+    def of(cls, table: pa.Table, cfg: PlanSections) -> Batch:
         n = table.num_rows
         req = normalise(table, cfg)
         has_rows = ROW_INDEX in table.column_names
@@ -180,11 +181,12 @@ class PlanStage:
 
     def __init__(
         self,
-        cfg: Config,
+        cfg: Config | PlanSections,
         duplicates: dict[str, int] | None = None,
         identify: bool = False,
         earlier: EarlierRuns | None = None,
     ):
+        cfg = PlanSections.of(cfg)  # the sections it reads: what it keeps and is pickled with
         self.cfg = cfg
         self.duplicates = duplicates or {}
         self.identify = identify

@@ -23,7 +23,7 @@ from ..io.imageio import ImageError, decode, resize
 from ..io.manifest import ROW_INDEX
 from ..plan.columns import REQUEST, VERSION_PREFIX
 from ..plan.hashing import HASHED_FIELDS, request_hashes
-from ..plan.stage import PlanStage
+from ..plan.stage import PlanSections, PlanStage
 from ..review.compose import flatten_alpha
 from .records import CARRIED, COLOR_FIELDS, PLANNED, Record, RowStage, elapsed_ms, todo
 
@@ -45,11 +45,11 @@ class Reference:
 
 class Replanner:
     """What the load stage needs of planning: a row planned again from the size its
-    bytes declare, and request hashes of what was really fetched. Planning reads the
-    whole config (defaults, sizing, the model's grid), so this holds it; the stage does not."""
+    bytes declare, and request hashes of what was really fetched. It holds planning's
+    sections (defaults, sizing, the model's grid...); the stage does not."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, cfg: Config | PlanSections):
+        self.cfg = PlanSections.of(cfg)
         self._planner: PlanStage | None = None
 
     def __getstate__(self):  # Ray tasks build their own planner

@@ -25,7 +25,7 @@ from ..config import Config
 from ..io import manifest, sources
 from ..io.done import EarlierRuns
 from ..io.outputs import OutputStore
-from ..plan.stage import PlanStage
+from ..plan.stage import PlanSections, PlanStage
 from .records import bulk_metadata
 
 # Columns of the slice table the driver hands to Ray Data (one row per slice).
@@ -88,7 +88,7 @@ class TriageStage:
 
     def __init__(
         self,
-        cfg: Config,
+        cfg: Config | PlanSections,
         store: OutputStore,
         run_id: str,
         duplicates=None,
@@ -97,7 +97,7 @@ class TriageStage:
         stats_to_store: bool = False,
         redo: dict[str, int] | None = None,
     ):
-        self.cfg = cfg
+        self.cfg = PlanSections.of(cfg)  # planning's sections; the slices read input and limits
         self.store = store
         self.run_id = run_id
         self.duplicates = duplicates
@@ -139,7 +139,9 @@ class TriageStage:
             else _resolve(self.earlier)
         )
         planner = PlanStage(self.cfg, _resolve(self.duplicates), identify=True, earlier=earlier)
-        for k, rows in enumerate(manifest.read_slice(piece, self.cfg, self.chunk_rows)):
+        for k, rows in enumerate(
+            manifest.read_slice(piece, self.cfg.input, self.cfg.limits, self.chunk_rows)
+        ):
             work, finished = self.triage(planner(rows), earlier)
             if finished.num_rows:
                 # one part per chunk, named by its place in the manifest: a retried task

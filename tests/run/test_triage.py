@@ -105,7 +105,11 @@ def test_slices_cover_every_row_once(tmp_path):
         index.rows == 20 and len(index.slices) == 2 + 3
     )  # 7 rows: groups 3+3 | 1; 13: 3+3 | 3+3 | 1; 0: none
     got = pa.concat_tables(
-        [t for s in index.slices for t in manifest.read_slice(s, cfg, chunk_rows=2)]
+        [
+            t
+            for s in index.slices
+            for t in manifest.read_slice(s, cfg.input, cfg.limits, chunk_rows=2)
+        ]
     )
     assert got.column("id").to_pylist() == index.ids.to_pylist()
     assert got.column("manifest_row").to_pylist() == list(range(20))
