@@ -67,22 +67,27 @@ class Review:
         self.outputs = InputConfig(manifest="-", storage_options=store.options)
         self.lock = threading.Lock()
         verdicts.apply(store)  # verdicts a crash left unapplied
-        self.rows = self._load()
+        # the generated rows' metadata, read once: a verdict updates it here and in a new
+        # part, never by reading the whole metadata again
+        self.meta = self._load()
+        self.at = {row_id: i for i, row_id in enumerate(self.meta.column("id").to_pylist())}
+        self.changed: dict[str, dict] = {}
+        self.rows = self.meta.select(SHOWN).to_pylist()
+        held = {"held": 0, "rejected": 1}
+        self.rows.sort(
+            key=lambda r: (held.get(r["review_status"], 2), -(r["quality_distance"] or 0))
+        )
         self.by_id = {r["id"]: r for r in self.rows}
 
-    def _load(self) -> list[dict]:
-        meta = self.store.metadata.read(SHOWN)
+    def _load(self) -> pa.Table:
+        meta = self.store.metadata.read()
         if meta is None:
-            return []
+            return pa.table({name: pa.array([], pa.string()) for name in SHOWN})
         for name in SHOWN:
             if name not in meta.column_names:
                 meta = meta.append_column(name, pa.nulls(meta.num_rows))
         ok = pc.and_(pc.equal(meta.column("status"), "ok"), meta.column("generated"))
-        meta = meta.filter(pc.and_(ok, pc.is_valid(meta.column("output_uri"))).fill_null(False))
-        rows = meta.select(SHOWN).to_pylist()
-        held = {"held": 0, "rejected": 1}
-        rows.sort(key=lambda r: (held.get(r["review_status"], 2), -(r["quality_distance"] or 0)))
-        return rows
+        return meta.filter(pc.and_(ok, pc.is_valid(meta.column("output_uri"))).fill_null(False))
 
     def counts(self) -> list[tuple[str, int]]:
         found: dict[str, int] = {}
@@ -93,11 +98,16 @@ class Review:
 
     def judge(self, row_id: str, verdict: str, reviewer: str | None) -> dict:
         with self.lock:
-            verdicts.cast(self.store, [row_id], verdict, reviewer)
-            fresh = self.store.metadata.read(["id", "review_status", "output_uri"])
-            fresh = fresh.filter(pc.equal(fresh.column("id"), row_id)).to_pylist()[0]
-            self.by_id[row_id].update(fresh)
-            return self.by_id[row_id]
+            row = self.changed.get(row_id)
+            if row is None:
+                row = self.meta.slice(self.at[row_id], 1).to_pylist()[0]
+                self.changed[row_id] = row
+            verdicts.cast(
+                self.store, [row_id], verdict, reviewer, ({row_id: row}, self.meta.schema)
+            )
+            shown = self.by_id[row_id]
+            shown.update(review_status=row["review_status"], output_uri=row["output_uri"])
+            return shown
 
     def picture(self, row_id: str, which: str) -> bytes | None:
         row = self.by_id.get(row_id)

@@ -38,13 +38,17 @@ class VerdictError(ValueError):
     """A verdict that cannot be cast: an unknown id, a row with nothing to judge."""
 
 
-def cast(store: OutputStore, ids, verdict: str, reviewer: str | None = None) -> list[dict]:
+def cast(
+    store: OutputStore, ids, verdict: str, reviewer: str | None = None, found=None
+) -> list[dict]:
     """Persist a verdict on each of ``ids``, then apply it. Every id must name a generated
-    ok row of the output; nothing is written for any of them otherwise."""
+    ok row of the output; nothing is written for any of them otherwise. ``found``: (the
+    rows' latest metadata by id, the metadata's schema) when the caller holds them (the
+    review page: no read of the whole metadata per click); they are updated in place."""
     if verdict not in STATUS:
         raise VerdictError(f"a verdict is {APPROVE!r} or {REJECT!r}, not {verdict!r}")
     ids = list(dict.fromkeys(ids))
-    rows, schema = _rows(store, ids)
+    rows, schema = _rows(store, ids) if found is None else found
     unknown = [i for i in ids if i not in rows]
     if unknown:
         raise VerdictError(f"not a generated ok row of this output: {', '.join(unknown[:5])}")
