@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from .base import Section as _Section
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
 
 class ServeConfig(_Section):
     """``outpaint serve``: the hosted API's contract on Ray Serve (docs/serving.md)."""
@@ -17,6 +19,12 @@ class ServeConfig(_Section):
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 "min_replicas must not exceed max_replicas (the autoscaling range is min..max)"
+            )
+        if self.host not in LOOPBACK and self.public_url is None and not self.allowed_hosts:
+            raise ValueError(
+                f"host {self.host} listens beyond loopback: set public_url (the address clients "
+                "reach) or allowed_hosts (the Host values accepted), so no request's Host header "
+                "ends up in the URLs handed out"
             )
         return self
 
@@ -39,6 +47,14 @@ class ServeConfig(_Section):
         None,
         description="the server's address as clients reach it (a load balancer, an ingress), "
         "for polling_url and result.sample; default: the address the request came to",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values (name or name:port) whose address goes into polling and "
+        "result URLs when public_url is unset; loopback names always; others: 400",
+    )
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that sends nothing for this long: 408"
     )
     max_active_per_key: int = Field(
         24,

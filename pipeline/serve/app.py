@@ -19,7 +19,6 @@ import path for ``serve run`` and a KubeRay ``RayService`` (docs/serving.md).
 
 import asyncio
 import collections
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ from ray import serve
 
 from ..backends import spec_of
 from ..config import Config, dump, from_dict
+from ..config.serve import LOOPBACK
 from ..io.outputs import new_run_id
 from ..run.cluster import model_resources
 from . import contract
@@ -52,19 +52,38 @@ app = FastAPI(title="outpaint serve", description="The hosted FLUX Outpainting A
 # module's names as they are then
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
+class Stalled(Exception):
+    """A request body that stopped arriving (408)."""
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes | None:
     """The body, or None past ``limit`` bytes (read no further: a client cannot make the
-    server buffer more than it allows)."""
+    server buffer more than it allows); ``Stalled`` when no byte came for ``timeout_s``."""
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
+    if length and length.isascii() and length.isdigit() and int(length) > limit:
         return None
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise Stalled from None
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# Serve pickles the deployments when they are declared: what their methods call is defined
+# above them
+def owner_tag(digest: str) -> str:
+    """What a task records of the key that made it: a fingerprint of the key's digest
+    (never the key), enough to tell its owner from every other key."""
+    return digest[:16]
 
 
 def _short(e: BaseException) -> str:
@@ -170,32 +189,72 @@ class Api:
     # ------------------------------------------------------------------ submit
     @app.post(contract.PATH)
     async def submit(self, request: Request):
+        """Refused in the documented order: 403 (key), 413 (size), 408 (a stalled body),
+        422 (the body's shape, its image, then the planner), 429 (the key's limit)."""
         owner = self.keys.owner(request.headers.get("x-key"))
         if owner is None:
             return JSONResponse(FORBIDDEN, 403)
-        body = await _read_body(request, self.max_body)
+        base = self._base(request)
+        if base is None:
+            why = (
+                "this Host is not one the server answers for: set serve.public_url or list it "
+                "in serve.allowed_hosts"
+            )
+            return JSONResponse({"detail": why}, 400)
+        try:
+            body = await _read_body(request, self.max_body, self.serve.read_timeout_s)
+        except Stalled:
+            why = f"the request body stalled (serve.read_timeout_s = {self.serve.read_timeout_s:g})"
+            return JSONResponse({"detail": why}, 408)
         if body is None:
             why = f"request body over {self.max_body:,} bytes (serve.max_body_bytes)"
             return JSONResponse({"detail": why}, 413)
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            detail = [contract.error(None, f"JSON decode error: {e.msg}", "json_invalid")]
-            return JSONResponse({"detail": detail}, 422)
+        data, details = contract.decode(body)
+        if details:
+            return JSONResponse({"detail": details}, 422)
         req, details = contract.parse(data)
         if details:
             return JSONResponse({"detail": details}, 422)
-        if self.active[owner] >= self.serve.max_active_per_key:
-            return self._too_many()
         image, details = contract.image_bytes(req.input_image)
         if details:
             return JSONResponse({"detail": details}, 422)
-        task_id = new_task_id()
-        planned = await asyncio.to_thread(self._plan, task_id, req, image)
-        details = contract.plan_errors(planned)
-        if details:
-            return JSONResponse({"detail": details}, 422)
-        return await self._accept(request, task_id, req, planned, owner)
+        # the key's slot is taken before planning (no await between the check and the
+        # count: concurrent submissions cannot all pass it) and given back on any refusal
+        reserved = self._reserve(owner)
+        try:
+            task_id = new_task_id()
+            planned = await asyncio.to_thread(self._plan, task_id, req, image)
+            details = contract.plan_errors(planned)
+            if details:
+                return JSONResponse({"detail": details}, 422)
+            if not reserved:
+                return self._too_many()
+            accepted = await self._accept(base, task_id, req, planned, owner)
+            reserved = False  # the task holds the slot now, until it finishes
+            return accepted
+        finally:
+            if reserved:
+                self.active[owner] -= 1
+
+    def _base(self, request: Request) -> str | None:
+        """The address URLs are built on: ``serve.public_url``, else the request's own when
+        its Host is a loopback name or in ``serve.allowed_hosts`` (a Host header never
+        poisons a link otherwise); None: refuse."""
+        if self.serve.public_url:
+            return self.serve.public_url
+        host = request.headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name in LOOPBACK or host in self.serve.allowed_hosts or name in self.serve.allowed_hosts:
+            return str(request.base_url)
+        return None
+
+    def _reserve(self, owner: str) -> bool:
+        """One of the key's ``serve.max_active_per_key`` slots, if one is free. The count is
+        this ingress replica's (one by default): with several, each holds its own share."""
+        if self.active[owner] >= self.serve.max_active_per_key:
+            return False
+        self.active[owner] += 1
+        return True
 
     def _plan(self, task_id: str, req: contract.OutpaintRequest, image: bytes) -> pa.Table:
         return self.planner(contract.request_table(task_id, req, image))
@@ -208,7 +267,7 @@ class Api:
         wait = str(max(1, math.ceil(self.task_s)))
         return JSONResponse({"detail": detail}, 429, headers={"Retry-After": wait})
 
-    async def _accept(self, request, task_id, req, planned: pa.Table, owner: str):
+    async def _accept(self, base: str, task_id, req, planned: pa.Table, owner: str):
         row = planned.select(["source_width", "source_height", "canvas_width", "canvas_height"])
         row = row.to_pylist()[0]
         task = {
@@ -218,11 +277,11 @@ class Api:
             "width": row["canvas_width"],
             "height": row["canvas_height"],
             "output_format": req.output_format,
-            "base": self.serve.public_url or str(request.base_url),
+            "base": base,
+            "owner": owner_tag(owner),  # a task is its key's alone
         }
         await asyncio.to_thread(self.tasks.accepted, task)
         self.live[task_id] = task
-        self.active[owner] += 1
         follow = asyncio.create_task(self._follow(task, planned, owner))
         self.following.add(follow)
         follow.add_done_callback(self.following.discard)
@@ -284,12 +343,15 @@ class Api:
     # ------------------------------------------------------------------ poll
     @app.get("/v1/get_result")
     async def get_result(self, request: Request, id: str | None = None):
-        if self.keys.owner(request.headers.get("x-key")) is None:
+        owner = self.keys.owner(request.headers.get("x-key"))
+        if owner is None:
             return JSONResponse(FORBIDDEN, 403)
         task = None
         if is_task_id(id):
             task = self.live.get(id) or self.recent.get(id)
             task = task or await asyncio.to_thread(self.tasks.get, id)
+        if task is not None and task.get("owner") not in (None, owner_tag(owner)):
+            task = None  # another key's task: the same answer as an unknown id
         return self._answer(id, task)
 
     def _answer(self, task_id, task: dict | None) -> dict:

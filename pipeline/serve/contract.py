@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Literal
 
@@ -25,13 +26,17 @@ PATH = "/v1/flux-tools/outpainting-v1"
 MODE_RULES = ("reference_too_small", "reference_aspect", "aligned_canvas_too_large")
 _ASCII_SPACE = re.compile(rb"[ \t\r\n]+")
 INT32 = 2**31
+MAX_DEPTH = 32  # nesting of a request body: the documented one is flat
+MAX_DIGITS = 20  # of a JSON number: 32-bit fields need 11
 
 
 class OutpaintRequest(BaseModel):
     """The documented body of ``POST /v1/flux-tools/outpainting-v1``. Geometry (sizes,
     offsets, the 4 MP limit, fast mode's rules) is not checked here but by the planner."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: integers are JSON integers and booleans are booleans, as documented ("1024",
+    # 1024.0 or true for a width, "yes" or 1 for auto_crop are 422s, never guessed at)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     input_image: str = Field(description="base64 of the encoded reference image")
     # 32-bit bounds only (the planner's columns): the 64-px minimum and the 4 MP limit are
@@ -50,6 +55,87 @@ class OutpaintRequest(BaseModel):
 def error(field: str | None, msg: str, kind: str) -> dict:
     loc = ["body", field] if field else ["body"]
     return {"loc": loc, "msg": msg, "type": kind}
+
+
+def decode(body: bytes) -> tuple[object, list[dict]]:
+    """The body as JSON, or the 422 details saying why not: not UTF-8, not JSON, nested
+    deeper than ``MAX_DEPTH``, a number longer than ``MAX_DIGITS`` digits, NaN/Infinity, a
+    string holding a lone surrogate (not text: no encoder downstream takes it). Bounded
+    before parsing, so no body can exhaust the parser's stack or the int conversion."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, [error(None, f"body is not UTF-8 (byte {e.start})", "json_invalid")]
+    depth = _depth(text)
+    if depth > MAX_DEPTH:
+        return None, [
+            error(None, f"JSON nested {depth} deep (at most {MAX_DEPTH})", "json_invalid")
+        ]
+
+    def number(kind):
+        def parse_number(s: str):
+            if len(s) > MAX_DIGITS:
+                raise ValueError(f"a number of {len(s)} characters (at most {MAX_DIGITS})")
+            return kind(s)
+
+        return parse_number
+
+    def constant(name: str):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        data = json.loads(
+            text, parse_int=number(int), parse_float=number(float), parse_constant=constant
+        )
+    except json.JSONDecodeError as e:
+        return None, [error(None, f"JSON decode error: {e.msg}", "json_invalid")]
+    except (ValueError, RecursionError) as e:
+        return None, [error(None, f"JSON decode error: {e}", "json_invalid")]
+    bad = _not_text(data)
+    if bad is not None:
+        return None, [error(bad, "a string that is not text (a lone surrogate)", "string_type")]
+    return data, []
+
+
+def _depth(text: str) -> int:
+    """How deep ``[`` and ``{`` nest, outside strings (a linear scan, no recursion)."""
+    deepest = depth = 0
+    inside = escaped = False
+    for ch in text:
+        if inside:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                inside = False
+        elif ch == '"':
+            inside = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _not_text(data) -> str | None:
+    """The field (or key) of the first string that does not encode as UTF-8, if any."""
+    items = (
+        data.items()
+        if isinstance(data, dict)
+        else enumerate(data if isinstance(data, list) else [])
+    )
+    for key, value in items:
+        for s in (key, value):
+            if isinstance(s, str):
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    return str(key).encode("utf-8", "replace").decode()
+        if isinstance(value, (dict, list)) and _not_text(value) is not None:
+            return str(key).encode("utf-8", "replace").decode()
+    return None
 
 
 def parse(body: object) -> tuple[OutpaintRequest | None, list[dict]]:

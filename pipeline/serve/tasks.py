@@ -131,7 +131,10 @@ class Signer:
 
     def check(self, name: str, exp: str | None, sig: str | None) -> str | None:
         """None when the URL is genuine and current; else why not (403)."""
-        if not exp or not sig or not exp.isdigit() or RESULT_NAME.match(name) is None:
+        # ASCII digits only, and few: str.isdigit() takes "²" and "①", which int() refuses
+        if not exp or not sig or not (exp.isascii() and exp.isdigit() and len(exp) <= 12):
+            return "Invalid signature"
+        if RESULT_NAME.match(name) is None:
             return "Invalid signature"
         if not hmac.compare_digest(self._sig(name, int(exp)), sig):
             return "Invalid signature"

@@ -46,7 +46,7 @@ def test_unknown_fields_are_422_with_the_hint_and_no_echo():
     "fields,field,kind",
     [
         ({"height": 64}, "width", "missing"),
-        ({"width": "wide", "height": 64}, "width", "int_parsing"),
+        ({"width": "wide", "height": 64}, "width", "int_type"),  # strict: a string is no int
         ({"width": 64, "height": 64, "mode": "slow"}, "mode", "literal_error"),
         ({"width": 64, "height": 64, "output_format": "gif"}, "output_format", "literal_error"),
         ({"width": 64, "height": 64, "safety_tolerance": 6}, "safety_tolerance", "less_than_equal"),
@@ -225,3 +225,42 @@ def test_only_ids_this_server_makes_reach_the_store():
     assert is_task_id(new_task_id())
     for bad in ("../x", "a" * 36, None, 5, new_task_id() + "/../../x", new_task_id().upper()):
         assert not is_task_id(bad)
+
+
+def test_decode_bounds_what_it_parses():
+    from pipeline.serve.contract import MAX_DEPTH, decode
+
+    assert decode(b'{"width": 300}') == ({"width": 300}, [])
+    for raw, why in (
+        (b"\xe9", "not UTF-8"),
+        (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "nested"),
+        (b'{"width": 1' + b"0" * 30 + b"}", "characters"),
+        (b'{"x": NaN}', "not JSON"),
+        (b'{"prompt": "a\\ud800b"}', "not text"),
+        (b"{", "JSON decode error"),
+    ):
+        data, details = decode(raw)
+        assert data is None and why in details[0]["msg"], (raw[:20], details)
+    # brackets inside strings are text, not nesting
+    deep_text = b'{"prompt": "' + b"[" * 100 + b'"}'
+    assert decode(deep_text)[1] == []
+
+
+def test_integers_are_integers_and_booleans_booleans():
+    from pipeline.serve.contract import parse
+
+    base = {"input_image": "eA==", "width": 300, "height": 300}
+    assert parse(base)[1] == []
+    for field, value in (("width", "300"), ("width", 300.0), ("height", True), ("auto_crop", 1)):
+        _, details = parse({**base, field: value})
+        assert details and details[0]["loc"] == ["body", field], (field, value, details)
+
+
+def test_a_delivery_exp_is_ascii_digits():
+    from pipeline.serve.tasks import Signer
+
+    signer = Signer(b"k" * 32, 600)
+    for exp in ("²", "①", "9" * 5000, "-1", " 1"):
+        assert (
+            signer.check("0123456789abcdef0123456789abcdef.png", exp, "ab") == "Invalid signature"
+        )

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline import api
@@ -446,3 +448,151 @@ def test_active_limit_expiry_and_restart(http, tmp_path, photo, monkeypatch):
     assert status == 200 and same == image
     status, gone, _ = call("GET", f"{base}/v1/get_result?id={lost}")
     assert gone["status"] == "Error" and gone["details"]["code"] == "server_restarted"
+
+
+# ------------------------------------------------------------------ hostile clients (issue 37)
+
+
+def test_malformed_bodies_are_4xx_never_500(server, photo):
+    """Each of these was a 500: a body that is not UTF-8, a lone surrogate, JSON nested
+    50,000 deep, a 5,000-digit integer; and loose types are 422 (strict as documented)."""
+    base, _ = server
+    good = {"input_image": b64(encoded(photo)), "width": 300, "height": 300}
+    prefix = json.dumps(good)[:-1]
+    raws = {
+        "latin-1 byte": (prefix + ', "prompt": "caf\xe9"}').encode("latin-1"),
+        "garbage": b"\xff\xfe\xfd garbage",
+        "lone surrogate": (prefix + ', "prompt": "a\\ud800b"}').encode(),
+        "deep": b"[" * 50_000 + b"]" * 50_000,
+        "huge int": (prefix[: prefix.index('"width"')] + '"width": 1' + "0" * 5000 + ', "height": 300}').encode(),
+        "NaN": (prefix + ', "reference_offset_x": NaN}').encode(),
+    }  # fmt: skip
+    for name, raw in raws.items():
+        status, answer, _ = call("POST", base + PATH, raw=raw)
+        assert status == 422, (name, status, answer)
+        assert answer["detail"][0]["type"] in ("json_invalid", "string_type"), (name, answer)
+    loose = {
+        "width": "1024",
+        "height": 1024.0,
+        "auto_crop": "yes",
+        "reference_offset_x": True,
+    }
+    for field, value in loose.items():
+        status, answer, _ = call("POST", base + PATH, {**good, field: value})
+        assert status == 422 and answer["detail"][0]["loc"] == ["body", field], (field, answer)
+    assert call("POST", base + PATH, {**good, "auto_crop": 1})[0] == 422
+    # a delivery URL whose exp is not plain ASCII digits
+    for exp in ("%C2%B2", "%E2%91%A0", "9" * 5000):
+        status, answer, _ = call("GET", f"{base}/v1/delivery/x.png?exp={exp}&sig=ab", key=None)
+        assert status == 403 and answer == {"detail": "Invalid signature"}, exp
+    # and the server still answers a valid request
+    status, answer, _ = call("POST", base + PATH, good)
+    assert status == 200 and poll(answer["polling_url"])["status"] == "Ready"
+
+
+def test_a_task_is_its_key_s_alone(server, photo):
+    base, _ = server
+    body = {"input_image": b64(encoded(photo)), "width": 300, "height": 300}
+    status, submitted, _ = call("POST", base + PATH, body)
+    assert status == 200
+    mine = poll(submitted["polling_url"])
+    assert mine["status"] == "Ready"
+    status, theirs, _ = call("GET", submitted["polling_url"], key="second-key")
+    assert status == 200 and theirs["status"] == "Task not found" and theirs["result"] is None
+    unknown = call("GET", f"{base}/v1/get_result?id={new_task_id()}", key="second-key")[1]
+    assert {k: v for k, v in theirs.items() if k != "id"} == {
+        k: v for k, v in unknown.items() if k != "id"
+    }
+
+
+def test_a_poisoned_host_header_is_refused(server, photo):
+    base, _ = server
+    body = json.dumps({"input_image": b64(encoded(photo)), "width": 300, "height": 300}).encode()
+    headers = {"content-type": "application/json", "x-key": KEY, "Host": "evil.example"}
+    req = urllib.request.Request(base + PATH, data=body, method="POST", headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=60)
+    assert e.value.code == 400 and b"serve.public_url" in e.value.read()
+
+
+def test_a_burst_holds_the_per_key_limit_and_422_comes_before_429(
+    http, tmp_path, photo, monkeypatch
+):
+    """32 submissions released together against a limit of 24: exactly 24 accepted (the
+    slot is reserved before planning); at the limit a broken request is still a 422."""
+    import threading
+
+    slow = dict(max_active_per_key=24, batch_wait_s=4.0, max_batch_size=64)
+    base = deploy(http, tmp_path / "out", monkeypatch, **slow)
+    body = {"input_image": b64(encoded(photo)), "width": 300, "height": 300}
+    barrier = threading.Barrier(32)
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def one():
+        barrier.wait()
+        status = call("POST", base + PATH, body)[0]
+        with lock:
+            codes.append(status)
+
+    threads = [threading.Thread(target=one) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(codes) == [200] * 24 + [429] * 8, codes
+    broken = {**body, "input_image": "%%% not base64"}
+    status, answer, _ = call("POST", base + PATH, broken)
+    assert status == 422 and answer["detail"][0]["type"] == "base64_decode"
+    assert call("POST", base + PATH, body)[0] == 429
+
+
+def test_a_stalled_body_is_cut_at_the_read_timeout(http, tmp_path, photo, monkeypatch):
+    import socket
+
+    base = deploy(http, tmp_path / "out", monkeypatch, read_timeout_s=1.0)
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        head = (
+            f"POST {PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nx-key: {KEY}\r\n"
+            "content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+        )
+        s.sendall(head.encode() + b'{"width": 1')
+        start = time.time()
+        reply = s.recv(4096).decode("latin-1")
+    assert reply.startswith("HTTP/1.1 408"), reply[:200]
+    assert time.time() - start < 20
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+            lambda c: (
+                st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=10), c, max_size=4)
+            ),
+            max_leaves=10,
+        ).map(lambda v: json.dumps(v).encode()),
+    ),
+    header=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+    exp=st.text(max_size=20),
+    sig=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=70),
+)
+def test_generated_requests_are_never_a_5xx(server, body, header, exp, sig):
+    """Property: whatever the body, a header's value or a delivery URL's query, the
+    answer is a 2xx or a 4xx, and the server goes on answering."""
+    from urllib.parse import quote
+
+    base, _ = server
+    for key in (KEY, header or None):
+        status = call("POST", base + PATH, raw=body, key=key)[0]
+        assert status < 500, (body[:80], key)
+    url = f"{base}/v1/delivery/x.png?exp={quote(exp)}&sig={quote(sig)}"
+    assert call("GET", url, key=None)[0] < 500
+    assert call("GET", f"{base}/v1/get_result?id={quote(exp)}")[0] < 500
