@@ -53,6 +53,13 @@ class ServeConfig(_Section):
         description="Host header values (name or name:port) whose address goes into polling and "
         "result URLs when public_url is unset; loopback names always; others: 400",
     )
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM (a rolling update, a node drain) or shutdown: how long the server "
+        "finishes the tasks it accepted before it stops (503 to new ones meanwhile); "
+        "Kubernetes' default grace period is 30 s",
+    )
     read_timeout_s: float = Field(
         30.0, gt=0, description="a request body that sends nothing for this long: 408"
     )

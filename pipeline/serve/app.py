@@ -182,6 +182,8 @@ class Api:
             4 * math.ceil(cfg.limits.max_source_bytes / 3) + 65_536
         )
         self.metrics = _metrics()
+        self.draining = False
+        self.stopped: set[str] = set()  # tasks the drain gave up on
         lost = self.tasks.recover()
         if lost:
             log.warning("outpaint serve: %d task(s) of an earlier start ended Error", lost)
@@ -191,6 +193,9 @@ class Api:
     async def submit(self, request: Request):
         """Refused in the documented order: 403 (key), 413 (size), 408 (a stalled body),
         422 (the body's shape, its image, then the planner), 429 (the key's limit)."""
+        if self.draining:  # shutting down: finishing what it accepted, taking nothing new
+            why = "the server is shutting down; submit again (another replica or its restart)"
+            return JSONResponse({"detail": why}, 503, headers={"Retry-After": "5"})
         owner = self.keys.owner(request.headers.get("x-key"))
         if owner is None:
             return JSONResponse(FORBIDDEN, 403)
@@ -302,7 +307,10 @@ class Api:
             final = {**task, "status": ERROR, "finished_at": time.time()}
             final["details"] = {"code": "generation_failed", "message": _short(e)}
         try:
-            await asyncio.to_thread(self.tasks.finished, final)
+            if task["id"] in self.stopped:  # the drain recorded it already: drop what came late
+                await asyncio.to_thread(self.tasks.drop_image, task)
+            else:
+                await asyncio.to_thread(self.tasks.finished, final)
         finally:
             self.active[owner] -= 1
             self.live.pop(task["id"], None)
@@ -327,12 +335,32 @@ class Api:
     async def _call(self, planned: pa.Table) -> dict:
         return await self.model.run.remote(planned)
 
+    async def __del__(self):
+        """Serve's shutdown (SIGTERM of ``outpaint serve``, a RayService's rolling update):
+        take no new task, finish those accepted within ``serve.drain_s``, record each, and
+        end the rest ``Error`` (``server_stopped``) with no image left behind."""
+        self.draining = True
+        end = time.monotonic() + self.serve.drain_s
+        while self.live and time.monotonic() < end:
+            await asyncio.sleep(0.1)
+        message = (
+            f"the server stopped before this task finished (serve.drain_s = "
+            f"{self.serve.drain_s:g} s); submit it again (not charged)"
+        )
+        for task_id, task in list(self.live.items()):
+            self.stopped.add(task_id)
+            await asyncio.to_thread(self.tasks.stopped, task, message)
+        if self.live:
+            log.warning("outpaint serve: %d task(s) stopped unfinished", len(self.live))
+
     def _final(self, task: dict, result: dict) -> dict:
         final = {**task, "finished_at": time.time(), "route": result.get("route")}
         if result["status"] == "ok":
             name = result["output_uri"].rsplit("/", 1)[-1]
             return {**final, "status": READY, "result_name": name, "seed": result.get("seed")}
-        details = {"code": result["error_code"], "message": result["error_message"]}
+        # the client's names in messages: its field is input_image, not the planner's column
+        message = (result["error_message"] or "").replace("image_bytes", "input_image")
+        details = {"code": result["error_code"], "message": message}
         return {**final, "status": ERROR, "details": details}
 
     def _remember(self, task: dict) -> None:
@@ -424,12 +452,16 @@ def application(cfg: Config, verbose: bool = False):
             }
         }
     )
+    # the drain: Serve waits this long for a replica's shutdown (the ingress's __del__
+    # finishing its tasks, the model replica's calls in flight) before it kills it
+    grace = {"graceful_shutdown_timeout_s": s.drain_s + 10, "graceful_shutdown_wait_loop_s": 0.5}
     model = Outpainter.options(
         ray_actor_options=resources.options(),
         max_ongoing_requests=max(2 * max_batch, 8),
         **replicas,
+        **grace,
     ).bind(config, run_id, max_batch, s.batch_wait_s)
-    return Api.bind(model, config, run_id, digests, secret, verbose)
+    return Api.options(**grace).bind(model, config, run_id, digests, secret, verbose)
 
 
 def build(args: dict):

@@ -47,4 +47,9 @@ def serve(cfg: Config, *, ready: Callable[[str, str], None] | None = None, block
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        # the application first, waiting for its replicas' drain (serve.drain_s: the tasks
+        # accepted finish and are recorded), then Serve itself
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ray_serve.delete("outpaint", _blocking=True)
         ray_serve.shutdown()

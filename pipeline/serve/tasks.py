@@ -21,7 +21,7 @@ import uuid
 from urllib.parse import urlencode
 
 from ..io.folder import OutputFolder
-from ..io.images import IMAGES
+from ..io.images import IMAGES, image_name
 
 PENDING, READY, ERROR, NOT_FOUND = "Pending", "Ready", "Error", "Task not found"
 TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -80,13 +80,34 @@ class TaskStore:
         )
 
     def failed(self, task: dict, code: str, message: str) -> dict:
+        """The task ends ``Error``; an image the model wrote for it is removed (nothing
+        stays under images/ that no Ready task points to)."""
         done = {**task, "status": ERROR, "finished_at": time.time()}
         done["details"] = {"code": code, "message": message}
         self.finished(done)
+        self.drop_image(task)
         return done
 
+    def drop_image(self, task: dict) -> None:
+        if task.get("output_format"):
+            self.folder.remove(
+                posixpath.join(IMAGES, image_name(task["id"], task["output_format"]))
+            )
+
+    def stopped(self, task: dict, message: str) -> dict:
+        """A task the server stopped before it finished: ``Error`` (``server_stopped``),
+        and a marker, so an image the model replica writes after the process is gone is
+        removed by the next start."""
+        self._put(posixpath.join("serve", "stopped", f"{task['id']}.json"), task)
+        return self.failed(task, "server_stopped", message)
+
     def recover(self) -> int:
-        """Tasks an earlier start of the server left pending end ``Error``; their count."""
+        """Tasks an earlier start of the server left pending end ``Error``, and images
+        written for the tasks it stopped are removed; the count of the former."""
+        for name in self.folder.names(posixpath.join("serve", "stopped")):
+            marker = posixpath.join("serve", "stopped", name)
+            self.drop_image(self.folder.read_json(marker))
+            self.folder.remove(marker)
         lost = 0
         for name in self.folder.names(posixpath.join("serve", "pending")):
             task = self.folder.read_json(posixpath.join("serve", "pending", name))

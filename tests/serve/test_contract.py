@@ -264,3 +264,27 @@ def test_a_delivery_exp_is_ascii_digits():
         assert (
             signer.check("0123456789abcdef0123456789abcdef.png", exp, "ab") == "Invalid signature"
         )
+
+
+def test_a_task_the_drain_gave_up_on_leaves_no_image(tmp_path):
+    """Ended ``server_stopped``; an image the model replica writes after the process is
+    gone is removed by the next start; a Ready task's image is never touched."""
+    from pipeline.io.folder import OutputFolder
+    from pipeline.serve.tasks import ERROR, PENDING, READY, TaskStore, new_task_id
+
+    folder = OutputFolder(str(tmp_path))
+    store = TaskStore(folder, "start-1", 900)
+    stopped = {"id": new_task_id(), "status": PENDING, "submitted_at": 1.0, "output_format": "png"}
+    ready = {**stopped, "id": new_task_id()}
+    for task in (stopped, ready):
+        store.accepted(task)
+        folder.put(f"images/{task['id']}.png", b"png")
+    store.finished({**ready, "status": READY, "result_name": f"{ready['id']}.png"})
+    store.stopped(stopped, "stopped")
+    assert store.get(stopped["id"])["details"]["code"] == "server_stopped"
+    assert store.get(stopped["id"])["status"] == ERROR
+    assert not (tmp_path / "images" / f"{stopped['id']}.png").exists()
+    folder.put(f"images/{stopped['id']}.png", b"late")  # the model replica, after the drain
+    TaskStore(folder, "start-2", 900).recover()
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"{ready['id']}.png"]
+    assert not list((tmp_path / "serve" / "stopped").iterdir())

@@ -596,3 +596,38 @@ def test_generated_requests_are_never_a_5xx(server, body, header, exp, sig):
     url = f"{base}/v1/delivery/x.png?exp={quote(exp)}&sig={quote(sig)}"
     assert call("GET", url, key=None)[0] < 500
     assert call("GET", f"{base}/v1/get_result?id={quote(exp)}")[0] < 500
+
+
+def test_sigterm_finishes_the_accepted_tasks_then_exits(tmp_path, photo):
+    """A rolling update's SIGTERM with tasks in flight: each accepted task is finished and
+    recorded Ready before the process exits, and a new start (its recovery) finds them
+    Ready with their images, and no image that no Ready task points to."""
+    from pipeline.serve.tasks import READY, TaskStore
+
+    port = _free_port()
+    out = tmp_path / "out"
+    env = {**os.environ, "OUTPAINT_SERVE_KEYS": "cli-key", "RAY_ADDRESS": ""}
+    args = [sys.executable, "-m", "pipeline", "serve", "configs/serve.yaml", "--port", str(port)]
+    args += ["--set", f"output.uri={out}", "--set", "runtime.num_cpus=2"]
+    args += ["--set", "serve.batch_wait_s=3", "--set", "serve.max_batch_size=16"]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("outpaint serve:"), (line, proc.poll())
+        base = f"http://127.0.0.1:{port}"
+        body = {"input_image": b64(encoded(photo)), "width": 320, "height": 240}
+        ids = [call("POST", base + PATH, body, key="cli-key")[1]["id"] for _ in range(5)]
+        proc.send_signal(signal.SIGTERM)  # the tasks wait for their batch: all in flight
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = TaskStore(OutputFolder(str(out)), "a-new-start", 900)
+    store.recover()
+    tasks = {i: store.get(i) for i in ids}
+    assert {t["status"] for t in tasks.values()} == {READY}, tasks
+    images = sorted(p.name for p in (out / "images").iterdir())
+    assert images == sorted(t["result_name"] for t in tasks.values())
+    assert not list((out / "serve" / "pending").glob("*.json"))
