@@ -21,7 +21,7 @@ import uuid
 from urllib.parse import urlencode
 
 from ..io.folder import OutputFolder
-from ..io.images import IMAGES, image_name
+from ..io.images import HELD, IMAGES, image_name
 
 PENDING, READY, ERROR, NOT_FOUND = "Pending", "Ready", "Error", "Task not found"
 TASK_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -90,9 +90,9 @@ class TaskStore:
 
     def drop_image(self, task: dict) -> None:
         if task.get("output_format"):
-            self.folder.remove(
-                posixpath.join(IMAGES, image_name(task["id"], task["output_format"]))
-            )
+            name = image_name(task["id"], task["output_format"])
+            for directory in (IMAGES, HELD):
+                self.folder.remove(posixpath.join(directory, name))
 
     def stopped(self, task: dict, message: str) -> dict:
         """A task the server stopped before it finished: ``Error`` (``server_stopped``),
@@ -120,10 +120,14 @@ class TaskStore:
         return lost
 
     def image(self, name: str) -> bytes | None:
-        try:
-            return self.folder.read_bytes(posixpath.join(IMAGES, name))
-        except FileNotFoundError:
-            return None
+        """A result's bytes: under images/, or held/ where the quality gate held it (the
+        API's client asked for it and decides what to publish)."""
+        for directory in (IMAGES, HELD):
+            try:
+                return self.folder.read_bytes(posixpath.join(directory, name))
+            except FileNotFoundError:
+                continue
+        return None
 
     @staticmethod
     def _pending(task_id: str) -> str:
