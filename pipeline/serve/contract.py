@@ -28,6 +28,8 @@ _ASCII_SPACE = re.compile(rb"[ \t\r\n]+")
 INT32 = 2**31
 MAX_DEPTH = 32  # nesting of a request body: the documented one is flat
 MAX_DIGITS = 20  # of a JSON number: 32-bit fields need 11
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string (unrolled: runs at C speed)
+OPEN, CLOSE = (ord("["), ord("{")), (ord("]"), ord("}"))
 
 
 class OutpaintRequest(BaseModel):
@@ -98,25 +100,14 @@ def decode(body: bytes) -> tuple[object, list[dict]]:
 
 
 def _depth(text: str) -> int:
-    """How deep ``[`` and ``{`` nest, outside strings (a linear scan, no recursion)."""
-    deepest = depth = 0
-    inside = escaped = False
-    for ch in text:
-        if inside:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                inside = False
-        elif ch == '"':
-            inside = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
+    """How deep ``[`` and ``{`` nest outside strings: the strings cut out by one regular
+    expression (C speed over a megabyte of base64), then a running count in NumPy."""
+    import numpy as np
+
+    skeleton = _STRING.sub('""', text).encode("utf-8", "replace")
+    chars = np.frombuffer(skeleton, np.uint8)
+    step = np.isin(chars, OPEN).astype(np.int64) - np.isin(chars, CLOSE).astype(np.int64)
+    return int(np.cumsum(step).max(initial=0))
 
 
 def _not_text(data) -> str | None:
