@@ -11,11 +11,13 @@ import shutil
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.io.outputs import OutputStore
 from pipeline.review.app import Review, make_server
+
+from ..fuzz import SERVER, bodies
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -124,20 +126,9 @@ def test_no_verdict_without_the_token_or_from_another_host(server):
         r.read()
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SERVER
 @given(
-    body=st.one_of(
-        st.binary(max_size=300),
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-            max_leaves=8,
-        ).map(lambda v: json.dumps(v).encode()),
-    ),
+    body=bodies(),
     kind=st.sampled_from(["application/json", "text/plain", "", "application/json; charset=x"]),
     path=st.text(
         alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=30

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -28,6 +28,7 @@ from pipeline.io.folder import OutputFolder
 from pipeline.serve.tasks import PENDING, new_task_id
 
 from ..conftest import BFL_KEY_ENV, _free_port, write_manifest
+from ..fuzz import SERVER, bodies
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 KEY = os.environ[BFL_KEY_ENV]
@@ -564,22 +565,9 @@ def test_a_stalled_body_is_cut_at_the_read_timeout(http, tmp_path, photo, monkey
     assert time.time() - start < 20
 
 
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SERVER
 @given(
-    body=st.one_of(
-        st.binary(max_size=200),
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
-            lambda c: (
-                st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=10), c, max_size=4)
-            ),
-            max_leaves=10,
-        ).map(lambda v: json.dumps(v).encode()),
-    ),
+    body=bodies(),
     header=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
     exp=st.text(max_size=20),
     sig=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=70),
