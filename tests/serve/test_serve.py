@@ -584,6 +584,8 @@ def test_generated_requests_are_never_a_5xx(server, body, header, exp, sig):
     url = f"{base}/v1/delivery/x.png?exp={quote(exp)}&sig={quote(sig)}"
     assert call("GET", url, key=None)[0] < 500
     assert call("GET", f"{base}/v1/get_result?id={quote(exp)}")[0] < 500
+    # and it still answers a valid request
+    assert call("GET", f"{base}/v1/credits")[:2] == (200, {"credits": 1_000_000.0})
 
 
 def test_sigterm_finishes_the_accepted_tasks_then_exits(tmp_path, photo):
