@@ -421,7 +421,7 @@ def test_active_limit_expiry_and_restart(http, tmp_path, photo, monkeypatch):
     done = poll(first[0][1]["polling_url"])
     assert done["status"] == "Ready"
     # the three tasks submitted within batch_wait_s went to the model in one call
-    assert poll(third["polling_url"])["status"] == "Ready"
+    assert poll(third["polling_url"], key="second-key")["status"] == "Ready"  # its key's task
     from ray import serve
 
     model = serve.get_deployment_handle("Outpainter", app_name="outpaint")
