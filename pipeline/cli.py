@@ -447,10 +447,16 @@ def cmd_bench(args) -> int:
 def add_make_test_model(sub) -> None:
     sp = sub.add_parser(
         "make-test-model",
-        help="write a tiny FLUX Fill pipeline with random weights (tests, trials)",
+        help="write a tiny pipeline with random weights (FLUX Fill or an inpainting family; tests, trials)",
     )
     sp.add_argument("dir", help="output directory")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--family",
+        choices=["flux-fill", "sdxl", "z-image", "flux2-klein"],
+        default="flux-fill",
+        help="flux-fill (model.backend flux-fill) or an inpainting family (model.backend diffusers)",
+    )
     sp.add_argument(
         "--fill",
         choices=["grey", "contrast", "green", "blue", "magenta"],
@@ -460,6 +466,15 @@ def add_make_test_model(sub) -> None:
 
 
 def cmd_make_test_model(args) -> int:
+    if args.family != "flux-fill":
+        from .backends.tinyinpaint import make_tiny_inpaint
+
+        out = make_tiny_inpaint(args.dir, args.family, seed=args.seed)
+        print(
+            f"tiny {args.family} inpainting pipeline (random weights) written to {out}; use "
+            f"model.backend: diffusers, model.path: {out}, model.dtype: float32 on CPU"
+        )
+        return 0
     out = api.make_test_model(args.dir, seed=args.seed, fill=args.fill)
     print(
         f"tiny FLUX Fill pipeline (random weights) written to {out}; use model.backend: flux-fill, "

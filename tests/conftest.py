@@ -183,3 +183,14 @@ def tiny_flux(tmp_path_factory):
     from pipeline.backends.testmodel import make_test_model
 
     return make_test_model(str(tmp_path_factory.mktemp("models") / "tiny-flux"))
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint(tmp_path_factory):
+    """Tiny random-weight inpainting checkpoints of three families (model.backend:
+    diffusers), saved with save_pretrained beside a model card: family -> directory."""
+    pytest.importorskip("diffusers")
+    from pipeline.backends.tinyinpaint import FAMILIES, make_tiny_inpaint
+
+    root = tmp_path_factory.mktemp("inpaint-models")
+    return {f: make_tiny_inpaint(str(root / f), f) for f in FAMILIES}

@@ -9,8 +9,9 @@ canvas, same size. Backends never see Arrow or Ray: stages do that.
 
 Holds ``classical`` (CPU default), ``solid`` (plain padding), ``flux`` (FLUX.1 Fill on
 GPU actors) with ``accel`` (its speed settings) and ``testmodel`` (a tiny random-weight
-checkpoint), ``bfl`` (the hosted FLUX Outpainting API), and ``canvas`` (the reference
-placed on its canvas, fill colours).
+checkpoint), ``inpaint`` (any diffusers inpainting checkpoint) with ``tinyinpaint`` (tiny
+checkpoints of three families), ``bfl`` (the hosted FLUX Outpainting API), and ``canvas``
+(the reference placed on its canvas, fill colours).
 
 May import: the shared packages (``common``, ``config``) and ``io``. Never ``plan``, ``review`` or ``run``.
 """
@@ -102,7 +103,9 @@ class BackendSpec:
     # the hosted API, whose account-wide task limit one process must hold
     one_conversation: bool = False
     hosted: bool = False  # a paid API: key checked at start, tasks and credits counted, no seeds
-    checkpoint_grid: bool = False  # fast mode aligns to the checkpoint's own grid
+    # the checkpoint's own alignment grid (fast mode aligns to it), read without weights;
+    # None: FLUX.1's 16
+    grid: Callable[[object], int] | None = None
     # another seed gives another canvas: the quality gate retries a failing row with one
     # (a deterministic backend would give the same pixels: its failing rows are held at once)
     reseedable: bool = False
@@ -126,6 +129,38 @@ def _flux_settings(m) -> dict:
     if m.quantize != "none":
         out["quantize"] = m.quantize
     return out
+
+
+def _flux_grid(m) -> int:
+    from .flux_weights import model_grid
+
+    return model_grid(m.path, m.storage_options)
+
+
+def _diffusers_grid(m) -> int:
+    from ..config.checkpoints import describe
+    from ..config.families import grid
+
+    return grid(describe(m.path, m.storage_options))
+
+
+def _diffusers_settings(m) -> dict:
+    """What decides a diffusers row's pixels beyond its plan (steps and seed are columns)."""
+    from ..config.checkpoints import describe
+    from ..config.families import runs_as
+
+    return {
+        "path": m.path,
+        "class": runs_as(describe(m.path, m.storage_options)),
+        "guidance": m.guidance,
+        "dtype": m.dtype,
+        "fill": m.fill,
+        "negative_prompt": m.negative_prompt,
+        "pipeline_kwargs": m.pipeline_kwargs,
+        "image_reference": m.image_reference,
+        "quantize": m.quantize,
+        "mask_grow_px": m.mask_grow_px,
+    }
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -156,10 +191,22 @@ BACKENDS: dict[str, BackendSpec] = {
             actor=True,
             gpu=True,
             learned=True,
-            checkpoint_grid=True,
+            grid=lambda m: _flux_grid(m),
             reseedable=True,
             settings=_flux_settings,
             where=lambda m: f"flux-fill:{m.path}",
+        ),
+        BackendSpec(
+            "diffusers",
+            "1",
+            "inpaint:DiffusersInpaintBackend",
+            actor=True,
+            gpu=True,
+            learned=True,
+            grid=_diffusers_grid,
+            reseedable=True,
+            settings=_diffusers_settings,
+            where=lambda m: f"diffusers:{m.path}",
         ),
         BackendSpec(
             "bfl-api",

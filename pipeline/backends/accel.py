@@ -51,6 +51,17 @@ def resolve(opt, device) -> dict:
     }
 
 
+def devices(torch, model_cfg):
+    """(model device, text-encoder device) of ``model.device`` / ``model.text_encoder_device``:
+    the text encoders embed on the CPU when the GPU is small (quantized), then are dropped."""
+    want = model_cfg.device
+    on_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if on_cuda else "cpu")
+    where = model_cfg.text_encoder_device
+    on_cpu = where == "cpu" or (where == "auto" and model_cfg.quantize != "none")
+    return device, torch.device("cpu") if on_cpu else device
+
+
 def check_fp8(torch, device) -> None:
     if device.type != "cuda":
         raise OptimizeError(

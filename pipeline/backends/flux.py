@@ -58,17 +58,12 @@ class FluxFillBackend(FluxInputs):
 
         self.torch = torch
         self.cfg = model_cfg
-        want = model_cfg.device
-        on_cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
-        self.device = torch.device("cuda" if on_cuda else "cpu")
+        self.device, self.text_device = accel.devices(torch, model_cfg)
         self.dtype = getattr(torch, model_cfg.dtype)
         if model_cfg.optimize.fp8:  # before loading ~24 GB of weights
             accel.check_fp8(torch, self.device)
         accel.check_quantize(torch, self.device, model_cfg.quantize)
-        # text encoders: embed on the CPU when the GPU is small (quantized), then dropped
-        where = model_cfg.text_encoder_device
-        on_cpu = where == "cpu" or (where == "auto" and model_cfg.quantize != "none")
-        self.text_device = torch.device("cpu") if on_cpu else self.device
+        on_cpu = self.text_device.type == "cpu" and self.device.type != "cpu"
         self.pipe = self._load(pipe, batch_size, text_on_gpu=not on_cpu)
         # the checkpoint's geometry, as diffusers derives it: latent channels, the VAE's
         # scale (2 ** downsampling blocks), the grid (x2 for the 2x2 packing)

@@ -51,10 +51,11 @@ def _t5_tokenizer():
     )
 
 
-def _text_encoders(tokenizer, tokenizer_2):
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+def clip_config(tokenizer):
+    """A tiny CLIP text encoder's config over ``tokenizer`` (32 wide, 2 layers)."""
+    from transformers import CLIPTextConfig
 
-    clip = CLIPTextConfig(
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=37,
@@ -66,6 +67,12 @@ def _text_encoders(tokenizer, tokenizer_2):
         eos_token_id=1,
         pad_token_id=1,
     )
+
+
+def _text_encoders(tokenizer, tokenizer_2):
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    clip = clip_config(tokenizer)
     t5 = T5Config(
         vocab_size=len(tokenizer_2),
         d_model=32,

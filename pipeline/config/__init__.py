@@ -5,6 +5,8 @@ message names the key path and what is allowed, before any work is done. The sec
 live beside this file, one module per concern (``source``, ``model``, ``output``,
 ``runtime``, ``serve``); everything is importable from here, with ``load_config`` (a
 file, a dict or a Config) and ``serve_config``; ``doc`` renders the configuration page.
+``checkpoints``, ``families`` and ``licenses`` read what a diffusers checkpoint declares
+(class, recipe, licence) so a wrong one fails here, before any work.
 
 May import: ``common``. Every other layer imports this one.
 """

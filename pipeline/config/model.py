@@ -216,17 +216,17 @@ class BackdropConfig(_Section):
 class ModelConfig(_Section):
     """What generates the unknown area (docs/backends.md)."""
 
-    backend: Literal["classical", "solid", "flux-fill", "bfl-api"] = Field(
+    backend: Literal["classical", "solid", "flux-fill", "diffusers", "bfl-api"] = Field(
         "classical",
         description="classical (CPU, no weights) | solid (plain padding) | flux-fill (FLUX.1 Fill on "
-        "GPUs) | bfl-api (the hosted API, no GPU)",
+        "GPUs) | diffusers (any diffusers inpainting checkpoint on GPUs) | bfl-api (the hosted API, no GPU)",
     )
     api: ApiConfig = Field(
         default_factory=ApiConfig, description="bfl-api: the hosted FLUX Outpainting API"
     )
     path: str | None = Field(
         None,
-        description="flux-fill: a diffusers directory, a Hugging Face id in the "
+        description="flux-fill, diffusers: a diffusers directory, a Hugging Face id in the "
         "offline cache, or an object-storage URI synced once per node",
     )
     storage_options: dict[str, Any] = Field(
@@ -237,10 +237,45 @@ class ModelConfig(_Section):
         description="flux-fill: what the unknown area holds before generation (default: the checkpoint's "
         "own, grey for FLUX.1-Fill-dev)",
     )
-    steps: int = Field(50, ge=1, le=1000, description="denoising steps in high mode")
+    steps: int = Field(
+        50,
+        ge=1,
+        le=1000,
+        description="denoising steps in high mode (diffusers: default from the checkpoint's family)",
+    )
     fast_steps: int | None = Field(None, ge=1, le=1000, description="default: a third of steps")
     guidance: float = Field(
-        30.0, ge=0, description="flux-fill: guidance scale (FLUX.1-Fill-dev is distilled for 30)"
+        30.0,
+        ge=0,
+        description="guidance scale: flux-fill 30 (FLUX.1-Fill-dev is distilled for it); diffusers: "
+        "default from the checkpoint's family",
+    )
+    negative_prompt: str | None = Field(
+        None,
+        max_length=2000,
+        description="diffusers: the negative prompt where the pipeline takes one (default: the "
+        "family's, usually none)",
+    )
+    pipeline_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="diffusers: more arguments of the pipeline's __call__ (checked against its "
+        "signature before any work; part of the request hash)",
+    )
+    image_reference: bool = Field(
+        True,
+        description="diffusers: pass the reference as image_reference where the pipeline takes "
+        "one (FLUX.2 [klein]); rows are then batched per reference size",
+    )
+    license: str | None = Field(
+        None,
+        max_length=200,
+        description="the checkpoint's licence id (Hugging Face ids: apache-2.0, openrail++...) where "
+        "its model card is absent or wrong; default: the card's",
+    )
+    require_commercial_license: bool = Field(
+        False,
+        description="refuse, before any work, a checkpoint not known to permit commercial use "
+        "(flux-fill, diffusers; docs/backends.md has the table of licence ids)",
     )
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
         "bfloat16",
@@ -310,12 +345,38 @@ class ModelConfig(_Section):
     def steps_fast(self) -> int:
         return self.fast_steps if self.fast_steps is not None else max(1, round(self.steps / 3))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data):
+        """diffusers: steps and guidance the config leaves out come from the family's recipe."""
+        if not isinstance(data, dict) or data.get("backend") != "diffusers" or not data.get("path"):
+            return data
+        from .families import checkpoint_defaults
+
+        return {**checkpoint_defaults(data["path"], data.get("storage_options")), **data}
+
     @model_validator(mode="after")
     def _path(self):
-        if self.backend == "flux-fill" and not self.path:
+        if self.backend in ("flux-fill", "diffusers") and not self.path:
             raise ValueError(
-                "backend flux-fill needs model.path (a diffusers directory, HF id or URI)"
+                f"backend {self.backend} needs model.path (a diffusers directory, HF id or URI)"
             )
+        if self.backend == "diffusers":
+            from .checkpoints import describe
+            from .families import check_pipeline_kwargs, runs_as
+
+            ckpt = describe(self.path, self.storage_options)
+            check_pipeline_kwargs(runs_as(ckpt), self.pipeline_kwargs)
+        if self.require_commercial_license:
+            from .licenses import license_of
+
+            lic = license_of(self)
+            if lic is not None and not lic.commercial:
+                raise ValueError(
+                    f"model.require_commercial_license: {lic.line()}; run a checkpoint licensed "
+                    "for commercial use (docs/backends.md), or set model.license if its card is "
+                    "absent or wrong"
+                )
         if self.optimize.fp8 and (self.device == "cpu" or self.dtype != "bfloat16"):
             raise ValueError(
                 "optimize.fp8 needs a CUDA GPU (compute capability >= 8.9) and dtype bfloat16; "

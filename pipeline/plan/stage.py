@@ -37,11 +37,8 @@ from .sections import PlanSections
 def plan_grid(cfg: Config | PlanSections) -> int:
     """Fast mode's alignment grid: a checkpoint's own (read from its VAE config, no
     weights), FLUX.1's 16 otherwise."""
-    if not spec_of(cfg.model).checkpoint_grid:
-        return GRID
-    from ..backends.flux_weights import model_grid
-
-    return model_grid(cfg.model.path, cfg.model.storage_options)
+    spec = spec_of(cfg.model)
+    return GRID if spec.grid is None else spec.grid(cfg.model)
 
 
 def _local(image: pa.Array) -> np.ndarray:

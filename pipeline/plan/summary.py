@@ -10,6 +10,7 @@ import pyarrow as pa
 from ..backends import BACKENDS
 from ..common import codes
 from ..config import Config
+from ..config.licenses import License, license_of
 from .flops import FLUX1_CONFIG, transformer_flops
 
 
@@ -55,9 +56,11 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
     )
     share = 1.0 - vis / np.maximum(W * H, 1)
     mostly = gen & (share > cfg.plan.warn_generated_share)
+    lic = license_of(cfg.model)
     return {
         "rows": int(plan.num_rows),
         "backend": cfg.model.backend,
+        "license": lic.as_dict() if lic is not None else None,
         "route": cfg.model.route,
         "mostly_generated": int(mostly.sum()),
         "warn_generated_share": cfg.plan.warn_generated_share,
@@ -90,6 +93,8 @@ def summarise(plan: pa.Table, cfg: Config) -> dict:
 
 def format_summary(s: dict) -> str:
     lines = [f"rows: {s['rows']:,}"]
+    if s.get("license"):
+        lines.append(License(**s["license"]).line())
     for k, v in s["by_status"].items():
         lines.append(f"  {k:<10} {v:>10,}")
     if s["by_code"]:

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from ..common import codes, secrets
 from ..common.box import Box
 from ..config import InputConfig
+from ..config.licenses import License
 from ..io.outputs import IMAGES, OutputStore, conform
 from ..plan.rows import derive_seeds
 from .thumbnails import THUMB, Pictures
@@ -257,7 +258,10 @@ def _timing(run: dict | None) -> list[str]:
         )
     else:
         speed = f"no images written this run ({skipped:,} rows already done)"
-    return [f"wall time: {run.get('wall_s', 0):,.1f} s", speed]
+    lines = [f"wall time: {run.get('wall_s', 0):,.1f} s", speed]
+    if run.get("model_license"):
+        lines.append(License(**run["model_license"]).line())
+    return lines
 
 
 def _environment():

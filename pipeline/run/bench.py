@@ -294,7 +294,50 @@ def bench(
             result["modes"][mode] = {"s_per_image": s, "images_per_hour": 3600 / s}
         result["device"] = "cpu"
         return result
+    if not hasattr(backend, "transformer"):  # diffusers: any architecture, no FLOP model
+        return _bench_pipeline(setup, result, modes, batch_sizes)
     return _bench_gpu(setup, result, modes, batch_sizes)
+
+
+def _bench_pipeline(
+    setup: _Setup, result: dict, modes: Sequence[str], batch_sizes: Sequence[int]
+) -> dict:
+    """A diffusers checkpoint: s/image per mode, the memory peak and the batch sweep."""
+    backend, cfg = setup.backend, setup.cfg
+    torch, device = backend.torch, backend.device
+    sync = backend.sync
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result.update(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        dtype=cfg.model.dtype,
+        pipeline=type(backend.pipe).__name__,
+        quantize=cfg.model.quantize,
+        torch=torch.__version__,
+    )
+    for mode in modes:
+        steps = setup.steps(mode)
+        with UtilSampler(torch, device) as util:
+            s = time_backend(backend, setup.jobs(mode, steps=steps), cfg.runtime.batch_size, sync)
+        result["modes"][mode] = {
+            "steps": steps,
+            "s_per_image": s,
+            "images_per_hour": 3600 / s,
+            "gpu_util": util.mean,
+        }
+    result["peak_memory_gib"] = _peak_memory_gib(torch, device)
+    sweep = []
+    for b in batch_sizes:
+        jobs = setup.jobs(modes[0], max(setup.images, b), setup.steps(modes[0]))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        s = time_backend(backend, jobs, b, sync)
+        sweep.append(
+            {"batch_size": b, "s_per_image": s, "peak_memory_gib": _peak_memory_gib(torch, device)}
+        )
+    if sweep:
+        result["batch_sweep"] = {"mode": modes[0], "results": sweep}
+    return result
 
 
 def _bench_gpu(
@@ -378,6 +421,11 @@ def format_result(r: dict) -> str:
             f"dtype {r['dtype']}; compile {o['compile']} ({o['compile_mode']}), fused QKV {o['fuse_qkv']}, "
             f"fp8 {o['fp8']}, attention {o['attention']}, bucket {o['bucket_px']} px; load "
             f"{r['load_s']:.1f} s, warm-up {r['warmup_s']:.1f} s"
+        )
+    if "pipeline" in r:
+        lines.append(
+            f"{r['pipeline']}, dtype {r['dtype']}, model.quantize {r['quantize']}; load "
+            f"{r['load_s']:.1f} s; peak memory {r['peak_memory_gib']:.2f} GiB"
         )
     head = f"{'mode':<6}{'steps':>6}{'s/image':>10}{f'images/h/{unit}':>16}"
     if "matmul_tflops" in r:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from ..backends import BackendSpec, BuildContext, spec_of, warmup_shapes
 from ..common import codes, secrets, storage
 from ..config import Config, ConfigError, dump
+from ..config.licenses import license_of
 from ..io import manifest
 from ..io.done import EarlierRuns, sorted_keys
 from ..io.outputs import OutputStore, new_run_id
@@ -406,6 +407,7 @@ def finish(
         "work_s": round(images.work_s, 3),
         "megapixels_per_s": round(counts.megapixels / wall, 4) if wall > 0 else 0.0,
         "metadata_rows": rows_kept,
+        "model_license": _license(cfg),
         "config": secrets.redact(dump(cfg)),  # credentials masked by name and by value
         "versions": package_versions(),
         "submitted_from": started.versions,
@@ -415,6 +417,12 @@ def finish(
     store.folder.write_json("run.json", result)
     _review_page(cfg, store, images.wrote, say)
     return result
+
+
+def _license(cfg: Config) -> dict | None:
+    """The checkpoint's licence as the plan stated it (None: a backend without weights)."""
+    lic = license_of(cfg.model)
+    return lic.as_dict() if lic is not None else None
 
 
 def _review_page(cfg: Config, store: OutputStore, wrote: bool, say: Say) -> None:
