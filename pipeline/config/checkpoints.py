@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import yaml
@@ -79,15 +80,19 @@ class Checkpoint:
 
     @property
     def license(self) -> str | None:
+        """The card's licence id, reduced to an id's characters (a card is not trusted to
+        hold no markup or terminal escapes: the plan prints it, the report shows it)."""
         value = self.card.get("license")
         if value == "other" and self.card.get("license_name"):
             value = self.card["license_name"]
-        return str(value).strip().lower() if value else None
+        if not value:
+            return None
+        return re.sub(r"[^a-z0-9._+-]", "", str(value).strip().lower())[:100] or None
 
     @property
     def license_link(self) -> str | None:
-        link = self.card.get("license_link")
-        return str(link) if link else None
+        link = str(self.card.get("license_link") or "")
+        return link[:300] if link and re.fullmatch(r"[\x21-\x7e]+", link) else None
 
 
 @functools.lru_cache(maxsize=32)

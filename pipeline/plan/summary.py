@@ -148,6 +148,11 @@ def format_summary(s: dict) -> str:
     lines.append(
         f"estimated GPU time: {s['estimated_gpu_seconds']:,} s ({hours:,.2f} GPU-hours) at {s['estimate_basis']}"
     )
+    if s["backend"] == "diffusers":
+        lines.append(
+            "  (canvases priced by FLUX.1's FLOP curve: measure this checkpoint with `outpaint bench` "
+            "and set plan.seconds_per_step_at_1mp to what it reports)"
+        )
     if s["saved_gpu_seconds"]:
         saved = s["saved_gpu_seconds"]
         lines.append(

@@ -317,13 +317,19 @@ def _bench_pipeline(
     )
     for mode in modes:
         steps = setup.steps(mode)
+        jobs = setup.jobs(mode, steps=steps)
+        AW, AH, GW, GH, *_ = backend.shape_key(jobs[0])
         with UtilSampler(torch, device) as util:
-            s = time_backend(backend, setup.jobs(mode, steps=steps), cfg.runtime.batch_size, sync)
+            s = time_backend(backend, jobs, cfg.runtime.batch_size, sync)
         result["modes"][mode] = {
             "steps": steps,
+            "generated": [GW, GH],
             "s_per_image": s,
             "images_per_hour": 3600 / s,
             "gpu_util": util.mean,
+            # for `outpaint plan`: linear in pixels from this canvas (no FLOP model here;
+            # attention's quadratic share makes larger canvases cost somewhat more)
+            "seconds_per_step_at_1mp": s / steps * 1024 * 1024 / (GW * GH),
         }
     result["peak_memory_gib"] = _peak_memory_gib(torch, device)
     sweep = []

@@ -140,6 +140,7 @@ def test_the_plan_prints_the_licence_and_commercial_use_is_enforced(tiny_inpaint
     assert cli.main(["plan", ok]) == 0
     out = capsys.readouterr().out
     assert "model licence: apache-2.0, from the model card: known to permit commercial use" in out
+    assert "measure this checkpoint with `outpaint bench`" in out  # not FLUX: price it yourself
     nc = _write_config(
         tmp_path, tiny_inpaint["z-image"], require_commercial_license=True, license="cc-by-nc-4.0"
     )
@@ -173,3 +174,25 @@ def test_a_checkpoint_on_object_storage_is_described_from_its_small_files(tiny_i
     assert (
         json.loads(fs.cat(f"{bucket}/models/z/model_index.json"))["_class_name"] == ckpt.class_name
     )
+
+
+def test_a_card_s_licence_is_reduced_to_an_id(tmp_path):
+    from pipeline.config.checkpoints import Checkpoint
+
+    hostile = Checkpoint(
+        "X",
+        (),
+        card={"license": "Apache-2.0\x1b[31m<script>", "license_link": "LICENSE\n<b>x</b>"},
+    )
+    assert hostile.license == "apache-2.031mscript" and hostile.license_link is None
+    fine = Checkpoint(
+        "X",
+        (),
+        card={
+            "license": "other",
+            "license_name": "flux-1-dev-non-commercial-license",
+            "license_link": "https://example.com/LICENSE.md",
+        },
+    )
+    assert fine.license == "flux-1-dev-non-commercial-license"
+    assert fine.license_link == "https://example.com/LICENSE.md"
