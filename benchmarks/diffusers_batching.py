@@ -9,6 +9,13 @@ Reports s/row (median of ``--reps``), the ratio to the baseline, the backend's o
 row at batch 1 (canvas preparation, grouping, uint8 conversion: ours minus the baseline's
 pipeline time), and that the pixels agree (max |difference| to the baseline, levels).
 
+Then what the unknown area should hold before encoding (docs/backends.md, the recipes):
+for 9 windows of 3 real photos, the reference (the middle half) on a grey fill and on the
+classical backend's continuation, each VAE-encoded (each family's tiny VAE, posterior mean);
+how far the latents of the reference's own cells are from those of the true photo around
+it (mean |difference| over mean |latent|). Closer means less of the fill carried into the
+cells a blending pipeline keeps and a reference-reading one sees.
+
 Tiny models make the denoiser cheap, so this measures what surrounds it: the text encoder,
 per-call setup, Python. On a real checkpoint the denoiser dominates and batching's gain is
 the GPU's (``outpaint bench`` with ``--batch-sizes`` measures that where a GPU is lent).
@@ -110,7 +117,15 @@ def bench_family(family: str, root: str, args) -> dict:
     from pipeline.backends.tinyinpaint import make_tiny_inpaint
 
     path = make_tiny_inpaint(os.path.join(root, family), family)
-    model = {"backend": "diffusers", "path": path, "dtype": "float32", "steps": args.steps}
+    # grey for both sides: the baseline's canvas is the same as ours (Z-Image's recipe
+    # continues the photo instead, a CPU cost this comparison leaves out)
+    model = {
+        "backend": "diffusers",
+        "path": path,
+        "dtype": "float32",
+        "steps": args.steps,
+        "fill": "grey",
+    }
     cfg = config_mod.from_dict(
         {"input": {"manifest": "-"}, "output": {"uri": root}, "model": model}
     )
@@ -168,7 +183,51 @@ def bench_family(family: str, root: str, args) -> dict:
     total = time.perf_counter() - t0
     ours.pipe = ours.pipe_real
     result["overhead_ms_per_row_batch1"] = (total - sum(calls)) / len(jobs) * 1000
+    result["fill"] = fill_closeness(ours, cfg.model)
     return result
+
+
+def fill_closeness(be, model_cfg) -> dict:
+    """Relative latent error of the reference's cells against the true surroundings."""
+    import numpy as np
+    import skimage
+    import torch
+    from PIL import Image
+
+    from pipeline.backends import Job
+    from pipeline.backends.canvas import compose
+    from pipeline.backends.classical import ClassicalBackend
+
+    vae, s = be.pipe.vae, be.ckpt.vae_scale
+    classical = ClassicalBackend(model_cfg)
+    data = os.path.dirname(skimage.__file__) + "/data/"
+
+    def latents(img):
+        x = torch.from_numpy(img.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            return vae.encode(x).latent_dist.mode()[0]
+
+    errors = {"grey": [], "classical": []}
+    for name in ("astronaut", "coffee", "chelsea"):
+        photo = np.asarray(Image.open(data + name + ".png").convert("RGB"))
+        for y, x in ((20, 60), (100, 200), (160, 100)):
+            truth = np.ascontiguousarray(photo[y : y + 128, x : x + 192])
+            j = Job(np.ascontiguousarray(truth[32:96, 48:144]), 192, 128, 48, 32, seed=1)
+            canvases = {
+                "grey": compose(j.ref, 192, 128, 48, 32, (128, 128, 128))[0],
+                "classical": classical.outpaint([j])[0],
+            }
+            t = latents(truth)
+            cells = (slice(32 // s, 96 // s), slice(48 // s, 144 // s))
+            for k, img in canvases.items():
+                d = (latents(img)[:, cells[0], cells[1]] - t[:, cells[0], cells[1]]).abs().mean()
+                errors[k].append(float(d / t.abs().mean()))
+    return {
+        "grey": statistics.mean(errors["grey"]),
+        "classical": statistics.mean(errors["classical"]),
+        "classical_closer": sum(c < g for c, g in zip(errors["classical"], errors["grey"])),
+        "windows": len(errors["grey"]),
+    }
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from ..config.checkpoints import describe
 from ..config.families import grid, pipeline_class, recipe, runs_as
 from . import BACKENDS, Job, accel
 from .canvas import FILL_COLORS, contrast_fill
+from .classical import ClassicalBackend
 from .flux_weights import BusyClock, resolve_model_path
 
 PROMPT_CACHE = 1024  # embedded prompts kept per actor (each a few MB at most)
@@ -63,7 +64,8 @@ class DiffusersInpaintBackend:
         self.pipe = pipe if pipe is not None else self._load(local, batch_size)
         self.pipe.set_progress_bar_config(disable=True)
         self.takes = set(_parameters(type(self.pipe)))
-        self.fill = model_cfg.fill or "grey"
+        self.fill = model_cfg.fill or self.recipe.fill
+        self._classical = ClassicalBackend(model_cfg) if self.fill == "classical" else None
         self._prompt_cache: dict[str, dict] = {}
         self._bounded = prompts is None  # prompts arrive one by one: the cache is bounded
         self._negative: dict | None = None
@@ -249,12 +251,19 @@ class DiffusersInpaintBackend:
     def _canvas(self, job: Job, AW: int, AH: int) -> tuple[np.ndarray, np.ndarray]:
         """(canvas AH x AW x 3 in [0, 1], mask AH x AW x 1, 1 = generate): the reference placed,
         the unknown area and the right/bottom padding filled, the grown margin masked too."""
-        name = contrast_fill(job.ref) if self.fill == "contrast" else self.fill
-        job.fill_color = name
-        canvas = np.empty((AH, AW, 3), np.float32)
-        canvas[:] = np.asarray(FILL_COLORS[name], np.float32) / 255.0
-        mask = np.ones((AH, AW, 1), np.float32)
         oy, ox = (job.pad_top, job.pad_left) if job.mode == "fast" else (0, 0)
+        if self._classical is not None:  # the photo continued, the grid padding its edge
+            job.fill_color = "classical"
+            own = Job(job.ref, job.width, job.height, job.x0, job.y0, seed=job.seed)
+            done = self._classical.outpaint([own])[0]
+            pad = ((oy, AH - oy - job.height), (ox, AW - ox - job.width), (0, 0))
+            canvas = np.pad(done, pad, mode="edge").astype(np.float32) / 255.0
+        else:
+            name = contrast_fill(job.ref) if self.fill == "contrast" else self.fill
+            job.fill_color = name
+            canvas = np.empty((AH, AW, 3), np.float32)
+            canvas[:] = np.asarray(FILL_COLORS[name], np.float32) / 255.0
+        mask = np.ones((AH, AW, 1), np.float32)
         y, x = oy + job.y0, ox + job.x0
         h, w = job.ref.shape[:2]
         canvas[y : y + h, x : x + w] = job.ref.astype(np.float32) / 255.0

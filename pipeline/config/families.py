@@ -87,6 +87,7 @@ class Recipe:
     negative_prompt: str | None = None  # where the card uses one with CFG
     embed: str | None = None  # prompts embedded once per distinct prompt: how (None: strings)
     max_pixels: int | None = None  # the pipeline resizes larger images: generate at most this
+    fill: str = "grey"  # what the unknown area holds before encoding (docs/backends.md)
     extra: dict = field(default_factory=dict)  # fixed arguments of the recipe
 
 
@@ -121,6 +122,9 @@ RECIPES: dict[str, Recipe] = {
         source="Tongyi-MAI/Z-Image model card (50 steps, guidance 4, no CFG normalisation); "
         "Z-Image-Turbo: model.steps 9, model.guidance 0",
         embed="z-image",
+        # it encodes the whole canvas and blends the known latents back: a continued photo
+        # keeps the reference's edge cells closest to their true surroundings
+        fill="classical",
         extra={"cfg_normalization": False},
     ),
     "QwenImageInpaintPipeline": Recipe(

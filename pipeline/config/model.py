@@ -232,10 +232,11 @@ class ModelConfig(_Section):
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for an object-storage model.path"
     )
-    fill: Literal["grey", "contrast", "green", "blue", "magenta"] | None = Field(
+    fill: Literal["grey", "contrast", "green", "blue", "magenta", "classical"] | None = Field(
         None,
-        description="flux-fill: what the unknown area holds before generation (default: the checkpoint's "
-        "own, grey for FLUX.1-Fill-dev)",
+        description="what the unknown area holds before generation (flux-fill default: the "
+        "checkpoint's own, grey for FLUX.1-Fill-dev; diffusers: the family's, classical = the "
+        "classical backend's continuation of the photo, diffusers only)",
     )
     steps: int = Field(
         50,
@@ -360,6 +361,11 @@ class ModelConfig(_Section):
         if self.backend in ("flux-fill", "diffusers") and not self.path:
             raise ValueError(
                 f"backend {self.backend} needs model.path (a diffusers directory, HF id or URI)"
+            )
+        if self.fill == "classical" and self.backend != "diffusers":
+            raise ValueError(
+                "model.fill classical (the photo continued before encoding) is for model.backend "
+                "diffusers; FLUX.1 Fill was trained on a flat fill: grey, contrast or a colour"
             )
         if self.backend == "diffusers":
             from .checkpoints import describe

@@ -48,11 +48,19 @@ def job(photo, W, H, rh, rw, x0, y0, seed=11, prompt="a studio photo", at=(100, 
 
 def diffusers_call(be, j: Job, AW: int, AH: int) -> np.ndarray:
     """The family's pipeline called as its docs show, on the same canvas and mask: a PIL
-    image with the reference placed on the grey fill, a PIL mask (white = generate), the
-    prompt, strength 1, the recipe's steps, guidance and negative prompt, a seeded CPU
-    generator."""
+    image with the reference placed on the recipe's fill (grey, or for Z-Image the classical
+    backend's continuation, its right/bottom padding the edge repeated), a PIL mask (white =
+    generate), the prompt, strength 1, the recipe's steps, guidance and negative prompt, a
+    seeded CPU generator."""
     canvas = np.full((AH, AW, 3), 128, np.uint8)
     h, w = j.ref.shape[:2]
+    if be.recipe.fill == "classical":
+        from pipeline.backends.classical import ClassicalBackend
+
+        done = ClassicalBackend(be.cfg).outpaint(
+            [Job(j.ref, j.width, j.height, j.x0, j.y0, j.seed)]
+        )[0]
+        canvas = np.pad(done, ((0, AH - j.height), (0, AW - j.width), (0, 0)), mode="edge")
     canvas[j.y0 : j.y0 + h, j.x0 : j.x0 + w] = j.ref
     mask = np.full((AH, AW), 255, np.uint8)
     mask[j.y0 : j.y0 + h, j.x0 : j.x0 + w] = 0
@@ -190,7 +198,7 @@ def test_what_the_fill_reaches(tiny_inpaint, photo, family, reaches):
     carries the fill into the cells at the reference's edges and from there, by attention,
     everywhere. FLUX.2 [klein] reads the whole canvas back as reference tokens."""
     j = job(photo, 96, 64, 40, 48, 16, 8, prompt="")
-    grey = backend(tiny_inpaint[family], prompts=[""]).outpaint([j])[0]
+    grey = backend(tiny_inpaint[family], prompts=[""], fill="grey").outpaint([j])[0]
     magenta = backend(tiny_inpaint[family], prompts=[""], fill="magenta").outpaint([j])[0]
     diff = np.abs(grey.astype(int) - magenta.astype(int)).max(axis=2)
     generated = np.ones(diff.shape, bool)
@@ -275,3 +283,29 @@ def test_bench_runs_a_diffusers_checkpoint(tiny_inpaint, tmp_path, capsys):
         high["s_per_image"] / 2 * 1024 * 1024 / (112 * 80)
     )
     assert "plan.seconds_per_step_at_1mp" in text
+
+
+def test_z_image_starts_from_the_photo_continued(tiny_inpaint, photo):
+    """Z-Image's recipe fills the unknown area with the classical continuation (its blending
+    encodes the whole canvas); a flat fill is one setting away; flux-fill refuses it."""
+    from pipeline.backends.classical import ClassicalBackend
+
+    be = backend(tiny_inpaint["z-image"], prompts=[""])
+    assert be.cfg.fill is None and be.fill == "classical"
+    j = job(photo, 101, 77, 45, 61, 17, 9, prompt="")
+    args = be.call_args([j], be.shape_key(j))
+    canvas = (args["image"][0] * 255 + 0.5).astype(np.uint8)
+    continued = ClassicalBackend(be.cfg).outpaint([Job(j.ref, 101, 77, 17, 9, seed=j.seed)])[0]
+    assert np.abs(canvas[:77, :101].astype(int) - continued.astype(int)).max() <= 1
+    assert np.array_equal(canvas[77:, :101], np.repeat(canvas[76:77, :101], 3, axis=0))  # edge
+    assert j.fill_color == "classical"
+    flat = backend(tiny_inpaint["z-image"], prompts=[""], fill="grey")
+    assert flat.fill == "grey" and backend(tiny_inpaint["sdxl"]).fill == "grey"
+    with pytest.raises(config_mod.ConfigError, match="model.fill classical"):
+        config_mod.from_dict(
+            {
+                "input": {"manifest": "m"},
+                "output": {"uri": "o"},
+                "model": {"backend": "flux-fill", "path": "x", "fill": "classical"},
+            }
+        )
