@@ -16,6 +16,10 @@ batch job adds around it:
 - ``strength`` 1.0 (the unknown area starts as pure noise), no ``padding_mask_crop``;
 - prompt embeddings computed once per distinct prompt where the family's pipeline takes
   ``prompt_embeds`` (the text encoders can then be dropped);
+- pipelining (``model.optimize.pipelining``): canvases and prompts are prepared, and the
+  latents decoded (the pipeline's own last step, redone here), outside the GPU lock, on a
+  side CUDA stream; the call itself (VAE encode, denoising loop) holds it, so with two
+  concurrent calls per actor one call's loop runs while the other prepares or decodes;
 - the recipe's steps, guidance and negative prompt (``pipeline.config.families``),
   ``model.pipeline_kwargs`` for the rest; the same actor pool and GPU pinning as flux-fill.
 """
@@ -70,6 +74,8 @@ class DiffusersInpaintBackend:
         self._bounded = prompts is None  # prompts arrive one by one: the cache is bounded
         self._negative: dict | None = None
         self._gpu_lock = threading.Lock()  # one pipeline call at a time per GPU
+        self._local = threading.local()
+        self.pipelining = model_cfg.optimize.pipelining
         self._embed_lock = threading.Lock()  # concurrent calls share the prompt cache
         self.busy = BusyClock()
         if prompts is not None and self.recipe.embed:
@@ -316,15 +322,68 @@ class DiffusersInpaintBackend:
         # a recipe's fixed argument a pipeline version does not take is left out
         return {k: v for k, v in args.items() if k in self.takes}
 
+    def _splits_decode(self) -> bool:
+        """Whether the latents leave the pipeline call and are decoded outside the GPU lock
+        (a family whose last step is known; not an fp16 VAE that upcasts itself)."""
+        vae = self.pipe.vae
+        upcasts = vae.dtype == self.torch.float16 and getattr(vae.config, "force_upcast", False)
+        return self.recipe.decode is not None and self.pipelining and not upcasts
+
+    def _decode(self, latents) -> np.ndarray:
+        """The pipeline's own last step on its ``output_type="latent"`` output: B x H x W x 3
+        floats in [0, 1], as ``output_type="np"`` gives them."""
+        torch, vae = self.torch, self.pipe.vae
+        cfg = vae.config
+        latents = latents.to(vae.dtype)
+        if self.recipe.decode == "sdxl":
+            mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+            if mean is not None and std is not None:
+                view = (1, len(mean), 1, 1)
+                mean_t = torch.tensor(mean).view(view).to(latents.device, latents.dtype)
+                std_t = torch.tensor(std).view(view).to(latents.device, latents.dtype)
+                latents = latents * std_t / cfg.scaling_factor + mean_t
+            else:
+                latents = latents / cfg.scaling_factor
+        elif self.recipe.decode == "z-image":
+            latents = latents / cfg.scaling_factor + cfg.shift_factor
+        # flux2: its latent output is already denormalised and unpatchified
+        image = vae.decode(latents, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(image, output_type="np")
+
+    def _side_stream(self):
+        """This thread's CUDA stream for decoding (None: the current one)."""
+        if self.device.type != "cuda" or not self.pipelining:
+            return None
+        s = getattr(self._local, "stream", None)
+        if s is None:
+            s = self._local.stream = self.torch.cuda.Stream(self.device)
+        return s
+
     def _group(self, jobs: Sequence[Job], key: tuple) -> list[np.ndarray]:
+        """prepare (canvases, prompts: outside the lock) -> the pipeline call (under it) ->
+        decode (outside it, on this thread's side stream on CUDA), so with two concurrent
+        calls per actor one call's loop runs while the other prepares or decodes."""
+        import contextlib
+
+        torch = self.torch
         AW, AH, GW, GH, _, _ = key
         args = self.call_args(jobs, key)
+        split = self._splits_decode()
+        if split:
+            args["output_type"] = "latent"
+        side = self._side_stream()
         self.busy.start()
-        with self._gpu_lock, self.torch.no_grad():
-            t0 = time.perf_counter()
-            images = self.pipe(**args).images
-            self.sync()
-            self.busy.add(time.perf_counter() - t0)
+        with torch.no_grad():
+            with self._gpu_lock:
+                t0 = time.perf_counter()
+                images = self.pipe(**args).images
+                self.sync()  # the loop's own time; its outputs are complete for the side stream
+                self.busy.add(time.perf_counter() - t0)
+            if split:
+                if side is not None:  # made on the main stream, read on this one
+                    images.record_stream(side)
+                with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                    images = self._decode(images)
         out = []
         for job, im in zip(jobs, images):
             im = self._resize(np.asarray(im, np.float32), AW, AH)

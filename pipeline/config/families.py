@@ -88,6 +88,9 @@ class Recipe:
     embed: str | None = None  # prompts embedded once per distinct prompt: how (None: strings)
     max_pixels: int | None = None  # the pipeline resizes larger images: generate at most this
     fill: str = "grey"  # what the unknown area holds before encoding (docs/backends.md)
+    # the pipeline's last step (latents -> pixels), redone outside the GPU lock so the next
+    # call's loop overlaps it: how its latents are denormalised (None: left in the call)
+    decode: str | None = None
     extra: dict = field(default_factory=dict)  # fixed arguments of the recipe
 
 
@@ -99,6 +102,7 @@ RECIPES: dict[str, Recipe] = {
         patch=1,
         source="diffusers/stable-diffusion-xl-1.0-inpainting-0.1 model card (20 steps, guidance 8)",
         embed="sdxl",
+        decode="sdxl",
     ),
     "StableDiffusionInpaintPipeline": Recipe(
         "sd-inpainting",
@@ -125,6 +129,7 @@ RECIPES: dict[str, Recipe] = {
         # it encodes the whole canvas and blends the known latents back: a continued photo
         # keeps the reference's edge cells closest to their true surroundings
         fill="classical",
+        decode="z-image",
         extra={"cfg_normalization": False},
     ),
     "QwenImageInpaintPipeline": Recipe(
@@ -154,6 +159,7 @@ RECIPES: dict[str, Recipe] = {
         "step-distilled FLUX.2-klein-4B: 4 steps, guidance 1",
         embed="flux2",
         max_pixels=1024 * 1024,  # the pipeline scales larger images down to 1 MP
+        decode="flux2",
     ),
 }
 
@@ -167,6 +173,7 @@ KLEIN_DISTILLED = Recipe(
     fast_steps=4,  # already the fewest steps it was distilled for: fast = high
     embed="flux2",
     max_pixels=1024 * 1024,
+    decode="flux2",
 )
 
 

@@ -71,7 +71,7 @@ class OptimizeConfig(_Section):
     pipelining: bool = Field(
         True,
         description="prepare (upload, VAE encode) and decode outside the GPU lock, "
-        "so concurrent calls overlap the denoising loop",
+        "so concurrent calls overlap the denoising loop (diffusers: prepare and decode)",
     )
 
     @field_validator("attention")

@@ -122,19 +122,20 @@ def test_batched_equals_one_at_a_time(tiny_inpaint, photo, family):
         job(photo, 64, 80, 40, 48, 8, 20, seed=1, prompt=prompts[0]),  # another shape
     ]
     calls = []
-    real = be.pipe.__call__
+    pipe = be.pipe
 
     class Spy:  # counts pipeline calls and their batch sizes
         def __getattr__(self, name):
-            return getattr(be.pipe, name)
+            return getattr(pipe, name)
 
         def __call__(self, **kw):
-            calls.append(len(kw["image"]))
-            return real(**kw)
+            calls.append((len(kw["image"]), kw["output_type"]))
+            return pipe(**kw)
 
-    pipe, be.pipe = be.pipe, Spy()
+    be.pipe = Spy()
     batched = be.outpaint(jobs)
-    assert sorted(calls) == [1, 3]  # one call per generated shape
+    # one call per generated shape; the latents decoded outside the call (and the GPU lock)
+    assert sorted(calls) == [(1, "latent"), (3, "latent")]
     be.pipe = pipe
     for j, b in zip(jobs, batched):
         alone = be.outpaint([j])[0]
@@ -309,3 +310,15 @@ def test_z_image_starts_from_the_photo_continued(tiny_inpaint, photo):
                 "model": {"backend": "flux-fill", "path": "x", "fill": "classical"},
             }
         )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_decoding_outside_the_call_is_the_pipeline_s_own_last_step(tiny_inpaint, photo, family):
+    """With pipelining the latents leave the call and are decoded outside the GPU lock; the
+    pixels are those of the pipeline decoding them itself (model.optimize.pipelining: false)."""
+    j = job(photo, 101, 77, 45, 61, 17, 9)
+    split = backend(tiny_inpaint[family], prompts=[j.prompt])
+    whole = backend(tiny_inpaint[family], prompts=[j.prompt], optimize={"pipelining": False})
+    assert split._splits_decode() and not whole._splits_decode()
+    a, b = split.outpaint([j])[0], whole.outpaint([j])[0]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
