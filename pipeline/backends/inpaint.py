@@ -64,6 +64,8 @@ class DiffusersInpaintBackend:
         local = resolve_model_path(model_cfg.path, model_cfg.storage_options, model_cfg.cache_dir)
         self.ckpt = describe(local)
         self.recipe = recipe(self.ckpt)
+        if not self.recipe.embed:  # the pipeline encodes its prompts itself, where it runs
+            self.text_device = self.device
         self.grid = grid(self.ckpt)
         self.pipe = pipe if pipe is not None else self._load(local, batch_size)
         self.pipe.set_progress_bar_config(disable=True)
@@ -72,7 +74,6 @@ class DiffusersInpaintBackend:
         self._classical = ClassicalBackend(model_cfg) if self.fill == "classical" else None
         self._prompt_cache: dict[str, dict] = {}
         self._bounded = prompts is None  # prompts arrive one by one: the cache is bounded
-        self._negative: dict | None = None
         self._gpu_lock = threading.Lock()  # one pipeline call at a time per GPU
         self._local = threading.local()
         self.pipelining = model_cfg.optimize.pipelining

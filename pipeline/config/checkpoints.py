@@ -118,10 +118,10 @@ def _describe(path: str, options_json: str) -> Checkpoint:
     if vae:
         try:
             vae_cfg = json.loads(vae)
-            vae_scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
-            # Qwen-Image's video VAE declares its scale as temporal/spatial downsampling flags
-            if "temperal_downsample" in vae_cfg:
+            if "temperal_downsample" in vae_cfg:  # Qwen-Image's video VAE: one flag a stage
                 vae_scale = 2 ** len(vae_cfg["temperal_downsample"])
+            else:
+                vae_scale = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
         except (ValueError, KeyError, TypeError):
             pass
     card = card_front_matter(read_file(path, "README.md", options))

@@ -196,3 +196,49 @@ def test_a_card_s_licence_is_reduced_to_an_id(tmp_path):
     )
     assert fine.license == "flux-1-dev-non-commercial-license"
     assert fine.license_link == "https://example.com/LICENSE.md"
+
+
+def test_the_vae_scale_of_each_kind_of_vae(tmp_path):
+    """From vae/config.json alone: 2 ** (blocks - 1) for AutoencoderKL-style VAEs; Qwen-Image's
+    video VAE (no block_out_channels) one factor 2 per stage of temperal_downsample."""
+    for name, vae, scale in [
+        ("sd", {"block_out_channels": [128, 256, 512, 512]}, 8),
+        ("small", {"block_out_channels": [8, 16, 16]}, 4),
+        ("qwen", {"base_dim": 96, "temperal_downsample": [False, True, True]}, 8),
+    ]:
+        d = tmp_path / name
+        (d / "vae").mkdir(parents=True)
+        (d / "model_index.json").write_text(
+            json.dumps({"_class_name": "QwenImagePipeline", "vae": ["diffusers", "X"]})
+        )
+        (d / "vae" / "config.json").write_text(json.dumps(vae))
+        assert describe(str(d)).vae_scale == scale, name
+
+
+@pytest.mark.parametrize(
+    "released,runs_as,steps,guidance,grid",
+    [
+        ("QwenImagePipeline", "QwenImageInpaintPipeline", 50, 4.0, 16),
+        ("QwenImageEditPipeline", "QwenImageEditInpaintPipeline", 50, 4.0, 16),
+        ("StableDiffusion3Pipeline", "StableDiffusion3InpaintPipeline", 28, 3.5, 16),
+        ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline", 50, 7.5, 8),
+        ("FluxPipeline", "FluxInpaintPipeline", 28, 7.0, 16),  # no recipe: the pipeline's own
+    ],
+)
+def test_families_without_tiny_models_resolve_from_their_declaration(
+    tmp_path, released, runs_as, steps, guidance, grid
+):
+    """What the config reads of a released checkpoint without loading it: the inpainting
+    class that runs it, the recipe's steps and guidance, the grid."""
+    from pipeline.config import families
+
+    d = tmp_path / released
+    (d / "vae").mkdir(parents=True)
+    comp = "transformer" if grid == 16 else "unet"
+    index = {"_class_name": released, comp: ["diffusers", "X"], "vae": ["diffusers", "Y"]}
+    (d / "model_index.json").write_text(json.dumps(index))
+    (d / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [1, 2, 3, 4]}))
+    ckpt = describe(str(d))
+    assert families.runs_as(ckpt) == runs_as
+    assert families.checkpoint_defaults(str(d), None) == {"steps": steps, "guidance": guidance}
+    assert families.grid(ckpt) == grid
