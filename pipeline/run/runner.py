@@ -457,6 +457,9 @@ def run(
     run_id = new_run_id()
     # 1. everything that can fail, before any work
     started = check(cfg, say)
+    license = license_of(cfg.model)
+    if license is not None:  # what the plan said, said again where the work starts
+        say(f"[outpaint] {license.line()}")
     # 2. the manifest's ids
     ids = manifest_ids(started.index)
     # 3. what earlier runs left

@@ -52,7 +52,7 @@ def _rows():
 
 @pytest.mark.parametrize("family", ["z-image", "sdxl"])
 def test_outpaint_run_with_a_diffusers_checkpoint(
-    tiny_inpaint, source, tmp_path, ray_local, family
+    tiny_inpaint, source, tmp_path, ray_local, family, capsys
 ):
     manifest = write_manifest(tmp_path / "m.parquet", _rows())
     out = tmp_path / "out"
@@ -71,7 +71,9 @@ def test_outpaint_run_with_a_diffusers_checkpoint(
     }
     job = tmp_path / "job.json"
     job.write_text(json.dumps(doc))  # YAML is a superset of JSON
-    assert cli.main(["run", str(job), "--quiet"]) == 0
+    assert cli.main(["run", str(job)]) == 0
+    said = "".join(capsys.readouterr())  # stdout and stderr
+    assert "[outpaint] model licence: " in said and "known to permit commercial use" in said
     meta = {r["id"]: r for r in pq.read_table(out / "metadata").to_pylist()}
     assert sorted(meta) == ["bad", "same", "tall-fast", "wide"]  # every row, once
     assert meta["bad"]["status"] == "failed" and meta["bad"]["error_code"] == "image_not_found"
