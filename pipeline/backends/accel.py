@@ -62,6 +62,26 @@ def devices(torch, model_cfg):
     return device, torch.device("cpu") if on_cpu else device
 
 
+class SideStreams:
+    """Each thread's own CUDA stream for preparing and decoding beside the denoising loop
+    (``model.optimize.pipelining``); None off CUDA or with pipelining off: the current one."""
+
+    def __init__(self, torch, device, enabled: bool):
+        import threading
+
+        self.torch, self.device = torch, device
+        self.enabled = enabled and device.type == "cuda"
+        self._local = threading.local()
+
+    def get(self):
+        if not self.enabled:
+            return None
+        s = getattr(self._local, "stream", None)
+        if s is None:
+            s = self._local.stream = self.torch.cuda.Stream(self.device)
+        return s
+
+
 def check_fp8(torch, device) -> None:
     if device.type != "cuda":
         raise OptimizeError(

@@ -63,8 +63,7 @@ class FluxFillBackend(FluxInputs):
         if model_cfg.optimize.fp8:  # before loading ~24 GB of weights
             accel.check_fp8(torch, self.device)
         accel.check_quantize(torch, self.device, model_cfg.quantize)
-        on_cpu = self.text_device.type == "cpu" and self.device.type != "cpu"
-        self.pipe = self._load(pipe, batch_size, text_on_gpu=not on_cpu)
+        self.pipe = self._load(pipe, batch_size, text_on_gpu=self.text_device == self.device)
         # the checkpoint's geometry, as diffusers derives it: latent channels, the VAE's
         # scale (2 ** downsampling blocks), the grid (x2 for the 2x2 packing)
         vae_config = self.pipe.vae.config
@@ -77,8 +76,7 @@ class FluxFillBackend(FluxInputs):
         # One denoising loop at a time per GPU; preparing and decoding happen outside
         # it (on a per-thread CUDA stream), so a second concurrent call overlaps them.
         self._gpu_lock = threading.Lock()
-        self._local = threading.local()
-        self.pipelining = model_cfg.optimize.pipelining
+        self.side_streams = accel.SideStreams(torch, self.device, model_cfg.optimize.pipelining)
         self.busy = BusyClock()
         if prompts is not None:
             self._embed_all(prompts)
@@ -289,15 +287,6 @@ class FluxFillBackend(FluxInputs):
             out.append(np.ascontiguousarray(im[oy : oy + job.height, ox : ox + job.width]))
         return out
 
-    def _side_stream(self):
-        """This thread's CUDA stream for preparing and decoding (None: the current one)."""
-        if self.device.type != "cuda" or not self.pipelining:
-            return None
-        s = getattr(self._local, "stream", None)
-        if s is None:
-            s = self._local.stream = self.torch.cuda.Stream(self.device)
-        return s
-
     def _denoise(
         self, jobs: Sequence[Job], AW: int, AH: int, fast: bool, steps: int
     ) -> list[np.ndarray]:
@@ -306,7 +295,7 @@ class FluxFillBackend(FluxInputs):
         import contextlib
 
         torch = self.torch
-        side = self._side_stream()
+        side = self.side_streams.get()
         on_side = (lambda: torch.cuda.stream(side)) if side is not None else contextlib.nullcontext
         cuda = self.device.type == "cuda"
         self.busy.start()

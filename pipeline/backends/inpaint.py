@@ -75,8 +75,8 @@ class DiffusersInpaintBackend:
         self._prompt_cache: dict[str, dict] = {}
         self._bounded = prompts is None  # prompts arrive one by one: the cache is bounded
         self._gpu_lock = threading.Lock()  # one pipeline call at a time per GPU
-        self._local = threading.local()
         self.pipelining = model_cfg.optimize.pipelining
+        self.side_streams = accel.SideStreams(torch, self.device, self.pipelining)
         self._embed_lock = threading.Lock()  # concurrent calls share the prompt cache
         self.busy = BusyClock()
         if prompts is not None and self.recipe.embed:
@@ -351,15 +351,6 @@ class DiffusersInpaintBackend:
         image = vae.decode(latents, return_dict=False)[0]
         return self.pipe.image_processor.postprocess(image, output_type="np")
 
-    def _side_stream(self):
-        """This thread's CUDA stream for decoding (None: the current one)."""
-        if self.device.type != "cuda" or not self.pipelining:
-            return None
-        s = getattr(self._local, "stream", None)
-        if s is None:
-            s = self._local.stream = self.torch.cuda.Stream(self.device)
-        return s
-
     def _group(self, jobs: Sequence[Job], key: tuple) -> list[np.ndarray]:
         """prepare (canvases, prompts: outside the lock) -> the pipeline call (under it) ->
         decode (outside it, on this thread's side stream on CUDA), so with two concurrent
@@ -372,7 +363,7 @@ class DiffusersInpaintBackend:
         split = self._splits_decode()
         if split:
             args["output_type"] = "latent"
-        side = self._side_stream()
+        side = self.side_streams.get()
         self.busy.start()
         with torch.no_grad():
             with self._gpu_lock:
