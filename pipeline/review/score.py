@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.box import Box
+from ..common.precision import stored
 
 DEFECTS = ("seam", "color", "blur", "noise", "flat", "mirror", "stretch", "structure", "repeat")
 SCALE_PX = 768  # the longer side the score looks at: a fixed scale, a bounded cost
@@ -40,6 +41,14 @@ FEATHER = 8  # the paste-back's blend band inside the original (output.feather_p
 BAND = 24  # px of each band compared across a seam
 REPEAT_PX = 320  # the longer side the search for a repeated original looks at
 SEGMENT = 16  # px of seam per comparison: the segments must agree on a step or a cast
+# ITU-R 601 luma in thousandths: an integer sum, exact, then one IEEE division, so the grey
+# values are the same on every CPU (a float32 matrix product is not: BLAS kernels differ)
+GREY_MILLI = np.array([299, 587, 114], np.int32)
+
+
+def grey_of(rgb: np.ndarray) -> np.ndarray:
+    """The grey (0..255, float32) of uint8 RGB pixels, bit for bit the same everywhere."""
+    return (rgb.astype(np.int32) @ GREY_MILLI).astype(np.float32) / np.float32(1000)
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, np.nda
             continue
         crop = np.ascontiguousarray(view[r0:r1, c - outside : c + inside])
         lab = cv2.cvtColor(crop.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-        grey = crop.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        grey = grey_of(crop)
         out.append((Seam(lab, grey, outside, inside), view))
     return out
 
@@ -140,11 +149,14 @@ def _energy(grey: np.ndarray) -> float:
 
 def _noise_sigma(g: np.ndarray) -> np.ndarray:
     """Per segment: the noise's sigma by Immerkaer's estimator, made robust to edges with a
-    median (the Laplacian of two differences cancels smooth shading and most detail)."""
+    median (the Laplacian of two differences cancels smooth shading and most detail).
+    Filtered in integer thousandths of a level (``grey_of``'s own integers, below 2**24
+    whatever the sum): exact, so the cancellation cannot magnify another CPU's rounding."""
     import cv2
 
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    r = np.abs(cv2.filter2D(g, cv2.CV_32F, kernel))[1:-1, 1:-1]
+    milli = np.rint(g.astype(np.float64) * 1000).astype(np.float32)
+    r = np.abs(cv2.filter2D(milli, cv2.CV_32F, kernel))[1:-1, 1:-1] / 1000
     parts = np.array_split(r, max(1, r.shape[0] // SEGMENT), axis=0)
     return np.array([np.median(p) for p in parts]) * 1.4826 / 6.0 * np.sqrt(36 / 36)
 
@@ -285,7 +297,7 @@ def _repeat(image: np.ndarray, box: Box) -> float:
         W, H = max(1, round(W * k)), max(1, round(H * k))
         image = cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA)
         box = Box(round(box.x0 * k), round(box.y0 * k), round(box.x1 * k), round(box.y1 * k))
-    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = grey_of(image)
     gen_w = max(box.x0, W - box.x1)
     gen_h = max(box.y0, H - box.y1)
     best = 0.0
@@ -401,8 +413,8 @@ def judge(image: np.ndarray, box: Box, thresholds, feather: int = FEATHER) -> di
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
     return {
-        **{f"quality_{k}": round(float(v), 6) for k, v in cols.items()},
-        "quality_distance": round(float(ratios[worst]), 6),
+        **{f"quality_{k}": stored(f"quality_{k}", v) for k, v in cols.items()},
+        "quality_distance": stored("quality_distance", ratios[worst]),
         "quality_pass": passed,
         "quality_defect": None if passed else worst,
     }

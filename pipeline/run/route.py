@@ -13,6 +13,7 @@ import time
 
 import pyarrow as pa
 
+from ..common.precision import stored
 from ..config import Config, ModelConfig, SizingConfig
 from ..io import backdrop
 from ..review.gate import attempt_seed
@@ -85,9 +86,11 @@ class BackdropStage(RowStage):
             return None
         sides = rec.box.sides(row["canvas_width"], row["canvas_height"])
         found = backdrop.analyse(rec.ref.model, sides, self.tol)
-        row.update(backdrop_kind=found.kind, backdrop_residual=round(found.residual, 3))
         row.update(
-            backdrop_noise=round(found.noise, 3), backdrop_color=found.hex if found.plain else None
+            backdrop_kind=found.kind,
+            backdrop_residual=stored("backdrop_residual", found.residual),
+            backdrop_noise=stored("backdrop_noise", found.noise),
+            backdrop_color=found.hex if found.plain else None,
         )
         problem = self._problem(rec, found, sides)
         if problem is None:

@@ -13,6 +13,7 @@ import pyarrow as pa
 from .. import __version__
 from ..backends import BackendSpec, spec_of
 from ..common.box import Box
+from ..common.precision import stored
 from ..config import Config, OutputConfig, QualityConfig
 from ..io import provenance
 from ..io.headers import SourceLimits
@@ -186,8 +187,10 @@ class WriteStage(RowStage):
             effective_feather(self.output.feather_px, box.height, box.width) if generated else 0
         )
         row["feather_px"] = feather
-        row["seam_score"] = quality.seam_score(out, box, sides) if generated else None
-        row["texture_score"] = quality.texture_score(out, box, sides) if generated else None
+        seam = quality.seam_score(out, box, sides) if generated else None
+        texture = quality.texture_score(out, box, sides) if generated else None
+        row["seam_score"] = stored("seam_score", seam)
+        row["texture_score"] = stored("texture_score", texture)
         row["ref_max_abs_diff"], row["ref_mean_abs_diff"] = quality.fidelity(
             out, rec.ref.out, box, sides, feather
         )

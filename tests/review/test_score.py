@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline import api
+from pipeline.common import precision
 from pipeline.common.box import Box
 from pipeline.config import QualityThresholds
 from pipeline.io import backdrop
@@ -144,5 +145,7 @@ def test_api_score_matches_the_stage_s_judgement(tmp_path):
     pq.write_table(table, tmp_path / "m.parquet")
     got = api.score(str(tmp_path / "m.parquet")).to_pylist()[0]
     want = judge(case.image, case.box, QualityThresholds())
-    assert got["quality_distance"] == pytest.approx(want["quality_distance"], rel=1e-9)
+    assert precision.same_stored(
+        "quality_distance", got["quality_distance"], want["quality_distance"]
+    )
     assert got["quality_pass"] == want["quality_pass"]
