@@ -507,6 +507,17 @@ def cmd_serve(args) -> int:
     if args.verbose:
         cfg.runtime.verbose = True
 
+    from .serve import supervise
+
+    if not supervise.is_worker():
+        # a bad config or no keys fails here, exit 2, before any process starts; then the
+        # server runs as a child in a session of its own, where a signal to this process's
+        # group cannot reach its Ray (pipeline/serve/supervise.py)
+        from .serve.keys import load_digests
+
+        load_digests(cfg.serve)
+        return supervise.supervise(args.argv)
+
     def ready(url: str, backend: str) -> None:
         print(f"outpaint serve: {url} ({backend} backend); Ctrl-C stops it", flush=True)
 
@@ -540,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # as given: ``serve`` runs the server with it as a child
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

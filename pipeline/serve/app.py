@@ -300,15 +300,22 @@ class Api:
 
     async def _follow(self, task: dict, planned: pa.Table, owner: str) -> None:
         """The task to its end: its final state in the store, the key's slot freed."""
+        failure = None
         try:
             result = await asyncio.wait_for(self._call(planned), self.serve.task_timeout_s)
             final = self._final(task, result)
         except Exception as e:  # noqa: BLE001 - the task ends Error, the server goes on
+            failure = ("generation_failed", _short(e))
+            if self.draining:  # the model went away under the drain
+                failure = ("server_stopped", f"the server stopped: {failure[1]}")
             final = {**task, "status": ERROR, "finished_at": time.time()}
-            final["details"] = {"code": "generation_failed", "message": _short(e)}
+            final["details"] = {"code": failure[0], "message": failure[1]}
         try:
-            if task["id"] in self.stopped:  # the drain recorded it already: drop what came late
+            if task["id"] in self.stopped:  # the drain recorded it Error: drop what came late
                 await asyncio.to_thread(self.tasks.drop_image, task)
+                final = await asyncio.to_thread(self.tasks.get, task["id"]) or final
+            elif failure is not None:  # the model may have written its image before it failed
+                final = await asyncio.to_thread(self.tasks.stopped, task, failure[1], failure[0])
             else:
                 await asyncio.to_thread(self.tasks.finished, final)
         finally:
@@ -335,23 +342,31 @@ class Api:
     async def _call(self, planned: pa.Table) -> dict:
         return await self.model.run.remote(planned)
 
-    async def __del__(self):
-        """Serve's shutdown (SIGTERM of ``outpaint serve``, a RayService's rolling update):
-        take no new task, finish those accepted within ``serve.drain_s``, record each, and
-        end the rest ``Error`` (``server_stopped``) with no image left behind."""
+    async def drain(self) -> int:
+        """Stop: take no new task (503), finish those accepted within ``serve.drain_s``,
+        record each, and end the rest ``Error`` (``server_stopped``) with no image left
+        behind; the count of the latter. ``outpaint serve`` calls it on SIGTERM or SIGINT
+        before it deletes the application, while the model deployment is still up."""
         self.draining = True
         end = time.monotonic() + self.serve.drain_s
         while self.live and time.monotonic() < end:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
         message = (
             f"the server stopped before this task finished (serve.drain_s = "
             f"{self.serve.drain_s:g} s); submit it again (not charged)"
         )
-        for task_id, task in list(self.live.items()):
-            self.stopped.add(task_id)
+        stopped = [t for i, t in list(self.live.items()) if i not in self.stopped]
+        for task in stopped:
+            self.stopped.add(task["id"])
             await asyncio.to_thread(self.tasks.stopped, task, message)
-        if self.live:
-            log.warning("outpaint serve: %d task(s) stopped unfinished", len(self.live))
+        if stopped:
+            log.warning("outpaint serve: %d task(s) stopped unfinished", len(stopped))
+        return len(stopped)
+
+    async def __del__(self):
+        """Serve's shutdown of this replica (a RayService's rolling update, ``serve
+        delete``): the same drain, unless ``outpaint serve`` drained it already."""
+        await self.drain()
 
     def _final(self, task: dict, result: dict) -> dict:
         final = {**task, "finished_at": time.time(), "route": result.get("route")}

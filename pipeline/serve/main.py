@@ -1,9 +1,14 @@
 """``outpaint serve`` in the foreground: Ray Serve started on ``serve.host:serve.port``
-with the application of ``app``, until SIGINT or SIGTERM."""
+with the application of ``app``, until SIGINT or SIGTERM; then the drain, in this order:
+the ingress stops taking tasks and finishes the accepted ones while the model deployment
+is still up (``Api.drain``), then the application is deleted, then Serve and Ray stop.
+The command runs this in a session of its own (``supervise``), so that no signal to the
+command's process group reaches Ray's processes before the drain has finished."""
 
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable
 
@@ -47,9 +52,18 @@ def serve(cfg: Config, *, ready: Callable[[str, str], None] | None = None, block
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        # the application first, waiting for its replicas' drain (serve.drain_s: the tasks
-        # accepted finish and are recorded), then Serve itself
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        ray_serve.delete("outpaint", _blocking=True)
+        drain(ray_serve, cfg.serve.drain_s)
+        ray_serve.delete("outpaint", _blocking=True)  # the replicas' own drain: nothing left
         ray_serve.shutdown()
+
+
+def drain(ray_serve, drain_s: float) -> None:
+    """The ingress's drain while everything else is up: the tasks it accepted finish and
+    are recorded (serve.drain_s), the rest end Error (server_stopped). Should the call
+    fail, the application's deletion drains all the same (``Api.__del__``)."""
+    try:
+        ray_serve.get_app_handle("outpaint").drain.remote().result(timeout_s=drain_s + 30)
+    except Exception as e:  # noqa: BLE001 - the deletion below drains in any case
+        print(f"outpaint serve: drain: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

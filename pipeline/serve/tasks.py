@@ -94,12 +94,12 @@ class TaskStore:
             for directory in (IMAGES, HELD):
                 self.folder.remove(posixpath.join(directory, name))
 
-    def stopped(self, task: dict, message: str) -> dict:
-        """A task the server stopped before it finished: ``Error`` (``server_stopped``),
-        and a marker, so an image the model replica writes after the process is gone is
-        removed by the next start."""
+    def stopped(self, task: dict, message: str, code: str = "server_stopped") -> dict:
+        """A task that ended before the model answered (the server stopped, the model
+        failed): ``Error`` (``code``), and first a marker, so an image the model replica
+        writes after this (or after the process is gone) is removed by the next start."""
         self._put(posixpath.join("serve", "stopped", f"{task['id']}.json"), task)
-        return self.failed(task, "server_stopped", message)
+        return self.failed(task, code, message)
 
     def recover(self) -> int:
         """Tasks an earlier start of the server left pending end ``Error``, and images
