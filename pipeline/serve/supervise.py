@@ -22,7 +22,8 @@ import subprocess
 import sys
 
 WORKER_ENV = "OUTPAINT_SERVE_WORKER"  # set in the server's environment: it is the child
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# the stop signals this platform has (Windows has no SIGHUP)
+FORWARDED = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
 PR_SET_PDEATHSIG = 1
 
 
