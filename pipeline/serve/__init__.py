@@ -6,7 +6,9 @@ as ``outpaint run`` (docs/serving.md).
 - ``keys``: the accepted keys, held as digests;
 - ``tasks``: task state in the output store, signed result URLs;
 - ``app``: the deployments and the application builders;
-- ``main``: the server in the foreground, until SIGINT/SIGTERM.
+- ``main``: the server in the foreground, until SIGINT/SIGTERM, then the drain;
+- ``supervise``: the command's own process, the server a child of it in a session of its
+  own (a signal to the command's process group never reaches Ray mid-drain).
 
 Importing this package needs only the core dependencies; ``app`` needs ``ray[serve]``.
 May import: the shared packages (``common``, ``config``: configs), ``io``, ``backends``,
