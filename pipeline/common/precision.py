@@ -29,10 +29,9 @@ STORED_DECIMALS = {
 
 def decimals(column: str) -> int | None:
     """The decimals ``column`` is stored with; None: not rounded for storage."""
-    if column in STORED_DECIMALS:
-        return STORED_DECIMALS[column]
-    prefix = column.split("_", 1)[0] + "_"
-    return STORED_DECIMALS.get(prefix) if prefix == "quality_" else None
+    if column.startswith("quality_"):
+        return STORED_DECIMALS["quality_"]
+    return STORED_DECIMALS.get(column)
 
 
 def stored(column: str, value: float | None) -> float | None:

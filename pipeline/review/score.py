@@ -41,14 +41,15 @@ FEATHER = 8  # the paste-back's blend band inside the original (output.feather_p
 BAND = 24  # px of each band compared across a seam
 REPEAT_PX = 320  # the longer side the search for a repeated original looks at
 SEGMENT = 16  # px of seam per comparison: the segments must agree on a step or a cast
-# ITU-R 601 luma in thousandths: an integer sum, exact, then one IEEE division, so the grey
-# values are the same on every CPU (a float32 matrix product is not: BLAS kernels differ)
-GREY_MILLI = np.array([299, 587, 114], np.int32)
+# ITU-R 601 luma in thousandths: integer weights, so every product and partial sum of the
+# float32 matrix product is an integer below 2**24, exact in whatever order a BLAS kernel
+# sums (fractional weights are not: the last bits differed by CPU); then one IEEE division
+GREY_MILLI = np.array([299, 587, 114], np.float32)
 
 
 def grey_of(rgb: np.ndarray) -> np.ndarray:
     """The grey (0..255, float32) of uint8 RGB pixels, bit for bit the same everywhere."""
-    return (rgb.astype(np.int32) @ GREY_MILLI).astype(np.float32) / np.float32(1000)
+    return (rgb.astype(np.float32) @ GREY_MILLI) / np.float32(1000)
 
 
 @dataclass(frozen=True)
