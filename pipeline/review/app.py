@@ -30,6 +30,7 @@ from ..config import InputConfig
 from ..io.outputs import OutputStore
 from . import verdicts
 from .report import _environment
+from .score import REGION_COLUMNS
 from .thumbnails import jpeg, open_srgb, read
 
 PAGE_ROWS = 60  # cards a page
@@ -50,11 +51,22 @@ SHOWN = [
     "visible_y0",
     "visible_x1",
     "visible_y1",
+    *REGION_COLUMNS,
 ]
 CSP = (
     "default-src 'none'; img-src 'self'; style-src 'nonce-{n}'; script-src 'nonce-{n}'; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+
+def _region(r: dict) -> str:
+    """Where the defect that failed the row was found, as the page's outline reads it
+    (x0,y0,x1,y1,width,height); empty where none (numbers only: nothing of the row's
+    strings reaches the page's attributes)."""
+    region = [r.get(c) for c in REGION_COLUMNS]
+    if any(v is None for v in region):
+        return ""
+    return ",".join(str(int(v)) for v in [*region, r["canvas_width"], r["canvas_height"]])
 
 
 class Review:
@@ -139,6 +151,7 @@ class Review:
                     else f"{r['quality_distance']:.2f}",
                     "defect": r["quality_defect"],
                     "box": ",".join(str(v) for v in [*box, r["canvas_width"], r["canvas_height"]]),
+                    "region": _region(r),
                     # by position, never by id: no manifest string becomes part of a URL
                     "before_url": f"picture/{index}/before",
                     "after_url": f"picture/{index}/after",

@@ -30,6 +30,7 @@ from ..config import InputConfig
 from ..config.licenses import License
 from ..io.outputs import IMAGES, OutputStore, conform
 from ..plan.rows import derive_seeds
+from .score import REGION_COLUMNS
 from .thumbnails import THUMB, Pictures
 
 # what the page shows; nothing else is read (the metadata can hold millions of rows)
@@ -49,6 +50,7 @@ SCHEMA = pa.schema(
         ("texture_score", pa.float64()),
         ("quality_distance", pa.float64()),
         ("quality_defect", pa.string()),
+        *[(c, pa.int64()) for c in REGION_COLUMNS],
         ("review_status", pa.string()),
         ("fill_color", pa.string()),
         ("fill_leakage", pa.float64()),
@@ -233,13 +235,22 @@ class Cards:
             box = Box(
                 *(r.get(c) or 0 for c in ("visible_x0", "visible_y0", "visible_x1", "visible_y1"))
             )
-            card["box"] = (
-                f"left:{100 * box.x0 / W:.2f}%;top:{100 * box.y0 / H:.2f}%;"
-                f"width:{100 * box.width / W:.2f}%;height:{100 * box.height / H:.2f}%"
-            )
+            card["box"] = _style(box, W, H)
+            card["region"] = ""
+            region = [r.get(c) for c in REGION_COLUMNS]
+            if all(v is not None for v in region):  # where the defect that failed it was
+                card["region"] = _style(Box(*(int(v) for v in region)), W, H)
             card["full"] = self.link(r.get("output_uri"))
             card["slider"] = self.pictures.before_file(r, source) or ""
         return card
+
+
+def _style(box: Box, W: int, H: int) -> str:
+    """A box on the canvas as an outline's CSS position (numbers only)."""
+    return (
+        f"left:{100 * box.x0 / W:.2f}%;top:{100 * box.y0 / H:.2f}%;"
+        f"width:{100 * box.width / W:.2f}%;height:{100 * box.height / H:.2f}%"
+    )
 
 
 def _leak_note(r: dict) -> str:

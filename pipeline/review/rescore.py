@@ -33,7 +33,7 @@ from ..io.imageio import ImageError, decode
 from ..io.metadata import METADATA
 from ..io.outputs import OutputStore, new_run_id
 from ..io.sources import read
-from .score import COLUMNS, FEATHER, judge
+from .score import COLUMNS, FEATHER, REGION_COLUMNS, judge
 
 BOX = ("visible_x0", "visible_y0", "visible_x1", "visible_y1")
 RESULT = pa.schema(
@@ -43,6 +43,7 @@ RESULT = pa.schema(
         ("quality_pass", pa.bool_()),
         ("quality_defect", pa.string()),
         *[(c, pa.float64()) for c in COLUMNS],
+        *[(c, pa.int64()) for c in REGION_COLUMNS],
         ("score_error", pa.string()),
     ]
 )
@@ -146,7 +147,7 @@ def score(
 def _update(store: OutputStore, meta: pa.Table, result: pa.Table) -> None:
     """The metadata's quality columns replaced by ``result`` (a new part; latest wins)."""
     scored = pc.is_null(result.column("score_error"))
-    for name in ("quality_distance", "quality_pass", "quality_defect", *COLUMNS):
+    for name in ("quality_distance", "quality_pass", "quality_defect", *COLUMNS, *REGION_COLUMNS):
         column = (
             pc.if_else(scored, result.column(name), meta.column(name))
             if name in meta.column_names

@@ -16,11 +16,17 @@ models report has its own column, larger = worse, 0 where nothing of it shows:
 - ``mirror``: the original mirrored across the seam (ghosts);
 - ``stretch``: the border stretched outwards (streaks across the seam);
 - ``structure``: edges that cross the seam do not continue (the surroundings misplaced);
-- ``repeat``: the original (the product) repeated in the generated area.
+- ``repeat``: the original (the product) repeated anywhere in the generated area, whole
+  or a part of it, also smaller.
+
+Then the whole-area checks (``whole.py``): ``foreign`` colours, ``blank`` areas, a
+``frame`` or bars along a canvas edge, ``detail`` lost far from the seam. Each column also
+says where it was worst (``regions``): the region the review page outlines.
 
 Along a seam the comparisons are made per segment and combined by their median, so a
 defect that holds along the whole seam shows, and a photo whose content changes along it
-does not. Images are looked at no larger than ``SCALE_PX`` on their longer side.
+does not. Images are looked at no larger than ``SCALE_PX`` on their longer side, shrunk
+by a whole factor (``whole.shrink``: OpenCV's fast area average).
 
 ``quality_distance`` is the largest column over its threshold (``quality.thresholds``):
 above 1, the row fails the gate (``quality_pass`` false).
@@ -34,12 +40,16 @@ import numpy as np
 
 from ..common.box import Box
 from ..common.precision import stored
+from .whole import Region, _rect, shrink, whole
 
-DEFECTS = ("seam", "color", "blur", "noise", "flat", "mirror", "stretch", "structure", "repeat")
-SCALE_PX = 768  # the longer side the score looks at: a fixed scale, a bounded cost
+SEAM_DEFECTS = ("seam", "color", "blur", "noise", "flat", "mirror", "stretch", "structure")
+WHOLE_DEFECTS = ("foreign", "blank", "frame", "detail")  # whole.py
+DEFECTS = (*SEAM_DEFECTS, "repeat", *WHOLE_DEFECTS)
+SCALE_PX = 768  # the longer side the score looks at, at most: a bounded cost
 FEATHER = 8  # the paste-back's blend band inside the original (output.feather_px's default)
 BAND = 24  # px of each band compared across a seam
 REPEAT_PX = 320  # the longer side the search for a repeated original looks at
+REPEAT_SCALES = (0.3, 0.4, 0.5, 0.6)  # the original's copies looked for at these sizes
 SEGMENT = 16  # px of seam per comparison: the segments must agree on a step or a cast
 # ITU-R 601 luma in thousandths: integer weights, so every product and partial sum of the
 # float32 matrix product is an integer below 2**24, exact in whatever order a BLAS kernel
@@ -63,25 +73,28 @@ class Seam:
 
 
 def _views(image: np.ndarray, box: Box):
-    """Each generated side as (image view, seam column, first row, last row, original's
-    width inwards): flips and transposes, so every side reads as a left edge."""
+    """Each generated side as (name, image view, seam column, first row, last row,
+    original's width inwards): flips and transposes, so every side reads as a left edge."""
     H, W = image.shape[:2]
     t = image.transpose(1, 0, 2)
     if box.x0 > 0:
-        yield image, box.x0, box.y0, box.y1, box.width
+        yield "left", image, box.x0, box.y0, box.y1, box.width
     if box.x1 < W:
-        yield image[:, ::-1], W - box.x1, box.y0, box.y1, box.width
+        yield "right", image[:, ::-1], W - box.x1, box.y0, box.y1, box.width
     if box.y0 > 0:
-        yield t, box.y0, box.x0, box.x1, box.height
+        yield "top", t, box.y0, box.x0, box.x1, box.height
     if box.y1 < H:
-        yield t[:, ::-1], H - box.y1, box.x0, box.x1, box.height
+        yield "bottom", t[:, ::-1], H - box.y1, box.x0, box.x1, box.height
 
 
-def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, np.ndarray]]:
+def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, Region]]:
+    """Each generated side's bands, with the region (image pixels) they judge: the
+    generated band outside the seam along the original's side."""
     import cv2
 
+    H, W = image.shape[:2]
     out = []
-    for view, c, r0, r1, depth in _views(image, box):
+    for side, view, c, r0, r1, depth in _views(image, box):
         outside = min(c, 2 * BAND)
         inside = min(depth, feather + 3 * BAND)
         if r1 - r0 < 16 or outside < 6 or inside < feather + 8:
@@ -89,12 +102,13 @@ def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, np.nda
         crop = np.ascontiguousarray(view[r0:r1, c - outside : c + inside])
         lab = cv2.cvtColor(crop.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
         grey = grey_of(crop)
-        out.append((Seam(lab, grey, outside, inside), view))
+        out.append((Seam(lab, grey, outside, inside), _rect(side, c - outside, c, r0, r1, W, H)))
     return out
 
 
-def _segment_medians(a: np.ndarray) -> np.ndarray:
-    """Per segment of ``SEGMENT`` rows: the median of each channel (segments x channels)."""
+def _segment_medians(a: np.ndarray, reduce=np.median) -> np.ndarray:
+    """Per segment of ``SEGMENT`` rows: the median (or ``reduce``) of each channel
+    (segments x channels), in one call per segment length rather than one per segment."""
     rows, ch = a.shape[0], a.shape[-1]
     n = max(1, rows // SEGMENT)
     flat = a.reshape(rows, -1, ch)
@@ -103,7 +117,7 @@ def _segment_medians(a: np.ndarray) -> np.ndarray:
     for start, size, count in ((0, q + 1, extra), (extra * (q + 1), q, n - extra)):
         if count:
             block = flat[start : start + size * count].reshape(count, -1, ch)
-            out.append(np.median(block, axis=1))
+            out.append(reduce(block, axis=1))
     return np.concatenate(out)
 
 
@@ -158,16 +172,14 @@ def _noise_sigma(g: np.ndarray) -> np.ndarray:
     kernel = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
     milli = np.rint(g.astype(np.float64) * 1000).astype(np.float32)
     r = np.abs(cv2.filter2D(milli, cv2.CV_32F, kernel))[1:-1, 1:-1] / 1000
-    parts = np.array_split(r, max(1, r.shape[0] // SEGMENT), axis=0)
-    return np.array([np.median(p) for p in parts]) * 1.4826 / 6.0 * np.sqrt(36 / 36)
+    return _segment_medians(r[..., None])[:, 0] * 1.4826 / 6.0
 
 
 def _segment_energy(g: np.ndarray) -> np.ndarray:
     import cv2
 
     lap = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))[1:-1, 1:-1]
-    parts = np.array_split(lap, max(1, lap.shape[0] // SEGMENT), axis=0)
-    return np.array([p.mean() for p in parts])
+    return _segment_medians(lap[..., None], np.mean)[:, 0]
 
 
 def _texture(s: Seam, feather: int) -> tuple[float, float, float]:
@@ -213,6 +225,31 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     b = b - b.mean()
     d = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / d) if d > 1e-6 else 0.0
+
+
+def _shifted_ncc(a: np.ndarray, b: np.ndarray, most: int, least: int, overlap: int) -> list:
+    """``_ncc`` of ``a`` against ``b`` displaced by d (least <= |d| <= most, at least
+    ``overlap`` samples in common), for every d at once: window sums from cumulative sums,
+    the cross terms from one correlation."""
+    n = len(a)
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    ca, cb = np.concatenate([[0], np.cumsum(a)]), np.concatenate([[0], np.cumsum(b)])
+    ca2, cb2 = np.concatenate([[0], np.cumsum(a * a)]), np.concatenate([[0], np.cumsum(b * b)])
+    cross = np.correlate(a, b, "full")  # cross[n - 1 + d] = sum_i a[i + d] b[i]
+    out = []
+    for d in range(-most, most + 1):
+        m = n - abs(d)
+        if abs(d) < least or m < overlap:
+            continue
+        a0, b0 = max(0, d), max(0, -d)  # a[a0:a0+m] against b[b0:b0+m]
+        sa, sb = ca[a0 + m] - ca[a0], cb[b0 + m] - cb[b0]
+        va = ca2[a0 + m] - ca2[a0] - sa * sa / m
+        vb = cb2[b0 + m] - cb2[b0] - sb * sb / m
+        cov = cross[n - 1 + d] - sa * sb / m
+        den = np.sqrt(max(va, 0.0) * max(vb, 0.0))
+        out.append(float(cov / den) if den > 1e-6 else 0.0)
+    return out
 
 
 def _highpass(g: np.ndarray, sigma: float) -> np.ndarray:
@@ -274,34 +311,29 @@ def _structure(s: Seam, feather: int) -> float:
     in2_p = profile(s.c + 2 * feather + w)
     if np.std(in_p) < 0.5 and np.std(out_p) < 0.5:
         return 0.0  # nothing crosses the seam to continue
-    n = len(in_p)
     here = _ncc(out_p, in_p)
-    shifts = [d for d in range(-40, 41) if abs(d) >= 6 and n - abs(d) >= 32]
-    displaced = max(
-        (_ncc(out_p[max(0, d) : n + min(0, d)], in_p[max(0, -d) : n - max(0, d)]) for d in shifts),
-        default=here,
-    )
+    displaced = max(_shifted_ncc(out_p, in_p, 40, 6, 32), default=here)
     return max(0.0, max(_ncc(in_p, in2_p), 0.0) - here) + max(0.0, displaced - here)
 
 
-def _repeat(image: np.ndarray, box: Box) -> float:
+def _repeat(image: np.ndarray, box: Box) -> tuple[float, Region | None]:
     """The best match of a piece of the original inside the generated area (normalised
     cross-correlation, pieces wholly outside the original), beyond the photo's own
-    self-similarity: the best match of the same piece elsewhere in the original. Looked
-    for at most ``REPEAT_PX`` on the longer side: a repeated product is a large structure,
-    and the search's cost grows with the image's area times the piece's."""
+    self-similarity: the best match of the same piece elsewhere in the original. The
+    pieces: halves of the original (a repeat, a part of it) and the whole original at
+    ``REPEAT_SCALES`` (a smaller copy of the subject). Looked for at most ``REPEAT_PX`` on
+    the longer side: a repeated product is a large structure, and the search's cost grows
+    with the image's area times the piece's. Returns the value and where it matched."""
     import cv2
 
+    H0, W0 = image.shape[:2]
+    image, box, f = shrink(image, box, REPEAT_PX)
     H, W = image.shape[:2]
-    k = min(1.0, REPEAT_PX / max(H, W))
-    if k < 1.0:
-        W, H = max(1, round(W * k)), max(1, round(H * k))
-        image = cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA)
-        box = Box(round(box.x0 * k), round(box.y0 * k), round(box.x1 * k), round(box.y1 * k))
+    k = 1.0 / f
     grey = grey_of(image)
     gen_w = max(box.x0, W - box.x1)
     gen_h = max(box.y0, H - box.y1)
-    best = 0.0
+    pieces = []  # (x, y, piece) with (x, y) where it lies in the original
     for vertical in (False, True):  # pieces for the left/right areas, then top/bottom
         if vertical:
             tw, th = min(box.width // 2, W), min(gen_h, box.height // 2)
@@ -312,28 +344,42 @@ def _repeat(image: np.ndarray, box: Box) -> float:
         for fx, fy in ((0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0)):
             x = box.x0 + round(fx * (box.width - tw))
             y = box.y0 + round(fy * (box.height - th))
-            piece = grey[y : y + th, x : x + tw]
-            if piece.std() < 4:
-                continue  # a plain piece matches anything plain
-            ncc = cv2.matchTemplate(grey, piece, cv2.TM_CCOEFF_NORMED)
-            ys, xs = np.mgrid[0 : ncc.shape[0], 0 : ncc.shape[1]]
-            outside = (xs + tw <= box.x0) | (xs >= box.x1) | (ys + th <= box.y0) | (ys >= box.y1)
-            far = (np.abs(xs - x) >= tw) | (np.abs(ys - y) >= th)
-            within = (
-                ~outside
-                & far
-                & (xs >= box.x0)
-                & (xs + tw <= box.x1)
-                & (ys >= box.y0)
-                & (ys + th <= box.y1)
+            pieces.append((x, y, grey[y : y + th, x : x + tw]))
+    soft = cv2.GaussianBlur(grey, (0, 0), 1.5)  # scaled copies: a scale off by 10 % still matches
+    original = soft[box.region]
+    for scale in REPEAT_SCALES:
+        tw, th = round(box.width * scale), round(box.height * scale)
+        if tw >= 12 and th >= 12 and (tw <= gen_w or th <= gen_h):
+            small = cv2.resize(original, (tw, th), interpolation=cv2.INTER_AREA)
+            pieces.append((None, None, small))
+    best, where = 0.0, None
+    for x, y, piece in pieces:
+        th, tw = piece.shape
+        if piece.std() < 4:
+            continue  # a plain piece matches anything plain
+        ncc = cv2.matchTemplate(grey if x is not None else soft, piece, cv2.TM_CCOEFF_NORMED)
+        ys, xs = np.mgrid[0 : ncc.shape[0], 0 : ncc.shape[1]]
+        outside = (xs + tw <= box.x0) | (xs >= box.x1) | (ys + th <= box.y0) | (ys >= box.y1)
+        if not outside.any():
+            continue
+        within = (xs >= box.x0) & (xs + tw <= box.x1) & (ys >= box.y0) & (ys + th <= box.y1)
+        if x is not None:
+            within &= (np.abs(xs - x) >= tw) | (np.abs(ys - y) >= th)
+        there = float(ncc[outside].max())
+        own = max(0.3, float(ncc[within].max()) if within.any() else 0.0)
+        # relative to the headroom the photo's own self-similarity leaves
+        value = (there - own) / (1.02 - own)
+        if value > best:
+            i = int(np.argmax(np.where(outside, ncc, -2.0)))
+            my, mx = divmod(i, ncc.shape[1])
+            best = value
+            where = (
+                int(mx / k),
+                int(my / k),
+                min(W0, int(np.ceil((mx + tw) / k))),
+                min(H0, int(np.ceil((my + th) / k))),
             )
-            if not outside.any():
-                continue
-            there = float(ncc[outside].max())
-            own = max(0.3, float(ncc[within].max()) if within.any() else 0.0)
-            # relative to the headroom the photo's own self-similarity leaves
-            best = max(best, (there - own) / (1.02 - own))
-    return max(0.0, best)
+    return max(0.0, best), where
 
 
 # how a defect's values on several seams combine: the worst seam, or (structure: its
@@ -347,27 +393,27 @@ def _combine(defect: str, values: list[float]) -> float:
     return float(np.mean(values)) if defect in MEAN_OVER_SEAMS else float(max(values))
 
 
-def score(image: np.ndarray, box: Box, feather: int = FEATHER) -> dict[str, float] | None:
+def score(
+    image: np.ndarray, box: Box, feather: int = FEATHER, regions: bool = False
+) -> dict[str, float] | tuple[dict[str, float], dict[str, Region | None]] | None:
     """The defect columns of one output (H x W x 3 uint8) whose original area is ``box``;
-    None when nothing was generated."""
-    import cv2
+    None when nothing was generated. ``regions``: also where each column was worst (x0,
+    y0, x1, y1 in the output's pixels; None where nothing showed)."""
 
-    H, W = image.shape[:2]
+    H0, W0 = image.shape[:2]
+    H, W = H0, W0
     if box.sides(W, H) == (False, False, False, False):
         return None
     if image.ndim == 2:
         image = image[..., None]
     if image.shape[2] < 3:  # grey (with or without alpha): judged as the grey it displays
         image = np.repeat(image[..., :1], 3, axis=2)
-    k = min(1.0, SCALE_PX / max(H, W))
-    if k < 1.0:
-        size = (max(1, round(W * k)), max(1, round(H * k)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        box = Box(round(box.x0 * k), round(box.y0 * k), round(box.x1 * k), round(box.y1 * k))
-        feather = max(1, round(feather * k))
+    image, box, f = shrink(image, box, SCALE_PX)
+    k = 1.0 / f
+    feather = max(1, round(feather * k))
     image = np.ascontiguousarray(image[..., :3])
-    found: dict[str, list[float]] = {k: [] for k in DEFECTS}
-    for s, _ in _seams(image, box, feather):
+    found: dict[str, list[tuple[float, Region]]] = {d: [] for d in SEAM_DEFECTS}
+    for s, rect in _seams(image, box, feather):
         seam, color = _offsets(s, feather)
         blur, noise, flat = _texture(s, feather)
         each = {
@@ -381,10 +427,32 @@ def score(image: np.ndarray, box: Box, feather: int = FEATHER) -> dict[str, floa
             "structure": _structure(s, feather),
         }
         for key, value in each.items():
-            found[key].append(value)
-    cols = {k: _combine(k, v) for k, v in found.items() if k != "repeat"}
-    cols["repeat"] = _repeat(image, box)
-    return cols
+            found[key].append((value, rect))
+    cols, where = {}, {}
+    for d, seen in found.items():
+        cols[d] = _combine(d, [v for v, _ in seen])
+        worst = max(seen, key=lambda vr: vr[0], default=(0.0, None))
+        where[d] = worst[1] if worst[0] > 0 else None
+    cols["repeat"], where["repeat"] = _repeat(image, box)
+    more, more_where = whole(image, box, feather)
+    cols.update(more)
+    where.update(more_where)
+    if not regions:
+        return cols
+    scale = 1.0 / k
+
+    def back(r):
+        if r is None:
+            return None
+        x0, y0, x1, y1 = r
+        return (
+            int(x0 * scale),
+            int(y0 * scale),
+            min(W0, int(np.ceil(x1 * scale))),
+            min(H0, int(np.ceil(y1 * scale))),
+        )
+
+    return cols, {d: back(where[d]) for d in DEFECTS}
 
 
 def distance(cols: dict[str, float], thresholds) -> float:
@@ -395,27 +463,35 @@ def distance(cols: dict[str, float], thresholds) -> float:
 
 
 COLUMNS = tuple(f"quality_{k}" for k in DEFECTS)  # the metadata's per-defect columns
+# where the defect that failed a row was found: a box in the output's pixels, for the
+# review page and report.html to outline (null where the row passes)
+REGION_COLUMNS = tuple(f"quality_region_{c}" for c in ("x0", "y0", "x1", "y1"))
 
 
 def judge(image: np.ndarray, box: Box, thresholds, feather: int = FEATHER) -> dict:
     """The metadata's quality columns of one output: ``quality_<defect>`` each,
-    ``quality_distance``, ``quality_pass`` and ``quality_defect`` (the worst column's
-    defect where the row fails, else None); all None when nothing was generated."""
-    cols = score(image, box, feather)
-    if cols is None:
+    ``quality_distance``, ``quality_pass``, ``quality_defect`` (the worst column's
+    defect where the row fails, else None) and ``quality_region_*`` (where that defect
+    was found); all None when nothing was generated."""
+    found = score(image, box, feather, regions=True)
+    if found is None:
         return {
             **dict.fromkeys(COLUMNS),
             "quality_distance": None,
             "quality_pass": None,
             "quality_defect": None,
+            **dict.fromkeys(REGION_COLUMNS),
         }
+    cols, where = found
     get = thresholds.get if isinstance(thresholds, dict) else thresholds.__getattribute__
     ratios = {k: cols[k] / get(k) for k in DEFECTS}
     worst = max(ratios, key=ratios.get)
     passed = ratios[worst] <= 1.0
+    region = None if passed else where[worst]
     return {
         **{f"quality_{k}": stored(f"quality_{k}", v) for k, v in cols.items()},
         "quality_distance": stored("quality_distance", ratios[worst]),
         "quality_pass": passed,
         "quality_defect": None if passed else worst,
+        **dict(zip(REGION_COLUMNS, region or (None,) * 4)),
     }

@@ -21,7 +21,7 @@ import pyarrow as pa
 from ..common import codes
 from ..common.box import Box
 from ..plan.columns import GEOMETRY_COLUMNS, REQUEST
-from ..review.score import DEFECTS
+from ..review.score import DEFECTS, REGION_COLUMNS
 
 PIXELS = pa.large_binary()
 BACKDROP = "backdrop"  # a row's route to the backdrop fill (route.py), and its ``model``
@@ -70,6 +70,7 @@ OUTPUT_FIELDS = [
     *[(f"quality_{k}", pa.float64()) for k in DEFECTS],
     ("quality_pass", pa.bool_()),
     ("quality_defect", pa.string()),
+    *[(c, pa.int64()) for c in REGION_COLUMNS],
     ("quality_attempts", pa.int64()),
     ("review_status", pa.string()),
     ("ref_max_abs_diff", pa.int64()),

@@ -75,6 +75,7 @@ def test_a_reviewer_goes_through_held_rows_with_keys_and_buttons(server):
         page.wait_for_selector("#row-2 [data-role=status]:text('rejected')")
         # the pictures load (the page's own endpoints, allowed by its CSP)
         page.wait_for_function("document.querySelector('#row-0 img[alt=output]').naturalWidth > 0")
+        _the_failed_region_is_outlined(page, review)
         page.reload()
         page.wait_for_selector("body[data-ready='1']")
         now = dict(
@@ -92,6 +93,38 @@ def test_a_reviewer_goes_through_held_rows_with_keys_and_buttons(server):
     )
     assert next((out / "images").glob(f"{first}.*")).exists()
     assert not list((out / "images").glob(f"{third}.*"))
+
+
+def _the_failed_region_is_outlined(page, review):
+    """Each held card outlines, over its output, where the defect that failed it was found
+    (``quality_region_*``), at that place on the picture as drawn; a passed card has none."""
+    by_id = {r["id"]: r for r in review.rows}
+    cards = page.locator(".card")
+    outlined = 0
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        row = by_id[card.get_attribute("data-id")]
+        region = card.locator("[data-role=region]")
+        if row["review_status"] == "passed":
+            assert region.count() == 0
+            continue
+        assert region.count() == 1 and row["quality_defect"] in card.inner_text()
+        card.scroll_into_view_if_needed()
+        card.locator("img[alt=output]").click()  # the outline lets clicks through to the picture
+        img = card.locator("img[alt=output]").bounding_box()
+        box = region.bounding_box()
+        W, H = row["canvas_width"], row["canvas_height"]
+        x0, y0, x1, y1 = (row[f"quality_region_{c}"] for c in ("x0", "y0", "x1", "y1"))
+        assert 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H
+        for got, want in (
+            (box["x"] - img["x"], img["width"] * x0 / W),
+            (box["y"] - img["y"], img["height"] * y0 / H),
+            (box["width"], img["width"] * (x1 - x0) / W),
+            (box["height"], img["height"] * (y1 - y0) / H),
+        ):
+            assert abs(got - want) <= 2, (row["id"], got, want)
+        outlined += 1
+    assert outlined == 7  # every held row
 
 
 def test_no_verdict_without_the_token_or_from_another_host(server):

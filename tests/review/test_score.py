@@ -15,7 +15,7 @@ from pipeline.common import precision
 from pipeline.common.box import Box
 from pipeline.config import QualityThresholds
 from pipeline.io import backdrop
-from pipeline.review.score import COLUMNS, DEFECTS, judge, score
+from pipeline.review.score import COLUMNS, DEFECTS, REGION_COLUMNS, judge, score
 
 from ..backdrops import KINDS, product_photo
 from ..quality_set import DEFECTS as KINDS_OF_DEFECT
@@ -38,7 +38,7 @@ FLOORS = {
 
 @pytest.fixture(scope="module")
 def scored():
-    cases = labelled_set(seed=2, n=60)
+    cases = labelled_set(seed=2, n=60, kinds=KINDS_OF_DEFECT)
     t = QualityThresholds()
     return [(c.kind, judge(c.image, c.box, t)["quality_distance"]) for c in cases]
 
@@ -80,7 +80,13 @@ def test_columns_and_nothing_generated():
     img = rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)
     assert score(img, Box(0, 0, 120, 100)) is None
     none = judge(img, Box(0, 0, 120, 100), QualityThresholds())
-    assert set(none) == {*COLUMNS, "quality_distance", "quality_pass", "quality_defect"}
+    assert set(none) == {
+        *COLUMNS,
+        *REGION_COLUMNS,
+        "quality_distance",
+        "quality_pass",
+        "quality_defect",
+    }
     assert all(v is None for v in none.values())
     cols = score(img, Box(20, 10, 100, 90))
     assert list(cols) == list(DEFECTS) and all(v >= 0 for v in cols.values())

@@ -225,9 +225,9 @@ def raw_scores(monkeypatch) -> list[dict[str, float]]:
     compute = score.score
 
     def recorded(*args, **kwargs):
-        cols = compute(*args, **kwargs)
-        seen.append(cols)
-        return cols
+        found = compute(*args, **kwargs)
+        seen.append(found[0] if isinstance(found, tuple) else found)  # (columns, regions)
+        return found
 
     monkeypatch.setattr(score, "score", recorded)
     return seen
@@ -237,7 +237,7 @@ def test_the_golden_holds_when_the_computation_moves_by_its_last_bits(tmp_path, 
     """The failure a newcomer met (``quality_noise: 0.058205 != 0.058204``) made here on
     purpose: the example's own computation perturbed as another CPU perturbs it, every
     float kernel's output by up to 8 units of its last place. The scores move, the golden
-    holds, with a margin of ten; and a real change — a threshold, a patch of the pixels the
+    holds, with a margin of five; and a real change — a threshold, a patch of the pixels the
     score sees — still fails it."""
     want_rows, want_images = _recorded()
     exact = raw_scores(monkeypatch)
@@ -251,7 +251,10 @@ def test_the_golden_holds_when_the_computation_moves_by_its_last_bits(tmp_path, 
     pairs = [(p, e) for p, e in zip(perturbed, exact, strict=True) if e is not None]
     moved = [abs(p[k] - e[k]) for p, e in pairs for k in e]
     assert len(pairs) >= 8 and max(moved) > 0, "the perturbation reached no score"
-    assert max(moved) < 0.1 * 10.0 ** -precision.decimals("quality_noise"), max(moved)
+    worst = max((abs(p[k] - e[k]), k) for p, e in pairs for k in e)
+    # a margin of five under one unit of the 4th decimal (blur, through two float kernels in
+    # a row, moves most: 1.5e-5 at 8 ulps)
+    assert max(moved) < 0.2 * 10.0 ** -precision.decimals("quality_noise"), worst
     # a real change is more than one unit of the last digit: one threshold of the
     # example's config...
     monkeypatch.undo()
