@@ -40,7 +40,8 @@ import numpy as np
 
 from ..common.box import Box
 from ..common.precision import stored
-from .whole import Region, _rect, shrink, whole
+from .pixels import grey_of, shrink
+from .whole import Region, _rect, whole
 
 SEAM_DEFECTS = ("seam", "color", "blur", "noise", "flat", "mirror", "stretch", "structure")
 WHOLE_DEFECTS = ("foreign", "blank", "frame", "detail")  # whole.py
@@ -51,15 +52,6 @@ BAND = 24  # px of each band compared across a seam
 REPEAT_PX = 320  # the longer side the search for a repeated original looks at
 REPEAT_SCALES = (0.3, 0.4, 0.5, 0.6)  # the original's copies looked for at these sizes
 SEGMENT = 16  # px of seam per comparison: the segments must agree on a step or a cast
-# ITU-R 601 luma in thousandths: integer weights, so every product and partial sum of the
-# float32 matrix product is an integer below 2**24, exact in whatever order a BLAS kernel
-# sums (fractional weights are not: the last bits differed by CPU); then one IEEE division
-GREY_MILLI = np.array([299, 587, 114], np.float32)
-
-
-def grey_of(rgb: np.ndarray) -> np.ndarray:
-    """The grey (0..255, float32) of uint8 RGB pixels, bit for bit the same everywhere."""
-    return (rgb.astype(np.float32) @ GREY_MILLI) / np.float32(1000)
 
 
 @dataclass(frozen=True)

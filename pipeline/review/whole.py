@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..common.box import Box
+from .pixels import grey_of, shrink
 
 WHOLE_PX = 256  # the longer side the whole-area checks look at
 NEAR = 8  # px (at WHOLE_PX): the continuation next to the seam, against which far detail is judged
@@ -30,22 +31,6 @@ REACH = 2  # bins: a colour within this many bins (per axis) of one the photo ha
 MIN_SHARE = 0.002  # share of the explaining pixels a bin needs (stray pixels explain nothing)
 
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in the image's pixels
-
-
-def shrink(image: np.ndarray, box: Box, longest: int) -> tuple[np.ndarray, Box, int]:
-    """The image and box at most ``longest`` px on the longer side, by a whole factor
-    (returned): an area average over f x f pixels, OpenCV's fast path (a twentieth of the
-    time of a fractional factor). The last few rows and columns that do not fill a block
-    are left out (under one pixel at the new scale)."""
-    import cv2
-
-    H, W = image.shape[:2]
-    f = -(-max(H, W) // longest)
-    if f <= 1:
-        return image, box, 1
-    h, w = max(1, H // f), max(1, W // f)
-    small = cv2.resize(image[: h * f, : w * f], (w, h), interpolation=cv2.INTER_AREA)
-    return small, Box(*(round(v / f) for v in (box.x0, box.y0, box.x1, box.y1))), f
 
 
 def _bins(lab: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -207,8 +192,6 @@ def whole(image: np.ndarray, box: Box, feather: int) -> tuple[dict, dict]:
     """The whole-area columns of an RGB uint8 image whose original area is ``box``, and
     each one's region (image pixels; None where nothing showed)."""
     import cv2
-
-    from .score import grey_of
 
     H, W = image.shape[:2]
     small, sbox, f = shrink(image, box, WHOLE_PX)
