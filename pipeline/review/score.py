@@ -26,7 +26,7 @@ says where it was worst (``regions``): the region the review page outlines.
 Along a seam the comparisons are made per segment and combined by their median, so a
 defect that holds along the whole seam shows, and a photo whose content changes along it
 does not. Images are looked at no larger than ``SCALE_PX`` on their longer side, shrunk
-by a whole factor (``whole.shrink``: OpenCV's fast area average).
+by a whole factor (``pixels.shrink``: OpenCV's fast area average).
 
 ``quality_distance`` is the largest column over its threshold (``quality.thresholds``):
 above 1, the row fails the gate (``quality_pass`` false).
@@ -40,8 +40,8 @@ import numpy as np
 
 from ..common.box import Box
 from ..common.precision import stored
-from .pixels import grey_of, shrink
-from .whole import Region, _rect, whole
+from .pixels import Region, enlarge, grey_of, rect, shrink, sides
+from .whole import whole
 
 SEAM_DEFECTS = ("seam", "color", "blur", "noise", "flat", "mirror", "stretch", "structure")
 WHOLE_DEFECTS = ("foreign", "blank", "frame", "detail")  # whole.py
@@ -64,21 +64,6 @@ class Seam:
     deep: int  # columns of original available from the seam inwards
 
 
-def _views(image: np.ndarray, box: Box):
-    """Each generated side as (name, image view, seam column, first row, last row,
-    original's width inwards): flips and transposes, so every side reads as a left edge."""
-    H, W = image.shape[:2]
-    t = image.transpose(1, 0, 2)
-    if box.x0 > 0:
-        yield "left", image, box.x0, box.y0, box.y1, box.width
-    if box.x1 < W:
-        yield "right", image[:, ::-1], W - box.x1, box.y0, box.y1, box.width
-    if box.y0 > 0:
-        yield "top", t, box.y0, box.x0, box.x1, box.height
-    if box.y1 < H:
-        yield "bottom", t[:, ::-1], H - box.y1, box.x0, box.x1, box.height
-
-
 def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, Region]]:
     """Each generated side's bands, with the region (image pixels) they judge: the
     generated band outside the seam along the original's side."""
@@ -86,7 +71,8 @@ def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, Region
 
     H, W = image.shape[:2]
     out = []
-    for side, view, c, r0, r1, depth in _views(image, box):
+    for side, view_of, c, r0, r1, depth in sides(H, W, box):
+        view = view_of(image)
         outside = min(c, 2 * BAND)
         inside = min(depth, feather + 3 * BAND)
         if r1 - r0 < 16 or outside < 6 or inside < feather + 8:
@@ -94,7 +80,7 @@ def _seams(image: np.ndarray, box: Box, feather: int) -> list[tuple[Seam, Region
         crop = np.ascontiguousarray(view[r0:r1, c - outside : c + inside])
         lab = cv2.cvtColor(crop.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
         grey = grey_of(crop)
-        out.append((Seam(lab, grey, outside, inside), _rect(side, c - outside, c, r0, r1, W, H)))
+        out.append((Seam(lab, grey, outside, inside), rect(side, c - outside, c, r0, r1, W, H)))
     return out
 
 
@@ -321,7 +307,6 @@ def _repeat(image: np.ndarray, box: Box) -> tuple[float, Region | None]:
     H0, W0 = image.shape[:2]
     image, box, f = shrink(image, box, REPEAT_PX)
     H, W = image.shape[:2]
-    k = 1.0 / f
     grey = grey_of(image)
     gen_w = max(box.x0, W - box.x1)
     gen_h = max(box.y0, H - box.y1)
@@ -365,12 +350,7 @@ def _repeat(image: np.ndarray, box: Box) -> tuple[float, Region | None]:
             i = int(np.argmax(np.where(outside, ncc, -2.0)))
             my, mx = divmod(i, ncc.shape[1])
             best = value
-            where = (
-                int(mx / k),
-                int(my / k),
-                min(W0, int(np.ceil((mx + tw) / k))),
-                min(H0, int(np.ceil((my + th) / k))),
-            )
+            where = enlarge((mx, my, mx + tw, my + th), f, W0, H0)
     return max(0.0, best), where
 
 
@@ -405,7 +385,7 @@ def score(
     feather = max(1, round(feather * k))
     image = np.ascontiguousarray(image[..., :3])
     found: dict[str, list[tuple[float, Region]]] = {d: [] for d in SEAM_DEFECTS}
-    for s, rect in _seams(image, box, feather):
+    for s, band in _seams(image, box, feather):
         seam, color = _offsets(s, feather)
         blur, noise, flat = _texture(s, feather)
         each = {
@@ -419,7 +399,7 @@ def score(
             "structure": _structure(s, feather),
         }
         for key, value in each.items():
-            found[key].append((value, rect))
+            found[key].append((value, band))
     cols, where = {}, {}
     for d, seen in found.items():
         cols[d] = _combine(d, [v for v, _ in seen])
@@ -431,20 +411,7 @@ def score(
     where.update(more_where)
     if not regions:
         return cols
-    scale = 1.0 / k
-
-    def back(r):
-        if r is None:
-            return None
-        x0, y0, x1, y1 = r
-        return (
-            int(x0 * scale),
-            int(y0 * scale),
-            min(W0, int(np.ceil(x1 * scale))),
-            min(H0, int(np.ceil(y1 * scale))),
-        )
-
-    return cols, {d: back(where[d]) for d in DEFECTS}
+    return cols, {d: enlarge(where[d], f, W0, H0) for d in DEFECTS}
 
 
 def distance(cols: dict[str, float], thresholds) -> float:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..common.box import Box
-from .pixels import grey_of, shrink
+from .pixels import Region, enlarge, grey_of, rect, shrink, sides
 
 WHOLE_PX = 256  # the longer side the whole-area checks look at
 NEAR = 8  # px (at WHOLE_PX): the continuation next to the seam, against which far detail is judged
@@ -29,8 +29,6 @@ BIN = 6  # CIELAB units per colour bin
 VIVID = 12.0  # CIELAB chroma beyond the original's most saturated colours: foreign too
 REACH = 2  # bins: a colour within this many bins (per axis) of one the photo has is its own
 MIN_SHARE = 0.002  # share of the explaining pixels a bin needs (stray pixels explain nothing)
-
-Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in the image's pixels
 
 
 def _bins(lab: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
@@ -115,30 +113,6 @@ def _blank(grey, lab, gen, inner) -> tuple[float, Region | None]:
     return max(0.0, area / max(1, int(gen.sum())) - own), region
 
 
-def _sides(H: int, W: int, box: Box):
-    """Each generated side as (name, view of an H x W array as a left edge, seam column,
-    original's first and last row in the view, original's depth)."""
-    if box.x0 > 0:
-        yield "left", (lambda a: a), box.x0, box.y0, box.y1, box.width
-    if box.x1 < W:
-        yield "right", (lambda a: a[:, ::-1]), W - box.x1, box.y0, box.y1, box.width
-    if box.y0 > 0:
-        yield "top", (lambda a: a.T), box.y0, box.x0, box.x1, box.height
-    if box.y1 < H:
-        yield "bottom", (lambda a: a.T[:, ::-1]), H - box.y1, box.x0, box.x1, box.height
-
-
-def _rect(side: str, a: int, b: int, r0: int, r1: int, W: int, H: int) -> Region:
-    """Columns ``[a, b)`` and rows ``[r0, r1)`` of a side's view, in image pixels."""
-    if side == "left":
-        return a, r0, b, r1
-    if side == "right":
-        return W - b, r0, W - a, r1
-    if side == "top":
-        return r0, a, r1, b
-    return r0, H - b, r1, H - a
-
-
 def _lines(v: np.ndarray) -> np.ndarray:
     """Per column: |mean over the rows of the horizontal gradient| (levels per 2 px): a
     straight edge or line along the rows adds up, texture cancels."""
@@ -152,7 +126,7 @@ def _frame(grey, box: Box, margin: int) -> tuple[float, Region | None]:
     the same direction over its own length."""
     H, W = grey.shape
     best, region = 0.0, None
-    for side, view, c, r0, r1, depth in _sides(H, W, box):
+    for side, view, c, r0, r1, depth in sides(H, W, box):
         v = view(grey)
         stop = c - margin  # the strip's columns, clear of the blend band
         if stop < 3 or depth < 2 * margin + 4:
@@ -163,7 +137,7 @@ def _frame(grey, box: Box, margin: int) -> tuple[float, Region | None]:
         value = float(strip.max()) - float(own.max())
         if value > best:
             j = int(np.argmax(strip)) + 1  # the column the centred difference is at
-            best, region = value, _rect(side, max(0, j - 2), min(c, j + 3), 0, v.shape[0], W, H)
+            best, region = value, rect(side, max(0, j - 2), min(c, j + 3), 0, v.shape[0], W, H)
     return best, region
 
 
@@ -175,7 +149,7 @@ def _detail(grey, box: Box) -> tuple[float, Region | None]:
     H, W = grey.shape
     lap = np.abs(cv2.Laplacian(grey, cv2.CV_32F, ksize=1))
     best, region = 0.0, None
-    for side, view, c, _, _, _ in _sides(H, W, box):
+    for side, view, c, _, _, _ in sides(H, W, box):
         v = view(lap)[1:-1]
         near_w = min(2 * NEAR, c // 3)
         if near_w < 3 or c - near_w < 2 * near_w:
@@ -184,7 +158,7 @@ def _detail(grey, box: Box) -> tuple[float, Region | None]:
         far = float(v[:, 1 : c - near_w].mean())
         value = -float(np.log((far + 0.6) / (near + 0.6)))
         if value > best:
-            best, region = value, _rect(side, 0, c - near_w, 0, v.shape[0] + 2, W, H)
+            best, region = value, rect(side, 0, c - near_w, 0, v.shape[0] + 2, W, H)
     return max(0.0, best), region
 
 
@@ -207,15 +181,4 @@ def whole(image: np.ndarray, box: Box, feather: int) -> tuple[dict, dict]:
     cols["frame"], regions["frame"] = _frame(grey, sbox, margin)
     cols["detail"], regions["detail"] = _detail(grey, sbox)
 
-    def back(r):  # to the image's pixels
-        if r is None:
-            return None
-        x0, y0, x1, y1 = r
-        return (
-            max(0, int(x0 / k)),
-            max(0, int(y0 / k)),
-            min(W, int(np.ceil(x1 / k))),
-            min(H, int(np.ceil(y1 / k))),
-        )
-
-    return cols, {d: back(r) for d, r in regions.items()}
+    return cols, {d: enlarge(r, f, W, H) for d, r in regions.items()}
