@@ -79,6 +79,31 @@ def feathered_paste(
     return result
 
 
+def composite(
+    generated: np.ndarray,
+    ref,
+    box: Box,
+    feather_px: int,
+    color_match: bool = False,
+    keeps_reference: bool = False,
+    filled: bool = False,
+) -> np.ndarray:
+    """The canvas as it is written: a generated canvas (sRGB, as the model sees it) with
+    its colours matched (``color_match``; not for a backdrop fill, ``filled``: already
+    the backdrop's own), in the output's colour space, the reference pasted back
+    (feathered unless the backend keeps it exactly). ``ref``: the row's reference
+    (``run.load.Reference``: ``model``, ``out``, ``color``). One function, so the quality
+    gate judges the very pixels the write stage encodes."""
+    H, W = generated.shape[:2]
+    sides = box.sides(W, H)
+    if color_match and not filled:
+        generated = match_colors(generated, ref.model, box, sides)
+    generated = ref.color.output.from_model(generated)
+    if keeps_reference:  # blending V with itself: skip the work
+        return paste_back(generated, ref.out, box)
+    return feathered_paste(generated, ref.out, box, sides, feather_px)
+
+
 def effective_feather(px: int, vh: int, vw: int) -> int:
     return int(min(px, vh // 4, vw // 4))
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..common.box import Box
-from ..config import QualityConfig, QualityThresholds
-from .compose import effective_feather, feathered_paste, paste_back
-from .score import distance, score
+from ..config import OutputConfig, QualityConfig, QualityThresholds
+from .compose import composite, effective_feather
+from .score import judge
 
 M63 = (1 << 63) - 1
 GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / phi: attempt seeds far from variant seeds (seed + k)
@@ -34,26 +34,36 @@ def attempt_seed(seed: int, attempt: int) -> int:
 @dataclass(frozen=True)
 class Gate:
     """What the model stage needs to judge its attempts: the thresholds, how many
-    attempts, and the paste-back the write stage will do (so it judges the same pixels)."""
+    attempts, and how the write stage will make the canvas it writes (``composite``), so
+    the gate judges those very pixels and its kept attempt's score is the row's."""
 
     thresholds: QualityThresholds
     max_attempts: int = 1
     feather_px: int = 8
-    blend: bool = True  # False: the backend keeps the reference exactly (no feather band)
+    keeps_reference: bool = False  # the backend keeps the reference exactly: no feather
+    color_match: bool = False  # output.color_match
 
     @classmethod
-    def of(cls, quality: QualityConfig, feather_px: int, keeps_reference: bool) -> Gate:
-        return cls(quality.thresholds, quality.max_attempts, feather_px, not keeps_reference)
+    def of(cls, quality: QualityConfig, output: OutputConfig, keeps_reference: bool) -> Gate:
+        return cls(
+            quality.thresholds,
+            quality.max_attempts,
+            output.feather_px,
+            keeps_reference,
+            output.color_match,
+        )
 
-    def distance(self, generated: np.ndarray, ref: np.ndarray, box: Box) -> float:
-        """``quality_distance`` of a generated canvas once the reference is pasted back
-        (both sRGB, as the model sees them); 0 where nothing was generated."""
-        H, W = generated.shape[:2]
-        sides = box.sides(W, H)
+    def judge(self, generated: np.ndarray, ref, box: Box) -> dict:
+        """The metadata's quality columns (``score.judge``) of a generated canvas as the
+        write stage will write it. ``ref``: the row's reference (``run.load.Reference``)."""
+        final = composite(
+            generated, ref, box, self.feather_px, self.color_match, self.keeps_reference
+        )
         feather = effective_feather(self.feather_px, box.height, box.width)
-        if self.blend:
-            final = feathered_paste(generated, ref, box, sides, self.feather_px)
-        else:
-            final = paste_back(generated, ref, box)
-        cols = score(final, box, max(feather, 1))
-        return 0.0 if cols is None else distance(cols, self.thresholds)
+        return judge(final, box, self.thresholds, max(feather, 1))
+
+
+def distance_of(judged: dict | None) -> float:
+    """How far over its thresholds a judged attempt is (``quality_distance``): above 1 it
+    fails; 0 where nothing was generated or no score could be made (None)."""
+    return (judged or {}).get("quality_distance") or 0.0

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..backends import BuildContext, Job, RowError, spec_of, warmup_shapes
 from ..config import Config, ModelConfig
-from ..review.gate import Gate, attempt_seed
+from ..review.gate import Gate, attempt_seed, distance_of
 from .load import from_bytes, from_columns
 from .records import (
     API_COUNTERS,
@@ -25,6 +25,7 @@ from .records import (
     BACKDROP,
     BUSY_FIELDS,
     PIXELS,
+    QUALITY_FIELDS,
     Record,
     RowStage,
     elapsed_ms,
@@ -47,6 +48,7 @@ class OutpaintStage(RowStage):
         ("fill_color", pa.string()),
         ("model", pa.string()),
         ("quality_attempts", pa.int64()),
+        *QUALITY_FIELDS,
         *BUSY_FIELDS,
         *API_FIELDS,
         *API_COUNTERS,
@@ -56,6 +58,7 @@ class OutpaintStage(RowStage):
         "fill_color",
         "model",
         "quality_attempts",
+        *dict(QUALITY_FIELDS),
         *dict(BUSY_FIELDS),
         *dict(API_FIELDS),
         *dict(API_COUNTERS),
@@ -183,20 +186,29 @@ class OutpaintStage(RowStage):
         if work:
             self._stamp([rec for rec, _ in work])
 
+    def _judge(self, rec: Record, image: np.ndarray) -> dict | None:
+        """The gate's score of one attempt, as the write stage would write it; None where
+        none can be made (the write stage then says so on the row, as it does)."""
+        try:
+            return self.gate.judge(image, rec.ref, rec.box)
+        except Exception:  # noqa: BLE001 - a score that cannot be made never fails the row
+            return None
+
     def _retry(self, work: list[tuple[Record, int]]) -> dict[int, int]:
         """The gate: generated canvases that fail the score again with the next attempt's
         seed, the failing ones of a batch together (one backend call per batch, as the
-        first pass), up to ``max_attempts``; the best attempt of each kept. A backend that
-        cannot do better with another seed is not asked again (its failing rows are held).
-        Returns the kept attempt of each item retried."""
+        first pass), up to ``max_attempts``; the best attempt of each kept, and its score
+        put on the row (``QUALITY_FIELDS``: the write stage does not score it again). A
+        backend that cannot do better with another seed is not asked again (its failing
+        rows are held). Returns the kept attempt of each item retried."""
         gate = self.gate
         if gate is None or gate.max_attempts <= 1 or not self.spec.reseedable:
             return {}
-        best: dict[int, tuple[float, np.ndarray, int]] = {}
+        best: dict[int, tuple[dict | None, np.ndarray, int]] = {}
         for i, (rec, k) in enumerate(work):
             if rec.todo and rec.out is not None and rec.out[k] is not None:
-                best[i] = (gate.distance(rec.out[k], rec.ref.model, rec.box), rec.out[k], 0)
-        pending = [i for i, (d, _, _) in best.items() if d > 1.0]
+                best[i] = (self._judge(rec, rec.out[k]), rec.out[k], 0)
+        pending = [i for i, (j, _, _) in best.items() if distance_of(j) > 1.0]
         for attempt in range(1, gate.max_attempts):
             for start in range(0, len(pending), self.batch_size):
                 chunk = pending[start : start + self.batch_size]
@@ -209,15 +221,17 @@ class OutpaintStage(RowStage):
                     rec.row["quality_attempts"] = (rec.row.get("attempt_base") or 0) + attempt + 1
                     if isinstance(res, Exception):  # this attempt only: the row has a canvas
                         continue
-                    d = gate.distance(res, rec.ref.model, rec.box)
-                    if d < best[i][0]:
-                        best[i] = (d, res, attempt)
-            pending = [i for i in pending if best[i][0] > 1.0]
+                    judged = self._judge(rec, res)
+                    if distance_of(judged) < distance_of(best[i][0]):
+                        best[i] = (judged, res, attempt)
+            pending = [i for i in pending if distance_of(best[i][0]) > 1.0]
             if not pending:
                 break
-        for i, (_, image, _) in best.items():
+        for i, (judged, image, _) in best.items():
             rec, k = work[i]
             rec.out[k] = image
+            if k == 0 and judged is not None:  # the written image's score: variant 0's
+                rec.row.update(judged)
         return {i: attempt for i, (_, _, attempt) in best.items()}
 
     def _take(self, rec: Record, k: int, res) -> None:
@@ -260,7 +274,7 @@ class OutpaintStage(RowStage):
 
 def gate_of(cfg: Config) -> Gate:
     """The quality gate of a run's model stage."""
-    return Gate.of(cfg.quality, cfg.output.feather_px, spec_of(cfg.model).keeps_reference)
+    return Gate.of(cfg.quality, cfg.output, spec_of(cfg.model).keeps_reference)
 
 
 def filled_out(row: dict) -> list[np.ndarray] | None:

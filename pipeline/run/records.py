@@ -53,6 +53,15 @@ API_FIELDS = [
     ("api_note", pa.string()),
 ]
 API_COUNTERS = [("api_active", pa.int64()), ("api_spent", pa.float64())]
+# the score of what is written (``review.score.judge``): made by the quality gate in the
+# model stage where it retries (its kept attempt's, passed on), else by the write stage
+QUALITY_FIELDS = [
+    ("quality_distance", pa.float64()),
+    *[(f"quality_{k}", pa.float64()) for k in DEFECTS],
+    ("quality_pass", pa.bool_()),
+    ("quality_defect", pa.string()),
+    *[(c, pa.int64()) for c in REGION_COLUMNS],
+]
 OUTPUT_FIELDS = [
     ("request_hash", pa.string()),
     ("output_uri", pa.string()),
@@ -66,11 +75,7 @@ OUTPUT_FIELDS = [
     ("feather_px", pa.int64()),
     ("seam_score", pa.float64()),
     ("texture_score", pa.float64()),
-    ("quality_distance", pa.float64()),
-    *[(f"quality_{k}", pa.float64()) for k in DEFECTS],
-    ("quality_pass", pa.bool_()),
-    ("quality_defect", pa.string()),
-    *[(c, pa.int64()) for c in REGION_COLUMNS],
+    *QUALITY_FIELDS,
     ("quality_attempts", pa.int64()),
     ("review_status", pa.string()),
     ("ref_max_abs_diff", pa.int64()),

@@ -20,13 +20,7 @@ from ..io.headers import SourceLimits
 from ..io.imageio import decode, encode
 from ..io.outputs import OutputStore, image_name
 from ..review import quality
-from ..review.compose import (
-    effective_feather,
-    extend_alpha,
-    feathered_paste,
-    match_colors,
-    paste_back,
-)
+from ..review.compose import composite, effective_feather, extend_alpha
 from ..review.score import judge
 from .load import Reference, from_bytes, from_columns
 from .records import (
@@ -75,16 +69,15 @@ class WriteStage(RowStage):
     def composite(self, rec: Record, generated: np.ndarray) -> np.ndarray:
         """The generated canvas (sRGB) in the output's space with the reference back in:
         exact, apart from the feather band."""
-        ref: Reference = rec.ref
-        box = rec.box
-        sides = box.sides(rec.row["canvas_width"], rec.row["canvas_height"])
-        filled = rec.row.get("route") == BACKDROP  # already the backdrop's own colours
-        if self.output.color_match and not filled:
-            generated = match_colors(generated, ref.model, box, sides)
-        generated = ref.color.output.from_model(generated)
-        if self.spec.keeps_reference:  # blending V with itself: skip the work
-            return paste_back(generated, ref.out, box)
-        return feathered_paste(generated, ref.out, box, sides, self.output.feather_px)
+        return composite(
+            generated,
+            rec.ref,
+            rec.box,
+            self.output.feather_px,
+            self.output.color_match,
+            self.spec.keeps_reference,
+            filled=rec.row.get("route") == BACKDROP,
+        )
 
     def label(self, row: dict) -> str | None:
         """The IPTC digital source type of a row's output (None: nothing generated)."""
@@ -155,17 +148,22 @@ class WriteStage(RowStage):
 
     def judge(self, rec: Record, final: np.ndarray) -> None:
         """The quality score of what is written (pixels before encoding) and the gate's
-        verdict: passed, or held for a reviewer. Rows with nothing generated: none."""
+        verdict: passed, or held for a reviewer. Rows with nothing generated: none. A row
+        the quality gate judged (its kept attempt, ``Gate.judge``: these very pixels)
+        keeps that score: each kept attempt is scored once."""
         row = rec.row
-        if not row["generated"]:
+        # the model stage resets these columns on every row it may generate: set, they are
+        # the gate's (a backdrop row keeps what came before it, so it is scored here)
+        gated = row.get("route") != BACKDROP and row.get("quality_pass") is not None
+        if row["generated"] and not gated:
+            feather = effective_feather(self.output.feather_px, rec.box.height, rec.box.width)
+            try:
+                row.update(judge(final, rec.box, self.quality.thresholds, max(feather, 1)))
+            except Exception:  # noqa: BLE001 - a score that cannot be made never fails the row
+                row.update(judge(final, Box(0, 0, *final.shape[1::-1]), self.quality.thresholds))
+        elif not row["generated"]:
             row.update(judge(final, Box(0, 0, *final.shape[1::-1]), self.quality.thresholds))
-            row["review_status"] = None
-            return
-        feather = effective_feather(self.output.feather_px, rec.box.height, rec.box.width)
-        try:
-            row.update(judge(final, rec.box, self.quality.thresholds, max(feather, 1)))
-        except Exception:  # noqa: BLE001 - a score that cannot be made never fails the row
-            row.update(judge(final, Box(0, 0, *final.shape[1::-1]), self.quality.thresholds))
+        if row["quality_pass"] is None:  # nothing generated, or no score could be made
             row["review_status"] = None
             return
         row["quality_attempts"] = row.get("quality_attempts") or (row.get("attempt_base") or 0) + 1

@@ -112,6 +112,44 @@ def test_retries_are_batched_and_reproducible(tmp_path, rows, tiny_flux):
     assert second["seed"].to_pylist() == first["seed"].to_pylist()
 
 
+def test_the_gate_s_score_is_the_written_image_s_and_made_once(
+    tmp_path, rows, tiny_flux, monkeypatch
+):
+    """The gate judges each attempt as the write stage will write it (colours matched,
+    the reference feathered back in) and passes its kept attempt's score on: the write
+    stage scores nothing again, and the metadata's columns are those of the image on disk."""
+    import numpy as np
+
+    from pipeline.common.box import Box
+    from pipeline.review import score
+    from pipeline.review.compose import effective_feather
+    from pipeline.run import write
+
+    manifest = write_manifest(tmp_path / "m.parquet", rows[:2])
+    raw = _config(tmp_path, tiny_flux, manifest)
+    raw["output"]["color_match"] = True  # the written pixels are not the model's
+    cfg = api.load_config(raw)
+    stages = api.stages(cfg, run_id="r")
+    planned = stages.plan(pq.read_table(manifest).append_column("manifest_row", pa.array([0, 1])))
+    model, context, intent, gate = stages.outpaint_args
+    generated = OutpaintStage(model, context, intent, gate)(stages.route(stages.load(planned)))
+    assert generated["quality_attempts"].to_pylist() == [3, 3]
+    assert generated["quality_pass"].to_pylist() == [False, False]  # judged in the model stage
+
+    calls = []
+    monkeypatch.setattr(write, "judge", lambda *a: calls.append(a) or score.judge(*a))
+    meta = stages.write(generated).to_pylist()
+    assert calls == []  # each kept attempt scored once: by the gate
+    thresholds = cfg.quality.thresholds
+    for r in meta:
+        assert r["review_status"] == "held" and r["quality_distance"] > 1
+        written = np.asarray(Image.open(r["output_uri"]).convert("RGB"))
+        box = Box.visible(r)
+        feather = max(1, effective_feather(cfg.output.feather_px, box.height, box.width))
+        want = score.judge(written, box, thresholds, feather)
+        assert {k: r[k] for k in want} == want
+
+
 def test_one_attempt_is_today_s_behaviour(tmp_path, rows, tiny_flux):
     manifest = write_manifest(tmp_path / "m.parquet", rows[:1])
     cfg = api.load_config(_config(tmp_path, tiny_flux, manifest, max_attempts=1))
