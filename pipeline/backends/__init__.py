@@ -7,7 +7,8 @@ A backend takes a batch of canvases (reference placed, unknown area arbitrary),
 masks (True = generate), per-row seeds and prompts, and returns one RGB image per
 canvas, same size. Backends never see Arrow or Ray: stages do that.
 
-Holds ``classical`` (CPU default), ``solid`` (plain padding), ``flux`` (FLUX.1 Fill on
+Holds ``classical`` (CPU default), ``scene`` (CPU: textured scenes, patch by patch),
+``solid`` (plain padding), ``flux`` (FLUX.1 Fill on
 GPU actors) with ``accel`` (its speed settings) and ``testmodel`` (a tiny random-weight
 checkpoint), ``inpaint`` (any diffusers inpainting checkpoint) with ``tinyinpaint`` (tiny
 checkpoints of three families), ``bfl`` (the hosted FLUX Outpainting API), and ``canvas``
@@ -183,6 +184,13 @@ BACKENDS: dict[str, BackendSpec] = {
             "classical:ClassicalBackend",
             keeps_reference=True,
             settings=lambda m: {"grain": m.classical_grain},
+        ),
+        BackendSpec(
+            "scene",
+            "1",
+            "scene:SceneBackend",
+            keeps_reference=True,
+            reseedable=True,  # another seed samples other sources
         ),
         BackendSpec(
             "flux-fill",

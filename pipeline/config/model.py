@@ -216,9 +216,10 @@ class BackdropConfig(_Section):
 class ModelConfig(_Section):
     """What generates the unknown area (docs/backends.md)."""
 
-    backend: Literal["classical", "solid", "flux-fill", "diffusers", "bfl-api"] = Field(
+    backend: Literal["classical", "scene", "solid", "flux-fill", "diffusers", "bfl-api"] = Field(
         "classical",
-        description="classical (CPU, no weights) | solid (plain padding) | flux-fill (FLUX.1 Fill on "
+        description="classical (CPU, no weights) | scene (CPU: textured scenes continued with the "
+        "photo's own border, patch by patch) | solid (plain padding) | flux-fill (FLUX.1 Fill on "
         "GPUs) | diffusers (any diffusers inpainting checkpoint on GPUs) | bfl-api (the hosted API, no GPU)",
     )
     api: ApiConfig = Field(
