@@ -139,12 +139,115 @@ def figure(examples: list, path: str, picks: int = 6) -> None:
     out.save(path, quality=88)
 
 
+def _records(cases: list) -> list:
+    """Work rows as the routing stage receives them: (kind, name, truth, box) each."""
+    from pipeline.run.load import from_columns
+    from pipeline.run.records import Record
+
+    out = []
+    for i, (kind, name, truth, box) in enumerate(cases):
+        H, W = truth.shape[:2]
+        row = {
+            "id": f"{kind}/{name}",
+            "status": "ok",
+            "generated": True,
+            "canvas_width": W,
+            "canvas_height": H,
+            "visible_x0": box.x0,
+            "visible_y0": box.y0,
+            "visible_x1": box.x1,
+            "visible_y1": box.y1,
+            "seed": 7000 + i,
+            "route": None,
+            "num_variants": 1,
+            "ref_pixels": np.ascontiguousarray(truth[box.region]).tobytes(),
+        }
+        out.append(Record(row, ref=from_columns(row, "relative")))
+    return out
+
+
+def cascade(seed: int, n: int, sample: str | None = None) -> dict:
+    """``model.route: cascade``'s routing stage (``run.route.BackdropStage``, as a run
+    builds it) on a mixed set: studio product shots (the cup on four backdrops), textured
+    and object-rich scenes. Per kind: rows per step; CPU time per generated MP of the
+    routing stage. ``sample``: a picture of every row the scene fill kept, to judge by eye."""
+    from pipeline.config import OutputConfig, QualityConfig, SizingConfig
+    from pipeline.review.gate import Gate
+    from pipeline.run.route import BackdropStage
+    from tests.backdrops import KINDS, product_photo
+
+    studio = []
+    for i in range(n):
+        kind = KINDS[i % len(KINDS)]
+        truth, _ = product_photo(kind, 320, 256, size=120, seed=i)
+        x0 = 48 + (i % 3) * 16
+        studio.append(("studio", f"{kind}/{i}", truth, Box(x0, 0, x0 + 200, 256)))
+    sets = {
+        "studio": studio,
+        "textured": [("textured", w[0], w[1], w[2]) for w in windows(seed, n, photos=TEXTURED)],
+        "object_rich": [
+            ("object_rich", w[0], w[1], w[2]) for w in windows(seed, n, photos=OBJECTS)
+        ],
+    }
+    stage = BackdropStage(
+        ModelConfig(route="cascade"),
+        SizingConfig(),
+        "relative",
+        None,
+        Gate.of(QualityConfig(), OutputConfig(uri="-"), keeps_reference=False),
+    )
+    out, kept = {}, []
+    for kind, cases in sets.items():
+        recs = _records(cases)
+        t0 = time.perf_counter()
+        stage.process(recs)
+        wall = time.perf_counter() - t0
+        generated = sum(int(_generated(c[2].shape, c[3]).sum()) for c in cases)
+        routes = [r.row.get("route") for r in recs]
+        tried = sum(r.row.get("scene_distance") is not None for r in recs)
+        out[kind] = {
+            "rows": len(recs),
+            "backdrop": routes.count("backdrop"),
+            "scene": routes.count("scene"),
+            "model": routes.count("model"),
+            "scene_tried": tried,
+            "routing_s_per_generated_mp": round(wall / (generated / 1e6), 3),
+        }
+        kept += [(r.row["id"], r.out[0]) for r in recs if r.row.get("route") == "scene"]
+    rows = sum(v["rows"] for v in out.values())
+    out["model_rows"] = {
+        "route_model": rows,
+        "route_auto": rows - sum(v["backdrop"] for v in out.values()),
+        "route_cascade": sum(v["model"] for v in out.values()),
+    }
+    if sample and kept:
+        _sheet(kept, sample)
+    return out
+
+
+def _sheet(kept: list, path: str, height: int = 160, cols: int = 6) -> None:
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for k, (name, image) in enumerate(kept):
+        im = Image.fromarray(image)
+        im = im.resize((round(im.width * height / im.height), height))
+        ImageDraw.Draw(im).text((3, 3), f"{k} {name}", fill=(255, 0, 0))
+        tiles.append(im)
+    w = max(t.width for t in tiles) + 4
+    sheet = Image.new("RGB", (cols * w, -(-len(tiles) // cols) * (height + 4)), "white")
+    for k, im in enumerate(tiles):
+        sheet.paste(im, ((k % cols) * w, (k // cols) * (height + 4)))
+    sheet.save(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--windows", type=int, default=40)
     p.add_argument("--json")
     p.add_argument("--figure")
+    p.add_argument("--sample", help="a picture of the rows the cascade's scene step kept")
     args = p.parse_args()
     backends = {name: make_backend(ModelConfig(backend=name)) for name in BACKENDS}
     textured, tex_examples = compare(args.seed, args.windows, TEXTURED, backends)
@@ -156,6 +259,7 @@ def main() -> None:
             "textured": textured,
             "object_rich": objects,
             "s_per_generated_mp_at_1mp": cost(backends),
+            "cascade": cascade(args.seed, args.windows, args.sample),
         },
         args.json,
     )

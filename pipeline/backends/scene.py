@@ -33,7 +33,7 @@ from .solid import nearest_edge_fill
 
 BORDER = 0.35  # the share of the original's depth, from a generated side, sources come from
 CANDIDATES = 24  # random sources per block, besides the coherent ones
-REUSE = 0.5  # a source's cost for each time it was copied, a share of the overlap's variance
+REUSE = 2.0  # a source's cost for each time it was copied, a share of the overlap's variance
 CONTRAST = 2.0  # weight of a block's contrast against its neighbourhood's, beside the overlap's
 
 
@@ -184,6 +184,42 @@ def scene_fill(ref: np.ndarray, W: int, H: int, x0: int, y0: int, seed: int) -> 
     out = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
     out[y0:y1, x0:x1] = ref
     return out
+
+
+def border_variation(ref: np.ndarray, sides) -> float:
+    """How far the original's border band (``BORDER`` of it, on each generated side) is
+    from a stationary texture: per side, the spread of its blocks' mean colours (CIELAB)
+    over the texture inside them (their own spread); the largest side's. Grass, gravel,
+    sand and walls: ~0.3-0.7 (their blocks alike); a person, a cup, a street: ~1-4 (each
+    block a different thing). What the scene fill can continue, before it tries; 0
+    where no side is generated, inf where a band is too small to judge."""
+    import cv2
+
+    lab = cv2.cvtColor(np.ascontiguousarray(ref[..., :3]), cv2.COLOR_RGB2LAB).astype(np.float32)
+    vh, vw = lab.shape[:2]
+    left, top, right, bottom = sides
+    bands = []
+    if left:
+        bands.append(lab[:, : max(8, round(BORDER * vw))])
+    if right:
+        bands.append(lab[:, vw - max(8, round(BORDER * vw)) :])
+    if top:
+        bands.append(lab[: max(8, round(BORDER * vh))].transpose(1, 0, 2))
+    if bottom:
+        bands.append(lab[vh - max(8, round(BORDER * vh)) :].transpose(1, 0, 2))
+    worst = 0.0
+    for band in bands:
+        rows, cols = band.shape[:2]
+        b = max(8, min(rows, cols) // 3)
+        n, m = rows // b, cols // b
+        if n * m < 3:
+            return float("inf")
+        blocks = band[: n * b, : m * b].reshape(n, b, m, b, 3).transpose(0, 2, 1, 3, 4)
+        blocks = blocks.reshape(n * m, b * b, 3)
+        between = float(np.sqrt(blocks.mean(axis=1).var(axis=0).sum()))
+        within = float(np.sqrt(blocks.var(axis=1).mean(axis=0).sum()))
+        worst = max(worst, between / (within + 2.0))
+    return worst
 
 
 class SceneBackend:

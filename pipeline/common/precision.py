@@ -24,6 +24,8 @@ STORED_DECIMALS = {
     "texture_score": 6,
     "backdrop_residual": 3,
     "backdrop_noise": 3,
+    "border_variation": 3,
+    "scene_distance": 4,  # a quality_distance: the same precision
 }
 
 

@@ -27,7 +27,15 @@ from ..common import secrets, storage
 from . import presets
 from .base import ConfigError
 from .base import Section as _Section
-from .model import ATTENTION_BACKENDS, SHAPE, ApiConfig, BackdropConfig, ModelConfig, OptimizeConfig
+from .model import (
+    ATTENTION_BACKENDS,
+    SHAPE,
+    ApiConfig,
+    BackdropConfig,
+    ModelConfig,
+    OptimizeConfig,
+    SceneConfig,
+)
 from .output import DIGITAL_SOURCE_TYPES, NEWSCODES, C2paConfig, ImageEncoding, OutputConfig
 from .quality import QualityConfig, QualityThresholds
 from .runtime import PlanConfig, RuntimeConfig
@@ -58,6 +66,7 @@ __all__ = [
     "Anchor",
     "ApiConfig",
     "BackdropConfig",
+    "SceneConfig",
     "C2paConfig",
     "Config",
     "ConfigError",

@@ -213,6 +213,20 @@ class BackdropConfig(_Section):
     )
 
 
+class SceneConfig(_Section):
+    """``model.route: cascade``: which rows the scene fill tries before the backend
+    (docs/backends.md). Set on scikit-image's photos: textures (grass, gravel, brick)
+    0.3-0.75, object-rich photos 0.97 and above."""
+
+    max_variation: float = Field(
+        0.8,
+        ge=0,
+        description="the original's border band as a texture: the spread of its blocks' "
+        "colours over their own texture; above this, the row goes straight to the backend "
+        "(0: no row tries the scene fill)",
+    )
+
+
 class ModelConfig(_Section):
     """What generates the unknown area (docs/backends.md)."""
 
@@ -319,14 +333,18 @@ class ModelConfig(_Section):
     solid_blur: float = Field(
         0.0, ge=0, le=256, description="solid edge: Gaussian blur radius of the extension"
     )
-    route: Literal["auto", "model", "backdrop"] = Field(
+    route: Literal["auto", "model", "backdrop", "cascade"] = Field(
         "auto",
         description="auto: a row whose generated sides border a plain backdrop is continued without the "
         "model (no GPU, no API credit); model: every row to the backend; backdrop: every row continued, "
-        "rows not on a plain backdrop fail",
+        "rows not on a plain backdrop fail; cascade: as auto, then a row whose border is a texture is "
+        "continued by the scene fill, kept when it passes the quality score, else on to the backend",
     )
     backdrop: BackdropConfig = Field(
         default_factory=BackdropConfig, description="plain-backdrop rules"
+    )
+    scene: SceneConfig = Field(
+        default_factory=SceneConfig, description="route: cascade: the scene fill's step"
     )
     classical_grain: float = Field(
         1.0,

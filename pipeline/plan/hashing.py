@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from ..backends import spec_of
+from ..backends import BACKENDS, spec_of
 from ..config import Config
 from .sections import PlanSections
 
@@ -59,6 +59,8 @@ def run_constant(cfg: Config | PlanSections) -> str:
             if model_values[k] != _default(model_fields[k])
         }
     )
+    if m.route == "cascade":  # its scene step's pixels: a new version redoes its rows
+        const["model.scene_fill"] = BACKENDS["scene"].version
     return json.dumps(const, sort_keys=True)
 
 
@@ -68,7 +70,7 @@ def _default(field) -> object:
 
 
 # Model settings that came later still (the backdrop route, issue 28): the same rule.
-LATER_MODEL_KEYS = ("route", "backdrop")
+LATER_MODEL_KEYS = ("route", "backdrop", "scene")
 
 HASHED_FIELDS = (
     "id",

@@ -53,11 +53,12 @@ class Gate:
             output.color_match,
         )
 
-    def judge(self, generated: np.ndarray, ref, box: Box) -> dict:
+    def judge(self, generated: np.ndarray, ref, box: Box, filled: bool = False) -> dict:
         """The metadata's quality columns (``score.judge``) of a generated canvas as the
-        write stage will write it. ``ref``: the row's reference (``run.load.Reference``)."""
+        write stage will write it. ``ref``: the row's reference (``run.load.Reference``);
+        ``filled``: made by the routing stage (a backdrop or scene fill: no colour match)."""
         final = composite(
-            generated, ref, box, self.feather_px, self.color_match, self.keeps_reference
+            generated, ref, box, self.feather_px, self.color_match, self.keeps_reference, filled
         )
         feather = effective_feather(self.feather_px, box.height, box.width)
         return judge(final, box, self.thresholds, max(feather, 1))

@@ -84,6 +84,7 @@ class RunCounts:
     api: ApiCounts | None = None
     routes: dict = field(default_factory=dict)  # ok generated rows per route: backdrop, model
     retries: int = 0  # the quality gate's extra model calls (attempts beyond the first)
+    scene_tried: int = 0  # route: cascade: written rows the scene fill tried (kept or not)
 
     def add(self, batch: pa.Table) -> None:
         """A block of work rows' metadata."""
@@ -98,6 +99,10 @@ class RunCounts:
         self.done += batch.num_rows
         if "route" in batch.column_names:
             self._add_routes(pc.filter(batch.column("route"), written))
+        if "scene_distance" in batch.column_names:
+            self.scene_tried += _sum(
+                pc.is_valid(pc.filter(batch.column("scene_distance"), written))
+            )
         if "quality_attempts" in batch.column_names:
             attempts = pc.sum(batch.column("quality_attempts")).as_py() or 0
             self.retries += attempts - _sum(pc.is_valid(batch.column("quality_attempts")))
@@ -105,6 +110,19 @@ class RunCounts:
             self.api.add(batch)
         if "model_actor" in batch.column_names:  # GPU backends only: the rows a model generated
             self._add_actors(batch.filter(pc.is_valid(batch.column("model_actor"))))
+
+    def cascade(self) -> dict:
+        """``route: cascade``'s steps: rows the scene fill tried, kept and handed on, and
+        the model calls saved (rows made by a fill: against ``route: model``; by the scene
+        fill alone: against ``route: auto``, which has the backdrop fill too)."""
+        kept = self.routes.get("scene", 0)
+        return {
+            "scene_tried": self.scene_tried,
+            "scene_kept": kept,
+            "escalated": self.scene_tried - kept,
+            "model_rows_saved_against_auto": kept,
+            "model_rows_saved_against_model": kept + self.routes.get("backdrop", 0),
+        }
 
     def _add_routes(self, routes: pa.Array) -> None:
         for item in pc.value_counts(routes.drop_null()).to_pylist():

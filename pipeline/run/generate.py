@@ -22,8 +22,8 @@ from .load import from_bytes, from_columns
 from .records import (
     API_COUNTERS,
     API_FIELDS,
-    BACKDROP,
     BUSY_FIELDS,
+    FILLED,
     PIXELS,
     QUALITY_FIELDS,
     Record,
@@ -101,7 +101,7 @@ class OutpaintStage(RowStage):
         )
 
     def keeps(self, row: dict) -> bool:
-        return row.get("route") == BACKDROP  # filled before this stage: its model and time stay
+        return row.get("route") in FILLED  # filled before this stage: its model and time stay
 
     def __getstate__(self):  # fused CPU tasks receive the stage pickled: no lock, no model
         return {**self.__dict__, "_lock": None, "_backend": None}
@@ -160,7 +160,7 @@ class OutpaintStage(RowStage):
         generated: the output is the reference), ``generate_ms``, ``fill_color``, ``model``."""
         work: list[tuple[Record, int]] = []
         for rec in todo(records):
-            if rec.row.get("route") == BACKDROP:  # continued by the backdrop stage already
+            if rec.row.get("route") in FILLED:  # continued by the routing stage already
                 continue
             n = rec.row.get("num_variants") or 1
             rec.row.update(model=self.model, generate_ms=0.0)
@@ -279,7 +279,7 @@ def gate_of(cfg: Config) -> Gate:
 
 def filled_out(row: dict) -> list[np.ndarray] | None:
     """The canvases the backdrop stage made for a row (its ``out_pixels``), or None."""
-    if row.get("route") != BACKDROP or row.get("out_pixels") is None:
+    if row.get("route") not in FILLED or row.get("out_pixels") is None:
         return None
     shape = (row["canvas_height"], row["canvas_width"], 3)
     return [from_bytes(b, shape) for b in row["out_pixels"]]

@@ -25,6 +25,8 @@ from ..review.score import DEFECTS, REGION_COLUMNS
 
 PIXELS = pa.large_binary()
 BACKDROP = "backdrop"  # a row's route to the backdrop fill (route.py), and its ``model``
+SCENE = "scene"  # route: cascade: a row the scene fill continued (route.py), and its ``model``
+FILLED = (BACKDROP, SCENE)  # routes whose canvas the routing stage made: no model
 MODEL = "model"  # a row's route to the backend
 # review_status of a generated ok row: the gate's verdict, then a reviewer's
 PASSED, HELD, APPROVED, REJECTED = "passed", "held", "approved", "rejected"
@@ -72,6 +74,8 @@ OUTPUT_FIELDS = [
     ("fill_color", pa.string()),
     ("backdrop_residual", pa.float64()),
     ("backdrop_noise", pa.float64()),
+    ("border_variation", pa.float64()),
+    ("scene_distance", pa.float64()),
     ("feather_px", pa.int64()),
     ("seam_score", pa.float64()),
     ("texture_score", pa.float64()),

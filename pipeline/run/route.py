@@ -4,50 +4,85 @@ backdrop fill; every other row goes on to the backend unchanged (docs/product-ph
 
 ``model.route``: ``auto`` judges each row (or trusts planning's word, from the manifest's
 analysis); ``backdrop`` fills every row and fails the ones that are not plain; ``model``
-skips this stage altogether.
+skips this stage altogether; ``cascade`` is ``auto``, then a row whose border band is a
+texture (``scene.border_variation`` at most ``model.scene.max_variation``) is continued by
+the scene fill and judged here as the write stage will write it: kept when it passes the
+quality score (route ``scene``, no model), otherwise on to the backend (route ``model``,
+its try's ``scene_distance`` recorded).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import pyarrow as pa
 
+from ..backends.scene import border_variation, scene_fill
 from ..common.precision import stored
 from ..config import Config, ModelConfig, SizingConfig
 from ..io import backdrop
-from ..review.gate import attempt_seed
-from .generate import variant_seed
+from ..review.gate import Gate, attempt_seed
+from .generate import gate_of, variant_seed
 from .load import from_columns
-from .records import BACKDROP, MODEL, PIXELS, Record, RowStage, elapsed_ms, todo
+from .records import (
+    BACKDROP,
+    FILLED,
+    MODEL,
+    PIXELS,
+    QUALITY_FIELDS,
+    SCENE,
+    Record,
+    RowStage,
+    elapsed_ms,
+    todo,
+)
+
+CASCADE = "cascade"
 
 ALL_SIDES = backdrop.from_letters(backdrop.SIDE_LETTERS)
 
 
 class BackdropStage(RowStage):
-    """Judge the border the model would continue; fill the plain ones."""
+    """Judge the border the model would continue; fill the plain ones (and, cascading,
+    the textured ones the scene fill continues well)."""
 
     ADDS = [
         ("backdrop_residual", pa.float64()),
         ("backdrop_noise", pa.float64()),
+        ("border_variation", pa.float64()),
+        ("scene_distance", pa.float64()),
         ("out_pixels", pa.list_(PIXELS)),
         ("generate_ms", pa.float64()),
         ("model", pa.string()),
         ("quality_attempts", pa.int64()),
+        *QUALITY_FIELDS,
     ]
     RESETS = (
         "backdrop_residual",
         "backdrop_noise",
+        "border_variation",
+        "scene_distance",
         "out_pixels",
         "generate_ms",
         "model",
         "quality_attempts",
+        *dict(QUALITY_FIELDS),
     )
 
     def __init__(
-        self, model: ModelConfig, sizing: SizingConfig, color_intent: str, preset: str | None = None
+        self,
+        model: ModelConfig,
+        sizing: SizingConfig,
+        color_intent: str,
+        preset: str | None = None,
+        gate: Gate | None = None,
     ):
+        """``gate``: how the write stage will make the canvas it writes, and the score's
+        thresholds (``route: cascade`` judges its scene fills with it)."""
         self.route = model.route
+        self.max_variation = model.scene.max_variation
+        self.gate = gate
         self.tol = backdrop.Tolerances.of(model.backdrop)
         self.color = model.backdrop.color
         self.max_distance = model.backdrop.max_color_distance
@@ -57,7 +92,7 @@ class BackdropStage(RowStage):
 
     @classmethod
     def from_config(cls, cfg: Config) -> BackdropStage:
-        return cls(cfg.model, cfg.sizing, cfg.output.color_intent, cfg.preset)
+        return cls(cfg.model, cfg.sizing, cfg.output.color_intent, cfg.preset, gate_of(cfg))
 
     @property
     def active(self) -> bool:
@@ -179,15 +214,49 @@ class BackdropStage(RowStage):
         if not self.active:
             return
         for rec in todo(records):
-            if rec.row.get("route") == MODEL:
-                continue
+            planned_model = rec.row.get("route") == MODEL
             if not rec.row["generated"]:
-                if self.wants_color and rec.ref.alpha is None:
+                if self.wants_color and rec.ref.alpha is None and not planned_model:
                     self.check_whole(rec)
                 continue
-            found = self.judge(rec)
+            found = None if planned_model else self.judge(rec)
             if found is not None:
                 self.fill(rec, found)
+            elif self.cascades and rec.todo and rec.ref.alpha is None:
+                self.scene(rec)
+
+    @property
+    def cascades(self) -> bool:
+        return self.route == CASCADE and self.gate is not None and self.max_variation > 0
+
+    def scene(self, rec: Record) -> None:
+        """The cascade's second step: a row whose border band is a texture is continued by
+        the scene fill and kept when its canvas, as it will be written, passes the score."""
+        row = rec.row
+        W, H = row["canvas_width"], row["canvas_height"]
+        box = rec.box
+        variation = border_variation(rec.ref.model, box.sides(W, H))
+        if math.isfinite(variation):
+            row["border_variation"] = stored("border_variation", variation)
+        if not variation <= self.max_variation:
+            return  # not a texture: the backend's
+        t0 = time.perf_counter()
+        attempt = row.get("attempt_base") or 0  # a rejected row redone: its next sources
+        seed = attempt_seed(row["seed"], attempt) if attempt else row["seed"]
+        n = row.get("num_variants") or 1
+        x0, y0 = box.x0, box.y0
+        outs = [scene_fill(rec.ref.model, W, H, x0, y0, variant_seed(seed, k)) for k in range(n)]
+        try:
+            judged = self.gate.judge(outs[0], rec.ref, box, filled=True)
+        except Exception:  # noqa: BLE001 - no score, no trust: the backend makes the row
+            return
+        row["scene_distance"] = judged["quality_distance"]
+        if not judged["quality_pass"]:
+            return  # escalated: the backend makes the row
+        row.update(judged)
+        row.update(route=SCENE, model=SCENE, seed=seed, steps=0, quality_attempts=attempt + 1)
+        row["generate_ms"] = elapsed_ms(t0)
+        rec.out = outs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         records = self.records(batch)
@@ -195,6 +264,6 @@ class BackdropStage(RowStage):
             rec.ref = from_columns(rec.row, self.color_intent)
         self.process(records)
         for rec in records:
-            filled = rec.row.get("route") == BACKDROP and rec.out is not None
+            filled = rec.row.get("route") in FILLED and rec.out is not None
             rec.row["out_pixels"] = [o.tobytes() for o in rec.out] if filled else None
         return self.table(batch.schema, records)

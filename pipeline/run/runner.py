@@ -398,6 +398,7 @@ def finish(
             "by_route": dict(sorted(counts.routes.items())),
             "by_review": dict(sorted(counts.rows.by_review.items())),
             "retries": counts.retries,
+            **({"cascade": counts.cascade()} if cfg.model.route == "cascade" else {}),
         },
         "model_busy": counts.busy(),
         "images_written": counts.images,

@@ -26,6 +26,7 @@ from .load import Reference, from_bytes, from_columns
 from .records import (
     BACKDROP,
     DROPPED_COLUMNS,
+    FILLED,
     HELD,
     OUTPUT_FIELDS,
     PASSED,
@@ -76,14 +77,14 @@ class WriteStage(RowStage):
             self.output.feather_px,
             self.output.color_match,
             self.spec.keeps_reference,
-            filled=rec.row.get("route") == BACKDROP,
+            filled=rec.row.get("route") in FILLED,
         )
 
     def label(self, row: dict) -> str | None:
         """The IPTC digital source type of a row's output (None: nothing generated)."""
         if not row["generated"]:
             return None
-        return self.fill_type if row.get("route") == BACKDROP else self.source_type
+        return self.fill_type if row.get("route") in FILLED else self.source_type
 
     def _encode(self, rec: Record, finals: list[np.ndarray], label: str | None) -> list[bytes]:
         ref: Reference = rec.ref
@@ -153,7 +154,7 @@ class WriteStage(RowStage):
         keeps that score: each kept attempt is scored once."""
         row = rec.row
         # the model stage resets these columns on every row it may generate: set, they are
-        # the gate's (a backdrop row keeps what came before it, so it is scored here)
+        # the gate's, or the cascade's (its scene step is kept only when it passed)
         gated = row.get("route") != BACKDROP and row.get("quality_pass") is not None
         if row["generated"] and not gated:
             feather = effective_feather(self.output.feather_px, rec.box.height, rec.box.width)
