@@ -85,6 +85,22 @@ def format_plan_summary(summary: dict) -> str:
     return format_summary(summary)
 
 
+def plan_sample(table: pa.Table, config, rows: int) -> dict:
+    """Route ``rows`` of the plan's rows that are decided once loaded (backdrop fill,
+    scene fill under ``model.route: cascade``, or the model), drawn with the run's seed and
+    loaded as a run loads them; the shares with 95 % intervals and the model rows they
+    project to (what ``outpaint plan --sample`` prints). Writes nothing."""
+    from .run.estimate import sample_routes
+
+    return sample_routes(table, load_config(config), rows)
+
+
+def format_plan_sample(sample: dict) -> str:
+    from .run.estimate import format_sample
+
+    return format_sample(sample)
+
+
 # ------------------------------------------------------------------ run
 
 
@@ -347,12 +363,14 @@ __all__ = [
     "analyze_manifest",
     "as_table",
     "bench",
+    "format_plan_sample",
     "format_plan_summary",
     "load_config",
     "make_manifest",
     "make_test_model",
     "outpaint",
     "plan",
+    "plan_sample",
     "plan_summary",
     "report",
     "review",

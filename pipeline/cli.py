@@ -159,6 +159,14 @@ def cmd_validate(args) -> int:
 def add_plan(sub) -> None:
     sp = _with_config(sub, "plan", "dry run: geometry, status and code per row, and a summary")
     sp.add_argument("--out", help="write plan.parquet and summary.json under this directory/URI")
+    sp.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="load and route N of the rows decided once loaded (backdrop, scene, model): "
+        "their shares, before any work",
+    )
     sp.set_defaults(func=cmd_plan)
 
 
@@ -166,6 +174,8 @@ def cmd_plan(args) -> int:
     cfg = _load(args)
     plan = api.plan(None, cfg)
     summary = api.plan_summary(plan, cfg)
+    if args.sample > 0:
+        summary["sample"] = api.plan_sample(plan, cfg, args.sample)
     if args.out:
         fs, path = storage.filesystem(args.out, cfg.output.storage_options)
         fs.makedirs(path, exist_ok=True)
@@ -174,6 +184,8 @@ def cmd_plan(args) -> int:
             json.dump(summary, f, indent=2)
         print(f"plan: {storage.join(args.out, 'plan.parquet')} ({plan.num_rows:,} rows)")
     print(api.format_plan_summary(summary))
+    if "sample" in summary:
+        print(api.format_plan_sample(summary["sample"]))
     return 0
 
 

@@ -162,3 +162,26 @@ def test_max_variation_zero_turns_the_scene_step_off(tmp_path, rows, tiny_flux):
     routed = stages.route(stages.load(planned))
     assert routed["route"].to_pylist() == ["model"]
     assert routed["scene_distance"].to_pylist() == [None]
+
+
+def test_the_plan_s_sample_routes_rows_as_the_run_does(tmp_path, rows, tiny_flux):
+    """``outpaint plan --sample``: the rows are loaded and routed by the run's own stages;
+    with every row sampled the shares are the run's routes (test above)."""
+    from pipeline.run.estimate import format_sample, wilson
+
+    manifest = write_manifest(tmp_path / "m.parquet", rows)
+    cfg = api.load_config(_config(tmp_path, tiny_flux, manifest))
+    plan = api.plan(None, cfg)
+    sample = api.plan_sample(plan, cfg, 10)
+    assert sample["population"] == 4 and sample["sampled"] == 4
+    got = {k: v["rows"] for k, v in sample["routes"].items()}
+    assert got == {"backdrop": 1, "scene": 2, "model": 1, "failed": 0}
+    assert sample["projected_model_rows"]["estimate"] == 1
+    assert sample["routes"]["scene"]["low"] < 0.5 < sample["routes"]["scene"]["high"]
+    assert "scene 50%" in format_sample(sample)
+    two = api.plan_sample(plan, cfg, 2)  # drawn with the run's seed: the same two again
+    assert two == api.plan_sample(plan, cfg, 2) and two["sampled"] == 2
+    assert not (tmp_path / "out").exists()  # nothing written
+    lo, hi = wilson(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    assert wilson(0, 10)[0] == 0.0 and round(wilson(0, 10)[1], 4) == 0.2775
