@@ -62,3 +62,24 @@ def test_request_hash_names_the_row(tmp_path, photos):
     assert (
         request_hashes(plan, np.array([None, "size=1"], dtype=object), cfg).to_pylist()[0] is None
     )
+
+
+def test_the_cascade_and_its_scene_fill_are_in_the_request(tmp_path, monkeypatch):
+    """``route: cascade`` and ``model.scene`` away from its default change every row's
+    hash, and so does a new version of the scene fill under the cascade (its rows redone);
+    at the defaults the hash is what it was before the cascade existed."""
+    from pipeline.backends import BACKENDS
+    from pipeline.plan.hashing import run_constant
+
+    m = str(tmp_path / "m.parquet")
+    auto = run_constant(make_config(tmp_path, m))
+    assert "scene" not in auto
+    cascade = make_config(tmp_path, m, model={"route": "cascade"})
+    before = run_constant(cascade)
+    assert before != auto and '"model.scene_fill": "1"' in before
+    looser = make_config(tmp_path, m, model={"route": "cascade", "scene": {"max_variation": 1.0}})
+    assert run_constant(looser) not in (before, auto)
+    spec = BACKENDS["scene"]
+    monkeypatch.setitem(BACKENDS, "scene", type(spec)(**{**spec.__dict__, "version": "2"}))
+    assert run_constant(cascade) != before
+    assert run_constant(make_config(tmp_path, m)) == auto  # auto never runs the scene fill
