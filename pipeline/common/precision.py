@@ -25,6 +25,7 @@ STORED_DECIMALS = {
     "backdrop_residual": 3,
     "backdrop_noise": 3,
     "border_variation": 3,
+    "border_lines": 3,
     "scene_distance": 4,  # a quality_distance: the same precision
 }
 

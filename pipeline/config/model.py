@@ -215,8 +215,9 @@ class BackdropConfig(_Section):
 
 class SceneConfig(_Section):
     """``model.route: cascade``: which rows the scene fill tries before the backend
-    (docs/backends.md). Set on scikit-image's photos: textures (grass, gravel, brick)
-    0.3-0.75, object-rich photos 0.97 and above."""
+    (docs/backends.md). Set on scikit-image's photos: variation of textures (grass,
+    gravel, brick) 0.3-0.75, of object-rich photos 0.97 and above; lines of grass, gravel
+    and star fields under 0.13, of a brick wall 0.21 and above."""
 
     max_variation: float = Field(
         0.8,
@@ -224,6 +225,13 @@ class SceneConfig(_Section):
         description="the original's border band as a texture: the spread of its blocks' "
         "colours over their own texture; above this, the row goes straight to the backend "
         "(0: no row tries the scene fill)",
+    )
+    max_lines: float = Field(
+        0.17,
+        ge=0,
+        le=1,
+        description="the share of the border band's edges on long straight lines (bricks, "
+        "tiles, planks: lines the scene fill breaks); above this, straight to the backend",
     )
 
 

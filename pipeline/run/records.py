@@ -75,6 +75,7 @@ OUTPUT_FIELDS = [
     ("backdrop_residual", pa.float64()),
     ("backdrop_noise", pa.float64()),
     ("border_variation", pa.float64()),
+    ("border_lines", pa.float64()),
     ("scene_distance", pa.float64()),
     ("feather_px", pa.int64()),
     ("seam_score", pa.float64()),

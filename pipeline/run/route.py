@@ -5,7 +5,8 @@ backdrop fill; every other row goes on to the backend unchanged (docs/product-ph
 ``model.route``: ``auto`` judges each row (or trusts planning's word, from the manifest's
 analysis); ``backdrop`` fills every row and fails the ones that are not plain; ``model``
 skips this stage altogether; ``cascade`` is ``auto``, then a row whose border band is a
-texture (``scene.border_variation`` at most ``model.scene.max_variation``) is continued by
+texture (``scene.border_variation`` at most ``model.scene.max_variation``) without long
+straight lines (``scene.border_lines`` at most ``model.scene.max_lines``) is continued by
 the scene fill and judged here as the write stage will write it: kept when it passes the
 quality score (route ``scene``, no model), otherwise on to the backend (route ``model``,
 its try's ``scene_distance`` recorded).
@@ -18,7 +19,7 @@ import time
 
 import pyarrow as pa
 
-from ..backends.scene import border_variation, scene_fill
+from ..backends.scene import border_lines, border_variation, scene_fill
 from ..common.precision import stored
 from ..config import Config, ModelConfig, SizingConfig
 from ..io import backdrop
@@ -51,6 +52,7 @@ class BackdropStage(RowStage):
         ("backdrop_residual", pa.float64()),
         ("backdrop_noise", pa.float64()),
         ("border_variation", pa.float64()),
+        ("border_lines", pa.float64()),
         ("scene_distance", pa.float64()),
         ("out_pixels", pa.list_(PIXELS)),
         ("generate_ms", pa.float64()),
@@ -62,6 +64,7 @@ class BackdropStage(RowStage):
         "backdrop_residual",
         "backdrop_noise",
         "border_variation",
+        "border_lines",
         "scene_distance",
         "out_pixels",
         "generate_ms",
@@ -82,6 +85,7 @@ class BackdropStage(RowStage):
         thresholds (``route: cascade`` judges its scene fills with it)."""
         self.route = model.route
         self.max_variation = model.scene.max_variation
+        self.max_lines = model.scene.max_lines
         self.gate = gate
         self.tol = backdrop.Tolerances.of(model.backdrop)
         self.color = model.backdrop.color
@@ -240,6 +244,10 @@ class BackdropStage(RowStage):
             row["border_variation"] = stored("border_variation", variation)
         if not variation <= self.max_variation:
             return  # not a texture: the backend's
+        lines = border_lines(rec.ref.model, box.sides(W, H))
+        row["border_lines"] = stored("border_lines", lines)
+        if lines > self.max_lines:
+            return  # straight lines the scene fill would break: the backend's
         t0 = time.perf_counter()
         attempt = row.get("attempt_base") or 0  # a rejected row redone: its next sources
         seed = attempt_seed(row["seed"], attempt) if attempt else row["seed"]

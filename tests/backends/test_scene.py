@@ -116,3 +116,33 @@ def test_textures_continue_where_classical_smears():
     assert passed["scene"] >= 10, passed
     assert passed["classical"] <= 3, passed
     assert 0.75 <= float(np.median(ratios)) <= 1.25, ratios
+
+
+def test_the_border_measures_tell_textures_from_objects_and_lines():
+    """What the cascade asks before it tries the scene fill, on real photos: gravel and
+    grass are textures without long lines; a brick wall is a texture of straight lines;
+    people, cups and coins are not textures at all."""
+    from pipeline.backends.scene import border_lines, border_variation
+    from pipeline.config import SceneConfig
+
+    limits = SceneConfig()
+
+    def measured(photos):
+        out = []
+        for _, window, box, _, _ in windows(seed=11, n=20, photos=photos):
+            H, W = window.shape[:2]
+            ref, sides = window[box.region], box.sides(W, H)
+            out.append((border_variation(ref, sides), border_lines(ref, sides)))
+        return np.array(out)
+
+    textures = measured(("gravel", "grass"))
+    assert (textures[:, 0] <= limits.max_variation).all()
+    assert (textures[:, 1] <= limits.max_lines).all()
+    brick = measured(("brick",))
+    assert (brick[:, 0] <= limits.max_variation).mean() >= 0.9  # a texture...
+    assert (brick[:, 1] > limits.max_lines).all()  # ... of straight lines
+    objects = measured(("astronaut", "coffee", "coins"))
+    assert (objects[:, 0] > limits.max_variation).all()
+    nothing = (False, False, False, False)  # no generated side: nothing to judge
+    photo = _photos()["brick"][:64, :64]
+    assert border_variation(photo, nothing) == 0.0 and border_lines(photo, nothing) == 0.0
