@@ -179,10 +179,16 @@ class RowStage:
 
     def records(self, batch: pa.Table) -> list[Record]:
         records = [Record(row) for row in batch.to_pylist()]
+        self.reset(records)
+        return records
+
+    def reset(self, records: list[Record]) -> None:
+        """Empty this stage's ``RESETS`` columns on the rows it does not keep: what it
+        sets is then its own (a later stage may trust a value it finds there)."""
+        empty = dict.fromkeys(self.RESETS)
         for rec in records:
             if not self.keeps(rec.row):
-                rec.row.update(dict.fromkeys(self.RESETS))
-        return records
+                rec.row.update(empty)
 
     def keeps(self, row: dict) -> bool:
         """Rows whose ``RESETS`` columns an earlier stage set for this stage to keep."""

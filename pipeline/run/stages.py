@@ -78,9 +78,9 @@ class ProcessStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         records = self.load.records(batch)
         self.load.process(records)
-        self.route.process(records)
-        self.outpaint.process(records)
-        self.write.process(records)
+        for stage in (self.route, self.outpaint, self.write):
+            stage.reset(records)  # as each stage's own records() would
+            stage.process(records)
         return self.write.table(batch.schema, records)
 
 

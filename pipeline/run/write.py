@@ -24,7 +24,6 @@ from ..review.compose import composite, effective_feather, extend_alpha
 from ..review.score import judge
 from .load import Reference, from_bytes, from_columns
 from .records import (
-    BACKDROP,
     DROPPED_COLUMNS,
     FILLED,
     HELD,
@@ -153,17 +152,15 @@ class WriteStage(RowStage):
         the quality gate judged (its kept attempt, ``Gate.judge``: these very pixels)
         keeps that score: each kept attempt is scored once."""
         row = rec.row
-        # the model stage resets these columns on every row it may generate: set, they are
-        # the gate's, or the cascade's (its scene step is kept only when it passed)
-        gated = row.get("route") != BACKDROP and row.get("quality_pass") is not None
-        if row["generated"] and not gated:
+        nothing = Box(0, 0, *final.shape[1::-1])  # no generated side: every column None
+        if not row["generated"]:
+            row.update(judge(final, nothing, self.quality.thresholds))
+        elif row.get("quality_pass") is None:  # set: the routing or model stage judged it
             feather = effective_feather(self.output.feather_px, rec.box.height, rec.box.width)
             try:
                 row.update(judge(final, rec.box, self.quality.thresholds, max(feather, 1)))
             except Exception:  # noqa: BLE001 - a score that cannot be made never fails the row
-                row.update(judge(final, Box(0, 0, *final.shape[1::-1]), self.quality.thresholds))
-        elif not row["generated"]:
-            row.update(judge(final, Box(0, 0, *final.shape[1::-1]), self.quality.thresholds))
+                row.update(judge(final, nothing, self.quality.thresholds))
         if row["quality_pass"] is None:  # nothing generated, or no score could be made
             row["review_status"] = None
             return
